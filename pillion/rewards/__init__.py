@@ -1,0 +1,1 @@
+"""Verifiable rewards: answer extraction, equivalence grading, shaping, code execution."""
