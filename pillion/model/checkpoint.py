@@ -1,0 +1,267 @@
+"""Hugging Face model folders <-> pillion's Transformer.
+
+Loading: config.json is translated into a `ModelConfig` (unknown architectures and unsupported
+switches fail naming the field), the module is built on the meta device, and every tensor of
+the one or many *.safetensors files is checked by name and shape before
+`load_state_dict(strict=True, assign=True)`. The key map is explicit (`to_hf` / `from_hf`): it is
+the identity except pillion's fused `qkv_proj` (HF q/k/v_proj) and `gate_up_proj` (HF
+gate/up_proj), which are concatenated on load and split on save. Saving writes safetensors (sharded with an index
+past `max_shard_bytes`), the original config.json with the dtype updated, and the tokenizer
+and generation files, so `transformers.AutoModelForCausalLM.from_pretrained` loads it unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from pillion.model.transformer import ModelConfig, Transformer
+
+ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class CheckpointError(ValueError):
+    """A model folder that cannot be loaded; the message names the file, field or tensor."""
+
+
+def _field(hf: dict[str, Any], name: str, path: Path):
+    if name not in hf:
+        raise CheckpointError(f"{path}: config.json is missing field '{name}'")
+    return hf[name]
+
+
+def config_from_hf(hf: dict[str, Any], path: Path = Path("config.json")) -> ModelConfig:
+    """Translate a Hugging Face config dict; refuse what the module does not implement."""
+    archs = hf.get("architectures") or []
+    if len(archs) != 1 or archs[0] not in ARCHITECTURES:
+        raise CheckpointError(
+            f"{path}: config.json field 'architectures' is {archs!r}; supported: {sorted(ARCHITECTURES)}"
+        )
+    family = ARCHITECTURES[archs[0]]
+    num_heads = _field(hf, "num_attention_heads", path)
+    hidden = _field(hf, "hidden_size", path)
+    # transformers >= 5 nests theta and scaling in `rope_parameters`; older files keep them flat.
+    rope = dict(hf.get("rope_parameters") or {})
+    theta = rope.pop("rope_theta", hf.get("rope_theta", 10000.0))
+    scaling = hf.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+    if family == "llama" and hf.get("mlp_bias"):
+        raise CheckpointError(f"{path}: config.json field 'mlp_bias' = true is not supported")
+    if hf.get("use_sliding_window"):
+        raise CheckpointError(f"{path}: config.json field 'use_sliding_window' = true is not supported")
+    if hf.get("hidden_act", "silu") != "silu":
+        raise CheckpointError(f"{path}: config.json field 'hidden_act' = {hf['hidden_act']!r}; only 'silu' is supported")
+    cfg = ModelConfig(
+        family=family,
+        vocab_size=_field(hf, "vocab_size", path),
+        hidden_size=hidden,
+        intermediate_size=_field(hf, "intermediate_size", path),
+        num_layers=_field(hf, "num_hidden_layers", path),
+        num_heads=num_heads,
+        num_kv_heads=hf.get("num_key_value_heads") or num_heads,
+        head_dim=hf.get("head_dim") or hidden // num_heads,
+        rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
+        rope_theta=float(theta),
+        rope_scaling=scaling,
+        max_position_embeddings=hf.get("max_position_embeddings", 4096),
+        tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        attention_bias=True if family == "qwen2" else bool(hf.get("attention_bias", False)),
+        qk_norm=family == "qwen3",
+    )
+    from pillion.model.transformer import rope_inv_freq
+
+    rope_inv_freq(cfg)  # validates the rope type now, with a named error
+    return cfg
+
+
+def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """pillion state dict -> Hugging Face tensors (fused projections split)."""
+    sizes = {
+        "self_attn.qkv_proj": (("q_proj", cfg.num_heads * cfg.head_dim), ("k_proj", cfg.num_kv_heads * cfg.head_dim),
+                               ("v_proj", cfg.num_kv_heads * cfg.head_dim)),
+        "mlp.gate_up_proj": (("gate_proj", cfg.intermediate_size), ("up_proj", cfg.intermediate_size)),
+    }
+    out = {}
+    for key, value in state.items():
+        fused = next((f for f in sizes if f"{f}." in key), None)
+        if fused is None:
+            out[key] = value
+            continue
+        prefix, suffix = key.split(f"{fused}.")
+        parent = fused.split(".")[0]
+        parts = value.split([n for _, n in sizes[fused]], dim=0)
+        for (name, _), part in zip(sizes[fused], parts):
+            out[f"{prefix}{parent}.{name}.{suffix}"] = part
+    return out
+
+
+def from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """Hugging Face tensors (already checked by name and shape) -> pillion state dict."""
+    out = dict(tensors)
+    for i in range(cfg.num_layers):
+        for suffix in ("weight", "bias"):
+            names = [f"model.layers.{i}.self_attn.{n}_proj.{suffix}" for n in "qkv"]
+            if names[0] in out:
+                out[f"model.layers.{i}.self_attn.qkv_proj.{suffix}"] = torch.cat([out.pop(n) for n in names], 0)
+        names = [f"model.layers.{i}.mlp.{n}_proj.weight" for n in ("gate", "up")]
+        out[f"model.layers.{i}.mlp.gate_up_proj.weight"] = torch.cat([out.pop(n) for n in names], 0)
+    return out
+
+
+def _weight_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.exists():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = sorted({path / name for name in weight_map.values()})
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise CheckpointError(f"{path}: no *.safetensors weights found")
+    for f in files:
+        if not f.exists():
+            raise CheckpointError(f"{index}: shard {f.name} is listed but missing")
+    return files
+
+
+def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> Transformer:
+    """Load a Hugging Face folder into a Transformer on `device` (dtype: as stored by default)."""
+    path = Path(path)
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise CheckpointError(f"{path}: config.json not found")
+    hf = json.loads(config_file.read_text())
+    cfg = config_from_hf(hf, config_file)
+    if isinstance(dtype, str):
+        dtype = DTYPES[dtype]
+    with torch.device("meta"):
+        model = Transformer(cfg)
+    expected = {k: v.shape for k, v in to_hf(model.state_dict(), cfg).items()}
+    if cfg.tie_word_embeddings:
+        expected.pop("lm_head.weight")
+    tensors: dict[str, torch.Tensor] = {}
+    for f in _weight_files(path):
+        with safe_open(str(f), framework="pt", device="cpu") as st:
+            for key in st.keys():
+                if key == "lm_head.weight" and cfg.tie_word_embeddings:
+                    continue  # some tied checkpoints store the shared matrix twice
+                if key not in expected:
+                    raise CheckpointError(f"{f}: unexpected tensor '{key}' for a {cfg.family} model")
+                t = st.get_tensor(key)
+                if tuple(t.shape) != tuple(expected[key]):
+                    raise CheckpointError(
+                        f"{f}: tensor '{key}' has shape {tuple(t.shape)}, expected {tuple(expected[key])}"
+                    )
+                tensors[key] = t
+    missing = sorted(set(expected) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{path}: tensor '{missing[0]}' is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+    tensors = from_hf(tensors, cfg)
+    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
+    model.load_state_dict(tensors, strict=not cfg.tie_word_embeddings, assign=True)
+    if cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    model.reset_rope(device)
+    model.hf_config = hf  # kept so a save writes back the same config.json
+    return model
+
+
+def save_model(model: Transformer, path: str | Path, source: str | Path | None = None, max_shard_bytes: int = 5 * 2**30) -> None:
+    """Write a Hugging Face folder; copy tokenizer and generation files from `source` if given."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in to_hf(model.state_dict(), model.cfg).items()}
+    if model.cfg.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for key in sorted(state):
+        nbytes = state[key].numel() * state[key].element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][key] = state[key]
+        size += nbytes
+    for stale in path.glob("model*.safetensors*"):
+        stale.unlink()
+    if len(shards) == 1:
+        save_file(shards[0], str(path / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        weight_map = {}
+        for i, shard in enumerate(shards):
+            name = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+            save_file(shard, str(path / name), metadata={"format": "pt"})
+            weight_map.update({k: name for k in shard})
+        total = sum(t.numel() * t.element_size() for t in state.values())
+        index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+        (path / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
+    hf = dict(getattr(model, "hf_config", None) or hf_config_from(model.cfg))
+    dtype_name = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
+    hf["torch_dtype" if "torch_dtype" in hf else "dtype"] = dtype_name
+    (path / "config.json").write_text(json.dumps(hf, indent=2))
+    if source is not None and Path(source).resolve() != path.resolve():
+        for name in TOKENIZER_FILES:
+            if (Path(source) / name).exists():
+                shutil.copy(Path(source) / name, path / name)
+
+
+def hf_config_from(cfg: ModelConfig) -> dict[str, Any]:
+    """A config.json for a model built in code (tests, the embedded default)."""
+    arch = {v: k for k, v in ARCHITECTURES.items()}[cfg.family]
+    hf = {
+        "architectures": [arch],
+        "model_type": cfg.family,
+        "vocab_size": cfg.vocab_size,
+        "hidden_size": cfg.hidden_size,
+        "intermediate_size": cfg.intermediate_size,
+        "num_hidden_layers": cfg.num_layers,
+        "num_attention_heads": cfg.num_heads,
+        "num_key_value_heads": cfg.num_kv_heads,
+        "head_dim": cfg.head_dim,
+        "rms_norm_eps": cfg.rms_norm_eps,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_position_embeddings,
+        "tie_word_embeddings": cfg.tie_word_embeddings,
+        "hidden_act": "silu",
+    }
+    if cfg.rope_scaling:
+        hf["rope_scaling"] = cfg.rope_scaling
+    if cfg.family != "qwen2":
+        hf["attention_bias"] = cfg.attention_bias
+    return hf
+
+
+def load_tokenizer(path: str | Path):
+    """The folder's tokenizer (tokenizer.json + tokenizer_config.json, with its chat template)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
+        raise CheckpointError(f"{path}: no tokenizer.json or tokenizer_config.json")
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def eos_token_ids(path: str | Path, tokenizer) -> list[int]:
+    """Stop ids: generation_config.json's eos_token_id (int or list) plus the tokenizer's EOS."""
+    ids: list[int] = []
+    gen = Path(path) / "generation_config.json"
+    if gen.exists():
+        eos = json.loads(gen.read_text()).get("eos_token_id")
+        ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids

@@ -1,0 +1,267 @@
+"""One decoder-only transformer for the Llama, Qwen2/Qwen2.5 and Qwen3 families.
+
+The same module serves every role in an RL run: the policy being trained, the frozen
+reference, the critic's trunk, and the rollout engine's incremental forward over a KV cache.
+Using one implementation everywhere is what keeps the engine's log-probabilities equal to the
+trainer's (shared/DESIGN.md, "The one idea"); `pillion logprob-check` proves it per checkpoint.
+
+Numerics follow the Hugging Face reference implementations on purpose, so that a bf16 forward
+rounds the same way: RMSNorm normalises in float32 and casts back before the weight multiply,
+RoPE tables are computed in float32 and cast to the activation dtype, attention runs through
+`scaled_dot_product_attention`, and logits are taken to float32 before any log-softmax.
+
+Families differ only in switches on `ModelConfig`: QKV bias (Qwen2), per-head QK RMSNorm
+(Qwen3), tied embeddings (small Qwen models), and the RoPE frequency rule (Llama-3 scaling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Sizes and switches of one checkpoint, read from its config.json (see checkpoint.py)."""
+
+    family: str  # "llama" | "qwen2" | "qwen3"
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None  # {"rope_type": "llama3" | "linear", ...}
+    max_position_embeddings: int = 4096
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # bias on q, k, v projections (Qwen2 always)
+    qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class RMSNorm(nn.Module):
+    """y = w * (x / sqrt(mean(x^2) + eps)), normalised in float32 and cast back first (as HF)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
+        return self.weight * normed.to(x.dtype)
+
+
+def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
+    """Inverse frequencies [head_dim/2] in float32, with Llama-3 or linear scaling if configured."""
+    dim = cfg.head_dim
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    scaling = cfg.rope_scaling or {}
+    kind = scaling.get("rope_type", scaling.get("type", "default"))
+    if kind == "default":
+        return inv_freq
+    if kind == "linear":
+        return inv_freq / float(scaling["factor"])
+    if kind == "llama3":
+        # Llama 3.1: long wavelengths are slowed by `factor`, short ones kept, and the band in
+        # between is interpolated smoothly (Meta's reference `apply_scaling`).
+        factor = float(scaling["factor"])
+        low = float(scaling["low_freq_factor"])
+        high = float(scaling["high_freq_factor"])
+        old_len = float(scaling["original_max_position_embeddings"])
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
+        smooth = (old_len / wavelen - low) / (high - low)
+        smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
+        return torch.where(medium, smoothed, scaled)
+    raise ValueError(f"config.json field 'rope_scaling.rope_type': {kind!r} is not supported (default, linear, llama3)")
+
+
+def rope_tables(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
+    """cos, sin [..., head_dim] for integer positions [...] (float32 math, cast to dtype)."""
+    freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # [..., D/2]
+    emb = torch.cat((freqs, freqs), dim=-1)  # [..., D]
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, heads, D] rotated by the half-split convention (HF `rotate_half`); cos [B, L, 1, D]."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class KVCache:
+    """A preallocated cache: keys and values [layers][B, kv_heads, max_len, head_dim].
+
+    Allocated once per engine and reused across calls; `write` copies new keys into place so
+    the tensors never change shape (what CUDA-graph capture needs).
+    """
+
+    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
+        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        self.batch, self.max_len = batch, max_len
+
+    def expand_rows(self, rows: torch.Tensor, length: int) -> None:
+        """Copy cache rows `rows[j]` into row j for the first `length` positions (prompt sharing)."""
+        for layer in range(len(self.k)):
+            self.k[layer][: len(rows), :, :length] = self.k[layer][rows, :, :length]
+            self.v[layer][: len(rows), :, :length] = self.v[layer][rows, :, :length]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with one fused q|k|v projection (split back to HF names on save)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (h + 2 * kv) * d, bias=cfg.attention_bias)
+        self.o_proj = nn.Linear(h * d, cfg.hidden_size, bias=False)
+        if cfg.qk_norm:
+            self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
+            self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
+
+    def forward(self, x, cos, sin, attn_mask, cache: KVCache | None, layer: int, cache_pos: int, kv_len: int):
+        bsz, length, _ = x.shape
+        cfg = self.cfg
+        h, kv = cfg.num_heads, cfg.num_kv_heads
+        qkv = self.qkv_proj(x).view(bsz, length, h + 2 * kv, cfg.head_dim)  # [B, L, heads, D]
+        if cfg.qk_norm:
+            qk = torch.cat((self.q_norm(qkv[:, :, :h]), self.k_norm(qkv[:, :, h : h + kv])), dim=2)
+        else:
+            qk = qkv[:, :, : h + kv]
+        qk = apply_rope(qk, cos, sin)  # q and k rotated together
+        q = qk[:, :, :h].transpose(1, 2)  # [B, H, L, D]
+        k = qk[:, :, h:].transpose(1, 2)  # [B, KV, L, D]
+        v = qkv[:, :, h + kv :].transpose(1, 2)
+        if cache is not None:
+            # Write this step's keys at [cache_pos, cache_pos + L) and attend over [0, kv_len).
+            cache.k[layer][:bsz, :, cache_pos : cache_pos + length] = k
+            cache.v[layer][:bsz, :, cache_pos : cache_pos + length] = v
+            k = cache.k[layer][:bsz, :, :kv_len]
+            v = cache.v[layer][:bsz, :, :kv_len]
+        # No mask means no padding: plain causal attention over the (cached) prefix.
+        causal = attn_mask is None and length > 1
+        if causal and cache_pos != 0:
+            raise ValueError("a multi-token step after cache_pos 0 needs an explicit attn_mask")
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, is_causal=causal, enable_gqa=h != kv
+        )  # [B, H, L, D]
+        return self.o_proj(out.transpose(1, 2).reshape(bsz, length, h * cfg.head_dim))
+
+
+class MLP(nn.Module):
+    """SwiGLU with one fused gate|up projection: down(silu(gate(x)) * up(x))."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, cos, sin, attn_mask, cache, layer, cache_pos, kv_len):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer, cache_pos, kv_len)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Decoder(nn.Module):
+    """Embedding, blocks and final norm; named as in Hugging Face checkpoints (`model.*`)."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class Transformer(nn.Module):
+    """The model. `forward` returns final hidden states; `logits` applies the LM head.
+
+    Parameter names follow Hugging Face (`model.layers.0.self_attn.o_proj.weight`, ...) except
+    two fused projections, `qkv_proj` and `gate_up_proj` (one matmul instead of three or two);
+    checkpoint.py maps them to and from the HF tensors explicitly.
+    """
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.model = Decoder(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        if cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+        # Kept out of the state dict: derived from the config, rebuilt after meta-device loading.
+        self.register_buffer("inv_freq", rope_inv_freq(cfg), persistent=False)
+
+    def reset_rope(self, device=None) -> None:
+        self.inv_freq = rope_inv_freq(self.cfg).to(device if device is not None else self.lm_head.weight.device)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,  # [B, L]
+        positions: torch.Tensor,  # [B, L] RoPE positions (count of real tokens before each)
+        attn_mask: torch.Tensor | None,  # bool [B, 1, L, kv_len], True = may attend; None = causal
+        cache: KVCache | None = None,
+        cache_pos: int = 0,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Final hidden states [B, L, hidden]. With a cache, keys go to [cache_pos, cache_pos+L).
+
+        `rope` may pass precomputed (cos, sin) [B, L, 1, D] for `positions` (the engine does,
+        from a table built once per call).
+        """
+        x = self.model.embed_tokens(input_ids)
+        if rope is None:
+            cos, sin = rope_tables(self.inv_freq, positions, x.dtype)
+            rope = cos[:, :, None], sin[:, :, None]
+        cos, sin = rope
+        kv_len = cache_pos + input_ids.shape[1]
+        for i, block in enumerate(self.model.layers):
+            x = block(x, cos, sin, attn_mask, cache, i, cache_pos, kv_len)
+        return self.model.norm(x)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """float32 logits for hidden states [..., hidden] -> [..., vocab]."""
+        return self.lm_head(hidden).float()
+
+
+def padding_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """RoPE positions [B, L] from a 0/1 mask: the count of real tokens before each position."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def causal_padding_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """bool [B, 1, L, L]: causal, keys restricted to real tokens.
+
+    A padding query has no real key before it; it may see itself so that softmax stays finite
+    (its output is never used).
+    """
+    length = attention_mask.shape[1]
+    device = attention_mask.device
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    mask = causal[None] & attention_mask.bool()[:, None, :]  # [B, L, L]
+    mask = mask | torch.eye(length, dtype=torch.bool, device=device)[None]
+    return mask[:, None]
