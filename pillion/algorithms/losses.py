@@ -226,9 +226,9 @@ def gspo_policy_loss(
     l_i = max(-A_i s_i, -A_i clip(s_i, 1-clip_low, 1+clip_high)), loss = (1/S) sum_{L_i>0} l_i.
 
     Written in the GSPO-token form (verl `compute_policy_loss_gspo`): the per-token ratio
-    sg[s_i] * exp(logp - sg(logp)) has the value s_i and, under the default
-    seq_mean_token_mean, exactly the sequence-level gradient; it also accepts [B, T]
-    advantages. Empty rows are excluded. dual_clip and weights act as in ppo_policy_loss, so
+    sg[s_i] * exp(logp - sg(logp)) has the value s_i and, for per-row advantages, exactly the
+    sequence-level gradient under every aggregation (the L_i tokens of a row share s_i); it
+    also accepts [B, T] advantages. Empty rows are excluded. dual_clip and weights act as in ppo_policy_loss, so
     both losses share one call. Stats as in ppo_policy_loss (ratio stats are s_i).
     """
     mask = mask.bool()  # [B, T]
