@@ -41,6 +41,11 @@ def check_scores(scores: Tensor, group_size: int | None) -> Tensor:
     return scores
 
 
+def _zero(x: Tensor) -> Tensor:
+    """A 0-dim zero on x's dtype and device, the fill value for torch.where."""
+    return torch.zeros((), dtype=x.dtype, device=x.device)
+
+
 def _warn_group_size_one(name: str) -> None:
     warnings.warn(f"{name}: group_size=1 gives no baseline, advantages are set to 0", stacklevel=3)
 
@@ -127,7 +132,7 @@ def expand(advantages: Tensor, mask: Tensor) -> Tensor:
     """Broadcast a per-row advantage to its response tokens: A[i,t] = A_i where m[i,t] = 1, else 0."""
     advantages = as_float(advantages).detach()
     mask = mask.bool()  # [B, T]
-    return torch.where(mask, advantages[:, None], torch.zeros((), dtype=advantages.dtype))  # [B, T]
+    return torch.where(mask, advantages[:, None], _zero(advantages))  # [B, T]
 
 
 def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
@@ -138,7 +143,7 @@ def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
     positions = torch.arange(mask.shape[1], device=mask.device)  # [T]
     last = torch.where(mask, positions, -1).amax(dim=1)  # [B], -1 for empty rows
     at_last = positions[None, :] == last[:, None]  # [B, T]
-    return torch.where(at_last, scores[:, None], torch.zeros((), dtype=scores.dtype))  # [B, T]
+    return torch.where(at_last, scores[:, None], _zero(scores))  # [B, T]
 
 
 def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
@@ -147,7 +152,7 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     and x is returned (masked) unchanged. [B, T] -> [B, T]."""
     values = as_float(values).detach()
     mask = mask.bool()  # [B, T]
-    zero = torch.zeros((), dtype=values.dtype)
+    zero = _zero(values)
     values = torch.where(mask, values, zero)  # [B, T]
     count = mask.sum()
     if count <= 1:
@@ -160,7 +165,7 @@ def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
 
 def _discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
     """G[i,t] = sum_{k >= t, m[i,k]} gamma^(k-t) rew[i,k], one vectorised pass right to left."""
-    zero = torch.zeros((), dtype=rewards.dtype)
+    zero = _zero(rewards)
     rewards = torch.where(mask, rewards, zero)  # [B, T]
     returns = torch.zeros_like(rewards)  # [B, T]
     running = torch.zeros_like(rewards[:, 0])  # [B]
@@ -200,11 +205,11 @@ def gae(
     """
     rewards, values = as_float(rewards).detach(), as_float(values).detach()
     mask = mask.bool()  # [B, T]
-    zero = torch.zeros((), dtype=rewards.dtype)
+    zero = _zero(rewards)
     # masked inputs are replaced before any arithmetic, so NaN padding cannot leak through
     rewards = torch.where(mask, rewards, zero)  # [B, T]
     values = torch.where(mask, values, zero)  # [B, T]
-    lam = as_float(lam).to(rewards.dtype)  # [] or [B]
+    lam = as_float(lam).to(device=rewards.device, dtype=rewards.dtype)  # [] or [B]
     advantages = torch.zeros_like(rewards)  # [B, T]
     next_value = torch.zeros_like(rewards[:, 0])  # [B]
     next_advantage = torch.zeros_like(rewards[:, 0])  # [B]

@@ -88,7 +88,9 @@ class GroupBuffer:
         rows: the batch's B per-row records."""
         keep = torch.as_tensor(keep).bool()
         if keep.dim() != 1 or keep.numel() != len(rows) or keep.numel() % self.group_size:
-            raise ValueError(f"keep of shape {tuple(keep.shape)} does not match {len(rows)} rows in groups of {self.group_size}")
+            raise ValueError(
+                f"keep of shape {tuple(keep.shape)} does not match {len(rows)} rows in groups of {self.group_size}"
+            )
         keep_group = keep.view(-1, self.group_size)  # [P, G]
         if not (keep_group == keep_group[:, :1]).all():
             raise ValueError("keep mask differs within a group")

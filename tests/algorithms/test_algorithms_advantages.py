@@ -12,7 +12,8 @@ from pillion.algorithms import advantages as adv
 
 
 def close(actual, expected, atol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64), atol=atol, rtol=0)
+    actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
 
 # ---------------------------------------------------------------- GRPO (§4)
@@ -110,7 +111,8 @@ def test_grpo_and_rloo_match_loop_reference(seed, prompts, group_size):
     listed = scores.tolist()
     close(adv.grpo(scores, group_size), grpo_reference(listed, group_size), atol=1e-9)
     close(adv.rloo(scores, group_size), rloo_reference(listed, group_size), atol=1e-9)
-    close(adv.dr_grpo(scores, group_size), [s - statistics.fmean(listed[i // group_size * group_size : (i // group_size + 1) * group_size]) for i, s in enumerate(listed)], atol=1e-9)
+    group_means = [statistics.fmean(listed[g : g + group_size]) for g in range(0, len(listed), group_size)]
+    close(adv.dr_grpo(scores, group_size), [s - group_means[i // group_size] for i, s in enumerate(listed)], atol=1e-9)
 
 
 def test_bf16_scores_equal_float32_on_rounded_values():
@@ -333,7 +335,8 @@ def reinforce_pp_reference(rewards, mask, gamma):
     if len(valid) <= 1:
         return [[0.0] * len(r) for r in returns]
     mu, var = statistics.fmean(valid), statistics.variance(valid)
-    return [[(g - mu) / math.sqrt(var + 1e-8) if mask[i][t] else 0.0 for t, g in enumerate(row)] for i, row in enumerate(returns)]
+    scale = math.sqrt(var + 1e-8)
+    return [[(g - mu) / scale if m else 0.0 for g, m in zip(row, row_mask)] for row, row_mask in zip(returns, mask)]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

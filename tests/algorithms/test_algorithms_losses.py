@@ -14,7 +14,8 @@ LN2, LN3 = math.log(2.0), math.log(3.0)
 
 
 def close(actual, expected, atol=1e-6):
-    torch.testing.assert_close(torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64), atol=atol, rtol=0)
+    actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
+    torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
 
 def random_mask(gen, batch, length, holes=0.1):
@@ -91,7 +92,8 @@ def test_aggregate_matches_loop_reference(seed, batch, length, mode):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, length, generator=gen, dtype=torch.float64)
     mask = random_mask(gen, batch, length, holes=0.3)
-    close(losses.aggregate(x, mask, mode, norm_len=6.0), aggregate_reference(x.tolist(), mask.tolist(), mode, 6.0), atol=1e-12)
+    expected = aggregate_reference(x.tolist(), mask.tolist(), mode, 6.0)
+    close(losses.aggregate(x, mask, mode, norm_len=6.0), expected, atol=1e-12)
 
 
 def split_rows(batch, gen):
@@ -117,8 +119,9 @@ def test_micro_batches_sum_to_full_batch_value_and_gradient(seed, mode):
 
     def total(rows, counts):
         a, b = rows
-        pg, _ = losses.ppo_policy_loss(logp[a:b], old_logp[a:b], advantages[a:b], mask[a:b], 0.2, 0.28, 3.0, mode, **counts)
-        gs, _ = losses.gspo_policy_loss(logp[a:b], old_logp[a:b], advantages[a:b], mask[a:b], 0.1, 0.1, agg=mode, **counts)
+        rows = (logp[a:b], old_logp[a:b], advantages[a:b], mask[a:b])
+        pg, _ = losses.ppo_policy_loss(*rows, 0.2, 0.28, 3.0, mode, **counts)
+        gs, _ = losses.gspo_policy_loss(*rows, 0.1, 0.1, agg=mode, **counts)
         vf, _ = losses.value_loss(values[a:b], returns[a:b] + 0.1, returns[a:b], mask[a:b], 0.2, mode, **counts)
         kl = losses.aggregate(losses.kl(logp[a:b], old_logp[a:b], "k3"), mask[a:b], mode, **counts)
         return pg + gs + vf + kl
@@ -186,7 +189,8 @@ def test_k3_is_never_negative_and_unclamped():
     delta = 10 * torch.randn(1000, generator=gen)
     assert (losses.kl(delta[None], torch.zeros(1, 1000), "k3") >= 0).all()
     # delta = -30: unclamped k3 = e^30 - 31 (low_var would give 10)
-    close(losses.kl(torch.tensor([[-30.0]], dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64), "k3"), [[math.exp(30) - 31]])
+    logp = torch.tensor([[-30.0]], dtype=torch.float64)
+    close(losses.kl(logp, torch.zeros_like(logp), "k3"), [[math.exp(30) - 31]])
 
 
 def test_kl_unknown_kind():
@@ -201,7 +205,10 @@ def one_token(advantage, ratio, clip_low=0.2, clip_high=0.2, dual_clip=None, wei
     """Loss and d loss / d logp of a single token with the given advantage and ratio."""
     logp = torch.tensor([[math.log(ratio)]], dtype=torch.float64, requires_grad=True)
     weights = None if weight is None else torch.tensor([[weight]])
-    loss, stats = losses.ppo_policy_loss(logp, torch.zeros(1, 1), torch.tensor([[advantage]]), torch.ones(1, 1), clip_low, clip_high, dual_clip, weights=weights)
+    advantages, mask = torch.tensor([[advantage]]), torch.ones(1, 1)
+    loss, stats = losses.ppo_policy_loss(
+        logp, torch.zeros(1, 1), advantages, mask, clip_low, clip_high, dual_clip, weights=weights
+    )
     loss.backward()
     return loss.item(), logp.grad.item(), stats
 
@@ -334,7 +341,8 @@ def test_ppo_matches_loop_reference(seed, batch, length, mode, dual_clip):
     weights = 2 * torch.rand(batch, length, generator=gen, dtype=torch.float64)
     mask = random_mask(gen, batch, length)
     loss, _ = losses.ppo_policy_loss(logp, old, a, mask, 0.2, 0.28, dual_clip, mode, weights, norm_len=5.0)
-    per_token = ppo_reference(logp.tolist(), old.tolist(), a.tolist(), mask.tolist(), 0.2, 0.28, dual_clip, weights.tolist())
+    lists = [x.tolist() for x in (logp, old, a, mask)]
+    per_token = ppo_reference(*lists, 0.2, 0.28, dual_clip, weights.tolist())
     close(loss, aggregate_reference(per_token, mask.tolist(), mode, 5.0), atol=1e-12)
 
 
@@ -372,7 +380,8 @@ def test_policy_loss_bf16_equals_float32_on_rounded_values(fn):
 
 def gspo_one_row(log_ratios, advantage):
     logp = torch.tensor([log_ratios], dtype=torch.float64)
-    return losses.gspo_policy_loss(logp, torch.zeros_like(logp), torch.tensor([advantage]), torch.ones_like(logp), 3e-4, 4e-4)
+    advantages = torch.tensor([advantage])
+    return losses.gspo_policy_loss(logp, torch.zeros_like(logp), advantages, torch.ones_like(logp), 3e-4, 4e-4)
 
 
 def test_gspo_worked_examples():
@@ -440,10 +449,13 @@ def test_tis_weights_worked_examples():
     # sequence level: exp(1 - 1 + 0) = 1 on every valid token
     close(losses.tis_weights(old, gen_logp, mask, level="sequence"), [[1.0, 1.0, 1.0, 0.0]])
     # sequence level, row sum 0.5 + 0.3 = 0.8 -> e^0.8 = 2.225541 -> 2; row sum -0.3 -> 0.740818
-    w = losses.tis_weights(torch.tensor([[0.5, 0.3], [-0.5, 0.2]]), torch.zeros(2, 2), torch.ones(2, 2), level="sequence")
+    rows = torch.tensor([[0.5, 0.3], [-0.5, 0.2]])
+    w = losses.tis_weights(rows, torch.zeros(2, 2), torch.ones(2, 2), level="sequence")
     close(w, [[2.0, 2.0], [0.740818, 0.740818]])
     # huge differences never overflow
-    assert torch.isfinite(losses.tis_weights(torch.tensor([[1e4, 1e4]]), torch.tensor([[-1e4, 0.0]]), torch.ones(1, 2), level="sequence")).all()
+    old_huge, gen_huge = torch.tensor([[1e4, 1e4]]), torch.tensor([[-1e4, 0.0]])
+    huge = losses.tis_weights(old_huge, gen_huge, torch.ones(1, 2), level="sequence")
+    assert torch.isfinite(huge).all()
     with pytest.raises(ValueError):
         losses.tis_weights(old, gen_logp, mask, level="row")
 
@@ -466,7 +478,8 @@ def test_token_mult_prob_error_worked_examples():
 
 def value_token(v, v_old=0.5, r=1.0, clip=0.2):
     values = torch.tensor([[v]], dtype=torch.float64, requires_grad=True)
-    loss, stats = losses.value_loss(values, torch.tensor([[v_old]]), torch.tensor([[r]]), torch.ones(1, 1), clip, "token_mean")
+    old_values, returns = torch.tensor([[v_old]]), torch.tensor([[r]])
+    loss, stats = losses.value_loss(values, old_values, returns, torch.ones(1, 1), clip, "token_mean")
     loss.backward()
     return loss.item(), values.grad.item(), stats
 
@@ -491,7 +504,10 @@ def test_value_loss_gradcheck_and_zero_mask(mode):
     old = values.detach() + 0.3 * torch.randn(3, 4, generator=gen, dtype=torch.float64)
     returns = torch.randn(3, 4, generator=gen, dtype=torch.float64)
     mask = random_mask(gen, 3, 4)
-    assert torch.autograd.gradcheck(lambda v: losses.value_loss(v, old, returns, mask, 0.2, mode, norm_len=2.0)[0], (values,))
+    def loss(v):
+        return losses.value_loss(v, old, returns, mask, 0.2, mode, norm_len=2.0)[0]
+
+    assert torch.autograd.gradcheck(loss, (values,))
     loss, stats = losses.value_loss(values, old, returns, torch.zeros(3, 4), 0.2, mode, norm_len=2.0)
     loss.backward()
     assert loss.item() == 0.0 and torch.equal(values.grad, torch.zeros(3, 4))
@@ -592,7 +608,8 @@ def test_no_nan_or_inf_on_extreme_inputs(seed):
             assert all(torch.isfinite(v) for v in stats.values())
         for kind in ("k1", "k2", "k3", "low_var"):  # k3 guard: exp(-delta) with -delta <= 50 stays finite
             total = total + 1e-30 * losses.aggregate(losses.kl(logp, ref, kind, mask), mask, mode, norm_len=10)
-        loss, stats = losses.value_loss(values, values.detach() + 1.0, values.detach() * 2, mask, 0.2, mode, norm_len=10)
+        old_values, returns = values.detach() + 1.0, values.detach() * 2
+        loss, stats = losses.value_loss(values, old_values, returns, mask, 0.2, mode, norm_len=10)
         total = total + loss
     total = total + losses.aggregate(losses.entropy(logits, mask=mask), mask, "token_mean")
     total = total + losses.nll_positive(logp, mask, a > 0)
