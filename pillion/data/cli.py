@@ -37,7 +37,8 @@ def print_report(report: ReadReport, examples: int, out: TextIO) -> None:
     broken = [s for s in report.skipped if not s.missing_answer]
     print(f"file:     {report.path}", file=out)
     print(f"format:   {report.format}", file=out)
-    print(f"rows:     {report.rows} ({len(problems)} problems, {len(report.skipped)} skipped)", file=out)
+    print(f"rows:     {report.rows} ({len(problems)} problems, {len(report.skipped)} skipped)",
+          file=out)
     print(f"without gold answer: {len(missing)}" +
           (f" (rows {', '.join(str(s.row) for s in missing[:10])}"
            f"{' ...' if len(missing) > 10 else ''})" if missing else ""), file=out)

@@ -419,7 +419,8 @@ def _iter_rows(path: str, split: str, subset: str | None) -> Iterator[tuple[int,
         return _iter_json(path)
     if suffix == ".parquet":
         return _iter_parquet(path)
-    raise DataError(path, None, None, f"unknown file type '{suffix}' (use .jsonl, .json or .parquet)")
+    raise DataError(path, None, None,
+                    f"unknown file type '{suffix}' (use .jsonl, .json or .parquet)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,8 +447,9 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
         format = detect_format([r for _, r in rows if not isinstance(r, _RowError)])
         if format is None:
             first = next((r for _, r in rows if isinstance(r, dict)), {})
-            raise DataError(path, None, None, f"cannot tell the format from fields {sorted(first)}; "
-                                              f"pass format= one of {', '.join(FORMATS)}")
+            raise DataError(path, None, None,
+                            f"cannot tell the format from fields {sorted(first)}; "
+                            f"pass format= one of {', '.join(FORMATS)}")
     parse, src = PARSERS[format], source or format
     report = ReadReport(path=path, format=format, rows=len(rows))
     for n, row in rows:
@@ -470,7 +472,8 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
 
 
 def read(path: str | os.PathLike, format: str = "auto", on_error: str = "raise", *,
-         source: str | None = None, split: str = "train", subset: str | None = None) -> list[Problem]:
+         source: str | None = None, split: str = "train",
+         subset: str | None = None) -> list[Problem]:
     """Read a dataset into Problem records. See the module docstring and `read_with_report`."""
     return read_with_report(path, format, on_error, source=source, split=split,
                             subset=subset).problems

@@ -100,7 +100,8 @@ class Mixture:
             weights = {name: float(len(ps)) for name, ps in self.pools.items()}
         unknown = set(weights) - set(self.pools)
         if unknown:
-            raise ValueError(f"weights name unknown pools {sorted(unknown)}; pools: {sorted(self.pools)}")
+            raise ValueError(f"weights name unknown pools {sorted(unknown)}; "
+                             f"pools: {sorted(self.pools)}")
         if any(w < 0 for w in weights.values()):
             raise ValueError(f"weights must be >= 0, got {weights}")
         self.weights = {name: float(weights.get(name, 0.0)) for name in self.pools}
@@ -177,7 +178,8 @@ class Mixture:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from `state`. The pools must hold what they held when it was saved."""
         if set(state["pools"]) != set(self.pools):
-            raise ValueError(f"state has pools {sorted(state['pools'])}, mixture has {sorted(self.pools)}")
+            raise ValueError(f"state has pools {sorted(state['pools'])}, "
+                             f"mixture has {sorted(self.pools)}")
         for name, saved in state["pools"].items():
             if saved["fingerprint"] != _fingerprint(self.pools[name]):
                 raise ValueError(f"pool {name!r} differs from the one saved "

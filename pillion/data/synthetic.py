@@ -89,7 +89,8 @@ def _level4(rng: random.Random) -> tuple[str, list[str], int]:
         return _what(f"{a}*{b}+{c}"), [f"{a}*{b}={a * b}", f"{a * b}+{c}={a * b + c}"], a * b + c
     if kind == 1:
         a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(2, 9)
-        return _what(f"({a}+{b})*{c}"), [f"{a}+{b}={a + b}", f"{a + b}*{c}={(a + b) * c}"], (a + b) * c
+        steps = [f"{a}+{b}={a + b}", f"{a + b}*{c}={(a + b) * c}"]
+        return _what(f"({a}+{b})*{c}"), steps, (a + b) * c
     d, n = rng.randint(2, 9), rng.randint(10, 99)
     q, r = divmod(n, d)
     return f"Remainder of {n}/{d}?", [f"{d}*{q}={d * q}", f"{n}-{d * q}={r}"], r

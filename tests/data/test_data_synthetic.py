@@ -57,7 +57,8 @@ def test_train_and_test_never_overlap():
     train_q = {p.question for p in train}
     test_q = {p.question for p in test}
     assert train_q.isdisjoint(test_q)
-    assert all(split_of(q) == "test" for q in test_q) and all(split_of(q) == "train" for q in train_q)
+    assert all(split_of(q) == "test" for q in test_q)
+    assert all(split_of(q) == "train" for q in train_q)
     # the split is a fixed property of the question text: level 1 (small space) has test items
     assert {p.question for p in test if p.level == 1}
 

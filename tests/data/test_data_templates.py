@@ -11,7 +11,8 @@ PROBLEM = Problem(id="t/1", question="What is 3+5?", answer="8")
 class FakeTokenizer:
     def apply_chat_template(self, messages, tokenize, add_generation_prompt):
         assert tokenize is False and add_generation_prompt is True
-        return "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages) + "<assistant>"
+        turns = "".join(f"<{m['role']}>{m['content']}</{m['role']}>" for m in messages)
+        return turns + "<assistant>"
 
 
 def test_named_templates():
