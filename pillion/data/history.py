@@ -1,0 +1,109 @@
+"""SRPO history resampling and stage schedules (ALGORITHMS.md §10; Kwaipilot, 2504.14286).
+
+History Resampling: during an epoch, record for every prompt the correctness of each of its
+rollouts. At the epoch end, drop the prompts whose recorded rollouts were all correct (too easy:
+no contrastive signal). Prompts with mixed outcomes, prompts with only incorrect outcomes (a
+curriculum: they may become solvable) and prompts not sampled in the epoch stay. A dropped
+prompt never returns. Example (G=4): p1 [1,1,1,1] dropped; p2 [1,0,1,0] kept; p3 [0,0,0,0] kept.
+
+Use in a loop (the epoch of a pool ends when the mixture has drawn it once through):
+
+    history.record(problem.id, [r.correct for r in results_of_problem])
+    if mixture.drawn(name) >= len(mixture.pools[name]):
+        mixture.replace_pool(name, history.next_pool(mixture.pools[name]))
+
+On resume, load the history first and rebuild each pool as `[p for p in original if
+history.keep(p)]` before `mixture.load_state_dict`: the mixture stores only a fingerprint of
+its pools, and this filter gives exactly the pool that `next_pool` left.
+
+Stages: SRPO trains on math first, then math + code. `data.stages` is a list such as
+`[{"sources": {"math": 1.0}, "steps": 10}, {"sources": {"math": 0.5, "code": 0.5}, "steps": 10}]`;
+`stage_at(stages, step)` says which stage a (0-based) step belongs to, and its `sources` become
+the mixture's weights (`Mixture.set_weights`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from pillion.data.problem import Problem
+
+
+class HistoryResampler:
+    """Per-prompt outcomes of the current epoch, and the prompts dropped in earlier epochs."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, list[bool]] = {}  # this epoch: problem id -> rollout correctness
+        self.dropped: set[str] = set()  # all epochs so far; absorbing
+
+    def record(self, problem_id: str, corrects: Iterable[bool | None]) -> None:
+        """Add rollout outcomes for a prompt. Only `True` counts as correct (None: ungraded)."""
+        self.outcomes.setdefault(problem_id, []).extend(c is True for c in corrects)
+
+    def keep(self, problem: Problem) -> bool:
+        """False for a prompt dropped in an earlier epoch."""
+        return problem.id not in self.dropped
+
+    def next_pool(self, pool: list[Problem]) -> list[Problem]:
+        """End the epoch: drop the all-correct prompts for good, return the rest of `pool`.
+
+        A prompt sampled but with no recorded rollouts (an empty list) counts as unsampled.
+        """
+        for pid, corrects in self.outcomes.items():
+            if corrects and all(corrects):
+                self.dropped.add(pid)
+        self.outcomes = {}
+        return [p for p in pool if p.id not in self.dropped]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"outcomes": {k: list(v) for k, v in self.outcomes.items()},
+                "dropped": sorted(self.dropped)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.outcomes = {k: [bool(c) for c in v] for k, v in state["outcomes"].items()}
+        self.dropped = set(state["dropped"])
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One training stage: source weights for the mixture, for `steps` optimizer steps."""
+
+    sources: dict[str, float]
+    steps: int
+
+
+def parse_stages(items: list[dict[str, Any]]) -> list[Stage]:
+    """Stages from config dicts; unknown keys, non-positive steps or weights are errors."""
+    if not isinstance(items, list) or not items:
+        raise ValueError(f"data.stages must be a non-empty list, got {items!r}")
+    stages = []
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or set(item) != {"sources", "steps"}:
+            raise ValueError(f"data.stages[{i}] must have exactly the keys 'sources' and 'steps', "
+                             f"got {item!r}")
+        sources, steps = item["sources"], item["steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
+            raise ValueError(f"data.stages[{i}].steps must be a positive int, got {steps!r}")
+        if (not isinstance(sources, dict) or not sources
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
+                       for w in sources.values())
+                or sum(sources.values()) <= 0):
+            raise ValueError(f"data.stages[{i}].sources must map names to weights >= 0 with a "
+                             f"positive sum, got {sources!r}")
+        stages.append(Stage(sources={str(k): float(w) for k, w in sources.items()}, steps=steps))
+    return stages
+
+
+def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:
+    """(index, stage) for 0-based `step`; steps past the schedule stay in the last stage."""
+    if not stages:
+        raise ValueError("no stages")
+    if step < 0:
+        raise ValueError(f"step must be >= 0, got {step}")
+    end = 0
+    for i, stage in enumerate(stages):
+        end += stage.steps
+        if step < end:
+            return i, stage
+    return len(stages) - 1, stages[-1]
