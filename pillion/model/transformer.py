@@ -56,6 +56,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # same math, one kernel
         normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
@@ -87,17 +89,24 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
 
 
 def rope_tables(inv_freq: torch.Tensor, positions: torch.Tensor, dtype: torch.dtype):
-    """cos, sin [..., head_dim] for integer positions [...] (float32 math, cast to dtype)."""
+    """cos, signed sin [..., head_dim] for integer positions [...] (float32 math, cast to dtype).
+
+    The sine table carries the sign of HF's `rotate_half` (-sin on the first half), so that
+    `apply_rope` needs one roll instead of slice, negate and concatenate; -a*b == a*(-b)
+    exactly in floating point, so the result is bit-identical.
+    """
     freqs = positions.float()[..., None] * inv_freq.to(positions.device)  # [..., D/2]
-    emb = torch.cat((freqs, freqs), dim=-1)  # [..., D]
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    cos = torch.cat((freqs, freqs), dim=-1).cos()  # [..., D]
+    sin = freqs.sin()
+    return cos.to(dtype), torch.cat((-sin, sin), dim=-1).to(dtype)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [B, L, heads, D] rotated by the half-split convention (HF `rotate_half`); cos [B, L, 1, D]."""
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """x [B, L, heads, D] rotated by the half-split convention; cos, signed_sin [B, L, 1, D].
+
+    x * cos + rotate_half(x) * sin, with rotate_half(x) = [-x2, x1] = roll(x, D/2) * sign.
+    """
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class KVCache:
@@ -152,6 +161,11 @@ class Attention(nn.Module):
             cache.v[layer][:bsz, :, cache_pos : cache_pos + length] = v
             k = cache.k[layer][:bsz, :, :kv_len]
             v = cache.v[layer][:bsz, :, :kv_len]
+        if length == 1 and q.device.type == "cpu":
+            # One query per row on CPU: two small batched matmuls beat the fused CPU kernel
+            # (~2x here); softmax runs in float32 as the fused kernels accumulate.
+            out = decode_attention(q, k, v, attn_mask)
+            return self.o_proj(out.reshape(bsz, 1, h * cfg.head_dim))
         # No mask means no padding: plain causal attention over the (cached) prefix.
         causal = attn_mask is None and length > 1
         if causal and cache_pos != 0:
@@ -160,6 +174,25 @@ class Attention(nn.Module):
             q, k, v, attn_mask=attn_mask, is_causal=causal, enable_gqa=h != kv
         )  # [B, H, L, D]
         return self.o_proj(out.transpose(1, 2).reshape(bsz, length, h * cfg.head_dim))
+
+
+def decode_attention(q, k, v, attn_mask):
+    """Attention of one query per row: q [B, H, 1, D], k, v [B, KV, S, D] -> [B, H, 1, D].
+
+    The H query heads are grouped by the KV head they share, so no key is repeated.
+    attn_mask: None, additive float or bool (True = may attend), broadcastable to [B, 1, 1, S].
+    """
+    bsz, h, _, d = q.shape
+    kv = k.shape[1]
+    qg = q.reshape(bsz, kv, h // kv, d)  # [B, KV, G, D]
+    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d**-0.5  # [B, KV, G, S]
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attn_mask.view(bsz, 1, 1, -1), float("-inf"))
+        else:
+            scores = scores + attn_mask.view(bsz, 1, 1, -1)
+    weights = scores.softmax(-1).to(v.dtype)
+    return torch.matmul(weights, v).view(bsz, h, 1, d)
 
 
 class MLP(nn.Module):

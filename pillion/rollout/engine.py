@@ -70,7 +70,7 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
     if params.temperature == 0:
         tokens = logits.argmax(-1)
         return tokens, F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    scaled = logits / params.temperature
+    scaled = logits / params.temperature if params.temperature != 1.0 else logits
     logprobs = F.log_softmax(scaled, -1)  # [R, V] the policy distribution
     filtered = scaled
     if params.top_k > 0:
@@ -82,7 +82,8 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
         drop = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
         filtered = filtered.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    cdf = filtered.softmax(-1).double().cumsum(-1)  # [R, V]
+    probs = logprobs.exp() if filtered is scaled else filtered.softmax(-1)  # [R, V]
+    cdf = probs.double().cumsum(-1)
     u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=torch.float64)
     tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)

@@ -1,0 +1,33 @@
+"""The critic for PPO and VAPO: pillion's decoder with a scalar value head.
+
+V[i, t] is read at the position whose logits give log pi(y_it), i.e. the state (prompt,
+y_<t) (ALGORITHMS.md §2.2, "value alignment"). The trunk starts as a copy of the policy (VAPO
+starts from a reward model; with verifiable rewards there is none) and the head at zero, so
+initial values are 0 and the first advantages are Monte-Carlo returns.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pillion.model.sequences import SequenceBatch
+from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
+
+
+class Critic(nn.Module):
+    def __init__(self, trunk: Transformer):
+        super().__init__()
+        self.trunk = trunk
+        self.value_head = nn.Linear(trunk.cfg.hidden_size, 1, device=trunk.lm_head.weight.device,
+                                    dtype=trunk.lm_head.weight.dtype)
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+
+    def values(self, batch: SequenceBatch) -> torch.Tensor:
+        """Values [B, T] float32 of each response token's state; 0 on padding."""
+        attn = batch.attention_mask
+        hidden = self.trunk(batch.input_ids, padding_positions(attn), causal_padding_mask(attn))
+        P, T = batch.prompt_len, batch.response_mask.shape[1]
+        v = self.value_head(hidden[:, P - 1 : P - 1 + T]).squeeze(-1).float()  # [B, T]
+        return torch.where(batch.response_mask.bool(), v, torch.zeros_like(v))

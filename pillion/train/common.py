@@ -1,0 +1,108 @@
+"""Plain helpers shared by the RL and SFT loops: devices, seeds, data, optimiser, logging.
+
+Functions only; each loop file calls what it needs (shared/STYLE.md rule 13: no base class).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from pillion.data import read, synthetic
+from pillion.data.problem import Problem
+
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_model(name: str) -> Path:
+    """A model folder; "default" is the tiny SFT-warmed arithmetic model shipped with pillion."""
+    path = DEFAULT_MODEL if name == "default" else Path(name)
+    if not (path / "config.json").exists():
+        hint = " (regenerate it with scripts/make_default_model.py)" if name == "default" else ""
+        raise FileNotFoundError(f"model folder {path} has no config.json{hint}")
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train") -> list[Problem]:
+    """Problems for one data spec: "synthetic:1,2,3" (levels) or a dataset file."""
+    if spec.startswith("synthetic"):
+        levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2, 3)
+        return synthetic.generate(size, levels=levels, seed=seed, split=split)
+    return read(spec, format=data_cfg.format, on_error=data_cfg.on_error)
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Multiplier on the base learning rate at optimizer step `step` (0-based)."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "constant":
+        return 1.0
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    raise ValueError(f"config key 'lr_schedule': unknown schedule {schedule!r} (constant, linear, cosine)")
+
+
+def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    # foreach=False keeps the CPU step cheap for tiny models and equal across devices.
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
+
+
+def default_run_dir(prefix: str) -> Path:
+    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
+
+
+class MetricsLog:
+    """Appends one JSON object per step to metrics.jsonl (and TensorBoard when installed)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = run_dir / "metrics.jsonl"
+        self.writer = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"))
+        except ImportError:
+            pass
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: forget lines logged after the checkpoint's step (they will be redone)."""
+        if not self.path.exists():
+            return
+        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
+        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, record.get("step", 0))
+
+
+def progress(total: int, initial: int, desc: str):
+    """A tqdm bar with ETA on stderr (hidden when stderr is not a terminal and CI is set)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True)

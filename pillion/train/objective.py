@@ -1,0 +1,134 @@
+"""The per-preset glue between the loop and `pillion.algorithms`: advantages and the actor loss.
+
+`pillion.algorithms` holds the formulas as pure tensor functions; this module only chooses
+among them from the config, in the order shared/ALGORITHMS.md §2.5 gives:
+
+    loss = loss_pg + kl_coef * aggregate(kl) - entropy_coef * aggregate(H) + nll_coef * loss_nll
+
+All tensors are [B, T] response tensors with `mask` (1 on response tokens) unless noted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pillion.algorithms import advantages as A
+from pillion.algorithms import losses as L
+
+GROUP_ADVANTAGES = {"grpo", "dr_grpo", "rloo", "raw", "raft"}  # one scalar per response
+
+
+@dataclass
+class Counts:
+    """Global normalisers of one optimizer step (so micro-batch losses sum to the full loss)."""
+
+    num_tokens: int  # valid tokens
+    num_seqs: int  # rows with at least one valid token (seq_mean modes) or all rows (sum_norm)
+    norm_len: float  # Dr. GRPO's constant divisor
+    num_positive_tokens: int  # tokens of correct rows (VAPO / RAFT NLL)
+
+    @staticmethod
+    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float) -> "Counts":
+        rows = mask.shape[0] if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
+        positive = int((mask.bool() & correct.bool()[:, None]).sum())
+        return Counts(int(mask.sum()), rows, norm_len, positive)
+
+
+def sequence_kl(old_logp, ref_logp, mask) -> torch.Tensor:
+    """sum_t k1 per row [B]: the KL penalty folded into a sequence-level score."""
+    return L.kl(old_logp, ref_logp, "k1", mask).sum(-1)
+
+
+def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None):
+    """Advantages [B, T] (and returns [B, T] for the critic when the advantage is GAE).
+
+    scores [B] are the rewards of the responses, groups contiguous (cfg.group_size rows each).
+    With loss.kl_in == "reward", -kl_coef * k1 enters the reward: per token for token-level
+    advantages (gae, reinforce_pp), summed per response for group advantages.
+    """
+    name = cfg.adv.name
+    kl_in_reward = cfg.loss.kl_in == "reward" and cfg.loss.kl_coef > 0 and ref_logp is not None
+    returns = None
+    if name in GROUP_ADVANTAGES:
+        if kl_in_reward:
+            scores = scores - cfg.loss.kl_coef * sequence_kl(old_logp, ref_logp, mask)
+        if name == "grpo":
+            seq = A.grpo(scores, cfg.group_size, cfg.adv.std_normalize, cfg.adv.eps)
+        else:
+            seq = A.ADVANTAGES[name](scores, cfg.group_size)
+        adv = A.expand(seq, mask)  # [B, T]
+    else:
+        token_rewards = A.terminal_rewards(scores, mask)  # [B, T], s_i on the last valid token
+        if kl_in_reward:
+            token_rewards = token_rewards - cfg.loss.kl_coef * L.kl(old_logp, ref_logp, "k1", mask)
+        if name == "reinforce_pp":
+            adv = A.reinforce_pp(token_rewards, mask, cfg.ppo.gamma)
+        elif name == "gae":
+            lengths = mask.sum(-1)
+            # VAPO decoupled GAE: the critic learns from lam_critic returns, the policy uses a
+            # length-adaptive lambda (2504.05118 §4.1-4.2); plain PPO uses lam for both.
+            lam_policy = A.vapo_lambda(lengths, cfg.ppo.vapo_alpha) if cfg.ppo.vapo_alpha else cfg.ppo.lam
+            lam_critic = cfg.ppo.lam_critic if cfg.ppo.lam_critic is not None else cfg.ppo.lam
+            adv, _ = A.gae(token_rewards, values, mask, cfg.ppo.gamma, lam_policy)
+            _, returns = A.gae(token_rewards, values, mask, cfg.ppo.gamma, lam_critic)
+        else:
+            raise ValueError(f"config key 'adv': unknown advantage {name!r}")
+    if cfg.adv.whiten:
+        adv = A.whiten(adv, mask)
+    return adv, returns
+
+
+def loss_mask(cfg, mask, correct, truncated):
+    """The tokens the actor loss sees: RAFT trains on positives only (ALGORITHMS §9), and
+    overlong filtering drops truncated responses (§6.4); their scores still shaped the groups."""
+    if cfg.adv.name == "raft":
+        mask = mask * correct.to(mask.dtype)[:, None]
+    if cfg.filter.overlong_mask:
+        mask = mask * (~truncated).to(mask.dtype)[:, None]
+    return mask
+
+
+def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, gen_logp=None,
+               entropy=None, correct=None):
+    """The actor objective of one micro-batch, scaled by global counts; returns (loss, stats)."""
+    agg = dict(agg=cfg.loss.agg, num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len)
+    weights = None
+    if cfg.loss.tis_cap is not None and gen_logp is not None:
+        # Truncated importance sampling (Yao et al. 2025; ALGORITHMS §13.2).
+        weights = L.tis_weights(old_logp, gen_logp, mask, cfg.loss.tis_cap)
+    name = cfg.loss.name
+    stats: dict[str, torch.Tensor] = {}
+    if name == "ppo_clip":
+        if cfg.loss.ratio_level == "sequence":  # GSPO
+            seq_adv = adv.sum(-1) / mask.sum(-1).clamp_min(1)  # [B] (constant per row)
+            pg, stats = L.gspo_policy_loss(logp, old_logp, seq_adv, mask, cfg.loss.clip_low, cfg.loss.clip_high,
+                                           cfg.loss.dual_clip, weights=weights, **agg)
+        else:
+            pg, stats = L.ppo_policy_loss(logp, old_logp, adv, mask, cfg.loss.clip_low, cfg.loss.clip_high,
+                                          cfg.loss.dual_clip, weights=weights, **agg)
+    elif name == "reinforce":
+        per_token = -adv * logp  # [B, T] REINFORCE: ratio 1 on-policy
+        if weights is not None:
+            per_token = weights * per_token
+        pg = L.aggregate(per_token, mask, **agg)
+    elif name == "nll":
+        pg = L.aggregate(-logp, mask, "token_mean", num_tokens=counts.num_tokens)  # RAFT: positives only
+    else:
+        raise ValueError(f"config key 'loss': unknown policy loss {name!r} (ppo_clip, reinforce, nll)")
+    loss = pg
+    stats = {k: float(v) for k, v in stats.items()}
+    stats["pg_loss"] = float(pg.detach())
+    if cfg.loss.kl_in == "loss" and cfg.loss.kl_coef > 0 and ref_logp is not None:
+        kl_term = L.aggregate(L.kl(logp, ref_logp, cfg.loss.kl_kind, mask), mask, **agg)
+        loss = loss + cfg.loss.kl_coef * kl_term
+        stats["kl_loss"] = float(kl_term.detach())
+    if cfg.loss.entropy_coef > 0 and entropy is not None:
+        loss = loss - cfg.loss.entropy_coef * L.aggregate(entropy, mask, **agg)
+    if cfg.loss.nll_coef > 0 and correct is not None:
+        # VAPO positive-example LM loss (2504.05118 §4.3 eq. 9-10).
+        nll = L.nll_positive(logp, mask, correct, num_tokens=max(counts.num_positive_tokens, 1))
+        loss = loss + cfg.loss.nll_coef * nll
+        stats["nll_loss"] = float(nll.detach())
+    return loss, stats

@@ -1,0 +1,80 @@
+"""torch.distributed and FSDP2 for `torchrun`, applied from outside the model (STYLE rule 11).
+
+    torchrun --nproc_per_node 8 -m pillion train algo=grpo model=DIR
+
+One process (the default) is world size 1 and every function here is the identity, so the
+loop calls them unconditionally and never branches on parallelism. With several ranks, each
+rank rolls out its slice of the step's prompts (whole groups, so advantages stay local), the
+loss normalisers are summed over ranks, and FSDP2 (`fully_shard`) shards the policy, the
+reference and the critic block by block and averages gradients.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class World:
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> World:
+    """Join the process group when started by torchrun; otherwise a world of one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return World(dist.get_rank(), size, local_rank)
+
+
+def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
+    """FSDP2: shard each transformer block, then the root (torchtitan's order). No-op alone."""
+    if world.size == 1:
+        return model
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    trunk = getattr(model, "trunk", model)  # the critic wraps a transformer
+    for block in trunk.model.layers:
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def my_slice(items: list, world: World) -> list:
+    """This rank's share of a list (contiguous, so groups of one prompt stay together)."""
+    per = -(-len(items) // world.size)
+    return items[world.rank * per : (world.rank + 1) * per]
+
+
+def sum_int(value: int, world: World) -> int:
+    """Sum of an integer over ranks (loss normalisers: global token and sequence counts)."""
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t)
+    return int(t.item())
+
+
+def mean_float(value: float, world: World) -> float:
+    """Mean of a metric over ranks, for logging."""
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / world.size
