@@ -92,7 +92,7 @@ _UNIT_TAIL = re.compile(
     + r")\b\.?(?:\^\{?[23]\}?)?\s*)+$",
     re.IGNORECASE,
 )
-_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}(\^\{?[23]\}?)?")
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT = re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\d)")
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d+|[a-zA-Z])")
@@ -141,7 +141,7 @@ def normalize_answer(s: str) -> str:
     mixed = _MIXED_PLAIN.match(s)
     if mixed:
         s = f"{mixed.group(1)}\\frac{{{mixed.group(2)}}}{{{mixed.group(3)}}}"
-    if _THOUSANDS.match(s.replace(" ", "")):
+    if _THOUSANDS.match(s):
         s = s.replace(",", "")
     # Whitespace is insignificant in math; in words it separates them, so keep single spaces.
     if re.search(r"[a-zA-Z]{2,}", re.sub(r"\\[a-zA-Z]+|\{[a-zA-Z]*matrix\}|\{array\}", "", s)):
@@ -158,9 +158,9 @@ def _text_command(m: re.Match, s: str) -> str:
     if re.search(r"[\d}]\s*$", s[: m.start()]):
         if content in ("and", "or", ","):
             return ","
-        if re.fullmatch(r"[A-Za-z .]*(?:\^\{?[23]\}?)?", content):
-            return ""
-    return content
+        if re.fullmatch(r"[A-Za-z .]*", content):
+            return ""  # with its ^2 / ^3, if any
+    return content + (m.group(2) or "")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -108,7 +108,8 @@ def _compose(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, fi
                                                       finish_reason)),
         "overlong": (cfg.overlong.factor * overlong_penalty(num_tokens, cfg.overlong.l_max, cfg.overlong.l_cache)
                      if cfg.overlong.enable else 0.0),
-        "length": cfg.length_weight * length_term(num_tokens, cfg.overlong.l_max, correct),
+        "length": (cfg.length_weight * length_term(num_tokens, cfg.overlong.l_max, correct)
+                   if cfg.length_weight else 0.0),
     }
     return RewardResult(score=sum(parts.values()), correct=correct, parts=parts)
 
