@@ -25,43 +25,44 @@ STYLES = ("auto", "boxed", "gsm8k", "answer_is", "tags")
 _BOX_COMMANDS = ("\\boxed", "\\fbox")
 _GSM8K = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"(?:final\s+)?answer\s*(?:is|:)\s*", re.IGNORECASE)
-_TAGS = re.compile(r"<answer>(.*?)</answer>", re.DOTALL | re.IGNORECASE)
 # A sentence ends at a period/semicolon followed by whitespace (or the end), or at a newline;
 # "3.5" keeps its period because no space follows it.
 _SENTENCE_END = re.compile(r"[.;!?](?:\s|$)|\n")
 
 
-def _brace_group(text: str, start: int) -> tuple[str, int] | None:
-    """Content of the balanced {...} opening at text[start], and the index after it."""
-    if start >= len(text) or text[start] != "{":
-        return None
-    depth = 0
-    for i in range(start, len(text)):
-        ch = text[i]
-        if ch == "\\":  # an escaped brace (\{ in a set) does not open or close a group
+def _matching_braces(text: str) -> dict[int, int]:
+    """Position of the closing brace for every opening brace that has one, in one pass.
+    Escaped braces (`\\{` in a set) neither open nor close a group."""
+    stack: list[int] = []
+    match: dict[int, int] = {}
+    for i, ch in enumerate(text):
+        if ch in "{}" and i > 0 and text[i - 1] == "\\":
             continue
-        if ch == "{" and text[i - 1] != "\\":
-            depth += 1
-        elif ch == "}" and text[i - 1] != "\\":
-            depth -= 1
-            if depth == 0:
-                return text[start + 1 : i], i + 1
-    return None  # unbalanced: the model stopped mid-answer
+        if ch == "{":
+            stack.append(i)
+        elif ch == "}" and stack:
+            match[stack.pop()] = i
+    return match
 
 
 def boxed_answers(text: str) -> list[str]:
-    """Every `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5` answer, in order of appearance."""
+    """Every `\\boxed{...}` / `\\fbox{...}` / `\\boxed 5` answer, in order of appearance.
+
+    Braces are matched once for the whole text, so a degenerate completion that repeats
+    "\\boxed{" thousands of times without closing it still costs linear time."""
+    if "\\boxed" not in text and "\\fbox" not in text:
+        return []
+    match = _matching_braces(text)
     found: list[tuple[int, str]] = []
     for command in _BOX_COMMANDS:
         pos = text.find(command)
         while pos != -1:
             after = pos + len(command)
             if text.startswith("{", after):
-                group = _brace_group(text, after)
-                if group is not None:
-                    found.append((pos, group[0]))
-            elif after < len(text) and text[after] == " ":
-                # `\boxed 5`: the token after the space, up to whitespace or a math delimiter.
+                if after in match:  # unbalanced: the model stopped mid-answer
+                    found.append((pos, text[after + 1 : match[after]]))
+            elif text.startswith(" ", after):
+                # `\\boxed 5`: the token after the space, up to whitespace or a math delimiter.
                 token = re.match(r" +([^\s$]+)", text[after : after + 200])
                 if token:
                     found.append((pos, token.group(1)))
@@ -85,13 +86,21 @@ def _answer_is_answers(text: str) -> list[str]:
 
 
 def _tag_answers(text: str) -> list[str]:
+    # str.find, not a lazy regex: "<answer>" repeated without a closing tag stays linear.
     answers = []
-    for m in _TAGS.finditer(text):
-        inner = m.group(1)
+    lower = text.lower()
+    pos = lower.find("<answer>")
+    while pos != -1:
+        close = lower.find("</answer>", pos)
+        if close == -1:
+            break
+        inner = text[pos + len("<answer>") : close]
+        inner = inner[inner.lower().rfind("<answer>") + len("<answer>"):] if "<answer>" in inner.lower() else inner
         boxed = boxed_answers(inner)
         answer = boxed[-1] if boxed else inner.strip()
         if answer:
             answers.append(answer)
+        pos = lower.find("<answer>", close)
     return answers
 
 
