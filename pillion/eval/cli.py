@@ -30,7 +30,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = EvalConfig()
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.epilog = __doc__
-    parser.add_argument("--model", required=True, help="Hugging Face model folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--model", required=True,
+                        help="Hugging Face model folder (config.json, safetensors, tokenizer)")
     parser.add_argument("--data", required=True,
                         help="dataset file (.jsonl/.json/.parquet), or synthetic:N for N held-out synthetic "
                              "problems (levels 1-3, test split)")
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling seed (default {defaults.seed})")
     parser.add_argument("--batch-prompts", type=int, default=defaults.batch_prompts,
                         help=f"prompts per generate call (default {defaults.batch_prompts}); changes the draws")
-    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weights dtype (default: as stored)")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weights dtype (default: as stored)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=None,
                         help="output folder for eval.json and eval.md (default: ./eval-<model name>-<data name>)")

@@ -28,9 +28,12 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from tqdm import tqdm
+
 from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.eval.passk import pass_at_k
+from pillion.rewards.extract import extract_answer
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 
@@ -83,10 +86,6 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
     max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
     correct). `pool` (a rewards.GradingPool) grades symbolic answers in parallel.
     """
-    from tqdm import tqdm
-
-    from pillion.rewards.extract import extract_answer
-
     if not problems:
         raise ValueError("evaluate needs at least one problem")
     if cfg.k < 1 or cfg.batch_prompts < 1:

@@ -30,7 +30,8 @@ def test_full_report(tmp_path):
     full_run(tmp_path)
     eval_after = {"pass@1": 0.375, "pass@k": 0.75, "k": 4, "n": 8, "temperature": 0.7, "top_p": 0.95,
                   "max_new_tokens": 64, "seed": 0, "mean_length": 31.5,
-                  "by_level": {"1": {"pass@1": 0.5, "pass@k": 1.0, "n": 4}, "2": {"pass@1": 0.25, "pass@k": 0.5, "n": 4}},
+                  "by_level": {"1": {"pass@1": 0.5, "pass@k": 1.0, "n": 4},
+                               "2": {"pass@1": 0.25, "pass@k": 0.5, "n": 4}},
                   "by_subject": {"synthetic": {"pass@1": 0.375, "pass@k": 0.75, "n": 8}}}
     summary = {"pass1_before": 0.125, "pass1_after": 0.375, "n_heldout": 8, "eval_after": eval_after}
     (tmp_path / "report.json").write_text(json.dumps(summary))
