@@ -1,1 +1,25 @@
-"""Verifiable rewards: answer extraction, equivalence grading, shaping, code execution."""
+"""Verifiable rewards: answer extraction, equivalence grading, shaping, code execution.
+
+    from pillion.rewards import RewardConfig, score
+    result = score(problem, completion_text, num_tokens, RewardConfig())
+    result.score, result.correct, result.parts   # parts: correct, format, overlong, length
+
+`extract.py` finds the final answer, `math.py` decides equivalence (timeouts, worker pool),
+`code.py` runs code completions in a sandbox, `shaping.py` composes the reward.
+"""
+
+from pillion.rewards.extract import extract_answer
+from pillion.rewards.math import GradingPool, grade_batch, math_equal
+from pillion.rewards.shaping import OverlongConfig, RewardConfig, RewardResult, score, score_batch
+
+__all__ = [
+    "GradingPool",
+    "OverlongConfig",
+    "RewardConfig",
+    "RewardResult",
+    "extract_answer",
+    "grade_batch",
+    "math_equal",
+    "score",
+    "score_batch",
+]

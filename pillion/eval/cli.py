@@ -1,0 +1,121 @@
+"""`pillion eval`: sample k answers per problem from a model folder and report pass@1 / pass@k.
+
+    pillion eval --model runs/grpo/final --data math500.jsonl              # MATH-500 protocol
+    pillion eval --model DIR --data synthetic:64 --template qa --k 8 --json  # synthetic held-out set
+
+One process, CPU or one GPU; there is no torchrun mode (evaluation is generation-bound).
+
+Defaults follow shared/ALGORITHMS.md §14: k=4 samples per problem at temperature 0.7 and
+top-p 0.95 (Perplexity's MATH-500 protocol), at most 1024 new tokens. pass@1 is the mean
+accuracy over all k samples; pass@k the fraction of problems with at least one correct sample.
+Writes eval.json (the full result, with the protocol and a few samples) and eval.md (a table
+by level and subject) into --out; with --json the JSON is the only thing on stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from pillion.eval.evaluate import EvalConfig
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pillion.data.formats import FORMATS
+
+    defaults = EvalConfig()
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
+    parser.add_argument("--model", required=True,
+                        help="Hugging Face model folder (config.json, safetensors, tokenizer)")
+    parser.add_argument("--data", required=True,
+                        help="dataset file (.jsonl/.json/.parquet), or synthetic:N for N held-out synthetic "
+                             "problems (levels 1-3, test split)")
+    parser.add_argument("--format", default="auto", choices=["auto", *FORMATS], help="dataset schema (default: detect)")
+    parser.add_argument("--k", type=int, default=defaults.k, help=f"samples per problem (default {defaults.k})")
+    parser.add_argument("--temperature", type=float, default=defaults.temperature,
+                        help=f"sampling temperature (default {defaults.temperature}, MATH-500 protocol)")
+    parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"nucleus top-p (default {defaults.top_p})")
+    parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                        help=f"generation budget per sample (default {defaults.max_new_tokens})")
+    parser.add_argument("--template", default="plain",
+                        help="prompt template: plain, chat, qa, or a string containing {question} (default plain)")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling seed (default {defaults.seed})")
+    parser.add_argument("--batch-prompts", type=int, default=defaults.batch_prompts,
+                        help=f"prompts per generate call (default {defaults.batch_prompts}); changes the draws")
+    parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
+                        help="weights dtype (default: as stored)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--out", default=None,
+                        help="output folder for eval.json and eval.md (default: ./eval-<model name>-<data name>)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON, and nothing else, on stdout")
+
+
+def load_problems(data: str, format: str = "auto", limit: int | None = None):
+    """Problems from a file or `synthetic:N`, truncated to `limit`."""
+    from pillion.data import generate, read
+
+    if data.startswith(SYNTHETIC_PREFIX):
+        count = data[len(SYNTHETIC_PREFIX):]
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"--data {data!r}: expected synthetic:N with N >= 1")
+        problems = generate(int(count), levels=(1, 2, 3), split="test")
+    else:
+        problems = read(data, format)
+    return problems[:limit] if limit is not None else problems
+
+
+def default_out(model: str, data: str) -> Path:
+    """./eval-<model folder name>-<data name>: never inside the model folder, which may be read-only."""
+    model_name = Path(model).resolve().name
+    data_name = data.replace(":", "-") if data.startswith(SYNTHETIC_PREFIX) else Path(data).stem
+    return Path(f"eval-{model_name}-{data_name}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from pillion.data.templates import resolve_template
+    from pillion.eval.evaluate import evaluate, markdown_table
+    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+    from pillion.rollout.engine import Engine
+
+    from pillion.data.formats import DataError
+    from pillion.model.checkpoint import CheckpointError
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_template(args.template)  # fail on a bad template before loading anything
+        problems = load_problems(args.data, args.format, args.limit)
+        tokenizer = load_tokenizer(args.model)
+        model = load_model(args.model, dtype=args.dtype, device=device).eval()
+    except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
+        # Input mistakes get one line, not a traceback; errors during evaluation still raise.
+        print(f"pillion eval: {error}", file=sys.stderr)
+        return 2
+    if not problems:
+        print(f"pillion eval: no problems in {args.data}", file=sys.stderr)
+        return 2
+    engine = Engine(model, tokenizer, eos_token_ids(args.model, tokenizer))
+    cfg = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k, max_new_tokens=args.max_new_tokens,
+                     seed=args.seed, batch_prompts=args.batch_prompts)
+    print(f"pillion eval: {len(problems)} problems x {cfg.k} samples, {args.model} on {device}", file=sys.stderr)
+    result = evaluate(engine, problems, cfg, template=args.template)
+    result = {**result, "model": str(args.model), "data": args.data}
+
+    out = Path(args.out) if args.out else default_out(args.model, args.data)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    table = markdown_table(result)
+    (out / "eval.md").write_text(f"# Evaluation of {args.model} on {args.data}\n\n{table}")
+    print(f"pillion eval: wrote {out / 'eval.json'} and {out / 'eval.md'}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(table, end="")
+    return 0

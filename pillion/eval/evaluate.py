@@ -1,0 +1,179 @@
+"""Sampling evaluation: k samples per problem, graded, reduced to pass@1 and pass@k.
+
+    from pillion.eval.evaluate import EvalConfig, evaluate, markdown_table
+    result = evaluate(engine, problems, EvalConfig(k=4), template="plain")
+    result["pass@1"], result["pass@k"], result["by_level"]["3"]["pass@1"]
+
+Protocol (shared/ALGORITHMS.md §14): each problem is rendered with `render_prompt`, sampled k
+times at temperature 0.7 and top-p 0.95 (Perplexity's MATH-500 protocol; DeepSeek-R1 uses 0.6),
+and every sample is graded by `pillion.rewards.score_batch`, using only `RewardResult.correct`
+(shaping terms do not enter an evaluation). With c correct samples out of k:
+
+    pass@1 = mean over problems of c / k          (DeepSeek-R1's "pass@1 with k samples")
+    pass@k = mean over problems of pass_at_k(k, c, k) = fraction of problems with c >= 1
+
+`curve` holds the unbiased pass@j (Chen et al.) for j = 1, 2, 4, ... up to k, all estimated
+from the same k samples. A sample whose problem cannot be graded (no gold answer, a code
+problem without tests) counts as wrong; `ungradable` says how many problems that was.
+
+Sampling is seeded per engine call with `seed + batch index`, so a result is reproducible for
+a given (seed, batch_prompts) on the same hardware; changing batch_prompts changes the draws.
+The temperature, top-p, k and token budget are recorded with every result, as §14 asks.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from tqdm import tqdm
+
+from pillion.data.problem import Problem
+from pillion.data.templates import render_prompt
+from pillion.eval.passk import pass_at_k
+from pillion.rewards.extract import extract_answer
+from pillion.rewards.shaping import RewardConfig, score_batch
+from pillion.rollout.engine import SamplingParams
+
+NUM_SAMPLES_KEPT = 5  # examples stored in result["samples"]
+
+
+@dataclass
+class EvalConfig:
+    """Evaluation sampling; the trainer embeds this as `eval.*` in its typed config."""
+
+    temperature: float = 0.7  # MATH-500 protocol (ALGORITHMS §14)
+    top_p: float = 0.95
+    k: int = 4  # samples per problem
+    max_new_tokens: int = 1024
+    seed: int = 0
+    batch_prompts: int = 64  # prompts per engine.generate call
+
+
+def _level_key(level: int | None) -> str:
+    return "unknown" if level is None else str(level)
+
+
+def _subject(problem: Problem) -> str:
+    """MATH-500 rows carry `subject`, MATH rows `type`; other sources group by source."""
+    value = problem.meta.get("subject") or problem.meta.get("type") or problem.source
+    return str(value)
+
+
+def _group(counts: list[int], k: int) -> dict[str, float | int]:
+    """pass@1, pass@k and n for the problems whose correct-sample counts are `counts`."""
+    return {
+        "pass@1": sum(c / k for c in counts) / len(counts),
+        "pass@k": sum(pass_at_k(k, c, k) for c in counts) / len(counts),
+        "n": len(counts),
+    }
+
+
+def _sort_key(key: str) -> tuple[int, int | str]:
+    """Numeric levels in order, then names, so "10" follows "9" and "unknown" comes last."""
+    return (0, int(key)) if key.isdigit() else (1, key)
+
+
+def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
+             reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None) -> dict[str, Any]:
+    """Sample cfg.k completions per problem with `engine`, grade them, return a JSON-ready dict.
+
+    Keys: pass@1, pass@k, k, n, curve {j: pass@j}, by_level {level: {pass@1, pass@k, n}},
+    by_subject (same shape), mean_length (generated tokens per sample, EOS included),
+    truncated (fraction of samples that hit max_new_tokens), ungradable, temperature, top_p,
+    max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
+    correct). `pool` (a rewards.GradingPool) grades symbolic answers in parallel.
+    """
+    if not problems:
+        raise ValueError("evaluate needs at least one problem")
+    if cfg.k < 1 or cfg.batch_prompts < 1:
+        raise ValueError(f"k and batch_prompts must be >= 1, got k={cfg.k}, batch_prompts={cfg.batch_prompts}")
+    reward_cfg = reward_cfg or RewardConfig()
+    k = cfg.k
+    prompts = [render_prompt(p, template, engine.tokenizer) for p in problems]
+    correct_counts: list[int] = []
+    lengths: list[int] = []
+    truncated = 0
+    ungradable = 0  # problems whose samples score correct=None
+    samples: list[dict[str, Any]] = []
+
+    starts = range(0, len(problems), cfg.batch_prompts)
+    bar = tqdm(starts, desc="eval", unit="batch", file=sys.stderr, disable=None if progress else True)
+    for batch_index, start in enumerate(bar):
+        batch = problems[start:start + cfg.batch_prompts]
+        params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + batch_index)
+        completions = engine.generate(prompts[start:start + cfg.batch_prompts], params)
+        if len(completions) != len(batch) * k:
+            raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} prompts x {k}")
+        # Completions come prompt-major: rows i*k .. i*k+k-1 answer problem i of the batch.
+        owners = [p for p in batch for _ in range(k)]
+        results = score_batch(owners, [c.text for c in completions], [len(c.ids) for c in completions],
+                              reward_cfg, [c.finish_reason for c in completions], pool=pool)
+        for i, problem in enumerate(batch):
+            rows = range(i * k, (i + 1) * k)
+            correct_counts.append(sum(results[r].correct is True for r in rows))
+            ungradable += results[i * k].correct is None
+            if len(samples) < NUM_SAMPLES_KEPT:
+                first = completions[i * k]
+                samples.append({
+                    "id": problem.id,
+                    "question": problem.question,
+                    "gold": problem.answer,
+                    "completion": first.text,
+                    "extracted": extract_answer(first.text, reward_cfg.answer_style),
+                    "correct": results[i * k].correct,
+                })
+        lengths += [len(c.ids) for c in completions]
+        truncated += sum(c.finish_reason == "length" for c in completions)
+        if progress:
+            done = sum(correct_counts)
+            bar.set_postfix(pass1=f"{done / (len(correct_counts) * k):.3f}")
+    bar.close()
+
+    by_level: dict[str, list[int]] = defaultdict(list)
+    by_subject: dict[str, list[int]] = defaultdict(list)
+    for problem, c in zip(problems, correct_counts):
+        by_level[_level_key(problem.level)].append(c)
+        by_subject[_subject(problem)].append(c)
+    overall = _group(correct_counts, k)
+    curve_ks = sorted({j for j in (2**e for e in range(k.bit_length())) if j <= k} | {k})
+    return {
+        "pass@1": overall["pass@1"],
+        "pass@k": overall["pass@k"],
+        "k": k,
+        "n": len(problems),
+        "curve": {str(j): sum(pass_at_k(k, c, j) for c in correct_counts) / len(problems) for j in curve_ks},
+        "by_level": {key: _group(by_level[key], k) for key in sorted(by_level, key=_sort_key)},
+        "by_subject": {key: _group(by_subject[key], k) for key in sorted(by_subject)},
+        "mean_length": sum(lengths) / len(lengths),
+        "truncated": truncated / len(lengths),
+        "ungradable": ungradable,
+        "temperature": cfg.temperature,
+        "top_p": cfg.top_p,
+        "max_new_tokens": cfg.max_new_tokens,
+        "seed": cfg.seed,
+        "template": template,
+        "samples": samples,
+    }
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """Overall, per-level and (when there is more than one) per-subject rows, plus the protocol."""
+    k = result["k"]
+
+    def row(name: str, group: dict[str, Any]) -> str:
+        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} | {100 * group['pass@k']:.1f} |"
+
+    lines = [f"| group | n | pass@1 (%) | pass@{k} (%) |", "|---|---:|---:|---:|", row("all", result)]
+    lines += [row(f"level {key}", group) for key, group in result.get("by_level", {}).items()]
+    subjects = result.get("by_subject", {})
+    if len(subjects) > 1:
+        lines += [row(name, group) for name, group in subjects.items()]
+    lines.append("")
+    lines.append(f"k={k} samples per problem, temperature {result['temperature']}, top-p {result['top_p']}, "
+                 f"max {result['max_new_tokens']} new tokens, seed {result['seed']}; "
+                 f"mean length {result['mean_length']:.1f} tokens.")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,236 @@
+"""A run directory's report: plots of the logged metrics and a markdown summary.
+
+    from pillion.eval.report import write_report
+    write_report("runs/grpo")               # -> runs/grpo/report.md, runs/grpo/plots/*.png
+    python -m pillion.eval.report runs/grpo  # the same from a shell
+
+Reads, from the run directory:
+- metrics.jsonl: one JSON object per line with "step" and metrics (reward, accuracy,
+  response_length, kl, entropy, clipfrac, grad_norm, logprob_error, tokens_per_s, step_time,
+  eval/pass@1, ...). Lines that are not JSON objects are skipped and counted; values that are
+  not finite numbers (strings, null, NaN, booleans) are ignored; a line without "step" takes the
+  step of the line before it plus one.
+- config.yaml (optional): embedded verbatim.
+- report.json (optional): pass1_before, pass1_after, n_heldout and eval_before / eval_after
+  (results of `pillion.eval.evaluate`), shown as a before/after table and the eval table.
+
+Writes one PNG per metric group that has data (plots/reward.png, plots/length.png,
+plots/kl_entropy.png, plots/loss.png, plots/optim.png, plots/throughput.png, plots/mismatch.png,
+plots/other.png for metrics no group names), one panel per metric, the raw series thin and a
+moving average over ~5% of the steps on top; and report.md with everything embedded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# group -> metrics in display order; a metric matches by exact name, "eval/" prefix or substring
+# rules in `group_of`. Anything unmatched lands in "other", so no logged metric goes unplotted.
+GROUPS: dict[str, list[str]] = {
+    "reward": ["reward", "accuracy", "score"],
+    "length": ["response_length"],
+    "kl_entropy": ["kl", "entropy"],
+    "loss": ["loss", "policy_loss", "pg_loss", "value_loss", "entropy_loss", "kl_loss"],
+    "optim": ["grad_norm", "clipfrac", "lr"],
+    "mismatch": ["logprob_error"],
+    "throughput": ["tokens_per_s", "step_time"],
+}
+SUMMARY_WINDOW = 10  # steps averaged in the "last 10" column of the final-metrics table
+
+
+def group_of(name: str) -> str:
+    """The plot a metric belongs to."""
+    for group, names in GROUPS.items():
+        if name in names:
+            return group
+    if name.startswith("eval/") or "pass@" in name or "accuracy" in name or "reward" in name:
+        return "reward"
+    if "length" in name:
+        return "length"
+    if "loss" in name:
+        return "loss"
+    if name.startswith("kl") or "entropy" in name:
+        return "kl_entropy"
+    return "other"
+
+
+def _number(value: Any) -> float | None:
+    """A finite float, or None for anything else (bools are flags, not metrics)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def read_metrics(path: Path) -> tuple[dict[str, list[tuple[int, float]]], int]:
+    """metric -> [(step, value)] in file order, and the number of skipped lines."""
+    series: dict[str, list[tuple[int, float]]] = {}
+    skipped = 0
+    step = -1
+    if not path.exists():
+        return series, skipped
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            skipped += 1
+            continue
+        if not isinstance(row, dict):
+            skipped += 1
+            continue
+        logged_step = _number(row.get("step"))
+        step = int(logged_step) if logged_step is not None else step + 1
+        for name, value in row.items():
+            number = _number(value)
+            if name != "step" and number is not None:
+                series.setdefault(name, []).append((step, number))
+    return series, skipped
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v
+        if i >= window:
+            total -= values[i - window]
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_groups(series: dict[str, list[tuple[int, float]]], plots_dir: Path) -> dict[str, Path]:
+    """One PNG per non-empty group; returns group -> path."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, never a window
+    import matplotlib.pyplot as plt
+
+    by_group: dict[str, list[str]] = {}
+    for name in series:
+        by_group.setdefault(group_of(name), []).append(name)
+    order = [*GROUPS, "other"]
+    written = {}
+    plots_dir.mkdir(parents=True, exist_ok=True)
+    for group in sorted(by_group, key=order.index):
+        names = by_group[group]
+        cols = min(len(names), 3)
+        rows = (len(names) + cols - 1) // cols
+        fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
+        for ax, name in zip(axes.flat, names):
+            steps = [s for s, _ in series[name]]
+            values = [v for _, v in series[name]]
+            window = max(1, len(values) // 20)
+            if window > 1:
+                ax.plot(steps, values, linewidth=0.8, alpha=0.35, color="C0")
+                ax.plot(steps, _moving_average(values, window), linewidth=1.6, color="C0",
+                        label=f"mean of {window}")
+                ax.legend(fontsize=7)
+            else:
+                ax.plot(steps, values, marker="o" if len(values) < 30 else None, markersize=3, color="C0")
+            ax.set_title(name, fontsize=10)
+            ax.set_xlabel("step")
+            ax.grid(alpha=0.3)
+        for ax in list(axes.flat)[len(names):]:
+            ax.axis("off")
+        fig.tight_layout()
+        path = plots_dir / f"{group}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written[group] = path
+    return written
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _final_table(series: dict[str, list[tuple[int, float]]]) -> list[str]:
+    lines = [f"| metric | first | final | mean of last {SUMMARY_WINDOW} | min | max |",
+             "|---|---:|---:|---:|---:|---:|"]
+    order = [*GROUPS, "other"]
+    for name in sorted(series, key=lambda n: (order.index(group_of(n)), n)):
+        values = [v for _, v in series[name]]
+        tail = values[-SUMMARY_WINDOW:]
+        lines.append(f"| {name} | {_fmt(values[0])} | {_fmt(values[-1])} | {_fmt(sum(tail) / len(tail))} "
+                     f"| {_fmt(min(values))} | {_fmt(max(values))} |")
+    return lines
+
+
+def _before_after(summary: dict[str, Any]) -> list[str]:
+    """pass@1 before and after training, from the scalar keys or the eval dicts."""
+    before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
+    rows = []
+    for label, key, fallback in (("pass@1", "pass@1", "pass1"), ("pass@k", "pass@k", None),
+                                 ("mean length", "mean_length", None)):
+        b = before.get(key, summary.get(f"{fallback}_before") if fallback else None)
+        a = after.get(key, summary.get(f"{fallback}_after") if fallback else None)
+        if _number(b) is None and _number(a) is None:
+            continue
+        change = f"{a - b:+.4g}" if _number(a) is not None and _number(b) is not None else "-"
+        if label == "pass@k":
+            label = f"pass@{after.get('k', before.get('k', 'k'))}"
+        rows.append(f"| {label} | {_fmt(b) if b is not None else '-'} | {_fmt(a) if a is not None else '-'} "
+                    f"| {change} |")
+    if not rows:
+        return []
+    lines = ["| held-out | before | after | change |", "|---|---:|---:|---:|", *rows]
+    if summary.get("n_heldout") is not None:
+        lines += ["", f"{summary['n_heldout']} held-out problems."]
+    return lines
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
+    from pillion.eval.evaluate import markdown_table
+
+    run_dir = Path(run_dir)
+    series, skipped = read_metrics(run_dir / "metrics.jsonl")
+    plots = plot_groups(series, run_dir / "plots") if series else {}
+    summary_path = run_dir / "report.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+
+    lines = [f"# Run report: {run_dir.name}", ""]
+    steps = sorted({s for points in series.values() for s, _ in points})
+    if steps:
+        lines.append(f"{len(steps)} logged steps, {steps[0]} to {steps[-1]}.")
+    else:
+        lines.append("No metrics logged (metrics.jsonl missing or empty).")
+    if skipped:
+        lines.append(f"{skipped} line(s) of metrics.jsonl were not JSON objects and were skipped.")
+    for name in ("reward", "accuracy"):
+        if name in series:
+            lines.append(f"Final {name}: {_fmt(series[name][-1][1])} (first {_fmt(series[name][0][1])}).")
+    lines.append("")
+
+    table = _before_after(summary)
+    if table:
+        lines += ["## Held-out evaluation", "", *table, ""]
+    for key, title in (("eval_before", "before training"), ("eval_after", "after training")):
+        result = summary.get(key)
+        if isinstance(result, dict) and "k" in result and "pass@1" in result:
+            lines += [f"### Evaluation {title}", "", markdown_table(result)]
+    if series:
+        lines += ["## Final metrics", "", *_final_table(series), ""]
+    if plots:
+        lines += ["## Plots", ""]
+        lines += [f"![{group}](plots/{path.name})\n" for group, path in plots.items()]
+    config = run_dir / "config.yaml"
+    if config.exists():
+        lines += ["## Config", "", "```yaml", config.read_text().rstrip(), "```", ""]
+
+    report = run_dir / "report.md"
+    report.write_text("\n".join(lines).rstrip() + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m pillion.eval.report RUN_DIR")
+    print(write_report(sys.argv[1]))

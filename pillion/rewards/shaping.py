@@ -1,0 +1,163 @@
+"""Reward composition: correctness, format, DAPO overlong shaping, and a length term.
+
+`score(problem, text, num_tokens, cfg)` returns a `RewardResult` whose `parts` are the named,
+already weighted terms and whose `score` is exactly their sum:
+
+    correct   cfg.correct if the answer is right, cfg.incorrect if wrong, 0 if ungradable.
+              Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f.
+              1/0 is the default; +1/-1 is DAPO's and RAFT's (ALGORITHMS §9, §15 item 11).
+    format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
+              code: exactly one ```python block), the response not truncated (finish_reason
+              "length"), and with think_tags, the whole text is <think>...</think> followed by
+              <answer>...</answer>, each once.
+    overlong  DAPO eq. 13 (ALGORITHMS §6.4), when overlong.enable, with |y| = num_tokens:
+              0 up to l_max - l_cache; ((l_max - l_cache) - |y|) / l_cache in the window;
+              -1 beyond l_max; times overlong.factor.
+    length    concise-reasoning term (ALGORITHMS §11 is about the loss, not a reward term; this
+              is our own, defined here): -length_weight * min(num_tokens, l_max) / l_max for
+              CORRECT responses only, with l_max = overlong.l_max whether or not overlong
+              shaping is on. Among right answers the shorter one scores higher; a wrong answer
+              gets no length term, so stopping early is never a way to lose less (a penalty on
+              wrong answers would reward giving up). Keep length_weight below
+              correct - incorrect and a right answer always outscores a wrong one.
+
+Grading uses `math.py` (math problems; through a `GradingPool` in `score_batch` when one is
+given) and `code.py` (code problems, sandboxed).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from pillion.data.problem import Problem
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code
+from pillion.rewards.extract import all_answers, extract_answer
+from pillion.rewards.math import GradingPool, math_equal
+
+
+@dataclass
+class RewardResult:
+    """The record the trainer consumes. `score == sum(parts.values())`."""
+
+    score: float
+    correct: bool | None  # None when ungradable (no gold answer, no tests)
+    parts: dict[str, float]
+
+
+@dataclass
+class OverlongConfig:
+    enable: bool = False
+    l_max: int = 20480
+    l_cache: int = 4096
+    factor: float = 1.0
+
+
+@dataclass
+class RewardConfig:
+    correct: float = 1.0
+    incorrect: float = 0.0
+    format_weight: float = 0.0
+    think_tags: bool = False
+    length_weight: float = 0.0  # concise-reasoning term, see the module docstring
+    overlong: OverlongConfig = field(default_factory=OverlongConfig)
+    answer_style: str = "auto"
+    timeout: float = 5.0  # seconds per math comparison; wall clock per code run
+
+
+def overlong_penalty(num_tokens: int, l_max: int, l_cache: int) -> float:
+    """DAPO's soft overlong punishment (eq. 13), before the factor; in [-1, 0]."""
+    if num_tokens <= l_max - l_cache:
+        return 0.0
+    if num_tokens <= l_max:
+        return ((l_max - l_cache) - num_tokens) / l_cache
+    return -1.0
+
+
+def length_term(num_tokens: int, l_max: int, correct: bool | None) -> float:
+    """-min(num_tokens, l_max) / l_max for a correct response, 0 otherwise (before weight)."""
+    if correct is not True:
+        return 0.0
+    return -min(num_tokens, l_max) / l_max
+
+
+_THINK_ANSWER = re.compile(r"\s*<think>(?:(?!</?think>).)*</think>\s*<answer>(?:(?!</?answer>).)*</answer>\s*",
+                           re.DOTALL)
+
+
+def format_ok(text: str, kind: str, answer_style: str, think_tags: bool, finish_reason: str = "stop") -> bool:
+    """The format condition of the module docstring."""
+    if finish_reason == "length":
+        return False
+    if think_tags and not _THINK_ANSWER.fullmatch(text):
+        return False
+    if kind == "code":
+        return len(re.findall(r"```(?:python|py|python3)\b", text)) == 1 and extract_code(text) is not None
+    return len(all_answers(text, answer_style)) == 1
+
+
+def _compose(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finish_reason: str,
+             fraction: float | None) -> RewardResult:
+    """Build the RewardResult from a grading outcome: fraction in [0, 1], or None if ungradable."""
+    correct = None if fraction is None else fraction >= 1.0
+    parts = {
+        "correct": 0.0 if fraction is None else cfg.incorrect + (cfg.correct - cfg.incorrect) * fraction,
+        "format": cfg.format_weight * float(format_ok(text, problem.kind, cfg.answer_style, cfg.think_tags,
+                                                      finish_reason)),
+        "overlong": (cfg.overlong.factor * overlong_penalty(num_tokens, cfg.overlong.l_max, cfg.overlong.l_cache)
+                     if cfg.overlong.enable else 0.0),
+        "length": (cfg.length_weight * length_term(num_tokens, cfg.overlong.l_max, correct)
+                   if cfg.length_weight else 0.0),
+    }
+    return RewardResult(score=sum(parts.values()), correct=correct, parts=parts)
+
+
+def _gradable(problem: Problem) -> bool:
+    return bool(problem.tests) if problem.kind == "code" else bool(str(problem.answer).strip())
+
+
+def _code_fraction(problem: Problem, text: str, cfg: RewardConfig) -> float:
+    limits = SandboxLimits(wall_s=cfg.timeout, cpu_s=max(1, int(cfg.timeout + 0.999)))
+    return code_reward(text, problem.tests, limits)
+
+
+def score(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finish_reason: str = "stop") -> RewardResult:
+    """Reward of one completion `text` of `num_tokens` generated tokens (EOS included)."""
+    fraction = None
+    if _gradable(problem):
+        if problem.kind == "code":
+            fraction = _code_fraction(problem, text, cfg)
+        else:
+            pred = extract_answer(text, cfg.answer_style)
+            fraction = float(math_equal(pred, problem.answer, timeout=cfg.timeout))
+    return _compose(problem, text, num_tokens, cfg, finish_reason, fraction)
+
+
+def score_batch(problems: list[Problem], texts: list[str], num_tokens: list[int], cfg: RewardConfig,
+                finish_reasons: list[str] | None = None, pool: GradingPool | None = None) -> list[RewardResult]:
+    """`score` over a batch: math answers through `pool` (serially without one), code
+    problems in parallel sandboxes (threads that each wait on one sandbox process)."""
+    if not len(problems) == len(texts) == len(num_tokens):
+        raise ValueError("problems, texts and num_tokens must have the same length")
+    finish_reasons = finish_reasons or ["stop"] * len(texts)
+    fractions: list[float | None] = [None] * len(texts)
+    math_items = [i for i, p in enumerate(problems) if p.kind != "code" and _gradable(p)]
+    code_items = [i for i, p in enumerate(problems) if p.kind == "code" and _gradable(p)]
+    preds = [extract_answer(texts[i], cfg.answer_style) for i in math_items]
+    golds = [problems[i].answer for i in math_items]
+    if pool is not None:
+        verdicts = pool.grade(preds, golds, timeout=cfg.timeout)
+    else:
+        verdicts = [math_equal(p, g, timeout=cfg.timeout) for p, g in zip(preds, golds)]
+    for i, verdict in zip(math_items, verdicts):
+        fractions[i] = float(verdict)
+    if code_items:
+        threads = min(len(code_items), len(pool.workers) if pool is not None else (os.cpu_count() or 1))
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as executor:
+            for i, fraction in zip(code_items, executor.map(lambda i: _code_fraction(problems[i], texts[i], cfg),
+                                                             code_items)):
+                fractions[i] = fraction
+    return [_compose(problems[i], texts[i], num_tokens[i], cfg, finish_reasons[i], fractions[i])
+            for i in range(len(texts))]

@@ -1,0 +1,91 @@
+"""write_report on synthetic run directories: summary, plots, robustness to missing metrics."""
+
+import json
+import math
+
+from pillion.eval.report import group_of, read_metrics, write_report
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_lines(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+
+
+def full_run(run_dir, steps=40):
+    rows = []
+    for step in range(1, steps + 1):
+        rows.append({"step": step, "reward": 0.2 + step / 100, "accuracy": step / 50, "response_length": 300 - step,
+                     "kl": 0.001 * step, "entropy": 1.0 - step / 100, "loss": 1.0 / step, "clipfrac": 0.02,
+                     "grad_norm": 0.5, "logprob_error": 0.003, "tokens_per_s": 900.0, "step_time": 2.0,
+                     "phase": "rollout", "skipped_groups": None})
+        if step % 20 == 0:
+            rows.append({"step": step, "eval/pass@1": step / 100})
+    rows.append("{truncated line")
+    write_lines(run_dir / "metrics.jsonl", rows)
+    (run_dir / "config.yaml").write_text("algorithm: grpo\nlr: 1.0e-6\n")
+
+
+def test_full_report(tmp_path):
+    full_run(tmp_path)
+    eval_after = {"pass@1": 0.375, "pass@k": 0.75, "k": 4, "n": 8, "temperature": 0.7, "top_p": 0.95,
+                  "max_new_tokens": 64, "seed": 0, "mean_length": 31.5,
+                  "by_level": {"1": {"pass@1": 0.5, "pass@k": 1.0, "n": 4},
+                               "2": {"pass@1": 0.25, "pass@k": 0.5, "n": 4}},
+                  "by_subject": {"synthetic": {"pass@1": 0.375, "pass@k": 0.75, "n": 8}}}
+    summary = {"pass1_before": 0.125, "pass1_after": 0.375, "n_heldout": 8, "eval_after": eval_after}
+    (tmp_path / "report.json").write_text(json.dumps(summary))
+
+    path = write_report(tmp_path)
+    assert path == tmp_path / "report.md"
+    text = path.read_text()
+    assert "40 logged steps, 1 to 40." in text
+    assert "Final reward: 0.6 (first 0.21)." in text  # 0.2 + 40/100
+    assert "1 line(s) of metrics.jsonl were not JSON objects" in text
+    assert "| pass@1 | 0.125 | 0.375 | +0.25 |" in text  # before/after from the summary
+    assert "| pass@4 | - | 0.75 | - |" in text  # only the after-eval has pass@k
+    assert "| level 2 | 4 | 25.0 | 50.0 |" in text  # the eval table of eval_after
+    assert "| reward | 0.21 | 0.6 |" in text
+    assert "```yaml\nalgorithm: grpo\nlr: 1.0e-6\n```" in text
+    expected = {"reward", "length", "kl_entropy", "loss", "optim", "mismatch", "throughput"}
+    assert {p.stem for p in (tmp_path / "plots").iterdir()} == expected
+    for name in expected:
+        assert f"![{name}](plots/{name}.png)" in text
+        assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
+    assert "phase" not in text and "skipped_groups" not in text  # non-numeric values are not metrics
+
+
+def test_missing_metrics_and_files(tmp_path):
+    write_lines(tmp_path / "metrics.jsonl", [{"step": 1, "reward": 0.5}, {"reward": "n/a"}, {"reward": 0.75},
+                                             {"step": 9, "custom_thing": 3}])
+    text = write_report(tmp_path).read_text()
+    assert "Final reward: 0.75" in text
+    assert "Held-out" not in text and "## Config" not in text
+    assert {p.name for p in (tmp_path / "plots").iterdir()} == {"reward.png", "other.png"}
+    assert (tmp_path / "plots" / "other.png").read_bytes()[:8] == PNG_SIGNATURE
+
+
+def test_empty_run_dir(tmp_path):
+    text = write_report(tmp_path).read_text()
+    assert "No metrics logged" in text
+    assert not (tmp_path / "plots").exists()
+
+
+def test_read_metrics_steps_and_values(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    # NaN is valid for Python's json; true is a flag; a row without "step" follows the previous one.
+    write_lines(path, ['{"step": 3, "kl": NaN, "reward": 1}', '{"reward": 2, "done": true}', "[1, 2]", "",
+                       '{"step": 10, "reward": 0.5, "kl": 0.1}'])
+    series, skipped = read_metrics(path)
+    assert series == {"reward": [(3, 1.0), (4, 2.0), (10, 0.5)], "kl": [(10, 0.1)]}
+    assert skipped == 1
+    assert not any(math.isnan(v) for points in series.values() for _, v in points)
+
+
+def test_group_of():
+    assert group_of("reward") == group_of("eval/pass@1") == group_of("reward_std") == "reward"
+    assert group_of("response_length") == group_of("response_length_max") == "length"
+    assert group_of("kl") == group_of("entropy") == "kl_entropy"
+    assert group_of("policy_loss") == group_of("critic_loss") == "loss"
+    assert group_of("grad_norm") == "optim" and group_of("tokens_per_s") == "throughput"
+    assert group_of("something_new") == "other"

@@ -1,0 +1,128 @@
+"""The code sandbox: correct results, and containment of what model code can do."""
+
+import os
+import socket
+import tempfile
+import time
+
+import pytest
+
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code, run_tests
+
+LIMITS = SandboxLimits(wall_s=2.0, cpu_s=1, memory_mb=512, output_bytes=64 << 10)
+
+
+def run(code, tests, limits=LIMITS):
+    start = time.monotonic()
+    result = run_tests(code, tests, limits)
+    elapsed = time.monotonic() - start
+    assert elapsed < limits.wall_s * max(1, len(tests)) + 1.0, elapsed
+    return result
+
+
+def test_extract_code_takes_the_last_python_block():
+    text = "```python\na = 1\n```\nbetter:\n```python\na = 2\n```\n```text\nout\n```"
+    assert extract_code(text) == "a = 2\n"
+    assert extract_code("```\nb = 3\n```") == "b = 3\n"
+    assert extract_code("```py\nc = 4\n```") == "c = 4\n"
+    assert extract_code("no code here") is None
+
+
+def test_assert_tests_give_the_pass_fraction():
+    result = run("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(0, 0) == 0"])
+    assert (result.passed, result.total, result.fraction) == (2, 3, 2 / 3)
+    assert code_reward("```python\ndef add(a, b):\n    return a + b\n```", ["assert add(1, 1) == 2"]) == 1.0
+    assert code_reward("```python\ndef add(a, b) return\n```", ["assert add(1, 1) == 2"]) == 0.0  # syntax error
+
+
+def test_stdio_tests_compare_output():
+    code = "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\nsys.exit(0)"
+    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "2 2", "output": "5"}, {"input": "5 5", "output": "10  \n\n"}]
+    result = run(code, tests)
+    assert (result.passed, result.total) == (2, 3)
+
+
+def test_writes_stay_in_the_throwaway_directory(tmp_path):
+    outside = tmp_path / "outside.txt"
+    code = f"""
+import os
+open('inside.txt', 'w').write('ok')
+assert open(os.path.join(os.environ['HOME'], 'inside.txt')).read() == 'ok'
+blocked = 0
+for attempt in (lambda: open({str(outside)!r}, 'w'), lambda: os.open({str(outside)!r}, os.O_CREAT | os.O_WRONLY),
+                lambda: os.symlink({str(outside)!r}, 'link') or open('link', 'w'), lambda: os.remove({str(tmp_path)!r}),
+                lambda: os.mkdir({str(tmp_path / 'made')!r})):
+    try:
+        attempt()
+    except PermissionError:
+        blocked += 1
+"""
+    result = run(code, ["assert blocked == 5"])
+    assert result.passed == 1
+    assert not outside.exists() and not (tmp_path / "made").exists() and tmp_path.exists()
+
+
+def test_infinite_loop_is_stopped_by_the_cpu_limit():
+    result = run("while True:\n    pass", ["assert True"])
+    assert result.passed == 0
+
+
+def test_sleeping_forever_hits_the_wall_clock():
+    result = run("import time\ntime.sleep(60)", ["assert True"])
+    assert result.passed == 0 and result.timed_out
+
+
+def test_fork_bomb_and_subprocesses_are_blocked():
+    for code in ["import os\nwhile True:\n    os.fork()",
+                 "import subprocess\nsubprocess.run(['true'])",
+                 "import os\nos.system('true')",
+                 "import multiprocessing\nmultiprocessing.Process(target=print).start()",
+                 "import os\nos.execv('/bin/true', ['true'])"]:
+        assert run(code, ["assert True"]).passed == 0, code
+
+
+def test_network_is_blocked():
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    code = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)"
+    assert run(code, ["assert True"]).passed == 0
+    # A connection, had one been made, would now wait in the backlog.
+    server.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        server.accept()
+    server.close()
+
+
+def test_output_flood_is_capped():
+    result = run("while True:\n    print('x' * 10000)", ["assert True"])
+    assert result.passed == 0
+    flood = run("print('y' * (10 << 20))", [{"input": "", "output": "y" * (10 << 20)}])
+    assert flood.passed == 0
+
+
+def test_memory_limit():
+    assert run("x = bytearray(2 << 30)", ["assert True"]).passed == 0
+    assert run("x = bytearray(1 << 20)", ["assert len(x) == 1 << 20"]).passed == 1
+
+
+@pytest.mark.parametrize("code", [
+    # forged reports on the result pipe (fd 3 or any other), without the nonce
+    "import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'0\\n1 0\\nPASS 0\\n')\n    except OSError:\n        pass",
+    # a solution whose function exits with status 0 inside the assert
+    "import sys\ndef f():\n    sys.exit(0)",
+    # reaching the harness's frame through a traceback
+    "try:\n    1 / 0\nexcept Exception as e:\n    frame = e.__traceback__.tb_frame.f_back\ndef f():\n    return frame.f_locals['nonce']",
+    # the harness's module
+    "import __main__\ndef f():\n    return __main__.nonce",
+])
+def test_reward_hacks_earn_nothing(code):
+    assert run(code, ["assert f() == 1"]).passed == 0
+
+
+def test_nothing_is_left_behind():
+    before = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
+    run("open('junk', 'w').write('x')", ["assert True"])
+    after = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
+    assert after <= before
