@@ -187,6 +187,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     target = origin or annotation
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if target is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
     if target is bool and not isinstance(value, bool):
         raise ConfigError(f"config key '{key}': expected true/false, got {value!r}")
     if target in (int, float) and isinstance(value, bool):

@@ -122,6 +122,10 @@ class KVCache:
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.batch, self.max_len = batch, max_len
 
+    def keep_rows(self, rows: torch.Tensor, length: int) -> None:
+        """Compact: move rows `rows[j]` to row j (first `length` positions); drops the others."""
+        self.expand_rows(rows, length)
+
     def expand_rows(self, rows: torch.Tensor, length: int) -> None:
         """Copy cache rows `rows[j]` into row j for the first `length` positions (prompt sharing)."""
         for layer in range(len(self.k)):

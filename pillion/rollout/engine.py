@@ -13,6 +13,8 @@ Shape of the work (shared/STYLE.md rule 12):
   exponential race); finished rows keep decoding in place until the host checks (every
   `check_every` steps) whether all rows are done or a stop string has appeared;
 - per-call constants (RoPE table, additive key mask) are built once, not per step or layer;
+- at each host check, rows that finished are dropped from the batch (their cache rows
+  compacted away), so RL rollouts of mixed lengths stop paying for finished samples;
 - the decode step is a plain function of tensors (`decode_step`) that callers may replace by a
   compiled version (`Engine(..., decode_fn=torch.compile(decode_step))`); nothing is swapped
   in through globals.
@@ -59,8 +61,11 @@ class Completion:
     prompt_index: int = 0  # which prompt of the call this sample answers
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator):
+def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor):
     """Pick one token per row of float32 logits [R, V]; return (tokens [R], logprobs [R]).
+
+    uniform: float64 [R, 1] in [0, 1), one draw per row (the caller draws them, so that a row's
+    randomness does not depend on which other rows are still in the batch).
 
     No host synchronisation: top-k/top-p are masks, and the draw inverts the CDF: with
     u ~ U(0, 1) scaled to the row's total mass, the token is the first index whose cumulative
@@ -84,8 +89,7 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, generator: torch
         filtered = filtered.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
     probs = logprobs.exp() if filtered is scaled else filtered.softmax(-1)  # [R, V]
     cdf = probs.double().cumsum(-1)
-    u = torch.rand((cdf.shape[0], 1), generator=generator, device=cdf.device, dtype=torch.float64)
-    tokens = torch.searchsorted(cdf, u * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
+    tokens = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
     return tokens, logprobs.gather(-1, tokens[:, None]).squeeze(-1)
 
 
@@ -163,30 +167,46 @@ class Engine:
         next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
 
         eos = torch.tensor(self.eos_ids, device=device)
+        # Rows still decoding ("active") are packed at the front of the cache; `active` maps
+        # them to result rows. Per-step state lives in active space; results are written back
+        # at each host check, where finished rows are also dropped from the batch.
+        active = torch.arange(R, device=device)  # [A] result row of each active row
+        act_tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)  # [A, T]
+        act_logprobs = torch.zeros((R, T), dtype=torch.float32, device=device)  # [A, T]
+        act_lengths = torch.full((R,), T, dtype=torch.long, device=device)  # T until a row stops
+        act_finished = torch.zeros(R, dtype=torch.bool, device=device)
         out_tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)
         out_logprobs = torch.zeros((R, T), dtype=torch.float32, device=device)
-        lengths = torch.full((R,), T, dtype=torch.long, device=device)  # T until a row stops
+        lengths = torch.full((R,), T, dtype=torch.long, device=device)
         finished = torch.zeros(R, dtype=torch.bool, device=device)
         stop_texts = [s for s in params.stop if s]
         checked = [0] * R  # tokens of each row already searched for stop strings
-        steps = 0
         for t in range(T):
-            tokens, logprobs = sample_tokens(logits, params, generator)
-            out_tokens[:, t] = tokens
-            out_logprobs[:, t] = logprobs
-            hit_eos = torch.isin(tokens, eos) & ~finished
-            lengths = torch.where(hit_eos, t + 1, lengths)
-            finished = finished | hit_eos
+            # One uniform per result row and step, whatever rows are still active.
+            uniform = torch.rand((R, 1), generator=generator, device=device, dtype=torch.float64)[active]
+            tokens, logprobs = sample_tokens(logits, params, uniform)
+            act_tokens[:, t] = tokens
+            act_logprobs[:, t] = logprobs
+            hit_eos = torch.isin(tokens, eos) & ~act_finished
+            act_lengths = torch.where(hit_eos, t + 1, act_lengths)
+            act_finished = act_finished | hit_eos
             steps = t + 1
             if steps % self.check_every == 0 or steps == T:
+                out_tokens[active], out_logprobs[active] = act_tokens, act_logprobs
+                lengths[active], finished[active] = act_lengths, act_finished
                 if stop_texts:
                     finished, lengths = self._find_stops(out_tokens, finished, lengths, steps, stop_texts, checked)
-                if bool(finished.all()):
+                    act_finished, act_lengths = finished[active], lengths[active]
+                keep = (~act_finished).nonzero().squeeze(1)  # [A'] host sync, once per check
+                if len(keep) == 0 or steps == T:
                     break
-            if steps == T:
-                break
-            positions = next_pos + t  # [R]
-            rope = cos_table[positions][:, None, None], sin_table[positions][:, None, None]  # [R, 1, 1, D]
+                if len(keep) <= len(active) * 7 // 8:  # drop finished rows from the batch
+                    cache.keep_rows(keep, P + steps)
+                    active, tokens, next_pos, key_bias = active[keep], tokens[keep], next_pos[keep], key_bias[keep]
+                    act_tokens, act_logprobs = act_tokens[keep], act_logprobs[keep]
+                    act_lengths, act_finished = act_lengths[keep], act_finished[keep]
+            positions = next_pos + t  # [A]
+            rope = cos_table[positions][:, None, None], sin_table[positions][:, None, None]  # [A, 1, 1, D]
             logits = self.decode_fn(self.model, tokens, positions, rope, key_bias[..., : P + steps], cache, P + t)
 
         out_tokens, out_logprobs = out_tokens.cpu(), out_logprobs.cpu()

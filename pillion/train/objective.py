@@ -93,7 +93,8 @@ def loss_mask(cfg, mask, correct, truncated):
 def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, gen_logp=None,
                entropy=None, correct=None):
     """The actor objective of one micro-batch, scaled by global counts; returns (loss, stats)."""
-    agg = dict(agg=cfg.loss.agg, num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len)
+    agg = cfg.loss.agg
+    norm = dict(num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len)
     weights = None
     if cfg.loss.tis_cap is not None and gen_logp is not None:
         # Truncated importance sampling (Yao et al. 2025; ALGORITHMS §13.2).
@@ -104,15 +105,15 @@ def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, ge
         if cfg.loss.ratio_level == "sequence":  # GSPO
             seq_adv = adv.sum(-1) / mask.sum(-1).clamp_min(1)  # [B] (constant per row)
             pg, stats = L.gspo_policy_loss(logp, old_logp, seq_adv, mask, cfg.loss.clip_low, cfg.loss.clip_high,
-                                           cfg.loss.dual_clip, weights=weights, **agg)
+                                           cfg.loss.dual_clip, agg, weights, **norm)
         else:
             pg, stats = L.ppo_policy_loss(logp, old_logp, adv, mask, cfg.loss.clip_low, cfg.loss.clip_high,
-                                          cfg.loss.dual_clip, weights=weights, **agg)
+                                          cfg.loss.dual_clip, agg, weights, **norm)
     elif name == "reinforce":
         per_token = -adv * logp  # [B, T] REINFORCE: ratio 1 on-policy
         if weights is not None:
             per_token = weights * per_token
-        pg = L.aggregate(per_token, mask, **agg)
+        pg = L.aggregate(per_token, mask, agg, **norm)
     elif name == "nll":
         pg = L.aggregate(-logp, mask, "token_mean", num_tokens=counts.num_tokens)  # RAFT: positives only
     else:
@@ -121,11 +122,11 @@ def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, ge
     stats = {k: float(v) for k, v in stats.items()}
     stats["pg_loss"] = float(pg.detach())
     if cfg.loss.kl_in == "loss" and cfg.loss.kl_coef > 0 and ref_logp is not None:
-        kl_term = L.aggregate(L.kl(logp, ref_logp, cfg.loss.kl_kind, mask), mask, **agg)
+        kl_term = L.aggregate(L.kl(logp, ref_logp, cfg.loss.kl_kind, mask), mask, agg, **norm)
         loss = loss + cfg.loss.kl_coef * kl_term
         stats["kl_loss"] = float(kl_term.detach())
     if cfg.loss.entropy_coef > 0 and entropy is not None:
-        loss = loss - cfg.loss.entropy_coef * L.aggregate(entropy, mask, **agg)
+        loss = loss - cfg.loss.entropy_coef * L.aggregate(entropy, mask, agg, **norm)
     if cfg.loss.nll_coef > 0 and correct is not None:
         # VAPO positive-example LM loss (2504.05118 §4.3 eq. 9-10).
         nll = L.nll_positive(logp, mask, correct, num_tokens=max(counts.num_positive_tokens, 1))

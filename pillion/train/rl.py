@@ -195,7 +195,8 @@ def build_data(cfg):
              for name, spec in cfg.data.sources.items()}
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
     heldout = common.load_source(cfg.data.heldout, cfg.data.heldout_size, cfg.data, cfg.seed + 1, split="test")
-    return pools, mixture, HistoryResampler(), parse_stages(cfg.data.stages), heldout[: cfg.data.heldout_size]
+    stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
+    return pools, mixture, HistoryResampler(), stages, heldout[: cfg.data.heldout_size]
 
 
 def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
@@ -334,7 +335,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and world.main:
             result = run_eval(f"step {step + 1}")
             metrics.write({"step": step + 1, "eval/pass@1": result["pass@1"], f"eval/pass@{result['k']}": result["pass@k"]})
-        if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main:
+        # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
+        if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main and not bad_streak:
             state.save(run_dir, step + 1, policy, model_dir, {
                 "optimizer": optimizer.state_dict(),
                 "critic": critic.state_dict() if critic else None,

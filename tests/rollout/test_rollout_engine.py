@@ -116,21 +116,25 @@ def test_sampler_frequencies_follow_the_distribution():
     # p = softmax(logits) = [0.5, 0.25, 0.125, 0.125]; 40k draws, 4-sigma bounds.
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]])).repeat(40000, 1)
     g = torch.Generator().manual_seed(0)
-    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=1.0), g)
+
+    def u():
+        return torch.rand((40000, 1), generator=g, dtype=torch.float64)
+
+    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=1.0), u())
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert torch.allclose(freq, torch.tensor([0.5, 0.25, 0.125, 0.125]), atol=4 * (0.25 / 40000) ** 0.5)
     torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.5, 0.25, 0.125, 0.125]))[tokens])
     # top_k=2 keeps tokens {0, 1} with renormalised mass [2/3, 1/3]; log-probs stay the
     # untruncated policy's (ALGORITHMS.md §1).
-    tokens, logprobs = sample_tokens(logits, SamplingParams(top_k=2), g)
+    tokens, logprobs = sample_tokens(logits, SamplingParams(top_k=2), u())
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert freq[2:].sum() == 0 and abs(freq[0] - 2 / 3) < 0.01
     torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.5, 0.25]))[tokens])
     # top_p=0.7: the mass before token 1 is 0.5 < 0.7, before token 2 it is 0.75 >= 0.7 -> {0, 1}.
-    tokens, _ = sample_tokens(logits, SamplingParams(top_p=0.7), g)
+    tokens, _ = sample_tokens(logits, SamplingParams(top_p=0.7), u())
     assert set(tokens.tolist()) == {0, 1}
     # temperature 0.5 squares the odds: p ∝ [0.25, 0.0625, 0.015625, 0.015625] / 0.34375.
-    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=0.5), g)
+    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=0.5), u())
     expected = torch.tensor([0.25, 0.0625, 0.015625, 0.015625]) / 0.34375
     freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
     assert torch.allclose(freq, expected, atol=0.01)
