@@ -535,18 +535,21 @@ class _Worker:
 
 
 # One single-worker pool per process for `math_equal` without a pool: created on first
-# symbolic use, shared by threads (the pool serialises calls), killed at exit. This is the
+# symbolic use, shared by threads (the pool serialises calls), killed at exit. Keyed by pid:
+# a forked child must not talk to its parent's worker over inherited pipes. This is the
 # module's only state; pass `pool=` to avoid it.
-_DEFAULT_POOL: list[GradingPool] = []
+_DEFAULT_POOL: dict[int, GradingPool] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
 def _default_pool() -> GradingPool:
     with _DEFAULT_LOCK:
-        if not _DEFAULT_POOL:
-            _DEFAULT_POOL.append(GradingPool(workers=1, spares=1))
-            atexit.register(_DEFAULT_POOL[0].close)
-        return _DEFAULT_POOL[0]
+        pid = os.getpid()
+        if pid not in _DEFAULT_POOL:
+            _DEFAULT_POOL.clear()  # a parent's pool, inherited through fork: not ours to use
+            _DEFAULT_POOL[pid] = GradingPool(workers=1, spares=1)
+            atexit.register(_DEFAULT_POOL[pid].close)
+        return _DEFAULT_POOL[pid]
 
 
 def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0,
@@ -574,7 +577,8 @@ class GradingPool:
     Fast-path items never leave this process, and repeated (pred, gold) pairs (common within
     a GRPO group) are graded once. Safe to call from any thread (calls are serialised).
     `spares` workers are kept booted to replace killed ones at once, so the call after a
-    timeout does not wait for sympy's import (about 0.5 s).
+    timeout does not wait for sympy's import (about 0.5 s). Create the pool in the process
+    that uses it: its pipes are not shared across fork.
     """
 
     def __init__(self, workers: int | None = None, timeout: float = 5.0, spares: int = 0):
