@@ -95,7 +95,8 @@ def main() -> None:
 
     assert serial == pooled, "the pool must agree with serial grading"
     print(f"answers: {args.n} ({symbolic} symbolic, {args.n - symbolic} decided in-process), "
-          f"{sum(serial)} equal, pool timeouts: {timeouts}, cpu cores: {os.cpu_count()}")
+          f"{sum(serial)} equal, pool timeouts: {timeouts}, cpu cores: {os.cpu_count()}, "
+          f"load average {os.getloadavg()[0]:.2f} (other processes on the machine skew both figures)")
     print(f"serial math_equal:            {args.n / serial_s:9.1f} answers/s ({serial_s:.2f} s)")
     print(f"GradingPool({args.workers} workers):       {args.n / pool_s:9.1f} answers/s ({pool_s:.2f} s)")
     print(f"ratio pool / serial:          {serial_s / pool_s:9.2f}x")

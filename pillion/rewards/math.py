@@ -6,7 +6,8 @@
 1. Fast path, in-process, no sympy: both sides are normalised as strings (below); if they
    match, or both are plain numbers / number tuples / intervals / sets / numeric matrices /
    choice letters / words, the verdict is computed here with exact `Fraction` arithmetic.
-   Most answers in GSM8K, MATH and AIME end here, in microseconds.
+   Every GSM8K and AIME gold and 398 of the 500 MATH500 golds are plain numbers, so a
+   prediction written as a number is graded here, in microseconds.
 2. Symbolic path, in a separate worker process: math-verify's LaTeX parser (latex2sympy over
    an ANTLR grammar) builds sympy objects and `math_verify.verify` compares them, followed by
    our own guard for numbers (below). The worker is a persistent `subprocess.Popen` child
