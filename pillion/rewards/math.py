@@ -6,12 +6,13 @@
 1. Fast path, in-process, no sympy: both sides are normalised as strings (below); if they
    match, or both are plain numbers / number tuples / intervals / sets / numeric matrices /
    choice letters / words, the verdict is computed here with exact `Fraction` arithmetic.
-   Most answers in GSM8K, MATH and AIME end here, in microseconds.
+   Every GSM8K and AIME gold and 398 of the 500 MATH500 golds are plain numbers, so a
+   prediction written as a number is graded here, in microseconds.
 2. Symbolic path, in a separate worker process: math-verify's LaTeX parser (latex2sympy over
    an ANTLR grammar) builds sympy objects and `math_verify.verify` compares them, followed by
    our own guard for numbers (below). The worker is a persistent `subprocess.Popen` child
    speaking JSON lines; the caller waits on its pipe with `select` and a deadline, and kills
-   it on timeout (a spare is already booted, so the next call does not wait for imports).
+   it on timeout (`math_equal`'s default worker keeps a booted spare to take over at once).
    No signals are used, so this works from any thread and inside daemonic worker processes
    where `signal.alarm` (math-verify's own timeout) and `multiprocessing` children do not.
    The worker caps its own address space (RLIMIT_AS), so `10^{10^{10^{10}}}` ends in a
@@ -23,7 +24,8 @@ Normalisation (both sides): math delimiters, `\\left`/`\\right`, spacing command
 unit words, thousands separators (`1,234,567`, `1{,}234`, `1\\,234`; only when the whole answer
 is such a number, so the list `1, 234` stays a list), a leading `x =` when the other side has
 no `=`, mixed numbers (`3\\frac{1}{2}`, `3 1/2` mean 7/2), scientific notation (`1.5e3`,
-`1.5\\times10^{3}`; never Euler's e), and leading zeros (`025` is 25).
+`1.5\\times10^{3}`; never Euler's e), repeating decimals (`0.1\\overline{6}` is 1/6), and
+leading zeros (`025` is 25).
 
 Tolerance rule (numbers):
 - Integers, fractions and terminating decimals are compared EXACTLY as rationals: 0.5 = 1/2,
@@ -182,6 +184,7 @@ _RE_DECIMAL = re.compile(rf"^([-+]?)({_DEC})$")
 _RE_SCI = re.compile(rf"^([-+]?)({_DEC})(?:[eE]|\*10\^|\\times10\^|\\cdot10\^|x10\^)\{{?([-+]?\d+)\}}?$")
 _RE_POW10 = re.compile(r"^([-+]?)10\^\{?([-+]?\d+)\}?$")
 _RE_SLASH = re.compile(rf"^([-+]?)({_DEC})/({_DEC})$")
+_RE_REPEAT = re.compile(r"^([-+]?)(\d*)\.(\d*)\\overline\{(\d+)\}$")
 _RE_FRAC = re.compile(r"^([-+]?)(\d*)\\frac\{([-+]?)(" + _DEC + r")\}\{(" + _DEC + r")\}$")
 
 
@@ -226,6 +229,10 @@ def parse_number(s: str) -> _Num | None:
             return None
         value = Fraction(m.group(2)) / den
         return _Num(-value if m.group(1) == "-" else value, percent=percent)
+    if m := _RE_REPEAT.match(s):  # 0.1\overline{6} = 1/6, exactly
+        sign, whole, fixed, repeat = m.groups()
+        value = int(whole or 0) + (Fraction(int(fixed or 0)) + Fraction(int(repeat), 10 ** len(repeat) - 1)) / 10 ** len(fixed)
+        return _Num(-value if sign == "-" else value, percent=percent)
     if m := _RE_FRAC.match(s):
         sign, whole, inner_sign, num, den = m.groups()
         den = Fraction(den)
@@ -371,15 +378,14 @@ def fast_equal(pred: str, gold: str) -> bool | None:
         return numbers_equal(a_num, b_num)
     kind_a, brackets_a, elems_a = parse_structure(pred)
     kind_b, brackets_b, elems_b = parse_structure(gold)
-    if kind_a != kind_b or (kind_a == "single") != (kind_b == "single"):
-        # A list never equals a single value ("find all"), and a set is not a tuple.
-        if "single" in (kind_a, kind_b) and (kind_a, kind_b) != ("single", "single"):
-            nums = [parse_number(e) for e in elems_a + elems_b]
-            if all(n is not None for n in nums):
-                return False
+    if kind_a != kind_b:
+        # A list of numbers never equals a single number ("find all"); other mixes (a tuple
+        # against a set, a symbolic list) are left to math-verify.
+        if "single" in (kind_a, kind_b) and all(parse_number(e) is not None for e in elems_a + elems_b):
+            return False
         return None
     if kind_a == "single":
-        return None if a_num is None or b_num is None else numbers_equal(a_num, b_num)
+        return None  # not two plain numbers (checked above): symbolic
     nums_a = [parse_number(e) for e in elems_a]
     nums_b = [parse_number(e) for e in elems_b]
     if any(n is None for n in nums_a + nums_b):
@@ -498,16 +504,13 @@ class _Worker:
         self.job = -1  # index of the item in flight, -1 when idle
         self.deadline = 0.0
 
-    def pump(self, timeout: float) -> list[str] | None:
-        """Complete lines that arrive within `timeout` s ([] if none); None once it has died."""
-        if b"\n" not in self.buffer:
-            if not select.select([self.fd], [], [], max(0.0, timeout))[0]:
-                return []
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                return None
-            self.buffer += chunk
-        *lines, self.buffer = self.buffer.split(b"\n")
+    def pump(self) -> list[str] | None:
+        """Read what the worker wrote (call when select says readable): its complete result
+        lines, [] if none is complete yet, None once it has died."""
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            return None
+        *lines, self.buffer = (self.buffer + chunk).split(b"\n")
         out = []
         for line in lines:
             if not self.ready:
@@ -515,12 +518,6 @@ class _Worker:
             else:
                 out.append(line.decode())
         return out
-
-    def wait_ready(self) -> None:
-        while not self.ready:
-            remaining = self.started + WORKER_STARTUP_S - time.monotonic()
-            if remaining <= 0 or self.pump(remaining) is None:
-                raise RuntimeError("the symbolic grading worker failed to start")
 
     def send(self, job: int, pred: str, gold: str, timeout: float) -> None:
         self.proc.stdin.write((json.dumps({"id": job, "pred": pred, "gold": gold}) + "\n").encode())
@@ -538,51 +535,22 @@ class _Worker:
                 pass
 
 
-class _Slot:
-    """A worker with a booted spare: after a timeout kill the spare takes over at once, so
-    the next call does not pay sympy's import inside its own timeout."""
-
-    def __init__(self):
-        self.worker, self.spare = _Worker(), _Worker()
-        self.timeouts = 0
-
-    def replace(self) -> None:
-        self.worker.kill()
-        self.worker, self.spare = self.spare, _Worker()
-
-    def ask(self, pred: str, gold: str, timeout: float) -> bool:
-        self.worker.wait_ready()
-        try:
-            self.worker.send(0, pred, gold, timeout)
-        except OSError:  # died between calls: the spare takes the job
-            self.replace()
-            self.worker.wait_ready()
-            self.worker.send(0, pred, gold, timeout)
-        while True:
-            lines = self.worker.pump(self.worker.deadline - time.monotonic())
-            if lines is None or (not lines and time.monotonic() >= self.worker.deadline):
-                self.timeouts += lines is not None
-                self.replace()
-                return False
-            for line in lines:
-                return bool(json.loads(line)["equal"])
-
-    def close(self) -> None:
-        self.worker.kill()
-        self.spare.kill()
-
-
-# One slot per process for `math_equal` without a pool: created on first symbolic use, behind
-# a lock so threads share it safely, and killed at exit. This is the module's only state.
-_DEFAULT_SLOT: list[_Slot] = []
+# One single-worker pool per process for `math_equal` without a pool: created on first
+# symbolic use, shared by threads (the pool serialises calls), killed at exit. Keyed by pid:
+# a forked child must not talk to its parent's worker over inherited pipes. This is the
+# module's only state; pass `pool=` to avoid it.
+_DEFAULT_POOL: dict[int, GradingPool] = {}
 _DEFAULT_LOCK = threading.Lock()
 
 
-def _default_slot() -> _Slot:
-    if not _DEFAULT_SLOT:
-        _DEFAULT_SLOT.append(_Slot())
-        atexit.register(_DEFAULT_SLOT[0].close)
-    return _DEFAULT_SLOT[0]
+def _default_pool() -> GradingPool:
+    with _DEFAULT_LOCK:
+        pid = os.getpid()
+        if pid not in _DEFAULT_POOL:
+            _DEFAULT_POOL.clear()  # a parent's pool, inherited through fork: not ours to use
+            _DEFAULT_POOL[pid] = GradingPool(workers=1, spares=1)
+            atexit.register(_DEFAULT_POOL[pid].close)
+        return _DEFAULT_POOL[pid]
 
 
 def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0,
@@ -593,13 +561,10 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0,
     process (the pool's, or a per-process default one) and count as NOT equal when they take
     longer than `timeout` seconds. None on either side is not equal. Never raises on model text.
     """
-    verdict, p, g = prepare(pred, gold)
+    verdict, _, _ = prepare(pred, gold)
     if verdict is not None:
         return verdict
-    if pool is not None:
-        return pool.grade([pred], [gold], timeout=timeout)[0]
-    with _DEFAULT_LOCK:
-        return _default_slot().ask(p, g, timeout)
+    return (pool or _default_pool()).grade([pred], [gold], timeout=timeout)[0]
 
 
 class GradingPool:
@@ -612,11 +577,15 @@ class GradingPool:
     it is killed and replaced and the item counts as not equal (`timeouts` counts these).
     Fast-path items never leave this process, and repeated (pred, gold) pairs (common within
     a GRPO group) are graded once. Safe to call from any thread (calls are serialised).
+    `spares` workers are kept booted to replace killed ones at once, so the call after a
+    timeout does not wait for sympy's import (about 0.5 s). Create the pool in the process
+    that uses it: its pipes are not shared across fork.
     """
 
-    def __init__(self, workers: int | None = None, timeout: float = 5.0):
+    def __init__(self, workers: int | None = None, timeout: float = 5.0, spares: int = 0):
         self.timeout = timeout
         self.workers = [_Worker() for _ in range(max(1, workers or os.cpu_count() or 1))]
+        self.spares = [_Worker() for _ in range(spares)]
         self.timeouts = 0
         self.lock = threading.Lock()
 
@@ -627,9 +596,9 @@ class GradingPool:
         self.close()
 
     def close(self) -> None:
-        for worker in self.workers:
+        for worker in self.workers + self.spares:
             worker.kill()
-        self.workers = []
+        self.workers, self.spares = [], []
 
     def grade(self, preds, golds, timeout: float | None = None) -> list[bool]:
         """Verdicts of `math_equal(pred, gold)` for each pair, in order."""
@@ -653,7 +622,11 @@ class GradingPool:
 
     def _replace(self, k: int) -> None:
         self.workers[k].kill()
-        self.workers[k] = _Worker()
+        if self.spares:
+            self.workers[k] = self.spares.pop(0)
+            self.spares.append(_Worker())
+        else:
+            self.workers[k] = _Worker()
 
     def _run(self, jobs: list[tuple[str, str]], timeout: float) -> list[bool]:
         """Grade (pred, gold) jobs on the workers, one job in flight per worker."""
@@ -681,7 +654,7 @@ class GradingPool:
             for k, worker in enumerate(self.workers):
                 if worker.fd not in readable:
                     continue
-                lines = worker.pump(0.0)
+                lines = worker.pump()
                 if lines is None:  # died (memory cap, or killed from outside): its job is False
                     if not worker.ready:
                         raise RuntimeError("a symbolic grading worker died while starting")

@@ -75,6 +75,9 @@ CASES = [
     ("0.19", "\\frac{3}{16}", F),
     ("0.125", "\\frac18", T),
     ("0.13", "\\frac18", F),
+    ("0.\\overline{3}", "\\frac{1}{3}", T),
+    ("0.1\\overline{6}", "1/6", T),
+    ("0.\\overline{3}", "0.33", F),  # 1/3 exactly, against a 2-digit decimal
     ("1.0", "1", T),
     ("1.01", "1", F),
     # --- \frac, \dfrac, \tfrac ---

@@ -104,6 +104,15 @@ def test_works_inside_a_daemonic_worker_process():
     assert elapsed < TIMEOUT + 1.0, elapsed
 
 
+def test_forked_child_gets_its_own_worker():
+    # The parent's default worker exists; a fork child inherits its pipes but must not use them.
+    assert math_equal("2(x+1)", "2x+2", timeout=TIMEOUT) is True
+    with multiprocessing.get_context("fork").Pool(1) as mp_pool:
+        symbolic, slow, elapsed = mp_pool.map(_grade_in_daemon, [0])[0]
+    assert symbolic is True and slow is False and elapsed < TIMEOUT + 1.0
+    assert math_equal("(x+1)(x-1)", "x^2-1", timeout=TIMEOUT) is True
+
+
 def test_pool_times_out_one_item_and_grades_the_rest():
     preds = ["(x+1)^2", "\\frac{(9999!)!}{3}", "2\\sqrt{3}", "7", "x^2-1"]
     golds = ["x^2+2x+1", "5", "\\sqrt{12}", "007", "(x-1)(x+1)"]
