@@ -1,79 +1,94 @@
 """pillion's generation engine against `transformers` `generate`, side by side, on CPU.
 
-    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--hidden 256] [--layers 4]
+    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--repeats 5]
 
-Both generate from the same tiny random checkpoint (built here, nothing downloaded), the same
-batch of prompts of different lengths, with the same sampling (temperature 1.0, top-p 1.0,
-top-k off) and EOS ignored so both produce exactly batch x new tokens. Prints tokens/s of each
-and the ratio. Timings are the best of `--repeats` runs after one warm-up.
+Two workloads, each timed for both engines in the same run, same prompts, same sampling
+(temperature 1.0, top-p 1.0, top-k off), best of `--repeats` after a warm-up:
+
+  fixed   a tiny random checkpoint (hidden 64, 2 layers, built here) with EOS ignored, so both
+          produce exactly batch x new tokens: the per-token cost of the decode loop;
+  arith   the shipped tiny arithmetic model on arithmetic prompts with EOS honoured, as in an
+          RL rollout: samples finish at different lengths.
+
+Prints tokens/s of each engine and the ratio. Nothing is downloaded.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--new", type=int, default=128, help="new tokens per sequence")
-    ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--family", default="qwen2")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: leave as is)")
-    args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def count_hf_tokens(out: torch.Tensor, prompt_len: int, eos: int | None) -> int:
+    """Generated tokens per row up to and including the first EOS (the rest is padding)."""
+    total = 0
+    for row in out[:, prompt_len:].tolist():
+        total += row.index(eos) + 1 if eos is not None and eos in row else len(row)
+    return total
 
+
+def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
     from transformers import AutoModelForCausalLM
 
-    from pillion.model.checkpoint import load_model, load_tokenizer
-    from pillion.model.tiny import make_tiny_checkpoint
+    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
-    folder = tempfile.mkdtemp()
-    make_tiny_checkpoint(folder, args.family, hidden_size=args.hidden, num_layers=args.layers,
-                         num_heads=4, num_kv_heads=2, intermediate_size=4 * args.hidden)
     tokenizer = load_tokenizer(folder)
-    prompts = [f"Question {i}: what is {i * 37 % 100} + {i * 11 % 50}?" + " think" * (i % 5) for i in range(args.batch)]
-
-    # EOS ignored (no eos ids) so both sides produce exactly batch x new tokens.
-    engine = Engine(load_model(folder).eval(), tokenizer, eos_ids=[])
-    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=args.new, seed=0)
-
+    eos_ids = eos_token_ids(folder, tokenizer) if honour_eos else []
+    engine = Engine(load_model(folder).eval(), tokenizer, eos_ids)
+    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    hf_eos = tokenizer.eos_token_id if honour_eos else None
 
     def run_pillion() -> int:
-        out = engine.generate(prompts, params)
-        return sum(len(c.ids) for c in out)
+        return sum(len(c.ids) for c in engine.generate(prompts, params))
 
     def run_transformers() -> int:
         with torch.inference_mode():
-            out = hf.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                              max_new_tokens=args.new, min_new_tokens=args.new,
+            out = hf.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
+                              min_new_tokens=1 if honour_eos else new_tokens, eos_token_id=hf_eos,
                               pad_token_id=tokenizer.pad_token_id)
-        return int((out.shape[1] - enc.input_ids.shape[1]) * out.shape[0])
+        return count_hf_tokens(out, enc.input_ids.shape[1], hf_eos)
 
-    results = {}
-    for name, fn in (("pillion", run_pillion), ("transformers", run_transformers)):
+    rates = {}
+    for engine_name, fn in (("pillion", run_pillion), ("transformers", run_transformers)):
         fn()  # warm-up
-        best = float("inf")
-        for _ in range(args.repeats):
+        best, tokens = float("inf"), 0
+        for _ in range(repeats):
             start = time.perf_counter()
             tokens = fn()
             best = min(best, time.perf_counter() - start)
-        results[name] = tokens / best
-        print(f"{name:<13} {tokens} tokens in {best:.3f} s  ->  {tokens / best:,.0f} tokens/s")
-    print(f"ratio pillion / transformers: {results['pillion'] / results['transformers']:.2f}x "
-          f"(batch {args.batch}, {args.new} new tokens, hidden {args.hidden}, {args.layers} layers, "
-          f"{torch.get_num_threads()} threads)")
+        rates[engine_name] = tokens / best
+        print(f"  {engine_name:<13} {tokens:6d} tokens in {best:.3f} s -> {tokens / best:9,.0f} tokens/s")
+    print(f"  {name}: pillion / transformers = {rates['pillion'] / rates['transformers']:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--new", type=int, default=128, help="max new tokens per sequence")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+
+    from pillion.model.tiny import make_tiny_checkpoint
+    from pillion.train.common import DEFAULT_MODEL
+
+    print(f"batch {args.batch}, up to {args.new} new tokens, {torch.get_num_threads()} threads, "
+          f"load average {os.getloadavg()[0]:.1f}")
+    folder = tempfile.mkdtemp()
+    make_tiny_checkpoint(folder, "qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256)
+    prompts = [f"Question {i}: what is {i * 37 % 100} + {i * 11 % 50}?" + " think" * (i % 5) for i in range(args.batch)]
+    print("fixed length (random tiny model, EOS ignored):")
+    bench("fixed", folder, prompts, args.new, honour_eos=False, repeats=args.repeats)
+    arith = [f"Q: What is {i * 37 % 90 + 10}+{i * 13 % 89 + 10}?\nA:" for i in range(args.batch)]
+    print("arithmetic rollouts (shipped tiny-arith model, EOS honoured):")
+    bench("arith", str(DEFAULT_MODEL), arith, args.new, honour_eos=True, repeats=args.repeats)
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ class Engine:
         cos_table, sin_table = rope_tables(self.model.inv_freq, torch.arange(P + T, device=device), dtype)
         next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
 
-        eos = torch.tensor(self.eos_ids, device=device)
+        eos = torch.tensor(self.eos_ids, device=device) if len(self.eos_ids) != 1 else self.eos_ids[0]
         # Rows still decoding ("active") are packed at the front of the cache; `active` maps
         # them to result rows. Per-step state lives in active space; results are written back
         # at each host check, where finished rows are also dropped from the batch.
@@ -183,11 +183,13 @@ class Engine:
         checked = [0] * R  # tokens of each row already searched for stop strings
         for t in range(T):
             # One uniform per result row and step, whatever rows are still active.
-            uniform = torch.rand((R, 1), generator=generator, device=device, dtype=torch.float64)[active]
+            uniform = torch.rand((R, 1), generator=generator, device=device, dtype=torch.float64)
+            if len(active) < R:
+                uniform = uniform[active]
             tokens, logprobs = sample_tokens(logits, params, uniform)
             act_tokens[:, t] = tokens
             act_logprobs[:, t] = logprobs
-            hit_eos = torch.isin(tokens, eos) & ~act_finished
+            hit_eos = (tokens == eos if len(self.eos_ids) == 1 else torch.isin(tokens, eos)) & ~act_finished
             act_lengths = torch.where(hit_eos, t + 1, act_lengths)
             act_finished = act_finished | hit_eos
             steps = t + 1

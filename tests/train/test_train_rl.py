@@ -48,18 +48,19 @@ def test_every_preset_runs(tmp_path, preset):
     assert (tmp_path / preset / "checkpoints" / "step-000002" / "model.safetensors").exists()
 
 
-LEARNERS = ["grpo", "dr_grpo", "dapo", "ppo", "rloo", "reinforce_pp", "raft", "reinforce_rej"]
+LEARNERS = PRESETS
 
 
 @pytest.mark.parametrize("preset", LEARNERS)
-def test_presets_raise_reward_on_single_digit_sums(tmp_path, preset):
-    """Level-1 arithmetic, which the tiny model half knows: 16 steps must raise the reward."""
-    cfg = small(tmp_path / preset, f"algo={preset}", "steps=16", "prompts_per_step=8", "group_size=8",
-                "micro_batch=64", "lr=1e-3", "data.sources={arith: 'synthetic:1'}", "data.heldout=synthetic:1")
+def test_presets_raise_reward(tmp_path, preset):
+    """The shipped model answers in \\boxed{} only half the time and is often wrong; a learner
+    must raise the accuracy of its samples within 20 short steps (deterministic seeds)."""
+    cfg = small(tmp_path / preset, f"algo={preset}", "steps=20", "prompts_per_step=16", "group_size=8",
+                "micro_batch=128", "max_new_tokens=32")
     rl.train(cfg)
     acc = [r["accuracy"] for r in metrics(tmp_path / preset)]
     first, last = sum(acc[:5]) / 5, sum(acc[-5:]) / 5
-    assert last > first + 0.05, acc
+    assert last > first + 0.1, acc
 
 
 def _strip(rows):
