@@ -43,6 +43,10 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv[0] if argv and argv[0] in COMMANDS else None
+    if command in ("train", "sft"):
+        # key=value arguments and valueless flags (--resume) may come in any order.
+        flags = [a for a in argv[1:] if a.startswith("-")]
+        argv = [command] + [a for a in argv[1:] if not a.startswith("-")] + flags
     parser = build_parser(command)
     args = parser.parse_args(argv)
     if args.command is None:

@@ -175,7 +175,7 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch, t, world, train_po
                     vloss, vst = L.value_loss(values, t["old_values"][micro], t["returns"][micro], t["mask"][micro],
                                               cfg.ppo.value_clip, "token_mean", num_tokens=counts.num_tokens)
                     (cfg.ppo.vf_coef * vloss).backward()
-                    stats.setdefault("value_loss", []).append(float(vloss))
+                    stats.setdefault("value_loss", []).append(float(vloss.detach()))
                     stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
             if train_policy:
                 norm, ok = optimizer_step(list(policy.parameters()), optimizer, cfg.grad_clip)
