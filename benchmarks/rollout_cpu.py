@@ -10,7 +10,9 @@ Two workloads, each timed for both engines in the same run, same prompts, same s
   arith   the shipped tiny arithmetic model on arithmetic prompts with EOS honoured, as in an
           RL rollout: samples finish at different lengths.
 
-Prints tokens/s of each engine and the ratio. Nothing is downloaded.
+pillion runs twice: with its eager decode step and with the decode step compiled
+(`compiled_decode_step`, compile time excluded: it is paid once per run). Prints tokens/s of
+each and the ratios to transformers. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -18,6 +20,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+
+# One in-process compile thread: inductor's background worker pool would otherwise compete with
+# the timed runs on a 2-core machine.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 import time
 
 import torch
@@ -35,11 +41,12 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
     from transformers import AutoModelForCausalLM
 
     from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
-    from pillion.rollout.engine import Engine, SamplingParams
+    from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step
 
     tokenizer = load_tokenizer(folder)
     eos_ids = eos_token_ids(folder, tokenizer) if honour_eos else []
     engine = Engine(load_model(folder).eval(), tokenizer, eos_ids)
+    compiled = None  # built after the eager runs: compiling leaves worker threads busy for a while
     params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer.padding_side = "left"
@@ -49,6 +56,12 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
     def run_pillion() -> int:
         return sum(len(c.ids) for c in engine.generate(prompts, params))
 
+    def run_pillion_compiled() -> int:
+        nonlocal compiled
+        if compiled is None:
+            compiled = Engine(load_model(folder).eval(), tokenizer, eos_ids, decode_fn=compiled_decode_step())
+        return sum(len(c.ids) for c in compiled.generate(prompts, params))
+
     def run_transformers() -> int:
         with torch.inference_mode():
             out = hf.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
@@ -57,7 +70,8 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
         return count_hf_tokens(out, enc.input_ids.shape[1], hf_eos)
 
     rates = {}
-    for engine_name, fn in (("pillion", run_pillion), ("transformers", run_transformers)):
+    runs = (("pillion", run_pillion), ("transformers", run_transformers), ("pillion+compile", run_pillion_compiled))
+    for engine_name, fn in runs:
         fn()  # warm-up
         best, tokens = float("inf"), 0
         for _ in range(repeats):
@@ -65,8 +79,9 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
             tokens = fn()
             best = min(best, time.perf_counter() - start)
         rates[engine_name] = tokens / best
-        print(f"  {engine_name:<13} {tokens:6d} tokens in {best:.3f} s -> {tokens / best:9,.0f} tokens/s")
-    print(f"  {name}: pillion / transformers = {rates['pillion'] / rates['transformers']:.2f}x")
+        print(f"  {engine_name:<16} {tokens:6d} tokens in {best:.3f} s -> {tokens / best:9,.0f} tokens/s")
+    print(f"  {name}: pillion / transformers = {rates['pillion'] / rates['transformers']:.2f}x eager, "
+          f"{rates['pillion+compile'] / rates['transformers']:.2f}x with the compiled decode step")
 
 
 def main() -> None:

@@ -119,6 +119,7 @@ class TrainConfig:
     eval_every: int = 0  # 0: evaluate before and after training only
     max_bad_steps: int = 3  # non-finite updates in a row before the run stops
     grading_workers: int = 1
+    compile: bool = False  # torch.compile the rollout decode step (pays off over long runs)
     adv: AdvConfig = field(default_factory=AdvConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)

