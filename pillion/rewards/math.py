@@ -10,13 +10,9 @@
    prediction written as a number is graded here, in microseconds.
 2. Symbolic path, in a separate worker process: math-verify's LaTeX parser (latex2sympy over
    an ANTLR grammar) builds sympy objects and `math_verify.verify` compares them, followed by
-   our own guard for numbers (below). The worker is a persistent `subprocess.Popen` child
-   speaking JSON lines; the caller waits on its pipe with `select` and a deadline, and kills
-   it on timeout (`math_equal`'s default worker keeps a booted spare to take over at once).
-   No signals are used, so this works from any thread and inside daemonic worker processes
-   where `signal.alarm` (math-verify's own timeout) and `multiprocessing` children do not.
-   The worker caps its own address space (RLIMIT_AS), so `10^{10^{10^{10}}}` ends in a
-   MemoryError or a timeout, never in the host swapping.
+   our own guard for numbers (below); that comparison is `_symbolic_equal` here. The worker
+   processes, their timeouts and memory cap, `GradingPool` and `grade_batch` live in
+   `pool.py` (this module re-exports `GradingPool` and `grade_batch` for old imports).
 
 Normalisation (both sides): math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac`/
 `\\tfrac` -> `\\frac`, `\\frac12` -> `\\frac{1}{2}`, `\\sqrt2` -> `\\sqrt{2}`, degrees (`^\\circ`, °,
@@ -57,26 +53,21 @@ Safety: model text never reaches `eval`, `exec`, `sympify` or `parse_expr`:
 - before the worker sees an answer it must pass `_is_safe_for_sympy`: at most
   `MAX_SYMBOLIC_CHARS` characters of a math alphabet (no quotes, backticks, `#`, `@`, `;`), no
   `__`; otherwise only the exact-string verdict is used;
-- the worker is a separate process with a memory cap, so even a parser bug costs one kill.
+- the worker (`pool.py`) is a separate process with a memory cap, so even a parser bug costs
+  one kill.
 """
 
 from __future__ import annotations
 
-import atexit
-import json
-import os
 import re
-import select
-import subprocess
-import sys
-import threading
-import time
 from fractions import Fraction
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pillion.rewards.pool import GradingPool
 
 MAX_SYMBOLIC_CHARS = 400  # longer answers are compared as strings only
 MAX_EXPONENT = 400  # 1e400 is parsed exactly; 1e100000 goes to the symbolic path
-WORKER_MEMORY_BYTES = 2 << 30  # RLIMIT_AS of each symbolic worker
-WORKER_STARTUP_S = 60.0  # importing sympy on a loaded machine; not part of a call's timeout
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation (pure string work, shared by both paths)
@@ -462,97 +453,6 @@ def _is_number(x) -> bool:
     return isinstance(x, sympy.Expr) and not isinstance(x, sympy.Set) and bool(x.is_number)
 
 
-def _worker_main() -> None:
-    """Loop of the symbolic worker process: one JSON request per line on stdin."""
-    import logging
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
-    out = os.fdopen(os.dup(1), "w", buffering=1)
-    sys.stdout = sys.stderr  # nothing but protocol lines may reach the parent's pipe
-    logging.disable(logging.CRITICAL)  # math-verify warns on every failed parse
-    import math_verify  # noqa: F401  (pay the import before announcing readiness)
-
-    out.write("ready\n")
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            equal = bool(_symbolic_equal(request["pred"], request["gold"]))
-        except (Exception, MemoryError, RecursionError):
-            equal = False
-        out.write(json.dumps({"id": request["id"], "equal": equal}) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Worker processes (parent side)
-# ---------------------------------------------------------------------------------------------
-
-class _Worker:
-    """One symbolic worker subprocess, with a line reader over its stdout."""
-
-    def __init__(self):
-        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from pillion.rewards.math import _worker_main; _worker_main()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root,
-        )
-        self.fd = self.proc.stdout.fileno()
-        self.started = time.monotonic()
-        self.buffer = b""
-        self.ready = False
-        self.job = -1  # index of the item in flight, -1 when idle
-        self.deadline = 0.0
-
-    def pump(self) -> list[str] | None:
-        """Read what the worker wrote (call when select says readable): its complete result
-        lines, [] if none is complete yet, None once it has died."""
-        chunk = os.read(self.fd, 65536)
-        if not chunk:
-            return None
-        *lines, self.buffer = (self.buffer + chunk).split(b"\n")
-        out = []
-        for line in lines:
-            if not self.ready:
-                self.ready = line == b"ready"
-            else:
-                out.append(line.decode())
-        return out
-
-    def send(self, job: int, pred: str, gold: str, timeout: float) -> None:
-        self.proc.stdin.write((json.dumps({"id": job, "pred": pred, "gold": gold}) + "\n").encode())
-        self.proc.stdin.flush()
-        self.job, self.deadline = job, time.monotonic() + timeout
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait()
-        for stream in (self.proc.stdin, self.proc.stdout):
-            try:
-                stream.close()
-            except OSError:
-                pass
-
-
-# One single-worker pool per process for `math_equal` without a pool: created on first
-# symbolic use, shared by threads (the pool serialises calls), killed at exit. Keyed by pid:
-# a forked child must not talk to its parent's worker over inherited pipes. This is the
-# module's only state; pass `pool=` to avoid it.
-_DEFAULT_POOL: dict[int, GradingPool] = {}
-_DEFAULT_LOCK = threading.Lock()
-
-
-def _default_pool() -> GradingPool:
-    with _DEFAULT_LOCK:
-        pid = os.getpid()
-        if pid not in _DEFAULT_POOL:
-            _DEFAULT_POOL.clear()  # a parent's pool, inherited through fork: not ours to use
-            _DEFAULT_POOL[pid] = GradingPool(workers=1, spares=1)
-            atexit.register(_DEFAULT_POOL[pid].close)
-        return _DEFAULT_POOL[pid]
-
-
 def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0,
                pool: GradingPool | None = None) -> bool:
     """True when the final answer `pred` equals `gold` (rules in the module docstring).
@@ -564,117 +464,21 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0,
     verdict, _, _ = prepare(pred, gold)
     if verdict is not None:
         return verdict
-    return (pool or _default_pool()).grade([pred], [gold], timeout=timeout)[0]
+    if pool is None:
+        from pillion.rewards.pool import _default_pool  # pool.py imports this module
+
+        pool = _default_pool()
+    return pool.grade([pred], [gold], timeout=timeout)[0]
 
 
-class GradingPool:
-    """Worker processes that grade answers in parallel, kept alive across training steps.
-
-        with GradingPool(workers=4, timeout=5.0) as pool:
-            verdicts = pool.grade(preds, golds)        # list[bool], same order
-
-    Each item runs under its own deadline, counted from when a worker takes it; a worker past
-    it is killed and replaced and the item counts as not equal (`timeouts` counts these).
-    Fast-path items never leave this process, and repeated (pred, gold) pairs (common within
-    a GRPO group) are graded once. Safe to call from any thread (calls are serialised).
-    `spares` workers are kept booted to replace killed ones at once, so the call after a
-    timeout does not wait for sympy's import (about 0.5 s). Create the pool in the process
-    that uses it: its pipes are not shared across fork.
-    """
-
-    def __init__(self, workers: int | None = None, timeout: float = 5.0, spares: int = 0):
-        self.timeout = timeout
-        self.workers = [_Worker() for _ in range(max(1, workers or os.cpu_count() or 1))]
-        self.spares = [_Worker() for _ in range(spares)]
-        self.timeouts = 0
-        self.lock = threading.Lock()
-
-    def __enter__(self) -> GradingPool:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def close(self) -> None:
-        for worker in self.workers + self.spares:
-            worker.kill()
-        self.workers, self.spares = [], []
-
-    def grade(self, preds, golds, timeout: float | None = None) -> list[bool]:
-        """Verdicts of `math_equal(pred, gold)` for each pair, in order."""
-        if len(preds) != len(golds):
-            raise ValueError(f"{len(preds)} predictions but {len(golds)} golds")
-        timeout = self.timeout if timeout is None else timeout
-        results: list[bool | None] = [None] * len(preds)
-        todo: dict[tuple[str, str], list[int]] = {}
-        for i, (pred, gold) in enumerate(zip(preds, golds)):
-            verdict, p, g = prepare(pred, gold)
-            if verdict is None:
-                todo.setdefault((p, g), []).append(i)
-            else:
-                results[i] = verdict
-        if todo:
-            with self.lock:
-                for key, equal in zip(todo, self._run(list(todo), timeout)):
-                    for i in todo[key]:
-                        results[i] = equal
-        return [bool(r) for r in results]
-
-    def _replace(self, k: int) -> None:
-        self.workers[k].kill()
-        if self.spares:
-            self.workers[k] = self.spares.pop(0)
-            self.spares.append(_Worker())
-        else:
-            self.workers[k] = _Worker()
-
-    def _run(self, jobs: list[tuple[str, str]], timeout: float) -> list[bool]:
-        """Grade (pred, gold) jobs on the workers, one job in flight per worker."""
-        verdicts = [False] * len(jobs)
-        pending = list(range(len(jobs) - 1, -1, -1))  # a stack: pop() hands out job 0 first
-        while pending or any(w.job >= 0 for w in self.workers):
-            now = time.monotonic()
-            for k, worker in enumerate(self.workers):
-                if worker.job >= 0 and now >= worker.deadline:
-                    self.timeouts += 1
-                    self._replace(k)  # its job stays False
-                elif not worker.ready and now - worker.started > WORKER_STARTUP_S:
-                    raise RuntimeError("a symbolic grading worker failed to start")
-                elif worker.ready and worker.job < 0 and pending:
-                    job = pending.pop()
-                    try:
-                        worker.send(job, *jobs[job], timeout)
-                    except OSError:
-                        pending.append(job)
-                        self._replace(k)
-            waiting = [w for w in self.workers if w.job >= 0 or not w.ready]
-            deadlines = [w.deadline for w in waiting if w.job >= 0]
-            wait = min([0.5] + [d - now for d in deadlines])
-            readable = set(select.select([w.fd for w in waiting], [], [], max(0.0, wait))[0]) if waiting else set()
-            for k, worker in enumerate(self.workers):
-                if worker.fd not in readable:
-                    continue
-                lines = worker.pump()
-                if lines is None:  # died (memory cap, or killed from outside): its job is False
-                    if not worker.ready:
-                        raise RuntimeError("a symbolic grading worker died while starting")
-                    self._replace(k)
-                    continue
-                for line in lines:
-                    message = json.loads(line)
-                    if message["id"] == worker.job:
-                        verdicts[worker.job] = bool(message["equal"])
-                        worker.job = -1
-        return verdicts
+# The worker pool moved to pool.py, which imports this module; these names stay importable
+# from here (`from pillion.rewards.math import GradingPool`) without an import cycle.
+_MOVED_TO_POOL = ("GradingPool", "grade_batch", "WORKER_MEMORY_BYTES", "WORKER_STARTUP_S")
 
 
-def grade_batch(preds, golds, timeout: float = 5.0, workers: int | None = None,
-                pool: GradingPool | None = None) -> list[bool]:
-    """`math_equal` over many answers in parallel; a temporary pool unless `pool` is given."""
-    if pool is not None:
-        return pool.grade(preds, golds, timeout=timeout)
-    verdicts = [prepare(p, g)[0] for p, g in zip(preds, golds)]
-    if all(v is not None for v in verdicts):
-        return [bool(v) for v in verdicts]  # nothing symbolic: no processes at all
-    with GradingPool(workers=workers, timeout=timeout) as temporary:
-        return temporary.grade(preds, golds, timeout=timeout)
+def __getattr__(name: str):
+    if name in _MOVED_TO_POOL:
+        from pillion.rewards import pool
+
+        return getattr(pool, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pillion.data.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code
 from pillion.rewards.extract import all_answers, extract_answer
-from pillion.rewards.math import GradingPool, math_equal
+from pillion.rewards.math import math_equal
+from pillion.rewards.pool import GradingPool
 
 
 @dataclass
