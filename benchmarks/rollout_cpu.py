@@ -10,6 +10,9 @@ Two workloads, each timed for both engines in the same run, same prompts, same s
   arith   the shipped tiny arithmetic model on arithmetic prompts with EOS honoured, as in an
           RL rollout: samples finish at different lengths.
 
+transformers runs twice: plain `generate` (tokens only) and `generate` returning the per-token
+log-probabilities an RL rollout needs (`output_scores` + `compute_transition_scores`, which with
+temperature 1 and no top-k/top-p are log_softmax of the logits: what pillion returns).
 pillion runs twice: with its eager decode step and with the decode step compiled
 (`compiled_decode_step`, compile time excluded: it is paid once per run). Prints tokens/s of
 each and the ratios to transformers. Nothing is downloaded.
@@ -62,15 +65,26 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
             compiled = Engine(load_model(folder).eval(), tokenizer, eos_ids, decode_fn=compiled_decode_step())
         return sum(len(c.ids) for c in compiled.generate(prompts, params))
 
-    def run_transformers() -> int:
+    def hf_generate(with_logprobs: bool):
         with torch.inference_mode():
             out = hf.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
                               min_new_tokens=1 if honour_eos else new_tokens, eos_token_id=hf_eos,
-                              pad_token_id=tokenizer.pad_token_id)
-        return count_hf_tokens(out, enc.input_ids.shape[1], hf_eos)
+                              pad_token_id=tokenizer.pad_token_id, output_scores=with_logprobs,
+                              return_dict_in_generate=with_logprobs)
+            if not with_logprobs:
+                return count_hf_tokens(out, enc.input_ids.shape[1], hf_eos)
+            hf.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)
+            return count_hf_tokens(out.sequences, enc.input_ids.shape[1], hf_eos)
+
+    def run_transformers() -> int:
+        return hf_generate(False)
+
+    def run_transformers_logprobs() -> int:
+        return hf_generate(True)
 
     rates = {}
-    runs = (("pillion", run_pillion), ("transformers", run_transformers), ("pillion+compile", run_pillion_compiled))
+    runs = (("pillion", run_pillion), ("transformers", run_transformers),
+            ("transformers+logp", run_transformers_logprobs), ("pillion+compile", run_pillion_compiled))
     for engine_name, fn in runs:
         fn()  # warm-up
         best, tokens = float("inf"), 0
@@ -80,8 +94,9 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats):
             best = min(best, time.perf_counter() - start)
         rates[engine_name] = tokens / best
         print(f"  {engine_name:<16} {tokens:6d} tokens in {best:.3f} s -> {tokens / best:9,.0f} tokens/s")
-    print(f"  {name}: pillion / transformers = {rates['pillion'] / rates['transformers']:.2f}x eager, "
-          f"{rates['pillion+compile'] / rates['transformers']:.2f}x with the compiled decode step")
+    for ref in ("transformers", "transformers+logp"):
+        print(f"  {name}: pillion / {ref} = {rates['pillion'] / rates[ref]:.2f}x eager, "
+              f"{rates['pillion+compile'] / rates[ref]:.2f}x with the compiled decode step")
 
 
 def main() -> None:
