@@ -259,7 +259,7 @@ class Transformer(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, L]
-        positions: torch.Tensor,  # [B, L] RoPE positions (count of real tokens before each)
+        positions: torch.Tensor | None,  # [B, L] RoPE positions (real tokens before each); None with rope
         attn_mask: torch.Tensor | None,  # bool [B, 1, L, kv_len], True = may attend; None = causal
         cache: KVCache | None = None,
         cache_pos: int = 0,

@@ -96,9 +96,10 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniform: torch.T
 def decode_step(model: Transformer, tokens, positions, rope, attn_mask, cache: KVCache, cache_pos: int):
     """One incremental forward: tokens [R] at `cache_pos` -> float32 logits [R, V].
 
-    rope: (cos, sin) [R, 1, 1, D] for `positions`; attn_mask: additive [R, 1, 1, kv_len].
+    rope: (cos, sin) [R, 1, 1, D] of each row's position (then `positions` may be None);
+    attn_mask: additive [R, 1, 1, kv_len].
     """
-    hidden = model(tokens[:, None], positions[:, None], attn_mask, cache, cache_pos, rope)
+    hidden = model(tokens[:, None], None if positions is None else positions[:, None], attn_mask, cache, cache_pos, rope)
     return model.logits(hidden[:, -1])
 
 
@@ -176,50 +177,53 @@ class Engine:
         cos_table, sin_table = rope_tables(self.model.inv_freq, torch.arange(P + T, device=device), dtype)
         next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
 
-        eos = torch.tensor(self.eos_ids, device=device) if len(self.eos_ids) != 1 else self.eos_ids[0]
+        eos = torch.tensor(self.eos_ids, device=device)
         # Rows still decoding ("active") are packed at the front of the cache; `active` maps
-        # them to result rows. Per-step state lives in active space; results are written back
-        # at each host check, where finished rows are also dropped from the batch.
+        # them to result rows. A step only samples and decodes: the samples of a check window
+        # are written back, searched for EOS and stop strings, and finished rows dropped from
+        # the batch, once per window (one host sync per `check_every` steps).
         active = torch.arange(R, device=device)  # [A] result row of each active row
-        act_tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)  # [A, T]
-        act_logprobs = torch.zeros((R, T), dtype=torch.float32, device=device)  # [A, T]
-        act_lengths = torch.full((R,), T, dtype=torch.long, device=device)  # T until a row stops
-        act_finished = torch.zeros(R, dtype=torch.bool, device=device)
         out_tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)
         out_logprobs = torch.zeros((R, T), dtype=torch.float32, device=device)
-        lengths = torch.full((R,), T, dtype=torch.long, device=device)
+        lengths = torch.full((R,), T, dtype=torch.long, device=device)  # T until a row stops
         finished = torch.zeros(R, dtype=torch.bool, device=device)
+        # Each row's RoPE rows for all T steps, gathered once: [R, T, D].
+        ahead = next_pos[:, None] + torch.arange(T, device=device)  # [R, T]
+        cos_rows, sin_rows = cos_table[ahead], sin_table[ahead]
         stop_texts = [s for s in params.stop if s]
         checked = [0] * R  # tokens of each row already searched for stop strings
+        window_tokens, window_logprobs, window_start = [], [], 0
         for t in range(T):
             # One uniform per result row and step, whatever rows are still active.
             uniform = torch.rand((R, 1), generator=generator, device=device, dtype=torch.float64)
             if len(active) < R:
                 uniform = uniform[active]
-            tokens, logprobs = sample_tokens(logits, params, uniform)
-            act_tokens[:, t] = tokens
-            act_logprobs[:, t] = logprobs
-            hit_eos = (tokens == eos if len(self.eos_ids) == 1 else torch.isin(tokens, eos)) & ~act_finished
-            act_lengths = torch.where(hit_eos, t + 1, act_lengths)
-            act_finished = act_finished | hit_eos
+            tokens, logprobs = sample_tokens(logits, params, uniform)  # [A]
+            window_tokens.append(tokens)
+            window_logprobs.append(logprobs)
             steps = t + 1
             if steps % self.check_every == 0 or steps == T:
-                out_tokens[active], out_logprobs[active] = act_tokens, act_logprobs
-                lengths[active], finished[active] = act_lengths, act_finished
+                block = torch.stack(window_tokens, 1)  # [A, w]
+                out_tokens[active, window_start:steps] = block
+                out_logprobs[active, window_start:steps] = torch.stack(window_logprobs, 1)
+                # The first EOS in the window ends a row that was still running.
+                hit = torch.isin(block, eos) & ~finished[active][:, None]  # [A, w]
+                stopped = hit.any(1)
+                first = window_start + 1 + hit.to(torch.int8).argmax(1)  # [A] length if stopped
+                lengths[active] = torch.where(stopped, first, lengths[active])
+                finished[active] = finished[active] | stopped
+                window_tokens, window_logprobs, window_start = [], [], steps
                 if stop_texts:
                     finished, lengths = self._find_stops(out_tokens, finished, lengths, steps, stop_texts, checked)
-                    act_finished, act_lengths = finished[active], lengths[active]
-                keep = (~act_finished).nonzero().squeeze(1)  # [A'] host sync, once per check
+                keep = (~finished[active]).nonzero().squeeze(1)  # [A'] host sync, once per window
                 if len(keep) == 0 or steps == T:
                     break
                 if len(keep) <= len(active) * 7 // 8:  # drop finished rows from the batch
                     cache.keep_rows(keep, P + steps)
-                    active, tokens, next_pos, key_bias = active[keep], tokens[keep], next_pos[keep], key_bias[keep]
-                    act_tokens, act_logprobs = act_tokens[keep], act_logprobs[keep]
-                    act_lengths, act_finished = act_lengths[keep], act_finished[keep]
-            positions = next_pos + t  # [A]
-            rope = cos_table[positions][:, None, None], sin_table[positions][:, None, None]  # [A, 1, 1, D]
-            logits = self.decode_fn(self.model, tokens, positions, rope, key_bias[..., : P + steps], cache, P + t)
+                    active, tokens, key_bias = active[keep], tokens[keep], key_bias[keep]
+                    cos_rows, sin_rows = cos_rows[keep], sin_rows[keep]
+            rope = cos_rows[:, t, None, None], sin_rows[:, t, None, None]  # [A, 1, 1, D]
+            logits = self.decode_fn(self.model, tokens, None, rope, key_bias[..., : P + steps], cache, P + t)
 
         out_tokens, out_logprobs = out_tokens.cpu(), out_logprobs.cpu()
         lengths, finished = lengths.cpu().tolist(), finished.cpu().tolist()
