@@ -29,3 +29,12 @@ def test_logprob_check_bf16_table_and_threshold(tiny_checkpoint, capsys):
     code = main(["logprob-check", "--model", folder, "--n", "1", "--max-new-tokens", "4", "--threshold", "0.5"])
     captured = capsys.readouterr()
     assert code == 1 and "FAIL" in captured.out and "above threshold" in captured.err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA device")
+def test_logprob_check_cuda_bf16_within_nemo_threshold(tiny_checkpoint, capsys):
+    code = main(["logprob-check", "--model", tiny_checkpoint("qwen3"), "--device", "cuda", "--dtype", "bfloat16",
+                 "--n", "4", "--max-new-tokens", "64", "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0 and report["engine_vs_trainer"]["metric"] <= 1.05
