@@ -102,7 +102,7 @@ class MetricsLog:
 
 
 def progress(total: int, initial: int, desc: str):
-    """A tqdm bar with ETA on stderr (hidden when stderr is not a terminal and CI is set)."""
+    """A tqdm bar with ETA on stderr; off when stderr is not a terminal (logs, CI)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True)
+    return tqdm(total=total, initial=initial, desc=desc, file=sys.stderr, dynamic_ncols=True, leave=True, disable=None)
