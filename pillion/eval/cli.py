@@ -86,12 +86,13 @@ def run(args: argparse.Namespace) -> int:
     from pillion.rollout.engine import Engine
 
     from pillion.data.formats import DataError
-    from pillion.model.checkpoint import CheckpointError
+    from pillion.model.checkpoint import CheckpointError, resolve_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
         resolve_template(args.template)  # fail on a bad template before loading anything
         problems = load_problems(args.data, args.format, args.limit)
+        args.model = str(resolve_model(args.model))  # "default": the shipped tiny model
         tokenizer = load_tokenizer(args.model)
         model = load_model(args.model, dtype=args.dtype, device=device).eval()
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:

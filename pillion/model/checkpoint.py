@@ -36,8 +36,20 @@ TOKENIZER_FILES = (
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
+
+
 class CheckpointError(ValueError):
     """A model folder that cannot be loaded; the message names the file, field or tensor."""
+
+
+def resolve_model(name: str | Path) -> Path:
+    """A model folder; "default" is the tiny SFT-warmed arithmetic model shipped with pillion."""
+    path = DEFAULT_MODEL if str(name) == "default" else Path(name)
+    if not (path / "config.json").exists():
+        hint = " (regenerate it with scripts/make_default_model.py)" if str(name) == "default" else ""
+        raise CheckpointError(f"model folder {path} has no config.json{hint}")
+    return path
 
 
 def _field(hf: dict[str, Any], name: str, path: Path):

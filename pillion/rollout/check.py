@@ -28,7 +28,8 @@ DEFAULT_PROMPTS = [
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="Hugging Face model folder (config.json, *.safetensors, tokenizer)")
+    p.add_argument("--model", required=True,
+                   help="Hugging Face model folder (config.json, *.safetensors, tokenizer), or 'default'")
     p.add_argument("--prompts", help="text file, one prompt per line (default: four built-in math prompts)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -112,7 +113,9 @@ def run(args) -> int:
     if args.prompts:
         with open(args.prompts) as f:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
-    report = check(args.model, prompts, args.n, args.max_new_tokens, args.temperature, args.dtype, args.device, args.seed)
+    from pillion.model.checkpoint import resolve_model
+
+    report = check(str(resolve_model(args.model)), prompts, args.n, args.max_new_tokens, args.temperature, args.dtype, args.device, args.seed)
     pairs = ["engine_vs_trainer", "engine_vs_transformers", "trainer_vs_transformers"]
     failed = [p for p in pairs if report[p]["metric"] > args.threshold]
     report["threshold"] = args.threshold

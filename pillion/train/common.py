@@ -16,23 +16,14 @@ import torch
 
 from pillion.data import read, synthetic
 from pillion.data.problem import Problem
+from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
 
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def resolve_model(name: str) -> Path:
-    """A model folder; "default" is the tiny SFT-warmed arithmetic model shipped with pillion."""
-    path = DEFAULT_MODEL if name == "default" else Path(name)
-    if not (path / "config.json").exists():
-        hint = " (regenerate it with scripts/make_default_model.py)" if name == "default" else ""
-        raise FileNotFoundError(f"model folder {path} has no config.json{hint}")
-    return path
 
 
 def seed_everything(seed: int) -> None:

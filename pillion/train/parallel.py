@@ -1,12 +1,16 @@
 """torch.distributed and FSDP2 for `torchrun`, applied from outside the model (STYLE rule 11).
 
-    torchrun --nproc_per_node 8 -m pillion train algo=grpo model=DIR
-
 One process (the default) is world size 1 and every function here is the identity, so the
-loop calls them unconditionally and never branches on parallelism. With several ranks, each
-rank rolls out its slice of the step's prompts (whole groups, so advantages stay local), the
-loss normalisers are summed over ranks, and FSDP2 (`fully_shard`) shards the policy, the
-reference and the critic block by block and averages gradients.
+loop calls them unconditionally and never branches on parallelism. The design for several
+ranks: each rank rolls out its slice of the step's prompts (whole groups, so advantages stay
+local), the loss normalisers are summed over ranks, and FSDP2 (`fully_shard`) shards the
+policy, the reference and the critic block by block and averages gradients.
+
+Not yet supported: under FSDP2 every forward all-gathers parameters, so the rollout engine
+(whose decode loop stops at a different step on each rank), rank-0-only evaluation and
+checkpointing would deadlock. They need full weights gathered for rollout and collective
+checkpoint/eval paths first; until then `init` refuses a world larger than one, with a clear
+error instead of a hang.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ def init() -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
+    raise NotImplementedError(
+        f"pillion train runs in one process for now (WORLD_SIZE={size}): multi-GPU rollout and "
+        "checkpointing under FSDP2 are not implemented yet (see pillion/train/parallel.py)"
+    )
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)

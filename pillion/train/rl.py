@@ -3,7 +3,7 @@
     pillion train                                     # the CPU default: tiny model, GRPO, eval before/after
     pillion train configs/dapo.yaml model=DIR         # one process: CPU or one GPU
     pillion train algo=ppo model=DIR out=runs/ppo --resume
-    torchrun --nproc_per_node 8 -m pillion train algo=grpo model=DIR device=cuda dtype=bfloat16
+    pillion train algo=grpo model=DIR device=cuda dtype=bfloat16    # one GPU (torchrun: not yet, see parallel.py)
 
 One step, top to bottom: sample prompts -> generate G completions each with pillion's engine
 -> grade them -> filter groups -> log-probs (old, reference) and values -> advantages ->
@@ -329,6 +329,9 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         metrics.write(record)
         bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", len=f"{record['response_length']:.0f}")
         bar.update(1)
+        if bar.disable and ((step + 1) % 10 == 0 or step + 1 == cfg.steps):  # no terminal: a line per 10 steps
+            print(f"step {step + 1}/{cfg.steps}: reward {record['reward']:.3f} accuracy {record['accuracy']:.3f} "
+                  f"length {record['response_length']:.1f} step time {record['step_time']:.2f}s", flush=True)
         if bad_streak >= cfg.max_bad_steps:
             last = state.latest(run_dir)
             raise TrainingStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
