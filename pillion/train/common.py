@@ -39,6 +39,13 @@ def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train")
     return read(spec, format=data_cfg.format, on_error=data_cfg.on_error)
 
 
+def load_data(data_cfg, seed: int) -> tuple[dict[str, list[Problem]], list[Problem]]:
+    """The training pools (name -> problems, from `data.sources`) and the held-out set."""
+    pools = {name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed) for name, spec in data_cfg.sources.items()}
+    heldout = load_source(data_cfg.heldout, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
+    return pools, heldout[: data_cfg.heldout_size]
+
+
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier on the base learning rate at optimizer step `step` (0-based)."""
     if warmup > 0 and step < warmup:

@@ -191,12 +191,10 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch, t, world, train_po
 
 def build_data(cfg):
     """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out set."""
-    pools = {name: common.load_source(spec, cfg.data.synthetic_size, cfg.data, cfg.seed)
-             for name, spec in cfg.data.sources.items()}
+    pools, heldout = common.load_data(cfg.data, cfg.seed)
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    heldout = common.load_source(cfg.data.heldout, cfg.data.heldout_size, cfg.data, cfg.seed + 1, split="test")
     stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
-    return pools, mixture, HistoryResampler(), stages, heldout[: cfg.data.heldout_size]
+    return pools, mixture, HistoryResampler(), stages, heldout
 
 
 def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:

@@ -66,11 +66,8 @@ def sft(cfg: config_lib.SFTConfig) -> dict:
     eos = eos_token_ids(model_dir, tokenizer)[0]
     engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
 
-    pools = {name: common.load_source(spec, cfg.data.synthetic_size, cfg.data, cfg.seed)
-             for name, spec in cfg.data.sources.items()}
+    pools, heldout = common.load_data(cfg.data, cfg.seed)
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    heldout = common.load_source(cfg.data.heldout, cfg.data.heldout_size, cfg.data, cfg.seed + 1, split="test")
-    heldout = heldout[: cfg.data.heldout_size]
     optimizer = common.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     metrics = common.MetricsLog(run_dir)
 
