@@ -56,10 +56,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)  # same math, one kernel
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps)
-        return self.weight * normed.to(x.dtype)
+        return rms_norm(x, self)
+
+
+def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
+    """`norm` applied to x without a module call (what `RMSNorm.forward` runs)."""
+    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)  # same math, one call
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps)
+    return norm.weight * normed.to(x.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -110,15 +115,19 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
 
 
 class KVCache:
-    """A preallocated cache: keys and values [layers][B, kv_heads, max_len, head_dim].
+    """A preallocated cache: per layer, keys stored transposed [B, kv_heads, head_dim, max_len]
+    and values [B, kv_heads, max_len, head_dim].
 
-    Allocated once per engine and reused across calls; `write` copies new keys into place so
-    the tensors never change shape (what CUDA-graph capture needs).
+    Keys are transposed so that a decode step's scores q @ K^T read them in the layout a
+    matmul wants (about 2x faster for one query per row on CPU). Allocated once per engine
+    and reused across calls; new keys are copied into place, so the tensors never change
+    shape (what CUDA-graph capture needs).
     """
 
     def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
         shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
+        shape_t = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+        self.k = [torch.zeros(shape_t, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.batch, self.max_len = batch, max_len
 
@@ -129,7 +138,7 @@ class KVCache:
     def expand_rows(self, rows: torch.Tensor, length: int) -> None:
         """Copy cache rows `rows[j]` into row j for the first `length` positions (prompt sharing)."""
         for layer in range(len(self.k)):
-            self.k[layer][: len(rows), :, :length] = self.k[layer][rows, :, :length]
+            self.k[layer][: len(rows), ..., :length] = self.k[layer][rows, ..., :length]
             self.v[layer][: len(rows), :, :length] = self.v[layer][rows, :, :length]
 
 
@@ -161,15 +170,11 @@ class Attention(nn.Module):
         v = qkv[:, :, h + kv :].transpose(1, 2)
         if cache is not None:
             # Write this step's keys at [cache_pos, cache_pos + L) and attend over [0, kv_len).
-            cache.k[layer][:bsz, :, cache_pos : cache_pos + length] = k
+            cache.k[layer][:bsz, :, :, cache_pos : cache_pos + length] = k.transpose(-1, -2)
             cache.v[layer][:bsz, :, cache_pos : cache_pos + length] = v
-            k = cache.k[layer][:bsz, :, :kv_len]
-            v = cache.v[layer][:bsz, :, :kv_len]
-        if length == 1 and q.device.type == "cpu":
-            # One query per row on CPU: two small batched matmuls beat the fused CPU kernel
-            # (~2x here); softmax runs in float32 as the fused kernels accumulate.
-            out = decode_attention(q, k, v, attn_mask)
-            return self.o_proj(out.reshape(bsz, 1, h * cfg.head_dim))
+            if cache_pos > 0:  # attend over the cached prefix too (from 0 the new keys are all)
+                k = cache.k[layer][:bsz, :, :, :kv_len].transpose(-1, -2)
+                v = cache.v[layer][:bsz, :, :kv_len]
         # No mask means no padding: plain causal attention over the (cached) prefix.
         causal = attn_mask is None and length > 1
         if causal and cache_pos != 0:
@@ -180,23 +185,27 @@ class Attention(nn.Module):
         return self.o_proj(out.transpose(1, 2).reshape(bsz, length, h * cfg.head_dim))
 
 
-def decode_attention(q, k, v, attn_mask):
-    """Attention of one query per row: q [B, H, 1, D], k, v [B, KV, S, D] -> [B, H, 1, D].
+def decode_attention(q, keys_t, values, key_bias):
+    """Attention of one query per row, grouped by KV head: q [N, G, D], keys_t [N, D, S] (keys
+    transposed, as the cache stores them), values [N, S, D].
 
-    The H query heads are grouped by the KV head they share, so no key is repeated.
-    attn_mask: None, additive float or bool (True = may attend), broadcastable to [B, 1, 1, S].
+    N = rows x KV heads; the G query heads that share a KV head are the G rows of one small
+    matmul, so no key is repeated. key_bias: float32 additive [N, 1, S] (-inf = masked).
+    Scores and softmax are float32, as the fused attention kernels accumulate.
     """
-    bsz, h, _, d = q.shape
-    kv = k.shape[1]
-    qg = q.reshape(bsz, kv, h // kv, d)  # [B, KV, G, D]
-    scores = torch.matmul(qg, k.transpose(-1, -2)).float() * d**-0.5  # [B, KV, G, S]
-    if attn_mask is not None:
-        if attn_mask.dtype == torch.bool:
-            scores = scores.masked_fill(~attn_mask.view(bsz, 1, 1, -1), float("-inf"))
-        else:
-            scores = scores + attn_mask.view(bsz, 1, 1, -1)
-    weights = scores.softmax(-1).to(v.dtype)
-    return torch.matmul(weights, v).view(bsz, h, 1, d)
+    scale = q.shape[-1] ** -0.5
+    if q.dtype == torch.float32:  # scale and bias in the matmul: one call instead of three
+        scores = torch.baddbmm(key_bias, q, keys_t, alpha=scale)
+    else:
+        scores = torch.bmm(q, keys_t).float() * scale + key_bias
+    return torch.bmm(scores.softmax(-1).to(values.dtype), values)  # [N, G, D]
+
+
+def residual_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """x + a @ weight.T, in one addmm call in float32 (other dtypes round the matmul first, as HF)."""
+    if x.dtype == torch.float32:
+        return torch.addmm(x, a, weight.t())
+    return x + F.linear(a, weight)
 
 
 class MLP(nn.Module):
@@ -279,6 +288,45 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.model.layers):
             x = block(x, cos, sin, attn_mask, cache, i, cache_pos, kv_len)
         return self.model.norm(x)
+
+    def decode(self, tokens, cos, sin, key_bias, cache: KVCache, pos: int) -> torch.Tensor:
+        """The rollout step: one new token per row -> float32 logits [A, V].
+
+        tokens [A] are written to cache index `pos` (the same for every row: the engine
+        left-pads prompts) and attend over cache positions [0, pos]; cos, sin [A, 1, head_dim]
+        rotate them at each row's own RoPE position; key_bias float32 [A * kv_heads, 1, pos + 1]
+        is additive (-inf on prompt padding), one row per row and KV head.
+
+        The same weights and math as `forward` on one token, in fewer calls: at rollout batch
+        sizes a step costs mostly per-call overhead (a module call alone costs about as much as
+        a small kernel on CPU), so the layers are unrolled here over the modules' tensors, with
+        attention as two batched matmuls per layer (`decode_attention`, ~2x the fused CPU kernel
+        for one query) and the residual adds folded into the output projections
+        (`residual_linear`). `pillion logprob-check` compares it with `forward`.
+        """
+        cfg = self.cfg
+        h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        rows, length = tokens.shape[0], pos + 1
+        x = F.embedding(tokens, self.model.embed_tokens.weight)  # [A, hidden]
+        for i, block in enumerate(self.model.layers):
+            attn, mlp = block.self_attn, block.mlp
+            y = rms_norm(x, block.input_layernorm)
+            qkv = F.linear(y, attn.qkv_proj.weight, attn.qkv_proj.bias).view(rows, h + 2 * kv, d)
+            if cfg.qk_norm:
+                qk = torch.cat((rms_norm(qkv[:, :h], attn.q_norm), rms_norm(qkv[:, h : h + kv], attn.k_norm)), dim=1)
+            else:
+                qk = qkv[:, : h + kv]
+            qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)  # apply_rope in one call fewer
+            keys_t, values = cache.k[i][:rows], cache.v[i][:rows]
+            keys_t[..., pos:length] = qk[:, h:, :, None]  # a slice, not an index: one graph for all pos
+            values[:, :, pos:length] = qkv[:, h + kv :, None]
+            keys_t = keys_t[..., :length].reshape(rows * kv, d, length)  # views, no copy
+            values = values[:, :, :length].reshape(rows * kv, length, d)
+            out = decode_attention(qk[:, :h].reshape(rows * kv, h // kv, d), keys_t, values, key_bias)
+            x = residual_linear(x, out.view(rows, h * d), attn.o_proj.weight)
+            gate, up = F.linear(rms_norm(x, block.post_attention_layernorm), mlp.gate_up_proj.weight).chunk(2, dim=-1)
+            x = residual_linear(x, F.silu(gate) * up, mlp.down_proj.weight)
+        return self.logits(rms_norm(x, self.model.norm))
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for hidden states [..., hidden] -> [..., vocab]."""
