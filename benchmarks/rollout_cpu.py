@@ -1,15 +1,17 @@
 """pillion's generation engine against `transformers` `generate`, side by side, on CPU.
 
-    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--repeats 5]
+    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--repeats 10] [--workload all] [--no-compile]
 
-Two workloads, each timed for both engines in the same run, same prompts, same sampling
+Three workloads, each timed for both engines in the same run, same prompts, same sampling
 (temperature 1.0, top-p 1.0, top-k off), best of `--repeats` after a warm-up, the engines
 interleaved within each repeat:
 
   fixed   a tiny random checkpoint (hidden 64, 2 layers, built here) with EOS ignored, so both
           produce exactly batch x new tokens: the per-token cost of the decode loop;
   arith   the shipped tiny arithmetic model on arithmetic prompts with EOS honoured, as in an
-          RL rollout: samples finish at different lengths.
+          RL rollout: samples finish at different lengths;
+  groups  the same model with batch/8 prompts x 8 samples each, as GRPO samples a group per
+          prompt (pillion prefills each prompt once; transformers uses num_return_sequences).
 
 transformers runs twice: plain `generate` (tokens only) and `generate` returning the per-token
 log-probabilities an RL rollout needs (`output_scores` + `compute_transition_scores`, which with
@@ -41,7 +43,8 @@ def count_hf_tokens(out: torch.Tensor, prompt_len: int, eos: int | None) -> int:
     return total
 
 
-def bench(name, folder, prompts, new_tokens, honour_eos, repeats, compile_too=True):
+def bench(name, folder, prompts, new_tokens, honour_eos, repeats, compile_too=True, n=1):
+    """Time both engines on `prompts` with `n` samples each (batch = len(prompts) * n)."""
     from transformers import AutoModelForCausalLM
 
     from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
@@ -51,7 +54,7 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats, compile_too=Tr
     eos_ids = eos_token_ids(folder, tokenizer) if honour_eos else []
     engine = Engine(load_model(folder).eval(), tokenizer, eos_ids)
     compiled = None  # built after the eager runs: compiling leaves worker threads busy for a while
-    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
+    params = SamplingParams(n=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -70,7 +73,7 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats, compile_too=Tr
         with torch.inference_mode():
             out = hf.generate(**enc, do_sample=True, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
                               min_new_tokens=1 if honour_eos else new_tokens, eos_token_id=hf_eos,
-                              pad_token_id=tokenizer.pad_token_id, output_scores=with_logprobs,
+                              pad_token_id=tokenizer.pad_token_id, num_return_sequences=n, output_scores=with_logprobs,
                               return_dict_in_generate=with_logprobs)
             if not with_logprobs:
                 return count_hf_tokens(out, enc.input_ids.shape[1], hf_eos)
@@ -111,7 +114,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=128, help="max new tokens per sequence")
     ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--workload", choices=("fixed", "arith", "both"), default="both")
+    ap.add_argument("--workload", choices=("fixed", "arith", "groups", "all"), default="all")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled decode step (saves its compile time)")
     args = ap.parse_args()
 
@@ -123,13 +126,17 @@ def main() -> None:
     folder = tempfile.mkdtemp()
     make_tiny_checkpoint(folder, "qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256)
     prompts = [f"Question {i}: what is {i * 37 % 100} + {i * 11 % 50}?" + " think" * (i % 5) for i in range(args.batch)]
-    if args.workload in ("fixed", "both"):
+    if args.workload in ("fixed", "all"):
         print("fixed length (random tiny model, EOS ignored):")
         bench("fixed", folder, prompts, args.new, False, args.repeats, not args.no_compile)
-    if args.workload in ("arith", "both"):
-        arith = [f"Q: What is {i * 37 % 90 + 10}+{i * 13 % 89 + 10}?\nA:" for i in range(args.batch)]
+    arith = [f"Q: What is {i * 37 % 90 + 10}+{i * 13 % 89 + 10}?\nA:" for i in range(args.batch)]
+    if args.workload in ("arith", "all"):
         print("arithmetic rollouts (shipped tiny-arith model, EOS honoured):")
         bench("arith", str(DEFAULT_MODEL), arith, args.new, True, args.repeats, not args.no_compile)
+    if args.workload in ("groups", "all"):
+        print(f"GRPO-style groups ({args.batch // 8} arithmetic prompts x 8 samples, EOS honoured; transformers: "
+              "num_return_sequences=8):")
+        bench("groups", str(DEFAULT_MODEL), arith[: args.batch // 8], args.new, True, args.repeats, not args.no_compile, n=8)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.sequences import pack, response_logprobs
-from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, sample_tokens
+from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step, sample_tokens
 
 from tests.conftest import FAMILIES
 
@@ -163,3 +163,20 @@ def test_compiled_decode_matches_eager(tiny_checkpoint):
         assert [x.ids for x in a] == [x.ids for x in b]
         for x, y in zip(a, b):
             torch.testing.assert_close(x.logprobs, y.logprobs, atol=1e-5, rtol=0)
+
+
+def test_decode_step_compiles_once_for_all_positions_and_batch_sizes(tiny_checkpoint):
+    """Cache position and active-row count change every step / window; the decode step must
+    trace to one dynamic graph (plus the first, specialised one), not one per step: an index
+    write `cache[:, :, pos] = k` once made Dynamo recompile at every position."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    folder = tiny_checkpoint("qwen2")
+    engine = _engine(folder, decode_fn=torch.compile(decode_step, backend=counter, dynamic=True), check_every=2)
+    # Different prompt lengths and rows finishing at different steps: positions and batch sizes vary.
+    completions = engine.generate(PROMPTS * 3, SamplingParams(n=2, temperature=1.0, max_new_tokens=40, seed=3))
+    assert len({len(c.ids) for c in completions}) > 1  # rows did finish at different lengths
+    engine.generate(PROMPTS[:2], SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=5))
+    assert counter.frame_count <= 2, counter.frame_count
