@@ -56,15 +56,15 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self)
+        return rms_norm(x, self.weight, self.eps)
 
 
-def rms_norm(x: torch.Tensor, norm: RMSNorm) -> torch.Tensor:
-    """`norm` applied to x without a module call (what `RMSNorm.forward` runs)."""
-    if x.dtype == torch.float32 and norm.weight.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.eps)  # same math, one call
-    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=norm.eps)
-    return norm.weight * normed.to(x.dtype)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`RMSNorm` as a function (the decode step calls it without a module call)."""
+    if x.dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(x, (x.shape[-1],), weight, eps)  # same math, one call
+    normed = F.rms_norm(x.float(), (x.shape[-1],), eps=eps)
+    return weight * normed.to(x.dtype)
 
 
 def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
@@ -289,31 +289,50 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, attn_mask, cache, i, cache_pos, kv_len)
         return self.model.norm(x)
 
-    def decode(self, tokens, cos, sin, key_bias, cache: KVCache, pos: int) -> torch.Tensor:
+    def decode_weights(self) -> list[tuple]:
+        """The tensors `decode` reads, gathered once per rollout instead of once per step.
+
+        One tuple per layer (input norm, q|k|v weight and bias, o weight, post-attention norm,
+        gate|up and down weights, q and k norms), then (embedding, final norm, LM head). They are
+        the parameters themselves, so in-place optimizer updates show through; gather again
+        after replacing a parameter object.
+        """
+        layers = []
+        for block in self.model.layers:
+            attn, mlp = block.self_attn, block.mlp
+            layers.append((block.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias, attn.o_proj.weight,
+                           block.post_attention_layernorm.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight,
+                           attn.q_norm.weight if self.cfg.qk_norm else None,
+                           attn.k_norm.weight if self.cfg.qk_norm else None))
+        layers.append((self.model.embed_tokens.weight, self.model.norm.weight, self.lm_head.weight))
+        return layers
+
+    def decode(self, tokens, cos, sin, key_bias, cache: KVCache, pos: int, weights: list[tuple] | None = None):
         """The rollout step: one new token per row -> float32 logits [A, V].
 
         tokens [A] are written to cache index `pos` (the same for every row: the engine
         left-pads prompts) and attend over cache positions [0, pos]; cos, sin [A, 1, head_dim]
         rotate them at each row's own RoPE position; key_bias float32 [A * kv_heads, 1, pos + 1]
-        is additive (-inf on prompt padding), one row per row and KV head.
+        is additive (-inf on prompt padding), one row per row and KV head. `weights` is
+        `decode_weights()`, passed in by callers that step many times (gathered here if None).
 
         The same weights and math as `forward` on one token, in fewer calls: at rollout batch
         sizes a step costs mostly per-call overhead (a module call alone costs about as much as
-        a small kernel on CPU), so the layers are unrolled here over the modules' tensors, with
+        a small kernel on CPU), so the layers are unrolled here over the parameters, with
         attention as two batched matmuls per layer (`decode_attention`, ~2x the fused CPU kernel
         for one query) and the residual adds folded into the output projections
         (`residual_linear`). `pillion logprob-check` compares it with `forward`.
         """
         cfg = self.cfg
-        h, kv, d = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        h, kv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
         rows, length = tokens.shape[0], pos + 1
-        x = F.embedding(tokens, self.model.embed_tokens.weight)  # [A, hidden]
-        for i, block in enumerate(self.model.layers):
-            attn, mlp = block.self_attn, block.mlp
-            y = rms_norm(x, block.input_layernorm)
-            qkv = F.linear(y, attn.qkv_proj.weight, attn.qkv_proj.bias).view(rows, h + 2 * kv, d)
-            if cfg.qk_norm:
-                qk = torch.cat((rms_norm(qkv[:, :h], attn.q_norm), rms_norm(qkv[:, h : h + kv], attn.k_norm)), dim=1)
+        weights = self.decode_weights() if weights is None else weights
+        embedding, final_norm, lm_head = weights[-1]
+        x = F.embedding(tokens, embedding)  # [A, hidden]
+        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, q_norm, k_norm) in enumerate(weights[:-1]):
+            qkv = F.linear(rms_norm(x, norm1, eps), w_qkv, b_qkv).view(rows, h + 2 * kv, d)
+            if q_norm is not None:
+                qk = torch.cat((rms_norm(qkv[:, :h], q_norm, eps), rms_norm(qkv[:, h : h + kv], k_norm, eps)), dim=1)
             else:
                 qk = qkv[:, : h + kv]
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)  # apply_rope in one call fewer
@@ -323,10 +342,10 @@ class Transformer(nn.Module):
             keys_t = keys_t[..., :length].reshape(rows * kv, d, length)  # views, no copy
             values = values[:, :, :length].reshape(rows * kv, length, d)
             out = decode_attention(qk[:, :h].reshape(rows * kv, h // kv, d), keys_t, values, key_bias)
-            x = residual_linear(x, out.view(rows, h * d), attn.o_proj.weight)
-            gate, up = F.linear(rms_norm(x, block.post_attention_layernorm), mlp.gate_up_proj.weight).chunk(2, dim=-1)
-            x = residual_linear(x, F.silu(gate) * up, mlp.down_proj.weight)
-        return self.logits(rms_norm(x, self.model.norm))
+            x = residual_linear(x, out.view(rows, h * d), w_o)
+            gate, up = F.linear(rms_norm(x, norm2, eps), w_gate_up).chunk(2, dim=-1)
+            x = residual_linear(x, F.silu(gate) * up, w_down)
+        return F.linear(rms_norm(x, final_norm, eps), lm_head).float()
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for hidden states [..., hidden] -> [..., vocab]."""

@@ -15,9 +15,12 @@ Shape of the work (shared/STYLE.md rule 12):
 - per-call constants (RoPE table, additive key mask) are built once, not per step or layer;
 - at each host check, rows that finished are dropped from the batch (their cache rows
   compacted away), so RL rollouts of mixed lengths stop paying for finished samples;
-- the decode step is a plain function of tensors (`decode_step`, i.e. `Transformer.decode`) that callers may replace by a
-  compiled version (`Engine(..., decode_fn=torch.compile(decode_step))`); nothing is swapped
-  in through globals.
+- the decode step is `Transformer.decode`, the model's one-token path, written for few calls
+  per step (at rollout batch sizes on CPU a step costs mostly per-call overhead); it is wrapped
+  as a plain function of tensors (`decode_step`) that callers may replace by a compiled version
+  (`Engine(..., decode_fn=compiled_decode_step())`); nothing is swapped in through globals.
+
+`python benchmarks/rollout_cpu.py` times this engine against `transformers` `generate` on CPU.
 
 Log-probabilities are those of the sampled tokens under the policy as shared/ALGORITHMS.md §1
 defines it: log_softmax(logits / temperature), before top-k / top-p truncation, in float32
@@ -93,10 +96,10 @@ def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniform: torch.T
     return tokens.view(-1), logprobs.gather(-1, tokens).view(-1)
 
 
-def decode_step(model: Transformer, tokens, cos, sin, key_bias, cache: KVCache, pos: int):
+def decode_step(model: Transformer, tokens, cos, sin, key_bias, cache: KVCache, pos: int, weights=None):
     """One incremental forward (`Transformer.decode`): tokens [A] at cache index `pos` ->
     float32 logits [A, V]. A plain function of tensors, so that it can be compiled."""
-    return model.decode(tokens, cos, sin, key_bias, cache, pos)
+    return model.decode(tokens, cos, sin, key_bias, cache, pos, weights)
 
 
 def compiled_decode_step(mode: str | None = None):
@@ -186,6 +189,7 @@ class Engine:
         next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
 
         eos = torch.tensor(self.eos_ids, device=device)
+        weights = self.model.decode_weights()  # gathered once per call, not per step
         # Rows still decoding ("active") are packed at the front of the cache; `active` maps
         # them to result rows. A step only samples and decodes: the samples of a check window
         # are written back, searched for EOS and stop strings, and finished rows dropped from
@@ -234,7 +238,7 @@ class Engine:
                     flat_bias = key_bias.view(len(keep) * kv, 1, P + T)
                     cos_rows, sin_rows = cos_rows[keep], sin_rows[keep]
             logits = self.decode_fn(self.model, tokens, cos_rows[:, t], sin_rows[:, t], flat_bias[..., : P + steps],
-                                    cache, P + t)
+                                    cache, P + t, weights)
 
         out_tokens, out_logprobs = out_tokens.cpu(), out_logprobs.cpu()
         lengths, finished = lengths.cpu().tolist(), finished.cpu().tolist()
