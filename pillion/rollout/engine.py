@@ -183,7 +183,7 @@ class Engine:
         kv = self.model.cfg.num_kv_heads
         key_bias = torch.zeros((R, kv, 1, P + T), dtype=torch.float32, device=device)
         key_bias[:, :, 0, :P].masked_fill_((attn[rows] == 0)[:, None], float("-inf"))
-        flat_bias = key_bias.view(R * kv, 1, P + T)
+        key_bias = key_bias.view(R * kv, 1, P + T)
         dtype = self.model.lm_head.weight.dtype
         cos_table, sin_table = rope_tables(self.model.inv_freq, torch.arange(P + T, device=device), dtype)
         next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
@@ -234,10 +234,10 @@ class Engine:
                     break
                 if len(keep) <= len(active) * 7 // 8:  # drop finished rows from the batch
                     cache.keep_rows(keep, P + steps)
-                    active, tokens, key_bias = active[keep], tokens[keep], key_bias[keep]
-                    flat_bias = key_bias.view(len(keep) * kv, 1, P + T)
+                    active, tokens = active[keep], tokens[keep]
+                    key_bias = key_bias.view(-1, kv, 1, P + T)[keep].view(-1, 1, P + T)
                     cos_rows, sin_rows = cos_rows[keep], sin_rows[keep]
-            logits = self.decode_fn(self.model, tokens, cos_rows[:, t], sin_rows[:, t], flat_bias[..., : P + steps],
+            logits = self.decode_fn(self.model, tokens, cos_rows[:, t], sin_rows[:, t], key_bias[..., : P + steps],
                                     cache, P + t, weights)
 
         out_tokens, out_logprobs = out_tokens.cpu(), out_logprobs.cpu()

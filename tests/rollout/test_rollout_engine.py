@@ -67,6 +67,12 @@ def test_stops_on_eos_and_keeps_it(tiny_checkpoint):
     assert stopped[0].ids == free[0].ids[: first + 1]
     assert stopped[0].finish_reason == "stop"
     assert stopped[0].text == engine.tokenizer.decode(stopped[0].ids, skip_special_tokens=True)
+    # Rows that finish are dropped from the batch (their cache rows compacted away): the rows
+    # still running must decode exactly as they did with every row present.
+    running = [i for i, c in enumerate(free) if eos not in c.ids]
+    assert running, "the test needs a row that never emits the chosen EOS"
+    for i in running:
+        assert stopped[i].ids == free[i].ids and stopped[i].finish_reason == "length"
 
 
 @pytest.mark.parametrize("check_every", [1, 3, 8])
