@@ -1,6 +1,6 @@
 """pillion's generation engine against `transformers` `generate`, side by side, on CPU.
 
-    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--repeats 10] [--workload all] [--no-compile]
+    python benchmarks/rollout_cpu.py [--batch 32] [--new 128] [--repeats 20] [--workload all] [--no-compile]
 
 Three workloads, each timed for both engines in the same run, same prompts, same sampling
 (temperature 1.0, top-p 1.0, top-k off), best of `--repeats` after a warm-up, the engines
@@ -113,7 +113,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--new", type=int, default=128, help="max new tokens per sequence")
-    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--workload", choices=("fixed", "arith", "groups", "all"), default="all")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled decode step (saves its compile time)")
     args = ap.parse_args()
