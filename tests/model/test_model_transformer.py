@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
-from pillion.model.transformer import causal_padding_mask, padding_positions
+from pillion.model.transformer import KVCache, causal_padding_mask, padding_positions, rope_tables
 
 from tests.conftest import FAMILIES
 
@@ -104,3 +104,28 @@ def test_token_logprobs_match_full_log_softmax_and_gradients(tiny_checkpoint):
     assert resp.shape == (2, 4)
     assert resp[1, 1:].abs().sum() == 0
     torch.testing.assert_close(resp[0], fast[0, batch.prompt_len:])
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cached_chunks_and_decode_steps_equal_one_full_pass(tiny_checkpoint, family):
+    """The KV-cache paths against the plain forward: a prefix through `forward` into the cache,
+    the next chunk through `forward` at cache_pos > 0 (keys read back from the transposed
+    cache), then single tokens through `decode`: every position's logits as in one full pass."""
+    model = load_model(tiny_checkpoint(family)).eval()
+    ids, attn = _batch()
+    pos = padding_positions(attn)
+    mask = causal_padding_mask(attn)  # [B, 1, L, L]
+    kv = model.cfg.num_kv_heads
+    with torch.no_grad():
+        full = model.logits(model(ids, pos, mask))
+        cache = KVCache(model.cfg, ids.shape[0], ids.shape[1], "cpu", torch.float32)
+        first = model.logits(model(ids[:, :9], pos[:, :9], mask[:, :, :9, :9], cache, 0))
+        second = model.logits(model(ids[:, 9:14], pos[:, 9:14], mask[:, :, 9:14, :14], cache, 9))
+        cos, sin = rope_tables(model.inv_freq, pos, torch.float32)
+        key_bias = torch.zeros(ids.shape[0], kv, 1, ids.shape[1]).masked_fill_((attn == 0)[:, None, None], float("-inf"))
+        key_bias = key_bias.view(-1, 1, ids.shape[1])
+        steps = [model.decode(ids[:, t], cos[:, t, None], sin[:, t, None], key_bias[..., : t + 1], cache, t)
+                 for t in range(14, ids.shape[1])]
+    torch.testing.assert_close(first, full[:, :9], atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, full[:, 9:14], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, 14:], atol=1e-5, rtol=0)
