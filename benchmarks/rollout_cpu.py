@@ -53,7 +53,7 @@ def bench(name, folder, prompts, new_tokens, honour_eos, repeats, compile_too=Tr
     tokenizer = load_tokenizer(folder)
     eos_ids = eos_token_ids(folder, tokenizer) if honour_eos else []
     engine = Engine(load_model(folder).eval(), tokenizer, eos_ids)
-    compiled = None  # built after the eager runs: compiling leaves worker threads busy for a while
+    compiled = None  # built at its own warm-up, after the other engines have warmed up
     params = SamplingParams(n=n, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
     hf = AutoModelForCausalLM.from_pretrained(folder).eval()
     tokenizer.padding_side = "left"
