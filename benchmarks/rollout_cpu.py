@@ -124,7 +124,9 @@ def main() -> None:
     print(f"batch {args.batch}, up to {args.new} new tokens, {torch.get_num_threads()} threads, "
           f"load average {os.getloadavg()[0]:.1f}")
     folder = tempfile.mkdtemp()
-    make_tiny_checkpoint(folder, "qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256)
+    make_tiny_checkpoint(
+        folder, "qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256
+    )
     prompts = [f"Question {i}: what is {i * 37 % 100} + {i * 11 % 50}?" + " think" * (i % 5) for i in range(args.batch)]
     if args.workload in ("fixed", "all"):
         print("fixed length (random tiny model, EOS ignored):")
@@ -136,7 +138,16 @@ def main() -> None:
     if args.workload in ("groups", "all"):
         print(f"GRPO-style groups ({args.batch // 8} arithmetic prompts x 8 samples, EOS honoured; transformers: "
               "num_return_sequences=8):")
-        bench("groups", str(DEFAULT_MODEL), arith[: args.batch // 8], args.new, True, args.repeats, not args.no_compile, n=8)
+        bench(
+            "groups",
+            str(DEFAULT_MODEL),
+            arith[: args.batch // 8],
+            args.new,
+            True,
+            args.repeats,
+            not args.no_compile,
+            n=8,
+        )
 
 
 if __name__ == "__main__":

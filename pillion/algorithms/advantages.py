@@ -13,7 +13,7 @@ Outcome-level estimators share the call `fn(scores[B], group_size) -> [B]` and a
 from __future__ import annotations
 
 import warnings
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor

@@ -7,8 +7,9 @@ constant within a group) or a new response mask; they never touch models or roll
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor

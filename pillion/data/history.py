@@ -24,8 +24,9 @@ the mixture's weights (`Mixture.set_weights`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from pillion.data.problem import Problem
 

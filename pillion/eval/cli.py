@@ -80,13 +80,11 @@ def default_out(model: str, data: str) -> Path:
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from pillion.data.formats import DataError
     from pillion.data.templates import resolve_template
     from pillion.eval.evaluate import evaluate, markdown_table
-    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+    from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
     from pillion.rollout.engine import Engine
-
-    from pillion.data.formats import DataError
-    from pillion.model.checkpoint import CheckpointError, resolve_model
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -8,7 +8,7 @@ pass@1 over n samples equals the mean accuracy c/n (DeepSeek-R1's "pass@1 with k
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from collections.abc import Iterable
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

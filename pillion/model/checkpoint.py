@@ -77,7 +77,9 @@ def config_from_hf(hf: dict[str, Any], path: Path = Path("config.json")) -> Mode
     if hf.get("use_sliding_window"):
         raise CheckpointError(f"{path}: config.json field 'use_sliding_window' = true is not supported")
     if hf.get("hidden_act", "silu") != "silu":
-        raise CheckpointError(f"{path}: config.json field 'hidden_act' = {hf['hidden_act']!r}; only 'silu' is supported")
+        raise CheckpointError(
+            f"{path}: config.json field 'hidden_act' = {hf['hidden_act']!r}; only 'silu' is supported"
+        )
     cfg = ModelConfig(
         family=family,
         vocab_size=_field(hf, "vocab_size", path),
@@ -150,7 +152,9 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
-def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu") -> Transformer:
+def load_model(
+    path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
+) -> Transformer:
     """Load a Hugging Face folder into a Transformer on `device` (dtype: as stored by default)."""
     path = Path(path)
     config_file = path / "config.json"
@@ -181,7 +185,10 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
                 tensors[key] = t
     missing = sorted(set(expected) - set(tensors))
     if missing:
-        raise CheckpointError(f"{path}: tensor '{missing[0]}' is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"{path}: tensor '{missing[0]}' is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     tensors = from_hf(tensors, cfg)
     tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
     model.load_state_dict(tensors, strict=not cfg.tie_word_embeddings, assign=True)
@@ -192,7 +199,9 @@ def load_model(path: str | Path, dtype: torch.dtype | str | None = None, device:
     return model
 
 
-def save_model(model: Transformer, path: str | Path, source: str | Path | None = None, max_shard_bytes: int = 5 * 2**30) -> None:
+def save_model(
+    model: Transformer, path: str | Path, source: str | Path | None = None, max_shard_bytes: int = 5 * 2**30
+) -> None:
     """Write a Hugging Face folder; copy tokenizer and generation files from `source` if given."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)

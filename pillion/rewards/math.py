@@ -222,7 +222,8 @@ def parse_number(s: str) -> _Num | None:
         return _Num(-value if m.group(1) == "-" else value, percent=percent)
     if m := _RE_REPEAT.match(s):  # 0.1\overline{6} = 1/6, exactly
         sign, whole, fixed, repeat = m.groups()
-        value = int(whole or 0) + (Fraction(int(fixed or 0)) + Fraction(int(repeat), 10 ** len(repeat) - 1)) / 10 ** len(fixed)
+        fraction = Fraction(int(fixed or 0)) + Fraction(int(repeat), 10 ** len(repeat) - 1)
+        value = int(whole or 0) + fraction / 10 ** len(fixed)
         return _Num(-value if sign == "-" else value, percent=percent)
     if m := _RE_FRAC.match(s):
         sign, whole, inner_sign, num, den = m.groups()

@@ -33,7 +33,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prompts", help="text file, one prompt per line (default: four built-in math prompts)")
     p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
     p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same scaling")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same scaling"
+    )
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
@@ -115,7 +117,16 @@ def run(args) -> int:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
     from pillion.model.checkpoint import resolve_model
 
-    report = check(str(resolve_model(args.model)), prompts, args.n, args.max_new_tokens, args.temperature, args.dtype, args.device, args.seed)
+    report = check(
+        str(resolve_model(args.model)),
+        prompts,
+        args.n,
+        args.max_new_tokens,
+        args.temperature,
+        args.dtype,
+        args.device,
+        args.seed,
+    )
     pairs = ["engine_vs_trainer", "engine_vs_transformers", "trainer_vs_transformers"]
     failed = [p for p in pairs if report[p]["metric"] > args.threshold]
     report["threshold"] = args.threshold

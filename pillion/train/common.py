@@ -19,7 +19,6 @@ from pillion.data.problem import Problem
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
 
 
-
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -41,7 +40,9 @@ def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train")
 
 def load_data(data_cfg, seed: int) -> tuple[dict[str, list[Problem]], list[Problem]]:
     """The training pools (name -> problems, from `data.sources`) and the held-out set."""
-    pools = {name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed) for name, spec in data_cfg.sources.items()}
+    pools = {
+        name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed) for name, spec in data_cfg.sources.items()
+    }
     heldout = load_source(data_cfg.heldout, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
     return pools, heldout[: data_cfg.heldout_size]
 

@@ -30,7 +30,7 @@ class Counts:
     num_positive_tokens: int  # tokens of correct rows (VAPO / RAFT NLL)
 
     @staticmethod
-    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float) -> "Counts":
+    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float) -> Counts:
         rows = mask.shape[0] if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
         positive = int((mask.bool() & correct.bool()[:, None]).sum())
         return Counts(int(mask.sum()), rows, norm_len, positive)

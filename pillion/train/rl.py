@@ -125,7 +125,8 @@ def forward_no_grad(model, batch, cfg, rows_per_pass):
 
 @torch.no_grad()
 def critic_values(critic, batch, rows_per_pass):
-    return torch.cat([critic.values(rows_of(batch, r)) for r in chunks(torch.arange(batch.input_ids.shape[0]), rows_per_pass)])
+    rows = chunks(torch.arange(batch.input_ids.shape[0]), rows_per_pass)
+    return torch.cat([critic.values(rows_of(batch, r)) for r in rows])
 
 
 def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
@@ -325,7 +326,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
         record["bad_streak"] = bad_streak
         metrics.write(record)
-        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}", len=f"{record['response_length']:.0f}")
+        bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
+                        len=f"{record['response_length']:.0f}")
         bar.update(1)
         if bar.disable and ((step + 1) % 10 == 0 or step + 1 == cfg.steps):  # no terminal: a line per 10 steps
             print(f"step {step + 1}/{cfg.steps}: reward {record['reward']:.3f} accuracy {record['accuracy']:.3f} "
@@ -338,7 +340,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         # 7. Checkpoint and periodic evaluation.
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and world.main:
             result = run_eval(f"step {step + 1}")
-            metrics.write({"step": step + 1, "eval/pass@1": result["pass@1"], f"eval/pass@{result['k']}": result["pass@k"]})
+            metrics.write({"step": step + 1, "eval/pass@1": result["pass@1"],
+                           f"eval/pass@{result['k']}": result["pass@k"]})
         # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
         if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main and not bad_streak:
             state.save(run_dir, step + 1, policy, model_dir, {

@@ -402,8 +402,8 @@ def gspo_sequence_reference(logp, old, advantages, mask, clip_low, clip_high):
     lengths = m.sum(1)
     log_s = torch.where(m, logp - old, 0.0).sum(1) / lengths.clamp_min(1)
     s = log_s.exp()
-    l = torch.maximum(-advantages * s, -advantages * s.clamp(1 - clip_low, 1 + clip_high))
-    return torch.where(lengths > 0, l, 0.0).sum() / (lengths > 0).sum().clamp_min(1)
+    per_row = torch.maximum(-advantages * s, -advantages * s.clamp(1 - clip_low, 1 + clip_high))
+    return torch.where(lengths > 0, per_row, 0.0).sum() / (lengths > 0).sum().clamp_min(1)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

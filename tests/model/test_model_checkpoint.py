@@ -9,7 +9,6 @@ from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import CheckpointError, load_model, save_model
-
 from tests.conftest import FAMILIES
 
 
@@ -114,7 +113,9 @@ def test_unknown_architecture_and_missing_field_are_named(tiny_checkpoint, tmp_p
     (folder / "config.json").write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match=r"missing field 'num_hidden_layers'"):
         load_model(folder)
-    (folder / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}))
+    (folder / "config.json").write_text(
+        json.dumps({**config, "num_hidden_layers": 2, "rope_scaling": {"rope_type": "yarn", "factor": 4.0}})
+    )
     with pytest.raises(ValueError, match=r"rope_scaling.*yarn"):
         load_model(folder)
 

@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
 from pillion.model.transformer import KVCache, causal_padding_mask, padding_positions, rope_tables
-
 from tests.conftest import FAMILIES
 
 
@@ -71,7 +70,9 @@ def test_padding_does_not_change_real_tokens(tiny_checkpoint):
     padded = torch.cat([torch.zeros(1, 6, dtype=torch.long), ids], 1)
     attn = torch.cat([torch.zeros(1, 6, dtype=torch.long), torch.ones(1, 10, dtype=torch.long)], 1)
     with torch.no_grad():
-        plain = model.logits(model(ids, padding_positions(torch.ones_like(ids)), causal_padding_mask(torch.ones_like(ids))))
+        plain = model.logits(
+            model(ids, padding_positions(torch.ones_like(ids)), causal_padding_mask(torch.ones_like(ids)))
+        )
         left = model.logits(model(padded, padding_positions(attn), causal_padding_mask(attn)))
     torch.testing.assert_close(left[:, 6:], plain, atol=1e-5, rtol=0)
     assert torch.isfinite(left).all()  # padding queries stay finite
@@ -122,7 +123,8 @@ def test_cached_chunks_and_decode_steps_equal_one_full_pass(tiny_checkpoint, fam
         first = model.logits(model(ids[:, :9], pos[:, :9], mask[:, :, :9, :9], cache, 0))
         second = model.logits(model(ids[:, 9:14], pos[:, 9:14], mask[:, :, 9:14, :14], cache, 9))
         cos, sin = rope_tables(model.inv_freq, pos, torch.float32)
-        key_bias = torch.zeros(ids.shape[0], kv, 1, ids.shape[1]).masked_fill_((attn == 0)[:, None, None], float("-inf"))
+        key_bias = torch.zeros(ids.shape[0], kv, 1, ids.shape[1])
+        key_bias = key_bias.masked_fill_((attn == 0)[:, None, None], float("-inf"))
         key_bias = key_bias.view(-1, 1, ids.shape[1])
         steps = [model.decode(ids[:, t], cos[:, t, None], sin[:, t, None], key_bias[..., : t + 1], cache, t)
                  for t in range(14, ids.shape[1])]

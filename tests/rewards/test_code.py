@@ -29,7 +29,9 @@ def test_extract_code_takes_the_last_python_block():
 
 
 def test_assert_tests_give_the_pass_fraction():
-    result = run("def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(0, 0) == 0"])
+    result = run(
+        "def add(a, b):\n    return a + b", ["assert add(1, 2) == 3", "assert add(2, 2) == 5", "assert add(0, 0) == 0"]
+    )
     assert (result.passed, result.total, result.fraction) == (2, 3, 2 / 3)
     assert code_reward("```python\ndef add(a, b):\n    return a + b\n```", ["assert add(1, 1) == 2"]) == 1.0
     assert code_reward("```python\ndef add(a, b) return\n```", ["assert add(1, 1) == 2"]) == 0.0  # syntax error
@@ -37,7 +39,11 @@ def test_assert_tests_give_the_pass_fraction():
 
 def test_stdio_tests_compare_output():
     code = "import sys\na, b = map(int, sys.stdin.read().split())\nprint(a + b)\nsys.exit(0)"
-    tests = [{"input": "1 2\n", "output": "3\n"}, {"input": "2 2", "output": "5"}, {"input": "5 5", "output": "10  \n\n"}]
+    tests = [
+        {"input": "1 2\n", "output": "3\n"},
+        {"input": "2 2", "output": "5"},
+        {"input": "5 5", "output": "10  \n\n"},
+    ]
     result = run(code, tests)
     assert (result.passed, result.total) == (2, 3)
 
@@ -107,16 +113,21 @@ def test_memory_limit():
     assert run("x = bytearray(1 << 20)", ["assert len(x) == 1 << 20"]).passed == 1
 
 
-@pytest.mark.parametrize("code", [
-    # forged reports on the result pipe (fd 3 or any other), without the nonce
-    "import os\nfor fd in range(3, 20):\n    try:\n        os.write(fd, b'0\\n1 0\\nPASS 0\\n')\n    except OSError:\n        pass",
-    # a solution whose function exits with status 0 inside the assert
-    "import sys\ndef f():\n    sys.exit(0)",
-    # reaching the harness's frame through a traceback
-    "try:\n    1 / 0\nexcept Exception as e:\n    frame = e.__traceback__.tb_frame.f_back\ndef f():\n    return frame.f_locals['nonce']",
-    # the harness's module
-    "import __main__\ndef f():\n    return __main__.nonce",
-])
+@pytest.mark.parametrize(
+    "code",
+    [
+        # forged reports on the result pipe (fd 3 or any other), without the nonce
+        "import os\nfor fd in range(3, 20):\n    try:\n"
+        "        os.write(fd, b'0\\n1 0\\nPASS 0\\n')\n    except OSError:\n        pass",
+        # a solution whose function exits with status 0 inside the assert
+        "import sys\ndef f():\n    sys.exit(0)",
+        # reaching the harness's frame through a traceback
+        "try:\n    1 / 0\nexcept Exception as e:\n    frame = e.__traceback__.tb_frame.f_back\n"
+        "def f():\n    return frame.f_locals['nonce']",
+        # the harness's module
+        "import __main__\ndef f():\n    return __main__.nonce",
+    ],
+)
 def test_reward_hacks_earn_nothing(code):
     assert run(code, ["assert f() == 1"]).passed == 0
 

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from pillion.rewards import GradingPool, grade_batch, math_equal, score, RewardConfig
 from pillion.data.problem import Problem
+from pillion.rewards import GradingPool, RewardConfig, grade_batch, math_equal, score
 from pillion.rewards.math import _is_safe_for_sympy, prepare
 
 TIMEOUT = 1.0

@@ -30,10 +30,14 @@ def test_overlong_penalty_paper_sizes(length, expected):
 
 
 def test_overlong_enters_the_score_with_its_factor():
-    cfg = RewardConfig(correct=1.0, incorrect=-1.0, overlong=OverlongConfig(enable=True, l_max=100, l_cache=20, factor=0.5))
+    cfg = RewardConfig(
+        correct=1.0, incorrect=-1.0, overlong=OverlongConfig(enable=True, l_max=100, l_cache=20, factor=0.5)
+    )
     result = score(MATH, "\\boxed{1/2}", 90, cfg)
     # correct +1, overlong 0.5 * -0.5 = -0.25, total 0.75
-    assert result == RewardResult(score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0})
+    assert result == RewardResult(
+        score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0}
+    )
     wrong = score(MATH, "\\boxed{2}", 101, cfg)
     # incorrect -1, overlong 0.5 * -1 = -0.5, total -1.5
     assert wrong.score == -1.5 and wrong.correct is False

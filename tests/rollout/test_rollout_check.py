@@ -5,7 +5,6 @@ import json
 import pytest
 
 from pillion.cli import main
-
 from tests.conftest import FAMILIES
 
 

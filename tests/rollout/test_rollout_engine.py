@@ -7,7 +7,6 @@ from transformers import AutoModelForCausalLM
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step, sample_tokens
-
 from tests.conftest import FAMILIES
 
 PROMPTS = ["12+35=", "What is 7 times 8?", "x"]

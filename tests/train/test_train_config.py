@@ -22,7 +22,12 @@ def test_preset_values_follow_algorithms_md():
     assert (dapo.loss.clip_low, dapo.loss.clip_high, dapo.loss.agg) == (0.2, 0.28, "token_mean")
     assert dapo.filter.dynamic_sampling and dapo.reward.incorrect == -1.0 and dapo.reward.overlong.enable
     grpo = C.resolve(C.TrainConfig)
-    assert (grpo.adv.name, grpo.loss.kl_kind, grpo.loss.kl_coef, grpo.loss.agg) == ("grpo", "k3", 0.04, "seq_mean_token_mean")
+    assert (grpo.adv.name, grpo.loss.kl_kind, grpo.loss.kl_coef, grpo.loss.agg) == (
+        "grpo",
+        "k3",
+        0.04,
+        "seq_mean_token_mean",
+    )
     rej = C.resolve(C.TrainConfig, overrides=["algo=reinforce_rej"])
     assert (rej.adv.name, rej.filter.reject, rej.loss.kl_kind) == ("raw", "all_equal", "low_var")
     srpo = C.resolve(C.TrainConfig, overrides=["algo=srpo"])
