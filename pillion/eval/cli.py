@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
     from pillion.data.formats import DataError
     from pillion.data.templates import resolve_template
-    from pillion.eval.evaluate import evaluate, markdown_table
+    from pillion.eval.evaluate import evaluate, markdown_table, model_record
     from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
     from pillion.rollout.engine import Engine
 
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
                      seed=args.seed, batch_prompts=args.batch_prompts)
     print(f"pillion eval: {len(problems)} problems x {cfg.k} samples, {args.model} on {device}", file=sys.stderr)
     result = evaluate(engine, problems, cfg, template=args.template)
-    result = {**result, "model": str(args.model), "data": args.data}
+    result = {**result, "model": str(args.model), "data": args.data, **model_record(args.model)}
 
     out = Path(args.out) if args.out else default_out(args.model, args.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,26 +18,46 @@ problem without tests) counts as wrong; `ungradable` says how many problems that
 
 Sampling is seeded per engine call with `seed + batch index`, so a result is reproducible for
 a given (seed, batch_prompts) on the same hardware; changing batch_prompts changes the draws.
-The temperature, top-p, k and token budget are recorded with every result, as §14 asks.
+The temperature, top-p, k and token budget are recorded with every result, as §14 asks, and
+so are: a 95% interval for pass@1 (percentile bootstrap over problems, seeded with the eval
+seed) and its binomial standard error (`interval`), the behaviour metrics of all samples
+(reflection phrases, length of correct and incorrect samples; pillion.eval.behaviour), the
+template and its text, the prompt count, and the versions of pillion (with its git commit when
+run from a checkout), math-verify, sympy, torch and transformers (`versions`). `model_record`
+hashes a model folder (config.json and weight files) for the caller to add.
+
+`sample_and_grade` is the sampling half on its own (k graded samples per problem, no
+reduction); `pillion data difficulty` and `pillion.data.select` use it for pass rates.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import math
+import subprocess
 import sys
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from tqdm import tqdm
 
 from pillion.data.problem import Problem
-from pillion.data.templates import render_prompt
+from pillion.data.templates import render_prompt, resolve_template
+from pillion.eval.behaviour import DEFAULT_PHRASES, behaviour_metrics
 from pillion.eval.passk import pass_at_k
 from pillion.rewards.extract import extract_answer
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 
 NUM_SAMPLES_KEPT = 5  # examples stored in result["samples"]
+BOOTSTRAP_RESAMPLES = 1000  # resamples of the problem set for the pass@1 interval
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # files hashed with config.json
 
 
 @dataclass
@@ -71,21 +91,104 @@ def _group(counts: list[int], k: int) -> dict[str, float | int]:
     }
 
 
+def interval(counts: list[int], k: int, seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES) -> dict[str, Any]:
+    """pass@1's 95% interval (percentile bootstrap over problems) and its binomial standard error.
+
+    counts: correct samples (of k) per problem. The bootstrap draws the n problems with
+    replacement `resamples` times (numpy generator seeded with `seed`) and takes the 2.5% and
+    97.5% quantiles of the resampled pass@1; it keeps the k samples of a problem together, so
+    problems that are easy for every sample do not count as k independent successes.
+    pass@1_se = sqrt(p (1 - p) / n) over the n problems: exact for k = 1 and an upper bound for
+    k > 1 (a problem's mean of k samples varies less than one Bernoulli draw).
+    """
+    n = len(counts)
+    rates = np.asarray(counts, dtype=np.float64) / k  # [n]
+    p = float(rates.mean())
+    draws = np.random.default_rng(seed).integers(0, n, size=(resamples, n))  # [resamples, n]
+    low, high = np.quantile(rates[draws].mean(axis=1), [0.025, 0.975])
+    return {
+        "pass@1_ci95": [float(low), float(high)],
+        "pass@1_se": math.sqrt(max(p * (1.0 - p), 0.0) / n),
+        "ci": {"method": "percentile bootstrap over problems", "resamples": resamples, "seed": seed},
+    }
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> dict[str, str | None]:
+    """pillion (and its git commit when run from a checkout), the grader's libraries, torch."""
+    import pillion
+
+    out = {"pillion": pillion.__version__, "pillion_commit": None}
+    try:  # a checkout: the commit says more than the version number; "+dirty" when edited
+        root = Path(pillion.__file__).resolve().parent.parent
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=5)
+        if head.returncode == 0:
+            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                   capture_output=True, text=True, timeout=5).stdout.strip()
+            out["pillion_commit"] = head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    for name in ("math-verify", "sympy", "torch", "transformers"):
+        out[name] = _version(name)
+    return out
+
+
+def model_record(model_dir: str | Path) -> dict[str, Any]:
+    """{"model_hash": "sha256:...", "model_files": [...]} of a model folder.
+
+    The hash covers config.json and the weight files (*.safetensors, *.bin, *.pt, *.pth, in name
+    order), each file's name and bytes, read once in 8 MiB blocks: two folders with the same
+    hash hold the same model. Tokenizer files are not included.
+    """
+    folder = Path(model_dir)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or
+                                                                   p.name.endswith(WEIGHT_SUFFIXES)))
+    if not any(p.name == "config.json" for p in files):
+        raise FileNotFoundError(f"{folder}: no config.json to hash")
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b"\0")
+        with path.open("rb") as f:
+            while block := f.read(8 << 20):
+                digest.update(block)
+        digest.update(b"\0")
+    return {"model_hash": f"sha256:{digest.hexdigest()}", "model_files": [p.name for p in files]}
+
+
 def _sort_key(key: str) -> tuple[int, int | str]:
     """Numeric levels in order, then names, so "10" follows "9" and "unknown" comes last."""
     return (0, int(key)) if key.isdigit() else (1, key)
 
 
-def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
-             reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None) -> dict[str, Any]:
-    """Sample cfg.k completions per problem with `engine`, grade them, return a JSON-ready dict.
+@dataclass
+class Samples:
+    """k graded samples per problem, prompt-major: rows i*k .. i*k+k-1 answer problems[i]."""
 
-    Keys: pass@1, pass@k, k, n, curve {j: pass@j}, by_level {level: {pass@1, pass@k, n}},
-    by_subject (same shape), mean_length (generated tokens per sample, EOS included),
-    truncated (fraction of samples that hit max_new_tokens), ungradable, temperature, top_p,
-    max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
-    correct). `pool` (a rewards.GradingPool) grades symbolic answers in parallel.
-    """
+    problems: list[Problem]
+    k: int
+    texts: list[str]  # [n * k]
+    num_tokens: list[int]  # [n * k] generated tokens, EOS included
+    finish_reasons: list[str]  # [n * k]
+    correct: list[bool | None]  # [n * k] None: ungradable
+
+    def counts(self) -> list[int]:
+        """Correct samples per problem."""
+        k = self.k
+        return [sum(c is True for c in self.correct[i * k:(i + 1) * k]) for i in range(len(self.problems))]
+
+
+def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
+                     reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None,
+                     desc: str = "eval") -> Samples:
+    """Sample cfg.k completions per problem, batch_prompts prompts per engine call, and grade them."""
     if not problems:
         raise ValueError("evaluate needs at least one problem")
     if cfg.k < 1 or cfg.batch_prompts < 1:
@@ -93,14 +196,9 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
     reward_cfg = reward_cfg or RewardConfig()
     k = cfg.k
     prompts = [render_prompt(p, template, engine.tokenizer) for p in problems]
-    correct_counts: list[int] = []
-    lengths: list[int] = []
-    truncated = 0
-    ungradable = 0  # problems whose samples score correct=None
-    samples: list[dict[str, Any]] = []
-
+    out = Samples(problems=list(problems), k=k, texts=[], num_tokens=[], finish_reasons=[], correct=[])
     starts = range(0, len(problems), cfg.batch_prompts)
-    bar = tqdm(starts, desc="eval", unit="batch", file=sys.stderr, disable=None if progress else True)
+    bar = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=None if progress else True)
     for batch_index, start in enumerate(bar):
         batch = problems[start:start + cfg.batch_prompts]
         params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
@@ -112,26 +210,47 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         owners = [p for p in batch for _ in range(k)]
         results = score_batch(owners, [c.text for c in completions], [len(c.ids) for c in completions],
                               reward_cfg, [c.finish_reason for c in completions], pool=pool)
-        for i, problem in enumerate(batch):
-            rows = range(i * k, (i + 1) * k)
-            correct_counts.append(sum(results[r].correct is True for r in rows))
-            ungradable += results[i * k].correct is None
-            if len(samples) < NUM_SAMPLES_KEPT:
-                first = completions[i * k]
-                samples.append({
-                    "id": problem.id,
-                    "question": problem.question,
-                    "gold": problem.answer,
-                    "completion": first.text,
-                    "extracted": extract_answer(first.text, reward_cfg.answer_style),
-                    "correct": results[i * k].correct,
-                })
-        lengths += [len(c.ids) for c in completions]
-        truncated += sum(c.finish_reason == "length" for c in completions)
+        out.texts += [c.text for c in completions]
+        out.num_tokens += [len(c.ids) for c in completions]
+        out.finish_reasons += [c.finish_reason for c in completions]
+        out.correct += [r.correct for r in results]
         if progress:
-            done = sum(correct_counts)
-            bar.set_postfix(pass1=f"{done / (len(correct_counts) * k):.3f}")
+            bar.set_postfix(pass1=f"{sum(c is True for c in out.correct) / len(out.correct):.3f}")
     bar.close()
+    return out
+
+
+def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
+             reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None,
+             phrases: Sequence[str] = DEFAULT_PHRASES) -> dict[str, Any]:
+    """Sample cfg.k completions per problem with `engine`, grade them, return a JSON-ready dict.
+
+    Keys: pass@1, pass@k, k, n, curve {j: pass@j}, by_level {level: {pass@1, pass@k, n}},
+    by_subject (same shape), mean_length (generated tokens per sample, EOS included),
+    truncated (fraction of samples that hit max_new_tokens), ungradable, temperature, top_p,
+    max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
+    correct), and the records of `interval` (pass@1_ci95, pass@1_se, ci), `behaviour` (see
+    pillion.eval.behaviour, with `phrases`), template_text, num_prompts and versions.
+    `pool` (a rewards.GradingPool) grades symbolic answers in parallel.
+    """
+    reward_cfg = reward_cfg or RewardConfig()
+    graded = sample_and_grade(engine, problems, cfg, template, reward_cfg, progress, pool)
+    k = cfg.k
+    correct_counts = graded.counts()
+    # A problem is ungradable when its samples score correct=None (no gold, no tests).
+    ungradable = sum(graded.correct[i * k] is None for i in range(len(problems)))
+    samples: list[dict[str, Any]] = []
+    for i, problem in enumerate(problems[:NUM_SAMPLES_KEPT]):
+        text = graded.texts[i * k]
+        samples.append({
+            "id": problem.id,
+            "question": problem.question,
+            "gold": problem.answer,
+            "completion": text,
+            "extracted": extract_answer(text, reward_cfg.answer_style),
+            "correct": graded.correct[i * k],
+        })
+    lengths = graded.num_tokens
 
     by_level: dict[str, list[int]] = defaultdict(list)
     by_subject: dict[str, list[int]] = defaultdict(list)
@@ -145,17 +264,23 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         "pass@k": overall["pass@k"],
         "k": k,
         "n": len(problems),
+        **interval(correct_counts, k, seed=cfg.seed),
         "curve": {str(j): sum(pass_at_k(k, c, j) for c in correct_counts) / len(problems) for j in curve_ks},
         "by_level": {key: _group(by_level[key], k) for key in sorted(by_level, key=_sort_key)},
         "by_subject": {key: _group(by_subject[key], k) for key in sorted(by_subject)},
         "mean_length": sum(lengths) / len(lengths),
-        "truncated": truncated / len(lengths),
+        "truncated": sum(r == "length" for r in graded.finish_reasons) / len(lengths),
         "ungradable": ungradable,
+        "behaviour": behaviour_metrics(graded.texts, graded.correct, lengths, phrases),
         "temperature": cfg.temperature,
         "top_p": cfg.top_p,
         "max_new_tokens": cfg.max_new_tokens,
         "seed": cfg.seed,
         "template": template,
+        "template_text": resolve_template(template),
+        "num_prompts": len(problems),
+        "answer_style": reward_cfg.answer_style,
+        "versions": versions(),
         "samples": samples,
     }
 
@@ -176,4 +301,41 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines.append(f"k={k} samples per problem, temperature {result['temperature']}, top-p {result['top_p']}, "
                  f"max {result['max_new_tokens']} new tokens, seed {result['seed']}; "
                  f"mean length {result['mean_length']:.1f} tokens.")
+    lines += [line for line in _record_lines(result) if line]
     return "\n".join(lines) + "\n"
+
+
+def _record_lines(result: dict[str, Any]) -> list[str]:
+    """The interval, behaviour and provenance lines under the table (each when recorded)."""
+    lines = []
+    if "pass@1_ci95" in result:
+        low, high = result["pass@1_ci95"]
+        ci = result.get("ci", {})
+        lines.append(f"pass@1 {100 * result['pass@1']:.1f}%, 95% CI [{100 * low:.1f}, {100 * high:.1f}] "
+                     f"({ci.get('method', 'bootstrap')}, {ci.get('resamples', '?')} resamples, seed "
+                     f"{ci.get('seed', '?')}); binomial standard error {100 * result['pass@1_se']:.1f} points.")
+    behaviour = result.get("behaviour") or {}
+    if behaviour:  # each part only when recorded (report.json may come from an older run)
+        parts = []
+        if "reflection_rate" in behaviour:
+            parts.append(f"reflection phrases in {100 * behaviour['reflection_rate']:.1f}% of samples")
+        if "reflection_count" in behaviour:
+            parts.append(f"{behaviour['reflection_count']:.2f} reflection phrases per sample")
+        for key, label in (("response_length_correct", "correct"), ("response_length_incorrect", "incorrect")):
+            if key in behaviour:
+                parts.append(f"mean length {label} {behaviour[key]:.1f}")
+        if parts:
+            lines.append("Behaviour: " + "; ".join(parts) + ".")
+    provenance = []
+    if "num_prompts" in result:
+        provenance.append(f"{result['num_prompts']} prompts")
+    if "template" in result:
+        provenance.append(f"template {result['template']!r}")
+    if result.get("model_hash"):
+        provenance.append(f"model {result['model_hash'][:19]}")
+    found = {k: v for k, v in (result.get("versions") or {}).items() if v}
+    if found:
+        provenance.append(", ".join(f"{k} {v}" for k, v in found.items()))
+    if provenance:
+        lines.append("Records: " + "; ".join(provenance) + ".")
+    return lines

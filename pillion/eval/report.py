@@ -15,9 +15,13 @@ Reads, from the run directory:
   (results of `pillion.eval.evaluate`), shown as a before/after table and the eval table.
 
 Writes one PNG per metric group that has data (plots/reward.png, plots/length.png,
-plots/kl_entropy.png, plots/loss.png, plots/optim.png, plots/throughput.png, plots/mismatch.png,
-plots/other.png for metrics no group names), one panel per metric, the raw series thin and a
-moving average over ~5% of the steps on top; and report.md with everything embedded.
+plots/behaviour.png, plots/kl_entropy.png, plots/loss.png, plots/optim.png, plots/throughput.png,
+plots/mismatch.png, plots/other.png for metrics no group names), one panel per metric, the raw
+series thin and a moving average over ~5% of the steps on top; and report.md with everything
+embedded. Behaviour (pillion.eval.behaviour) is plotted as logged: reflection_rate and
+reflection_count in behaviour.png, the length of correct and incorrect responses next to
+response_length, and kl_initial (KL to the initial policy) next to kl. The held-out table adds
+the pass@1 95% interval and the evaluations' behaviour when report.json has them.
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from typing import Any
 # rules in `group_of`. Anything unmatched lands in "other", so no logged metric goes unplotted.
 GROUPS: dict[str, list[str]] = {
     "reward": ["reward", "accuracy", "score"],
-    "length": ["response_length"],
-    "kl_entropy": ["kl", "entropy"],
+    "length": ["response_length", "response_length_correct", "response_length_incorrect"],
+    "behaviour": ["reflection_rate", "reflection_count"],
+    "kl_entropy": ["kl", "kl_initial", "kl_initial_k1", "entropy"],
     "loss": ["loss", "policy_loss", "pg_loss", "value_loss", "entropy_loss", "kl_loss"],
     "optim": ["grad_norm", "clipfrac", "lr"],
     "mismatch": ["logprob_error"],
@@ -163,14 +168,36 @@ def _final_table(series: dict[str, list[tuple[int, float]]]) -> list[str]:
     return lines
 
 
+# (label, key in the eval result's "behaviour" dict as "behaviour/<key>", fallback)
+BEHAVIOUR_ROWS = (("reflection rate", "behaviour/reflection_rate", None),
+                  ("reflection phrases per sample", "behaviour/reflection_count", None),
+                  ("mean length, correct", "behaviour/response_length_correct", None),
+                  ("mean length, incorrect", "behaviour/response_length_incorrect", None))
+
+
+def _lookup(result: dict[str, Any], key: str, default: Any) -> Any:
+    """result[key], or result["behaviour"][name] for key "behaviour/name"."""
+    if key.startswith("behaviour/"):
+        return (result.get("behaviour") or {}).get(key.split("/", 1)[1], default)
+    return result.get(key, default)
+
+
+def _ci_cell(result: dict[str, Any]) -> str | None:
+    ci = result.get("pass@1_ci95")
+    if not isinstance(ci, list) or len(ci) != 2 or any(_number(x) is None for x in ci):
+        return None
+    return f"[{_fmt(float(ci[0]))}, {_fmt(float(ci[1]))}]"
+
+
 def _before_after(summary: dict[str, Any]) -> list[str]:
     """pass@1 before and after training, from the scalar keys or the eval dicts."""
     before, after = summary.get("eval_before") or {}, summary.get("eval_after") or {}
     rows = []
+    ci_cells = [_ci_cell(result) for result in (before, after)]
     for label, key, fallback in (("pass@1", "pass@1", "pass1"), ("pass@k", "pass@k", None),
-                                 ("mean length", "mean_length", None)):
-        b = before.get(key, summary.get(f"{fallback}_before") if fallback else None)
-        a = after.get(key, summary.get(f"{fallback}_after") if fallback else None)
+                                 ("mean length", "mean_length", None), *BEHAVIOUR_ROWS):
+        b = _lookup(before, key, summary.get(f"{fallback}_before") if fallback else None)
+        a = _lookup(after, key, summary.get(f"{fallback}_after") if fallback else None)
         if _number(b) is None and _number(a) is None:
             continue
         change = f"{a - b:+.4g}" if _number(a) is not None and _number(b) is not None else "-"
@@ -178,6 +205,8 @@ def _before_after(summary: dict[str, Any]) -> list[str]:
             label = f"pass@{after.get('k', before.get('k', 'k'))}"
         rows.append(f"| {label} | {_fmt(b) if b is not None else '-'} | {_fmt(a) if a is not None else '-'} "
                     f"| {change} |")
+        if label == "pass@1" and any(ci_cells):
+            rows.append(f"| pass@1 95% CI | {ci_cells[0] or '-'} | {ci_cells[1] or '-'} | - |")
     if not rows:
         return []
     lines = ["| held-out | before | after | change |", "|---|---:|---:|---:|", *rows]

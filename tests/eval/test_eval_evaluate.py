@@ -180,3 +180,23 @@ def test_real_engine_on_tiny_checkpoint(tiny_checkpoint):
     assert 0.0 <= result["pass@1"] <= result["pass@k"] <= 1.0
     # Same seed and batching: the same draws, so the same result.
     assert evaluate(engine, problems, cfg, template="qa", progress=False) == result
+
+
+def test_records_and_behaviour_in_the_result():
+    problems, engine = scripted_setup()
+    result = evaluate(engine, problems, EvalConfig(k=4, seed=2), template="qa", progress=False,
+                      phrases=["so"])
+    # counts 1, 0, 4, 2 of 4 (see the first test): se = sqrt(0.4375 * 0.5625 / 4)
+    assert result["pass@1_se"] == pytest.approx(0.2480392, abs=1e-7)
+    assert result["ci"]["seed"] == 2 and len(result["pass@1_ci95"]) == 2
+    # every sample says "so" once; the 7 correct samples have 10 tokens; of the 9 others,
+    # 4 have 20 tokens (p2) and 5 have 10: (80 + 50) / 9
+    assert result["behaviour"] == pytest.approx({"reflection_rate": 1.0, "reflection_count": 1.0,
+                                                 "response_length_correct": 10.0,
+                                                 "response_length_incorrect": 130 / 9})
+    assert result["num_prompts"] == 4 and result["template_text"] == "Q: {question}\nA:"
+    assert result["answer_style"] == "auto" and result["versions"]["pillion"]
+    table = markdown_table(result)
+    assert "pass@1 43.8%, 95% CI [" in table and "binomial standard error 24.8 points" in table
+    assert "Behaviour: reflection phrases in 100.0% of samples; 1.00 reflection phrases per sample;" in table
+    assert "Records: 4 prompts; template 'qa'" in table

@@ -89,3 +89,29 @@ def test_group_of():
     assert group_of("policy_loss") == group_of("critic_loss") == "loss"
     assert group_of("grad_norm") == "optim" and group_of("tokens_per_s") == "throughput"
     assert group_of("something_new") == "other"
+
+
+def test_behaviour_plots_and_eval_records(tmp_path):
+    rows = [{"step": s, "reward": s / 10, "response_length": 40 - s, "response_length_correct": 30 - s,
+             "response_length_incorrect": 50 - s, "reflection_rate": s / 20, "reflection_count": s / 10,
+             "kl_initial": 0.01 * s, "kl_initial_k1": 0.02 * s} for s in range(1, 11)]
+    write_lines(tmp_path / "metrics.jsonl", rows)
+    base = {"k": 4, "n": 8, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 64, "seed": 0}
+    before = {**base, "pass@1": 0.25, "pass@k": 0.5, "mean_length": 40.0, "pass@1_ci95": [0.1, 0.4],
+              "pass@1_se": 0.15, "behaviour": {"reflection_rate": 0.5, "response_length_incorrect": 44.0}}
+    after = {**base, "pass@1": 0.5, "pass@k": 0.75, "mean_length": 30.0, "pass@1_ci95": [0.3, 0.7],
+             "pass@1_se": 0.18, "behaviour": {"reflection_rate": 0.25, "response_length_incorrect": 34.0},
+             "num_prompts": 8, "template": "qa", "model_hash": "sha256:" + "ab" * 32}
+    (tmp_path / "report.json").write_text(json.dumps({"eval_before": before, "eval_after": after}))
+    text = write_report(tmp_path).read_text()
+    plots = {p.stem for p in (tmp_path / "plots").iterdir()}
+    assert plots == {"reward", "length", "behaviour", "kl_entropy"}
+    assert group_of("reflection_rate") == "behaviour" and group_of("kl_initial") == "kl_entropy"
+    assert group_of("response_length_incorrect") == "length"
+    lines = text.splitlines()
+    i = lines.index("| pass@1 | 0.25 | 0.5 | +0.25 |")
+    assert lines[i + 1] == "| pass@1 95% CI | [0.1, 0.4] | [0.3, 0.7] | - |"  # right under pass@1
+    assert "| reflection rate | 0.5 | 0.25 | -0.25 |" in text
+    assert "| mean length, incorrect | 44 | 34 | -10 |" in text
+    assert "| mean length, correct |" not in text  # in neither evaluation
+    assert "Records: 8 prompts; template 'qa'; model sha256:abababababab." in text
