@@ -10,6 +10,12 @@ formats, each named after the public schema it parses:
     numina   problem, solution, source (gold: last \\boxed{} of the solution)
     orz      [{"from": "human", "value": Q}, {"from": "assistant", "ground_truth": {"value": A}}]
     aime     problem, answer, id / year / url
+    minerva  problem, solution, idx, type (Minerva's OCW courses set, 272 rows; gold: last
+             \\boxed{} of the solution; the course name in `type` is the subject)
+    olympiadbench  id, question, final_answer (a list of "$...$" strings), context, solution,
+             is_multiple_answer, unit, subfield, ... (OpenBMB/OlympiadBench; gold: the answers
+             without "$", joined by ", " when there are several; the unit stays in meta;
+             proof problems and problems with images are refused)
     generic  question or prompt, answer; optional solution, level, source, id, kind, tests
 
 `format="auto"` decides from the fields of the first rows. Keys are matched case-
@@ -40,7 +46,7 @@ from pillion.data.problem import Problem
 
 logger = logging.getLogger("pillion.data")
 
-FORMATS = ("gsm8k", "math", "math500", "numina", "orz", "aime", "generic")
+FORMATS = ("gsm8k", "math", "math500", "numina", "orz", "aime", "minerva", "olympiadbench", "generic")
 
 
 class DataError(ValueError):
@@ -265,6 +271,56 @@ def _parse_aime(row: Any, n: int, source: str) -> Problem:
                    source=source, meta=_meta(row, ("problem", "question", "answer", "solution")))
 
 
+def _parse_minerva(row: Any, n: int, source: str) -> Problem:
+    row = _as_dict(row)
+    question = _text(row, "problem")
+    solution = _text(row, "solution")
+    gold = _last_boxed(solution)
+    if gold is None or not gold.strip():
+        raise _RowError("solution", "no \\boxed{} answer", missing_answer=True)
+    uid = _text(row, "idx", required=False)
+    meta = _meta(row, ("problem", "solution", "idx"))
+    if "type" in row:  # the course, e.g. "Introduction to Astronomy (8.282J Spring 2006)"
+        meta["subject"] = meta.pop("type")
+    return Problem(id=_pid(source, uid if uid is not None else n), question=question, answer=gold.strip(),
+                   solution=solution, source=source, meta=meta)
+
+
+def _strip_dollars(answer: str) -> str:
+    """The answer inside OlympiadBench's $...$: "$\\frac{1}{2}$" -> "\\frac{1}{2}"."""
+    answer = answer.strip()
+    while len(answer) >= 2 and answer.startswith("$") and answer.endswith("$"):
+        answer = answer[1:-1].strip()
+    return answer
+
+
+def _parse_olympiadbench(row: Any, n: int, source: str) -> Problem:
+    row = _as_dict(row)
+    question = _text(row, "question")
+    if row.get("answer_type") == "Need_human_evaluate" or row.get("question_type") == "Theorem proof":
+        raise _RowError("final_answer", "a proof problem: no final answer to grade", missing_answer=True)
+    images = [k for k in sorted(row) if k.startswith("image_") and row[k]]
+    if images:
+        raise _RowError(images[0], "the problem has an image; text-only models cannot be graded on it")
+    finals = row.get("final_answer")
+    if isinstance(finals, str):
+        finals = [finals]
+    if not isinstance(finals, list) or not finals:
+        raise _RowError("final_answer", "missing or empty", missing_answer=True)
+    answers = [_strip_dollars(str(a)) for a in finals if a is not None]
+    if not answers or not all(answers):
+        raise _RowError("final_answer", f"empty answer in {finals!r}", missing_answer=True)
+    context = _text(row, "context", required=False)
+    solution = row.get("solution")
+    if isinstance(solution, list):  # one or more worked solutions
+        solution = "\n\n".join(str(s) for s in solution) or None
+    uid = _text(row, "id", required=False)
+    return Problem(id=_pid(source, uid if uid is not None else n),
+                   question=f"{context}\n{question}" if context else question,
+                   answer=", ".join(answers), solution=solution, source=source,
+                   meta=_meta(row, ("question", "final_answer", "solution", "context", "id")))
+
+
 def _parse_tests(value: Any) -> list[Any]:
     if value is None:
         return []
@@ -308,7 +364,8 @@ def _parse_generic(row: Any, n: int, source: str) -> Problem:
 
 PARSERS: dict[str, Callable[[Any, int, str], Problem]] = {
     "gsm8k": _parse_gsm8k, "math": _parse_math, "math500": _parse_math500,
-    "numina": _parse_numina, "orz": _parse_orz, "aime": _parse_aime, "generic": _parse_generic,
+    "numina": _parse_numina, "orz": _parse_orz, "aime": _parse_aime, "minerva": _parse_minerva,
+    "olympiadbench": _parse_olympiadbench, "generic": _parse_generic,
 }
 
 
@@ -329,6 +386,10 @@ def detect_format(rows: list[Any]) -> str | None:
             gsm8k_answers |= isinstance(row.get("answer"), str) and "####" in row["answer"]
     if "unique_id" in keys and {"problem", "answer"} <= keys:
         return "math500"
+    if {"problem", "solution", "idx"} <= keys and not keys & {"answer", "level"}:
+        return "minerva"
+    if {"question", "final_answer"} <= keys:
+        return "olympiadbench"
     if {"problem", "solution"} <= keys and "answer" not in keys:
         return "math" if "type" in keys else "numina"
     if {"problem", "answer"} <= keys and keys & {"id", "year", "url"} and "tests" not in keys:

@@ -228,3 +228,63 @@ def test_last_boxed():
     assert _last_boxed("$\\boxed 5$.") == "5"
     assert _last_boxed("\\boxed{unclosed") is None
     assert _last_boxed("no box") is None
+
+
+MINERVA = [  # the Minerva OCW-courses layout (Qwen2.5-Math's minerva_math/test.jsonl)
+    {"problem": "Find the mass in kg.", "solution": "So the mass is $\\boxed{3.2e4}$ kg.",
+     "type": "Introduction to Astronomy (8.282J Spring 2006)", "idx": 0},
+    {"problem": "Compute the rate.", "solution": "Answer: \\boxed{\\frac{1}{2}}.", "type": "Ecology I (1.018J)",
+     "idx": 7},
+    {"problem": "No box here.", "solution": "It is 5.", "type": "Ecology I (1.018J)", "idx": 8},
+]
+OLYMPIAD = [  # OpenBMB/OlympiadBench rows (OE_TO_maths_en_COMP layout)
+    {"id": 1606, "subfield": "Combinatorics", "context": None, "question": "Find the smallest $M$.",
+     "solution": ["First ...", "Hence $M=2$."], "final_answer": ["$2$"], "is_multiple_answer": False,
+     "unit": None, "answer_type": "Numerical", "question_type": "Open-ended", "language": "English",
+     "subject": "Math", "error": None},
+    {"id": 1700, "subfield": "Algebra", "context": "Let $f(x)=x^2$.", "question": "Find all roots of $f(x)=4$.",
+     "solution": ["..."], "final_answer": ["$2$", "$-2$"], "is_multiple_answer": True, "unit": None,
+     "answer_type": "Numerical", "question_type": "Open-ended", "language": "English", "subject": "Math",
+     "error": None},
+    {"id": 1800, "subfield": "Mechanics", "context": None, "question": "Find the speed.", "solution": ["..."],
+     "final_answer": ["$$3.5$$"], "is_multiple_answer": False, "unit": "m/s", "answer_type": "Numerical",
+     "question_type": "Open-ended", "language": "English", "subject": "Physics", "error": "1e-1"},
+    {"id": 1900, "subfield": "Algebra", "question": "Prove it.", "solution": ["..."], "final_answer": None,
+     "answer_type": "Need_human_evaluate", "question_type": "Theorem proof"},
+    {"id": 2000, "subfield": "Geometry", "question": "In the figure, find x.", "final_answer": ["$1$"],
+     "image_1": "<image bytes>", "image_2": None},
+]
+
+
+def test_minerva_reader(tmp_path):
+    report = read_with_report(write(tmp_path / "minerva.jsonl", MINERVA, "jsonl"), on_error="skip")
+    assert report.format == "minerva"
+    assert [(p.id, p.answer) for p in report.problems] == [("minerva/0", "3.2e4"), ("minerva/7", "\\frac{1}{2}")]
+    assert report.problems[0].meta == {"subject": "Introduction to Astronomy (8.282J Spring 2006)"}
+    assert report.problems[0].level is None and report.problems[0].solution == MINERVA[0]["solution"]
+    (skipped,) = report.skipped
+    assert (skipped.row, skipped.field, skipped.missing_answer) == (3, "solution", True)
+
+
+def test_olympiadbench_reader(tmp_path):
+    path = write(tmp_path / "olympiad.json", OLYMPIAD, "json")
+    report = read_with_report(path, on_error="skip")
+    assert report.format == "olympiadbench"
+    one, two, three = report.problems
+    assert (one.id, one.question, one.answer) == ("olympiadbench/1606", "Find the smallest $M$.", "2")
+    assert one.solution == "First ...\n\nHence $M=2$." and one.meta["subfield"] == "Combinatorics"
+    # context before the question; several final answers joined for the grader's list comparison
+    assert (two.question, two.answer) == ("Let $f(x)=x^2$.\nFind all roots of $f(x)=4$.", "2, -2")
+    assert (three.answer, three.meta["unit"], three.meta["subject"]) == ("3.5", "m/s", "Physics")  # $$...$$
+    proof, image = report.skipped
+    assert (proof.row, proof.field, proof.missing_answer) == (4, "final_answer", True)
+    assert (image.row, image.field, image.missing_answer) == (5, "image_1", False)
+    with pytest.raises(DataError, match=r"row 4: field 'final_answer': a proof problem"):
+        read(path)
+
+
+def test_auto_detection_of_minerva_and_olympiadbench():
+    assert detect_format(MINERVA) == "minerva"
+    assert detect_format(OLYMPIAD) == "olympiadbench"
+    # MATH rows (level, no idx) stay "math"; a MATH row that happens to carry idx and a level too
+    assert detect_format([{**MATH[0], "idx": 3}]) == "math"
