@@ -1,29 +1,62 @@
-"""`pillion data inspect FILE`: what a dataset file holds before a run trains on it.
+"""`pillion data inspect FILE` and `pillion data difficulty FILE`: a dataset before training on it.
 
-Prints the detected format, counts by source and by level, how many rows lack an extractable
-gold answer, other malformed rows, and a few examples. Reads with on_error="skip", so one bad
-row does not hide the rest of the report.
+inspect prints the detected format, counts by source and by level, how many rows lack an
+extractable gold answer, other malformed rows, and a few examples. Reads with on_error="skip",
+so one bad row does not hide the rest of the report.
 
     pillion data inspect data/gsm8k_test.jsonl
     pillion data inspect train.parquet --format math --examples 5
+
+difficulty measures each problem's pass rate under a model (k samples, graded as the trainer
+grades) and writes the problems to a JSON-lines file in the `generic` format with `level` set
+from the pass rate (pillion.data.select: level 1 always solved ... bins + 2 never solved) and
+`pass_rate`, `correct`, `k` added; the original level, if any, is kept as `original_level`.
+The same pass drops, and counts, the rows without a gold answer and those whose gold the grader
+cannot parse (SRPO's cleaning). Sampling defaults are `pillion train`'s (template qa,
+temperature 1, 48 new tokens): use the values of the run that will train on the file. Train
+on it with `data.sources={name: FILE.difficulty.jsonl} data.level_weights={2: 1, 3: 1, 4: 1}`.
+
+    pillion data difficulty data/gsm8k_test.jsonl --k 8                      # the shipped tiny model
+    pillion data difficulty train.jsonl --model Qwen2.5-Math-1.5B --template plain \\
+        --max-new-tokens 1024 --k 16 --out train.difficulty.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
 from collections import Counter
+from pathlib import Path
 from typing import TextIO
 
 from pillion.data.formats import FORMATS, DataError, ReadReport, read_with_report
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=["inspect"], help="what to do with the file")
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = __doc__
+    parser.add_argument("action", choices=["inspect", "difficulty"], help="what to do with the file")
     parser.add_argument("file", help=".jsonl, .json or .parquet file (or a Hub id with `datasets`)")
     parser.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                         help="dataset schema (default: detect from the fields)")
-    parser.add_argument("--examples", type=int, default=3, help="how many examples to print")
+    parser.add_argument("--examples", type=int, default=3, help="inspect: how many examples to print")
+    group = parser.add_argument_group("difficulty")
+    group.add_argument("--model", default="default", help="model folder (default: the shipped tiny model)")
+    group.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
+    group.add_argument("--bins", type=int, default=3,
+                       help="levels strictly between always and never solved (default 3: levels 1-5)")
+    group.add_argument("--out", default=None, help="output .jsonl (default: ./<file stem>.difficulty.jsonl)")
+    group.add_argument("--template", default="qa", help="prompt template (default qa, as pillion train)")
+    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
+    group.add_argument("--top-p", type=float, default=1.0, help="nucleus top-p (default 1.0)")
+    group.add_argument("--max-new-tokens", type=int, default=48, help="generation budget (default 48)")
+    group.add_argument("--limit", type=int, default=None, help="only the first N problems of the file")
+    group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    group.add_argument("--batch-prompts", type=int, default=64, help="prompts per generate call (default 64)")
+    group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    group.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weights dtype")
 
 
 def _short(text: str | None, width: int = 160) -> str:
@@ -70,5 +103,97 @@ def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     except DataError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if args.action == "difficulty":
+        return difficulty(args, report, out)
     print_report(report, args.examples, out)
+    return 0
+
+
+def _row(problem, correct: int, k: int, level: int) -> dict:
+    """A generic-format row that `read` turns back into the same problem (id, source) with `level`."""
+    prefix = f"{problem.source}/"
+    row = {"id": problem.id[len(prefix):] if problem.id.startswith(prefix) else problem.id,
+           "source": problem.source, "question": problem.question, "answer": problem.answer}
+    if problem.solution is not None:
+        row["solution"] = problem.solution
+    if problem.kind == "code":
+        row.update(kind="code", tests=problem.tests)
+    row.update(level=level, pass_rate=correct / k, correct=correct, k=k)
+    if problem.level is not None:
+        row["original_level"] = problem.level
+    row.update({key: value for key, value in problem.meta.items() if key not in row})
+    return row
+
+
+def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int:
+    """Pass rates and levels for every problem with a gradable gold; see the module docstring."""
+    import torch
+
+    from pillion.config import TrainConfig
+    from pillion.data.select import difficulty_level, gold_issue, pass_counts
+    from pillion.data.templates import resolve_template
+    from pillion.eval.evaluate import EvalConfig
+    from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
+    from pillion.rewards import GradingPool
+    from pillion.rollout.engine import Engine
+
+    if args.k < 1 or args.bins < 1 or args.max_new_tokens < 1 or args.batch_prompts < 1:
+        print("error: --k, --bins, --max-new-tokens and --batch-prompts must be >= 1", file=sys.stderr)
+        return 2
+    # Cleaning counts cover the whole file; --limit then takes the first N problems left.
+    no_gold = [s for s in report.skipped if s.missing_answer]
+    malformed = [s for s in report.skipped if not s.missing_answer]
+    issues = {p.id: gold_issue(p.answer) for p in report.problems if p.kind == "math"}
+    unparseable = [p for p in report.problems if issues.get(p.id)]
+    gradable = [p for p in report.problems if not issues.get(p.id)]
+    kept = gradable[:args.limit] if args.limit is not None else gradable
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolve_template(args.template)
+        model_dir = resolve_model(args.model)
+        tokenizer = load_tokenizer(model_dir)
+        model = load_model(model_dir, dtype=args.dtype, device=device).eval()
+    except (CheckpointError, FileNotFoundError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    target = Path(args.out) if args.out else Path(f"{Path(args.file).stem}.difficulty.jsonl")
+    print(f"file:     {report.path} ({report.format}, {report.rows} rows)", file=out)
+    print(f"dropped:  {len(no_gold)} without gold answer, {len(unparseable)} with a gold the grader cannot parse, "
+          f"{len(malformed)} malformed rows", file=out)
+    for p in unparseable[:10]:
+        print(f"  {p.id}: {issues[p.id]}: {p.answer[:80]!r}", file=out)
+    if len(kept) < len(gradable):
+        print(f"limit:    the first {len(kept)} of {len(gradable)} gradable problems", file=out)
+    if not kept:
+        print("error: no problem left to score", file=sys.stderr)
+        return 1
+
+    engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
+    sampling = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k,
+                          max_new_tokens=args.max_new_tokens, seed=args.seed, batch_prompts=args.batch_prompts)
+    start = time.perf_counter()
+    pool = GradingPool(workers=1, timeout=TrainConfig().reward.timeout)
+    try:
+        counts = pass_counts(engine, kept, sampling, args.template, TrainConfig().reward, pool=pool, progress=True)
+    finally:
+        pool.close()
+    seconds = time.perf_counter() - start
+    levels = [difficulty_level(c, args.k, args.bins) for c in counts]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with target.open("w") as f:
+        for problem, correct, level in zip(kept, counts, levels):
+            f.write(json.dumps(_row(problem, correct, args.k, level)) + "\n")
+    print(f"scored:   {len(kept)} problems x {args.k} samples in {seconds:.1f} s ({model_dir} on {device}, "
+          f"template {args.template!r}, temperature {args.temperature}, max {args.max_new_tokens} new tokens)",
+          file=out)
+    print(f"mean pass rate: {sum(counts) / (len(counts) * args.k):.4f}", file=out)
+    print(f"pass rate (correct of {args.k}):", file=out)
+    by_count = Counter(counts)
+    for c in range(args.k + 1):
+        print(f"  {c:>3}/{args.k:<3} {by_count[c]}", file=out)
+    print("by level:", file=out)
+    by_level = Counter(levels)
+    for level in range(1, args.bins + 3):
+        print(f"  {level:<3} {by_level[level]}", file=out)
+    print(f"wrote:    {target}", file=out)
     return 0

@@ -1,0 +1,145 @@
+"""Problems chosen by the policy's own pass rates: difficulty levels, gold checks, selection.
+
+    counts = pass_counts(engine, problems, sampling, template, reward_cfg)   # correct of k each
+    level = difficulty_level(correct, k, bins=3)                             # 1 easy .. 5 never solved
+    reason = gold_issue(problem.answer)                                      # None: gradable gold
+    chosen, stats = select_problems(engine, pool, SelectConfig(size=8), sampling, template, reward_cfg)
+
+Pass rates are measured, not guessed: k samples per problem from the engine, graded by
+`pillion.rewards` exactly as the trainer grades them (`pillion.eval.evaluate.sample_and_grade`).
+
+Levels (`difficulty_level`). With c correct of k, level 1 is "always solved" (c = k), the last
+level bins + 2 is "never solved" (c = 0), and the open interval in between is cut into `bins`
+equal parts from easy to hard: level = 2 + floor((k - c) * bins / k). bins = 3 gives five
+levels like MATH's (1 easiest): 1 (c = k), 2 (rate in [2/3, 1)), 3 ([1/3, 2/3)), 4 ((0, 1/3)),
+5 (c = 0). Levels 1 and 5 give GRPO no signal (every group all right or all wrong), so
+`data.level_weights: {1: 0, 5: 0, ...}` is the offline counterpart of DAPO's dynamic sampling.
+
+Gold checks (`gold_issue`): SRPO (Kwaipilot 2504.14286) cleans its data of problems whose
+answers the verifier cannot parse before training; a problem whose gold the grader cannot
+read can never be rewarded and only adds all-wrong groups. A gold passes when, after the
+grader's normalisation, it is a number, a numeric tuple/interval/set, a choice letter or a
+word answer (the grader's in-process cases), or when math-verify's LaTeX parser reads it
+(`$gold$`, no fallback to the raw string) and it passes the grader's safety gate.
+
+Selection (`select_problems`, `data.select` in the trainer config): the concise-reasoning
+phase (Fatemi et al. 2504.05185, docs/algorithms.md §11) trains briefly on a few problems the
+current policy solves only sometimes. Candidates are drawn from the pool in a seeded shuffled
+order, `batch_prompts` at a time, until `size` problems with min_pass <= pass rate <= max_pass
+are found or `max_candidates` have been tried (then fewer are returned and stats say so).
+Bounds are inclusive; the defaults 0.1 and 0.9 exclude 0 and 1 for any k <= 10.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pillion.data.problem import Problem
+from pillion.eval.evaluate import EvalConfig, sample_and_grade
+from pillion.rewards.shaping import RewardConfig
+
+
+@dataclass
+class SelectConfig:
+    """`data.select`: pick `size` problems the policy solves sometimes (0: no selection)."""
+
+    size: int = 0  # problems to keep; 0: off (the concise preset sets 8)
+    k: int = 8  # samples per candidate problem
+    min_pass: float = 0.1  # inclusive bounds on the pass rate c / k
+    max_pass: float = 0.9
+    max_candidates: int = 512  # candidates tried at most (k samples each)
+
+
+def difficulty_level(correct: int, k: int, bins: int = 3) -> int:
+    """Level 1 (always solved) .. bins + 2 (never solved); see the module docstring."""
+    if not 0 <= correct <= k or k < 1 or bins < 1:
+        raise ValueError(f"need 0 <= correct <= k, k >= 1, bins >= 1; got correct={correct}, k={k}, bins={bins}")
+    if correct == k:
+        return 1
+    if correct == 0:
+        return bins + 2
+    return 2 + (k - correct) * bins // k  # integer arithmetic: no rounding at bin edges
+
+
+def gold_issue(gold: str | None) -> str | None:
+    """Why the grader cannot use this gold answer, or None when it can (module docstring)."""
+    # The grader's own tests of what it reads in-process (private names of rewards/math.py).
+    from pillion.rewards.math import (
+        _CHOICE,
+        _is_safe_for_sympy,
+        _text_form,
+        normalize_answer,
+        parse_number,
+        parse_structure,
+    )
+
+    if gold is None or not str(gold).strip():
+        return "no gold answer"
+    norm = normalize_answer(str(gold))
+    if not norm:
+        return "the gold answer is empty after normalisation"
+    if parse_number(norm) is not None or _text_form(norm) is not None or _CHOICE.match(norm):
+        return None  # a number, a word answer or a choice letter: graded in-process
+    kind, _, elements = parse_structure(norm)
+    if kind != "single" and all(parse_number(e) is not None for e in elements):
+        return None  # numeric tuple, interval, set or matrix
+    if not _is_safe_for_sympy(norm):
+        return "the gold answer has characters or a length the grader only compares as a string"
+    from math_verify import LatexExtractionConfig, parse
+
+    # math-verify's own timeout uses SIGALRM, which only the main thread may set.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    parsed = parse(f"${norm}$", extraction_config=[LatexExtractionConfig()], fallback_mode="no_fallback",
+                   parsing_timeout=timeout)
+    return None if parsed else "math-verify cannot parse the gold answer"
+
+
+def pass_counts(engine, problems: list[Problem], sampling: EvalConfig, template: str,
+                reward_cfg: RewardConfig, pool=None, progress: bool = False) -> list[int]:
+    """Correct samples out of sampling.k for each problem (ungradable problems: 0)."""
+    return sample_and_grade(engine, problems, sampling, template, reward_cfg, progress, pool,
+                            desc="pass rates").counts()
+
+
+def select_problems(engine, problems: list[Problem], cfg: SelectConfig, sampling: EvalConfig, template: str,
+                    reward_cfg: RewardConfig, pool=None, seed: int = 0) -> tuple[list[Problem], dict[str, Any]]:
+    """Up to cfg.size problems with cfg.min_pass <= pass rate <= cfg.max_pass; and stats.
+
+    `sampling` gives temperature, top-p, token budget, seed and batch_prompts (use the
+    trainer's sampling, so the rates are those the next phase sees); its k is replaced by
+    cfg.k. stats: tested, selected, wanted, histogram {correct count: problems}, and rates of
+    the selected problems (id -> rate).
+    """
+    if cfg.size < 1 or cfg.k < 1 or cfg.max_candidates < 1:
+        raise ValueError(f"data.select: size, k and max_candidates must be >= 1, got {cfg}")
+    if not 0.0 <= cfg.min_pass <= cfg.max_pass <= 1.0:
+        raise ValueError(f"data.select: need 0 <= min_pass <= max_pass <= 1, got {cfg.min_pass}, {cfg.max_pass}")
+    order = list(range(len(problems)))
+    random.Random(f"select/{seed}").shuffle(order)
+    candidates = [problems[i] for i in order[:cfg.max_candidates]]
+    chosen: list[Problem] = []
+    rates: dict[str, float] = {}
+    histogram = [0] * (cfg.k + 1)
+    tested = 0
+    step = max(1, sampling.batch_prompts)
+    for chunk_index, start in enumerate(range(0, len(candidates), step)):
+        chunk = candidates[start:start + step]
+        # One engine call per chunk, seeded as one evaluate() call over all chunks would be.
+        chunk_sampling = EvalConfig(temperature=sampling.temperature, top_p=sampling.top_p, k=cfg.k,
+                                    max_new_tokens=sampling.max_new_tokens, seed=sampling.seed + chunk_index,
+                                    batch_prompts=step)
+        for problem, correct in zip(chunk, pass_counts(engine, chunk, chunk_sampling, template, reward_cfg, pool)):
+            tested += 1
+            histogram[correct] += 1
+            rate = correct / cfg.k
+            if cfg.min_pass <= rate <= cfg.max_pass and len(chosen) < cfg.size:
+                chosen.append(problem)
+                rates[problem.id] = rate
+        if len(chosen) >= cfg.size:
+            break
+    stats = {"tested": tested, "selected": len(chosen), "wanted": cfg.size,
+             "histogram": {str(c): n for c, n in enumerate(histogram)}, "rates": rates}
+    return chosen, stats
