@@ -17,6 +17,7 @@ import torch
 from pillion.data import read, synthetic
 from pillion.data.problem import Problem
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
+from pillion.train import trackers
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,17 +72,12 @@ def default_run_dir(prefix: str) -> Path:
 
 
 class MetricsLog:
-    """Appends one JSON object per step to metrics.jsonl (and TensorBoard when installed)."""
+    """Appends one JSON object per step to metrics.jsonl, and a copy to the trackers `log_cfg`
+    turns on (TensorBoard, W&B: pillion/train/trackers.py; none by default)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, log_cfg=None, config: dict | None = None):
         self.path = run_dir / "metrics.jsonl"
-        self.writer = None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run_dir / "tb"))
-        except ImportError:
-            pass
+        self.trackers = trackers.open_trackers(run_dir, log_cfg, config)
 
     def truncate_after(self, step: int) -> None:
         """On resume: forget lines logged after the checkpoint's step (they will be redone)."""
@@ -94,10 +90,10 @@ class MetricsLog:
     def write(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is not None:
-            for key, value in record.items():
-                if isinstance(value, (int, float)) and key != "step":
-                    self.writer.add_scalar(key, value, record.get("step", 0))
+        self.trackers.log(record)
+
+    def close(self) -> None:
+        self.trackers.close()
 
 
 def progress(total: int, initial: int, desc: str):
