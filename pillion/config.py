@@ -21,8 +21,12 @@ from typing import Any
 
 import yaml
 
+from pillion.data.select import SelectConfig
+from pillion.eval.behaviour import BehaviourConfig
 from pillion.eval.evaluate import EvalConfig
 from pillion.rewards.shaping import RewardConfig
+from pillion.train.optim import OptimConfig
+from pillion.train.trackers import LogConfig
 
 PRESET_DIR = Path(__file__).parent / "configs"
 
@@ -82,6 +86,9 @@ class DataConfig:
     # "synthetic:LEVELS" (the arithmetic curriculum, e.g. "synthetic:1,2,3").
     sources: dict[str, str] = field(default_factory=lambda: {"arith": "synthetic:1,2"})
     weights: dict[str, float] | None = None  # sampling weight per source; None: equal
+    # weight per level inside every source (levels from the data, e.g. `pillion data difficulty`);
+    # levels left out get 0, key null for problems without a level; None: level sizes
+    level_weights: dict[int, float] | None = None
     format: str = "auto"
     on_error: str = "raise"  # raise | skip
     synthetic_size: int = 20000  # problems per synthetic source
@@ -90,6 +97,7 @@ class DataConfig:
     template: str = "qa"  # a name in pillion.data.templates.TEMPLATES or a format with {question}
     history_resampling: bool = False  # SRPO
     stages: list[dict] = field(default_factory=list)  # [{sources: {name: weight}, steps: N}, ...]
+    select: SelectConfig = field(default_factory=SelectConfig)  # concise phase: sometimes-solved problems
 
 
 @dataclass
@@ -128,6 +136,9 @@ class TrainConfig:
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(answer_style="boxed"))
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion
+    log: LogConfig = field(default_factory=LogConfig)  # trackers: tensorboard, wandb
+    behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)  # reflection phrases, KL probe
 
 
 @dataclass
@@ -161,6 +172,8 @@ class SFTConfig:
     grad_clip: float = 1.0
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    log: LogConfig = field(default_factory=LogConfig)
 
 
 class ConfigError(ValueError):

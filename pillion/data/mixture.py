@@ -29,6 +29,17 @@ def _key(level: int | None) -> str:
     return "none" if level is None else str(level)
 
 
+def _level(key) -> int | None:
+    """A level_weights key as the level it names: 3 and "3" -> 3; None, "none", "null" -> None
+    (YAML, JSON and key=value overrides may give the keys as strings)."""
+    if key is None or (isinstance(key, str) and key.strip().lower() in ("none", "null")):
+        return None
+    try:
+        return int(key)
+    except (TypeError, ValueError):
+        raise ValueError(f"level_weights: a key must be a level (an int) or null, got {key!r}") from None
+
+
 def _fingerprint(problems: list[Problem]) -> str:
     h = hashlib.sha256()
     for p in problems:
@@ -73,7 +84,7 @@ class Mixture:
         if not pools:
             raise ValueError("Mixture needs at least one pool")
         self.seed = seed
-        self.level_weights = None if level_weights is None else dict(level_weights)
+        self.level_weights = None if level_weights is None else {_level(k): float(w) for k, w in level_weights.items()}
         self.draws = 0
         self.pools: dict[str, list[Problem]] = {}
         self.generation: dict[str, int] = {}  # bumped by replace_pool: new shuffles, new cursors

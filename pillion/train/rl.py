@@ -193,7 +193,7 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch, t, world, train_po
 def build_data(cfg):
     """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out set."""
     pools, heldout = common.load_data(cfg.data, cfg.seed)
-    mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
+    mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
     stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
     return pools, mixture, HistoryResampler(), stages, heldout
 

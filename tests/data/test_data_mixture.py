@@ -118,3 +118,14 @@ def test_resume_refuses_a_different_pool():
     changed["a"] = changed["a"][:99]
     with pytest.raises(ValueError, match="differs"):
         Mixture(changed).load_state_dict(mix.state_dict())
+
+
+def test_level_weight_keys_from_text_configs():
+    # YAML / JSON may give level keys as strings: "2" is level 2, "null" / "none" the unlevelled
+    mix = Mixture({"c": pool("c", 30, levels=(1, 2))}, level_weights={"2": 1, "1": 0}, seed=0)
+    assert mix.level_weights == {2: 1.0, 1: 0.0}
+    assert {p.level for p in mix.sample(20)} == {2}
+    assert Mixture({"c": pool("c", 4, levels=(1,))}, level_weights={"null": 1, 1: 1}).level_weights == {None: 1.0,
+                                                                                                         1: 1.0}
+    with pytest.raises(ValueError, match="level_weights: a key must be a level"):
+        Mixture({"c": pool("c", 4)}, level_weights={"hard": 1.0})

@@ -175,3 +175,33 @@ def test_difficulty_command_errors(tmp_path, capsys):
     assert main(["data", "difficulty", str(_fixture(tmp_path)), "--k", "0"]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 3
+
+
+def test_difficulty_file_trains_by_level_through_the_config(tmp_path, tiny_checkpoint, monkeypatch):
+    """difficulty file -> data.sources + data.level_weights -> the RL loop's mixture."""
+    import pillion.data.select as select
+    from pillion import config as C
+    from pillion.train.rl import build_data
+
+    monkeypatch.setattr(select, "pass_counts", lambda engine, problems, *a, **k: [8, 3, 0][:len(problems)])
+    out = tmp_path / "levels.jsonl"
+    assert main(["data", "difficulty", str(_fixture(tmp_path)), "--model", tiny_checkpoint("qwen2"), "--out",
+                 str(out)]) == 0
+    cfg = C.resolve(C.TrainConfig, overrides=[f"data.sources={{gsm: {out}}}", "data.level_weights={1: 0, 3: 1, 5: 0}",
+                                              "data.heldout=synthetic:1", "data.heldout_size=2"])
+    assert cfg.data.level_weights == {1: 0, 3: 1, 5: 0}
+    _, mixture, *_ = build_data(cfg)
+    assert {p.id for p in mixture.sample(10)} == {"gsm8k/2"}  # the only level-3 problem (3 of 8 right)
+
+
+def test_concise_preset():
+    from pillion import config as C
+
+    cfg = C.resolve(C.TrainConfig, overrides=["algo=concise"])
+    assert (cfg.adv.name, cfg.ppo.lam, cfg.loss.agg) == ("gae", 0.95, "seq_mean_token_mean")  # docs §11
+    assert (cfg.prompts_per_step, cfg.group_size, cfg.temperature) == (8, 8, 0.6)  # the release's batch
+    assert (cfg.data.select.size, cfg.data.select.k) == (8, 8)
+    assert 0 < cfg.data.select.min_pass <= cfg.data.select.max_pass < 1
+    # release rewards: +1 right, -0.5 wrong with a boxed answer, -1 without one
+    r = cfg.reward
+    assert (r.correct + r.format_weight, r.incorrect + r.format_weight, r.incorrect) == (1.0, -0.5, -1.0)
