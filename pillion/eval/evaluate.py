@@ -126,16 +126,19 @@ def versions() -> dict[str, str | None]:
     import pillion
 
     out = {"pillion": pillion.__version__, "pillion_commit": None}
-    try:  # a checkout: the commit says more than the version number; "+dirty" when edited
-        root = Path(pillion.__file__).resolve().parent.parent
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
-                              text=True, timeout=5)
-        if head.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                   capture_output=True, text=True, timeout=5).stdout.strip()
-            out["pillion_commit"] = head.stdout.strip() + ("+dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        pass
+    root = Path(pillion.__file__).resolve().parent.parent
+    # A checkout: the commit says more than the version number ("+dirty" when edited). Only when
+    # the package's own parent is the repository, never an enclosing repo of site-packages.
+    if (root / ".git").exists():
+        try:
+            head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                                  text=True, timeout=5)
+            if head.returncode == 0:
+                dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                       capture_output=True, text=True, timeout=5).stdout.strip()
+                out["pillion_commit"] = head.stdout.strip() + ("+dirty" if dirty else "")
+        except (OSError, subprocess.SubprocessError):
+            pass
     for name in ("math-verify", "sympy", "torch", "transformers"):
         out[name] = _version(name)
     return out
