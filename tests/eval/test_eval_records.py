@@ -5,6 +5,8 @@ import json
 import math
 import random
 import shutil
+import subprocess
+from pathlib import Path
 
 import pytest
 import torch
@@ -51,6 +53,11 @@ def test_versions():
     assert found["torch"] == torch.__version__
     assert found["math-verify"] and found["sympy"]
     assert json.loads(json.dumps(found)) == found
+    root = Path(pillion.__file__).resolve().parent.parent
+    if (root / ".git").exists():  # a checkout: its HEAD (an installed copy records None)
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True).stdout.strip()
+        assert found["pillion_commit"].split("+")[0] == head
 
 
 def test_model_hash_covers_config_and_weights(tmp_path):
