@@ -17,7 +17,6 @@ all-zero mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -350,10 +349,3 @@ def adaptive_kl_update(beta: float, kl: float, target: float, n_steps: int, hori
     beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n_steps / horizon). kl: the measured mean KL."""
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return beta * (1.0 + error * n_steps / horizon)
-
-
-# Policy losses sharing the call fn(logp, old_logp, advantages, mask, clip_low, clip_high, **agg_kwargs).
-POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
-    "token": ppo_policy_loss,
-    "sequence": gspo_policy_loss,
-}
