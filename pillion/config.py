@@ -50,7 +50,7 @@ class LossConfig:
     clip_high: float = 0.2
     dual_clip: float | None = None
     # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm.
-    # Length bias (ALGORITHMS §1.1): seq_mean_token_mean weighs a token by 1/L_i (short right
+    # Length bias (docs/algorithms.md §1.1): seq_mean_token_mean weighs a token by 1/L_i (short right
     # answers pushed harder, long wrong ones penalised less per token); token_mean weighs tokens
     # equally within a batch; seq_mean_token_sum_norm divides by a run constant (unbiased).
     agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
