@@ -55,10 +55,10 @@ class BehaviourConfig:
 def phrase_pattern(phrases: Sequence[str]) -> re.Pattern:
     """One case-insensitive regex matching any phrase as whole words (longest first)."""
     if isinstance(phrases, str) or not phrases:
-        raise ValueError(f"behaviour.phrases must be a non-empty list of strings, got {phrases!r}")
+        raise ValueError(f"'behaviour.phrases': expected a non-empty list of strings, got {phrases!r}")
     bad = [p for p in phrases if not isinstance(p, str) or not p.strip()]
     if bad:
-        raise ValueError(f"behaviour.phrases: every phrase must be a non-empty string, got {bad!r}")
+        raise ValueError(f"'behaviour.phrases': every phrase must be a non-empty string, got {bad!r}")
     words = sorted({" ".join(p.lower().split()) for p in phrases}, key=len, reverse=True)
     alternatives = "|".join(r"\s+".join(re.escape(w) for w in phrase.split(" ")) for phrase in words)
     # (?<!\w) / (?!\w): the phrase is not part of a longer word on either side.

@@ -218,7 +218,11 @@ def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template:
         out.finish_reasons += [c.finish_reason for c in completions]
         out.correct += [r.correct for r in results]
         if progress:
-            bar.set_postfix(pass1=f"{sum(c is True for c in out.correct) / len(out.correct):.3f}")
+            pass1 = sum(c is True for c in out.correct) / len(out.correct)
+            bar.set_postfix(pass1=f"{pass1:.3f}")
+            if bar.disable:  # no terminal (a log file, CI): one line per batch instead of the bar
+                print(f"{desc}: batch {batch_index + 1}/{len(starts)}, {len(out.correct) // k} problems, "
+                      f"pass@1 so far {pass1:.3f}", file=sys.stderr, flush=True)
     bar.close()
     return out
 
@@ -293,9 +297,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     k = result["k"]
 
     def row(name: str, group: dict[str, Any]) -> str:
-        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} | {100 * group['pass@k']:.1f} |"
+        at_k = f" {100 * group['pass@k']:.1f} |" if k > 1 else ""  # with k = 1, pass@k is pass@1
+        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} |{at_k}"
 
-    lines = [f"| group | n | pass@1 (%) | pass@{k} (%) |", "|---|---:|---:|---:|", row("all", result)]
+    header = f"| group | n | pass@1 (%) |{f' pass@{k} (%) |' if k > 1 else ''}"
+    lines = [header, "|---|---:|---:|" + ("---:|" if k > 1 else ""), row("all", result)]
     lines += [row(f"level {key}", group) for key, group in result.get("by_level", {}).items()]
     subjects = result.get("by_subject", {})
     if len(subjects) > 1:

@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -70,10 +70,10 @@ LR_SCALES = ("match_rms_adamw", "paper")
 class OptimConfig:
     """`optim.*` in the trainer and SFT configs; `optim=muon` sets the name."""
 
-    name: str = "adamw"  # adamw | muon | dion
+    name: Literal["adamw", "muon", "dion"] = "adamw"
     momentum: float = 0.95  # muon / dion momentum (Dion's mu)
     rank_fraction: float = 1.0  # dion: r = ceil(rank_fraction * min(m, n)); the paper also runs 1/4, 1/16
-    lr_scale: str = "match_rms_adamw"  # muon / dion update scale: match_rms_adamw | paper
+    lr_scale: Literal["match_rms_adamw", "paper"] = "match_rms_adamw"  # muon / dion update scale
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:

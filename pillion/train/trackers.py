@@ -26,7 +26,7 @@ import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 WANDB_MODES = ("online", "offline", "disabled")
 
@@ -34,7 +34,7 @@ WANDB_MODES = ("online", "offline", "disabled")
 @dataclass
 class WandbConfig:
     project: str | None = None  # None: no W&B run
-    mode: str = "online"  # online | offline (no network; sync later) | disabled
+    mode: Literal["online", "offline", "disabled"] = "online"  # offline: no network; sync later
 
 
 @dataclass

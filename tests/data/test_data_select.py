@@ -190,7 +190,9 @@ def test_difficulty_file_trains_by_level_through_the_config(tmp_path, tiny_check
     cfg = C.resolve(C.TrainConfig, overrides=[f"data.sources={{gsm: {out}}}", "data.level_weights={1: 0, 3: 1, 5: 0}",
                                               "data.heldout=synthetic:1", "data.heldout_size=2"])
     assert cfg.data.level_weights == {1: 0, 3: 1, 5: 0}
-    _, mixture, *_ = build_data(cfg)
+    from pillion.model.checkpoint import load_tokenizer
+
+    _, mixture, *_ = build_data(cfg, load_tokenizer(tiny_checkpoint("qwen2")), 2048)
     assert {p.id for p in mixture.sample(10)} == {"gsm8k/2"}  # the only level-3 problem (3 of 8 right)
 
 
