@@ -57,17 +57,26 @@ CASES = [
     ("90°", "90", T),
     ("45 degrees", "45", T),
     ("30^\\circ", "60", F),
-    # --- fractions against decimals: exact for terminating, 3 significant digits otherwise ---
+    # --- fractions against decimals: exact for terminating; an exact gold takes a decimal only
+    # within a relative 1e-6; a decimal gold with k places takes what rounds to it ---
     ("0.5", "\\frac{1}{2}", T),
     ("\\frac{1}{2}", "0.5", T),
     ("0.25", "1/4", T),
     ("2.50", "\\frac{5}{2}", T),
-    ("0.333", "\\frac{1}{3}", T),
-    ("0.3333", "1/3", T),
-    ("0.667", "\\frac{2}{3}", T),
-    ("0.666", "\\frac{2}{3}", T),
-    ("0.438", "\\frac{7}{16}", T),  # 0.4375 needs 4 decimals; 0.438 is it rounded
-    ("0.33", "\\frac{1}{3}", F),  # 2 significant digits: too coarse
+    ("0.333", "\\frac{1}{3}", F),  # |0.333 - 1/3| / (1/3) = 1e-3 > 1e-6
+    ("0.3333", "1/3", F),
+    ("0.3333333", "1/3", T),  # relative error 1e-7
+    ("0.333333", "1/3", T),  # 1/3 - 0.333333 = 1/3000000: relative error exactly 1e-6
+    ("0.33333", "1/3", F),  # relative error 1e-5
+    ("0.667", "\\frac{2}{3}", F),
+    ("0.6666667", "\\frac{2}{3}", T),
+    ("0.438", "\\frac{7}{16}", F),  # 0.4375 rounded: the gold is exact
+    ("\\frac{7}{16}", "0.438", T),  # 0.4375 rounds (half up) to the 3-place gold
+    ("\\frac{1}{3}", "0.33", T),
+    ("\\frac{1}{3}", "0.34", F),
+    ("0.54", "0.5", T),  # the 1-place gold 0.5 takes [0.45, 0.55]
+    ("0.56", "0.5", F),
+    ("0.33", "\\frac{1}{3}", F),
     ("0.3", "\\frac{1}{3}", F),
     ("0.6", "\\frac{2}{3}", F),
     ("0.5", "0.50001", F),  # both exact decimals: exact comparison
@@ -77,7 +86,8 @@ CASES = [
     ("0.13", "\\frac18", F),
     ("0.\\overline{3}", "\\frac{1}{3}", T),
     ("0.1\\overline{6}", "1/6", T),
-    ("0.\\overline{3}", "0.33", F),  # 1/3 exactly, against a 2-digit decimal
+    ("0.\\overline{3}", "0.33", T),  # 1/3 exactly rounds to the 2-place gold
+    ("0.33", "0.\\overline{3}", F),  # but 0.33 is not 1/3
     ("1.0", "1", T),
     ("1.01", "1", F),
     # --- \frac, \dfrac, \tfrac ---
@@ -94,8 +104,10 @@ CASES = [
     ("2\\sqrt{3}", "\\sqrt{12}", T),
     ("\\sqrt{12}", "2\\sqrt{3}", T),
     ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", T),
-    ("1.414", "\\sqrt{2}", T),
-    ("1.41", "\\sqrt{2}", T),
+    ("1.414", "\\sqrt{2}", F),
+    ("1.41", "\\sqrt{2}", F),
+    ("1.4142136", "\\sqrt{2}", T),
+    ("\\sqrt{2}", "1.41", T),
     ("1.4", "\\sqrt{2}", F),
     ("\\sqrt{3}", "\\sqrt{2}", F),
     ("3\\sqrt{2}", "2\\sqrt{3}", F),
@@ -103,8 +115,11 @@ CASES = [
     # --- pi ---
     ("\\pi", "π", T),
     ("2\\pi", "2 \\pi", T),
-    ("3.14", "\\pi", T),
-    ("3.1416", "\\pi", T),
+    ("3.14", "\\pi", F),  # a rounded decimal is not the exact gold
+    ("3.1416", "\\pi", F),  # relative error 2.3e-6
+    ("3.1415927", "\\pi", T),
+    ("\\pi", "3.14", T),
+    ("\\pi", "3.15", F),
     ("3.2", "\\pi", F),
     ("\\frac{\\pi}{2}", "\\frac{\\pi}{4}", F),
     ("4\\pi", "2\\pi", F),
@@ -149,7 +164,8 @@ CASES = [
     ("\\{1,2\\}", "\\{1,2,3\\}", F),
     ("1", "1, 2", F),  # one root of a "find all" is not the answer
     ("2", "-2, 2", F),
-    ("1, 2, 2", "1, 2", F),
+    ("1, 2, 2", "1, 2", T),  # a list of solutions is a set: repeats do not count
+    ("1, 2, 2", "1, 2, 3", F),
     ("(1,2)", "(2,1)", F),
     ("(3, 4)", "(3,4)", T),
     ("(1,2,3)", "(1, 2, 3)", T),

@@ -36,7 +36,8 @@ def test_overlong_enters_the_score_with_its_factor():
     result = score(MATH, "\\boxed{1/2}", 90, cfg)
     # correct +1, overlong 0.5 * -0.5 = -0.25, total 0.75
     assert result == RewardResult(
-        score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0}
+        score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0},
+        answer="1/2",
     )
     wrong = score(MATH, "\\boxed{2}", 101, cfg)
     # incorrect -1, overlong 0.5 * -1 = -0.5, total -1.5
@@ -121,3 +122,40 @@ def test_score_is_the_sum_of_parts_and_batch_matches_single():
         assert result.score == pytest.approx(sum(result.parts.values()))
         assert set(result.parts) == {"correct", "format", "overlong", "length"}
     assert [r.correct for r in single] == [True, False, True, False, True, True]
+
+
+def test_answer_is_what_the_grader_extracted():
+    boxed = RewardConfig(answer_style="boxed")
+    assert score(MATH, "so \\boxed{0.5}.", 5, boxed).answer == "0.5"
+    assert score(MATH, "so \\boxed{1} then \\boxed{0.7}", 5, boxed).answer == "0.7"  # the last box
+    none = score(MATH, "the answer is 0.5", 5, boxed)
+    assert none.answer is None and none.correct is False  # not in the graded style
+    fallback = score(MATH, "the answer is 0.5", 5, RewardConfig(answer_style="fallback"))
+    assert fallback.answer == "0.5" and fallback.correct is True
+    # Several boxes are one answer for a gold with several elements.
+    roots = Problem(id="r", question="Solve x^2 = 4.", answer="-2, 2")
+    both = score(roots, "\\boxed{2} and \\boxed{-2}", 5, boxed)
+    assert both.answer == "2, -2" and both.correct is True
+    assert score(roots, "\\boxed{2}", 5, boxed).correct is False
+    # Code problems: the program that ran; none without a code block.
+    text = "```python\ndef sq(x):\n    return x * x\n```"
+    assert score(CODE, text, 20, RewardConfig()).answer == "def sq(x):\n    return x * x\n"
+    assert score(CODE, "no code", 5, RewardConfig()).answer is None
+    # No gold: nothing is graded, but the answer is still read.
+    assert score(Problem(id="u", question="?", answer=""), "\\boxed{3}", 5, boxed).answer == "3"
+    results = score_batch([MATH, roots, MATH], ["\\boxed{0.5}", "\\boxed{2}, \\boxed{-2}", "none"], [5, 5, 5], boxed)
+    assert [r.answer for r in results] == ["0.5", "2, -2", None]
+    for r in results:
+        assert r.score == sum(r.parts.values())
+
+
+def test_boxed_style_grades_the_last_box_as_before():
+    # The RL default (answer_style="boxed", single-number golds): the last box decides, a
+    # draft box before it never counts, nothing outside a box counts.
+    cfg = RewardConfig(answer_style="boxed")
+    seven = Problem(id="s", question="What is 3+4?", answer="7")
+    assert score(seven, "3+4=7. \\boxed{7}", 5, cfg).correct is True
+    assert score(seven, "\\boxed{7}. No: \\boxed{8}", 5, cfg).correct is False
+    assert score(seven, "\\boxed{8}. No: \\boxed{7}", 5, cfg).correct is True
+    assert score(seven, "The answer is 7.", 5, cfg).correct is False
+    assert score(seven, "\\boxed{007}", 5, cfg).correct is True
