@@ -333,8 +333,9 @@ def final_group(text: str, style: str = DEFAULT_STYLE) -> list[str]:
 
 def answer_for(text: str, gold: str | None, style: str = DEFAULT_STYLE) -> str | None:
     """The answer of `text` to grade against `gold`: the whole final group joined by commas
-    when the gold has several elements, else the last member (module docstring)."""
+    when the gold has several elements (or is a tuple whose coordinates the members assign:
+    "$x=1$, $y=-2$" against "(1,-2)"), else the last member (module docstring)."""
     group = final_group(text, style)
-    if len(group) > 1 and gold is not None and several_values(gold):
+    if len(group) > 1 and gold is not None and several_values(gold, group):
         return ", ".join(group)
     return group[-1] if group else None

@@ -56,6 +56,7 @@ MAX_SYMBOLIC_CHARS = 400  # longer answers are compared as strings only
 MAX_EXPONENT = 400  # 1e400 is parsed exactly; 1e100000 goes to the symbolic path
 MAX_BITS = 20_000  # arithmetic whose result would be larger goes to the symbolic path
 RELATIVE_TOLERANCE = Fraction(1, 10**6)  # a decimal prediction against an exact gold
+_VARIABLE_NAME = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
 _ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")  # "x =", "x_1 =", "x \\in"
 
 # ---------------------------------------------------------------------------------------------
@@ -273,11 +274,16 @@ def parse_structure(s: str) -> tuple[str, str, list[str]]:
     return "single", "", [s]
 
 
-def several_values(gold: str) -> bool:
+def several_values(gold: str, members: list[str] | None = None) -> bool:
     """Whether a gold answer lists several values (a set, a list, "x=1 or x=-2"), as opposed
-    to one value, which may itself be a tuple, an interval or a matrix."""
-    kind, _, elements = parse_structure(normalize_answer(str(gold)))
-    return kind == "set" and len(elements) >= 2
+    to one value, which may itself be a tuple, an interval or a matrix. With `members` (the
+    parts of a prediction), a tuple gold also counts when the parts assign its coordinates
+    one by one ("x=1", "y=-2" against "(1,-2)")."""
+    kind, brackets, elements = parse_structure(normalize_answer(str(gold)))
+    if kind == "set" and len(elements) >= 2:
+        return True
+    return (members is not None and kind == "seq" and brackets == "()" and len(members) == len(elements)
+            and all(_ASSIGN.match(m.strip()) for m in members))
 
 
 def _tree(s: str, depth: int = 0):
@@ -369,12 +375,28 @@ def _strip_assignments(s: str) -> str:
     return ",".join(e.rsplit("=", 1)[-1] if "=" in e else _ASSIGN.sub("", e, count=1) for e in split_top_level(s))
 
 
+def _as_point(pred: str, gold: str) -> str | None:
+    """"x=1,y=-2" -> "(1,-2)" against a tuple gold of that size: coordinates in the order of
+    their variables (x, y, z; a, b, c), whatever order they were written in."""
+    parts = split_top_level(pred)
+    kind, brackets, elements = parse_structure(gold)
+    if kind != "seq" or brackets != "()" or len(parts) != len(elements) or len(parts) < 2:
+        return None
+    pairs = [p.split("=", 1) for p in parts]
+    names = [name.strip() for name, *_ in pairs]
+    if any(len(pair) != 2 or not _VARIABLE_NAME.fullmatch(name) for pair, name in zip(pairs, names)):
+        return None
+    if len(set(names)) != len(names):
+        return None
+    return "(" + ",".join(value.strip() for _, value in sorted(pairs, key=lambda pair: pair[0].strip())) + ")"
+
+
 def align(pred: str, gold: str) -> tuple[str, str]:
     """Drop `x =` / `x \\in` prefixes from the side that has them when the other side has
     none, and read a decimal comma ("1,22") as a point when the gold is one number."""
     if ("=" in pred) != ("=" in gold) or ("\\in" in pred) != ("\\in" in gold):
         if "=" in pred or "\\in" in pred:
-            pred = _strip_assignments(pred)
+            pred = _as_point(pred, gold) or _strip_assignments(pred)
         else:
             gold = _strip_assignments(gold)
     if re.fullmatch(r"-?(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+|\d{4,},\d+)%?", pred) and parse_number(gold) is not None:

@@ -9,8 +9,9 @@ and a list of plain unit words, thousands separators (`1,234`, `1{,}234`, `1\\,2
 stays a list), a trailing backslash, mixed numbers (`3 1/2` means 7/2), relations (`\\geq` =
 `>=` = `≥`, `\\lt`, `\\neq` = `!=`), a one-variable inequality as an interval ("0 < x < 12.5"
 is (0, 12.5), "x < 3" is (-\\infty, 3), "x < -1 or x > 2" a union), `a \\pm b` as the two
-values a+b, a-b, "and"/"or" between values as a list comma, and plain-text math as LaTeX
-("pi/2", "sqrt(2)", "exp(16)", "x**2", "inf"). Pure string work: regexes without nested
+values a+b, a-b, "and"/"or" between values as a list comma, plain-text math as LaTeX
+("pi/2", "sqrt(2)", "exp(16)", "x**2", "inf"), and a whole answer that is a number word
+("five", "twenty", "hundred"). Pure string work: regexes without nested
 quantifiers over at most a few hundred characters; never `eval`.
 """
 
@@ -82,9 +83,18 @@ def _plain_math(s: str) -> str:
     return re.sub(r"\+\s*-", "-", re.sub(r"-\s*-(?=\s*\d)", "+", s))
 
 
+_NUMBER_WORDS = {w: str(i) for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())}
+_NUMBER_WORDS.update({"thirty": "30", "forty": "40", "fifty": "50", "sixty": "60", "seventy": "70",
+                      "eighty": "80", "ninety": "90", "hundred": "100", "thousand": "1000"})
+
+
 def normalize_answer(s: str) -> str:
     """Canonical string form of an answer (see the module docstring for the rules)."""
     s = s.strip()
+    if s.lower().rstrip(".") in _NUMBER_WORDS:  # "five": the whole answer is a number word
+        return _NUMBER_WORDS[s.lower().rstrip(".")]
     if len(s) > MAX_ANSWER_CHARS:
         return s  # far too long to be a final answer: exact string comparison only
     for old, new in _UNICODE:

@@ -54,6 +54,8 @@ CASES: dict[str, list[tuple]] = {
         ("La réponse est 106.", "105", F),
         ("The area is $\\frac{3}{5}$.", "\\frac{3}{4}", F),
         ("First I thought 5, but the answer is 6.", "5", F),
+        ("So she has twelve apples. The answer is twelve.", "12", T),
+        ("The answer is eleven.", "12", F),
     ],
     # 2. Several boxes (or math spans) forming one answer; an earlier separate box is a draft.
     "multi_box": [
@@ -78,6 +80,9 @@ CASES: dict[str, list[tuple]] = {
         ("\\boxed{x_1 = 3}, \\boxed{x_2 = 3}", "3, -3", F),
         ("\\boxed{(1,2)}, \\boxed{(3,4)}", "(1,2),(4,3)", F),
         ("\\boxed{-1} \\quad \\boxed{4}", "-1, 4, 5", F),
+        ("The point is $\\boxed{x=1}$, $\\boxed{y=-2}$.", "(1,-2)", T),
+        ("So $y = -2$ and $x = 1$.", "(1, -2)", T),
+        ("The point is $\\boxed{x=1}$, $\\boxed{y=2}$.", "(1,-2)", F),
         ("The roots are \\boxed{\\sqrt{2}} and \\boxed{\\sqrt{3}}.", "\\pm\\sqrt{2}", F),
     ],
     # 3. Numbers: decimal comma, thousands separators, currency, units, percent words.

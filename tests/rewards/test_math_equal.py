@@ -185,6 +185,13 @@ CASES = [
     ("x = -2", "2", F),
     ("x^2+y^2=1", "x^2+y^2=1", T),
     ("y=2x+3", "y=2x+4", F),
+    ("x=1, y=-2", "(1,-2)", T),  # coordinates assigned one by one: the point, x before y
+    ("y=-2, x=1", "(1,-2)", T),
+    ("x=-2, y=1", "(1,-2)", F),
+    # --- number words, when they are the whole answer ---
+    ("five", "5", T),
+    ("Twenty.", "20", T),
+    ("five", "6", F),
     # --- multiple choice letters ---
     ("C", "C", T),
     ("(C)", "C", T),
