@@ -391,15 +391,17 @@ def _as_point(pred: str, gold: str) -> str | None:
     return "(" + ",".join(value.strip() for _, value in sorted(pairs, key=lambda pair: pair[0].strip())) + ")"
 
 
-def align(pred: str, gold: str) -> tuple[str, str]:
+def align(pred: str, gold: str, decimal_comma: bool = True) -> tuple[str, str]:
     """Drop `x =` / `x \\in` prefixes from the side that has them when the other side has
-    none, and read a decimal comma ("1,22") as a point when the gold is one number."""
+    none, and read a decimal comma ("1,22") as a point when the gold is one number and
+    `decimal_comma` (the prediction had no space after a comma: "1, 22" is a list)."""
     if ("=" in pred) != ("=" in gold) or ("\\in" in pred) != ("\\in" in gold):
         if "=" in pred or "\\in" in pred:
             pred = _as_point(pred, gold) or _strip_assignments(pred)
         else:
             gold = _strip_assignments(gold)
-    if re.fullmatch(r"-?(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+|\d{4,},\d+)%?", pred) and parse_number(gold) is not None:
+    if (decimal_comma and re.fullmatch(r"-?(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+|\d{4,},\d+)%?", pred)
+            and parse_number(gold) is not None):
         pred = pred.replace(",", ".")
     return pred, gold
 
@@ -441,7 +443,7 @@ def prepare(pred: str | None, gold: str | None) -> tuple[bool | None, str, str]:
     should receive them."""
     if pred is None or gold is None:
         return False, "", ""
-    p, g = align(normalize_answer(str(pred)), normalize_answer(str(gold)))
+    p, g = align(normalize_answer(str(pred)), normalize_answer(str(gold)), not re.search(r",\s", str(pred)))
     verdict = fast_equal(p, g)
     if verdict is None and not (_is_safe_for_sympy(p) and _is_safe_for_sympy(g)):
         verdict = False

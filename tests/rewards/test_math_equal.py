@@ -29,6 +29,10 @@ CASES = [
     ("1,234.5", "1234.5", T),
     ("1,234", "1243", F),
     ("1, 234", "1234", F),  # a list of two answers, not a number
+    ("1,22", "1.22", T),  # a decimal comma: not a thousands separator (2 digits after it)
+    ("1, 22", "1.22", F),  # a space after the comma: a list
+    ("0, 0", "0", F),
+    ("1,222", "1.222", F),  # thousands
     # --- units and currency ---
     ("5\\text{ cm}", "5", T),
     ("5 cm", "5", T),
