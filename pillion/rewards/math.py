@@ -1,9 +1,10 @@
 """Equivalence of final math answers: the in-process fast path and the precision rule.
 
 `prepare(pred, gold)` normalises both answers (`normalize.py`) and decides, without sympy,
-every pair made of plain numbers, arithmetic on numbers, number tuples / intervals / sets /
-matrices, choice letters and words; what is left (None) goes to `symbolic.py` in a worker
-process of `pool.py`, where `math_equal` and `GradingPool` live. This module is pure: no
+every pair made of plain numbers, arithmetic on numbers, square roots and pi (`exact.py`),
+tuples / intervals / sets / matrices of those, choice letters and words; what is left (None)
+goes to `symbolic.py` in a worker process of `pool.py`, where `math_equal` and `GradingPool`
+live. This module is pure: no
 processes, no sympy, no state. Every GSM8K and AIME gold and most MATH golds are plain
 numbers, so a prediction written as a number is graded here, in microseconds.
 
@@ -15,7 +16,7 @@ thousands separator ("1,22" is 1.22, "1,222" is 1222).
 Numbers: integers, decimals, fractions, mixed numbers (`3\\frac{1}{2}` is 7/2), scientific
 notation (`1.5e3`, `1.5\\times10^{3}`; never Euler's e), repeating decimals
 (`0.1\\overline{6}` is 1/6), leading zeros (`025` is 25), percent, and arithmetic left in an
-answer, evaluated exactly ("0.1 + 0.2" is 0.3, "2^{10}" is 1024).
+answer, evaluated exactly ("0.1 + 0.2" is 0.3, "2^{10}" is 1024, "\\sqrt{8}" is 2\\sqrt{2}).
 
 Precision rule (here and in `symbolic.py`), asymmetric in gold and prediction:
 - A gold written as a decimal with k places accepts any prediction that rounds to it:
@@ -48,13 +49,13 @@ digit tokens); an answer reaches the symbolic worker only through `_is_safe_for_
 from __future__ import annotations
 
 import re
+from decimal import Decimal
 from fractions import Fraction
 
+from pillion.rewards.exact import MAX_EXPONENT, Value, decimal_value, exact_value, rational
 from pillion.rewards.normalize import _balanced, normalize_answer, split_top_level
 
 MAX_SYMBOLIC_CHARS = 400  # longer answers are compared as strings only
-MAX_EXPONENT = 400  # 1e400 is parsed exactly; 1e100000 goes to the symbolic path
-MAX_BITS = 20_000  # arithmetic whose result would be larger goes to the symbolic path
 RELATIVE_TOLERANCE = Fraction(1, 10**6)  # a decimal prediction against an exact gold
 _VARIABLE_NAME = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
 _ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")  # "x =", "x_1 =", "x \\in"
@@ -64,15 +65,20 @@ _ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|\\in(?![a-zA-Z])
 # ---------------------------------------------------------------------------------------------
 
 class _Num:
-    """A number as written: its exact value; `places` = k for a single decimal literal with k
-    digits after the point (the precision rule's "gold written as a decimal"); `approx` when
-    a decimal literal appears in it at all (a prediction that may be rounded)."""
+    """A number as written: its exact value (`value` when rational, else the `exact.py` form
+    in `irrational`); `places` = k for a single decimal literal with k digits after the point
+    (the precision rule's "gold written as a decimal"); `approx` when a decimal literal
+    appears in it at all (a prediction that may be rounded)."""
 
-    __slots__ = ("value", "places", "approx", "percent", "inf")
+    __slots__ = ("value", "irrational", "places", "approx", "percent", "inf")
 
-    def __init__(self, value: Fraction, places: int | None = None, approx: bool = False,
-                 percent: bool = False, inf: int = 0):
+    def __init__(self, value: Fraction | None, places: int | None = None, approx: bool = False,
+                 percent: bool = False, inf: int = 0, irrational: Value | None = None):
         self.value, self.places, self.approx, self.percent, self.inf = value, places, approx, percent, inf
+        self.irrational = irrational
+
+    def form(self) -> Value:
+        return self.irrational if self.value is None else ({(1, 0): self.value} if self.value else {})
 
 
 _DEC = r"(?:\d+\.?\d*|\.\d+)"
@@ -131,103 +137,33 @@ def parse_number(s: str) -> _Num | None:
         if whole:  # mixed number: 3\frac{1}{2} = 7/2
             value = int(whole) + value
         return _Num(_signed(sign, value), approx="." in s, percent=percent)
-    value = arithmetic(s)
-    if value is not None:
-        return _Num(value, approx="." in s, percent=percent)
-    return None
-
-
-_TOKEN = re.compile(r"\d+\.?\d*|\.\d+|\\frac|\\times|\\cdot|\\div|[-+*/^(){}]")
-
-
-def arithmetic(s: str) -> Fraction | None:
-    """Exact value of +, -, *, /, \\times, \\cdot, \\div, \\frac, ^ (integer powers) and
-    brackets over number literals, by recursive descent over digit tokens (never `eval`);
-    None for anything else, for division by zero and for results beyond MAX_BITS."""
-    if not re.search(r"\d", s) or len(s) > 200:
+    form = exact_value(s)  # arithmetic, square roots, pi
+    if form is None:
         return None
-    tokens = _TOKEN.findall(s)
-    if "".join(tokens) != s:
-        return None  # letters, commands or spaces that are not arithmetic
-    pos = 0
+    value = rational(form)
+    return _Num(value, approx="." in s, percent=percent, irrational=None if value is not None else form)
 
-    def peek() -> str | None:
-        return tokens[pos] if pos < len(tokens) else None
 
-    def take(expected: str | None = None) -> str:
-        nonlocal pos
-        token = peek()
-        if token is None or (expected is not None and token != expected):
-            raise ValueError(token)
-        pos += 1
-        return token
-
-    def expr() -> Fraction:
-        value = term()
-        while peek() in ("+", "-"):
-            value = value + term() if take() == "+" else value - term()
-        return value
-
-    def term() -> Fraction:
-        value = unary()
-        while peek() in ("*", "/", "\\times", "\\cdot", "\\div"):
-            op = take()
-            right = unary()
-            if op in ("/", "\\div"):
-                value = value / right  # ZeroDivisionError is caught below
-            else:
-                value = value * right
-        return value
-
-    def unary() -> Fraction:
-        if peek() in ("-", "+"):
-            return -unary() if take() == "-" else unary()
-        return power()
-
-    def power() -> Fraction:
-        base = atom()
-        if peek() != "^":
-            return base
-        take("^")
-        exponent = unary() if peek() in ("-", "+") else atom()
-        if exponent.denominator != 1 or abs(exponent) > MAX_EXPONENT:
-            raise ValueError("exponent")
-        bits = max(base.numerator.bit_length(), base.denominator.bit_length())
-        if bits * abs(exponent) > MAX_BITS:
-            raise ValueError("too large")
-        return base ** int(exponent)
-
-    def atom() -> Fraction:
-        token = take()
-        if token in ("(", "{"):
-            value = expr()
-            take(")" if token == "(" else "}")
-            return value
-        if token == "\\frac":
-            take("{")
-            num = expr()
-            take("}")
-            take("{")
-            den = expr()
-            take("}")
-            return num / den
-        if token[0].isdigit() or token[0] == ".":
-            return Fraction(token)
-        raise ValueError(token)
-
-    try:
-        value = expr()
-    except (ValueError, ZeroDivisionError, RecursionError):
-        return None
-    if pos != len(tokens) or max(value.numerator.bit_length(), value.denominator.bit_length()) > MAX_BITS:
-        return None
-    return value
+def _irrational_equal(pred: _Num, gold: _Num) -> bool:
+    """The precision rule when one side is irrational (\\sqrt{2}, \\pi): exact forms equal, or
+    the numeric rules at 50 digits; a percent sign on either side is not taken off here."""
+    if pred.percent != gold.percent:
+        return False
+    a, b = pred.form(), gold.form()
+    if a == b:
+        return True
+    x, y = decimal_value(a), decimal_value(b)
+    if gold.places is not None:
+        return abs(x - y) * 2 * Decimal(10) ** gold.places <= 1
+    return pred.approx and abs(x - y) <= abs(y) * Decimal(RELATIVE_TOLERANCE.numerator) / RELATIVE_TOLERANCE.denominator
 
 
 def numbers_equal(pred: _Num, gold: _Num) -> bool:
     """The precision rule of the module docstring (asymmetric: `gold` sets the precision)."""
     if pred.inf or gold.inf:
         return pred.inf == gold.inf
+    if pred.value is None or gold.value is None:
+        return _irrational_equal(pred, gold)
     candidates = [(pred.value, gold.value, gold.places)]
     if pred.percent != gold.percent:  # "50%" against 0.5: also try the percent applied
         places = None if gold.places is None else gold.places + 2 * gold.percent
@@ -314,7 +250,7 @@ def _dedupe(trees: list) -> list:
 
 def _same(a, b) -> bool:
     if a[0] == "num" and b[0] == "num":
-        return a[1].inf == b[1].inf and (a[1].inf or a[1].value == b[1].value)
+        return a[1].inf == b[1].inf and (a[1].inf or a[1].form() == b[1].form())
     return a[0] == b[0] and a[1] == b[1] and len(a[2]) == len(b[2]) and all(map(_same, a[2], b[2]))
 
 
