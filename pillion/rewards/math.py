@@ -95,8 +95,9 @@ def _signed(sign: str, value: Fraction) -> Fraction:
 
 
 def parse_number(s: str) -> _Num | None:
-    """Parse a normalised answer that is a plain number or exact arithmetic on numbers
-    ("0.1+0.2", "2^{10}", "\\frac{3}{4}\\cdot 8"); None if it is anything else."""
+    """Parse a normalised answer that is a plain number, or exact arithmetic on numbers,
+    square roots and pi ("0.1+0.2", "2^{10}", "2\\sqrt{3}", "\\frac{5\\pi}{6}"); None if it is
+    anything else."""
     percent = s.endswith("%")
     if percent:
         s = s[:-1]
