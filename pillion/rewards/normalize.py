@@ -36,6 +36,10 @@ _UNIT_TAIL = re.compile(
 _UNICODE = (("π", "\\pi"), ("∞", "\\infty"), ("√", "\\sqrt"), ("°", "^\\circ"), ("−", "-"), ("×", "\\times"),
             ("·", "\\cdot"), ("÷", "\\div"), ("≤", "\\le "), ("≥", "\\ge "), ("≠", "\\ne "), ("\u2009", " "),
             ("\u202f", " "), ("\u00a0", " "))
+# Whole answers that name a set: the reals as an interval, the empty set one way.
+_SET_NAMES = {"\\mathbb{R}": "(-\\infty,\\infty)", "\\mathbb R": "(-\\infty,\\infty)", "\\R": "(-\\infty,\\infty)",
+              "all real numbers": "(-\\infty,\\infty)", "\\varnothing": "\\emptyset", "\\{\\}": "\\emptyset",
+              "\\{ \\}": "\\emptyset", "no solution": "\\emptyset"}
 _RELATIONS = ((re.compile(r"\\leq(?:slant)?(?![a-zA-Z])|\\le(?![a-zA-Z])|<="), "\\le "),
               (re.compile(r"\\geq(?:slant)?(?![a-zA-Z])|\\ge(?![a-zA-Z])|>="), "\\ge "),
               (re.compile(r"\\neq?(?![a-zA-Z])|!="), "\\ne "),
@@ -145,7 +149,7 @@ def normalize_answer(s: str) -> str:
         s = re.sub(r"\s+", " ", s)
     else:  # keep one space where a command meets a letter: "\le x", "\sin x"
         s = re.sub(r"\s+", "", re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x01", s)).replace("\x01", " ")
-    s = _interval(s) or _plus_minus(s) or s
+    s = _SET_NAMES.get(s) or _SET_NAMES.get(s.lower()) or _interval(s) or _plus_minus(s) or s
     return s.replace("\x00", "\\\\")
 
 
@@ -156,8 +160,8 @@ def _text_command(m: re.Match, s: str) -> str:
     if re.search(r"[\d}]\s*$", s[: m.start()]):
         if content in ("and", "or", ","):
             return ","
-        if re.fullmatch(r"[A-Za-z .]*", content):
-            return ""  # with its ^2 / ^3, if any
+        if re.fullmatch(r"[A-Za-z .]*(?:/[A-Za-z .]*(?:\^\{?\d\}?)?)?", content):
+            return ""  # a unit ("cm", "m/s", "m/s^2"), with its ^2 / ^3, if any
     return content + (m.group(2) or "")
 
 

@@ -46,6 +46,9 @@ CASES = [
     ("5 \\mbox{ hours}", "5", T),
     ("\\$18.50", "18.5", T),
     ("6 cm", "5", F),
+    ("5\\text{ m/s}", "5", T),
+    ("9.8\\text{ m/s}^2", "9.8", T),
+    ("9.8\\text{ m/s}^2", "9.9", F),
     ("\\$17", "18", F),
     # --- percent ---
     ("50\\%", "50", T),
@@ -249,6 +252,13 @@ CASES = [
     ("e^{-100}", "e^{-101}", F),
     ("2^{100}", "2^{100}+1", F),
     ("2^{100}", "1267650600228229401496703205376", T),
+    # --- sets named in words or symbols ---
+    ("\\mathbb{R}", "(-\\infty, \\infty)", T),
+    ("\\text{All real numbers}", "\\mathbb{R}", T),
+    ("\\varnothing", "\\emptyset", T),
+    ("No solution", "\\text{no solution}", T),
+    ("\\emptyset", "\\{0\\}", F),
+    ("\\mathbb{R}", "[0, \\infty)", F),
     # --- missing or empty answers ---
     (None, "5", F),
     ("", "5", F),
