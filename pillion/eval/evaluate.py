@@ -8,9 +8,9 @@ Protocol (shared/ALGORITHMS.md §14): each problem is rendered with `render_prom
 times at temperature 0.7 and top-p 0.95 (Perplexity's MATH-500 protocol; DeepSeek-R1 uses 0.6),
 and every sample is graded by `pillion.rewards.score_batch`, using only `RewardResult.correct`
 (shaping terms do not enter an evaluation). Without a `reward_cfg`, answers are read in the
-"fallback" style (boxed, tags, ####, answer phrases, bold, the last math span or number), so a
-model that was never told to box its answer is still graded on what it answered. With c
-correct samples out of k:
+"fallback" style (RewardConfig's default: boxed, tags, ####, answer phrases, bold, the last
+math span or number), so a model never told to box its answer is graded on what it answered.
+With c correct samples out of k:
 
     pass@1 = mean over problems of c / k          (DeepSeek-R1's "pass@1 with k samples")
     pass@k = mean over problems of pass_at_k(k, c, k) = fraction of problems with c >= 1
@@ -92,7 +92,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         raise ValueError("evaluate needs at least one problem")
     if cfg.k < 1 or cfg.batch_prompts < 1:
         raise ValueError(f"k and batch_prompts must be >= 1, got k={cfg.k}, batch_prompts={cfg.batch_prompts}")
-    reward_cfg = reward_cfg or RewardConfig(answer_style="fallback")
+    reward_cfg = reward_cfg or RewardConfig()
     k = cfg.k
     prompts = [render_prompt(p, template, engine.tokenizer) for p in problems]
     correct_counts: list[int] = []

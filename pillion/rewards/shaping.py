@@ -7,6 +7,7 @@ already weighted terms and whose `score` is exactly their sum:
               Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f.
               1/0 is the default; +1/-1 is DAPO's and RAFT's (ALGORITHMS §9, §15 item 11).
     format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
+              "auto"/"fallback": one candidate of the first finder that finds any; for
               code: exactly one ```python block), the response not truncated (finish_reason
               "length"), and with think_tags, the whole text is <think>...</think> followed by
               <answer>...</answer>, each once.
@@ -68,7 +69,9 @@ class RewardConfig:
     think_tags: bool = False
     length_weight: float = 0.0  # concise-reasoning term, see the module docstring
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
-    answer_style: str = "auto"  # extract.STYLES; TrainConfig uses "boxed", evaluate "fallback"
+    # extract.STYLES. "fallback" reads any way a model may answer (the default of
+    # extract_answer and of `pillion eval`); training sets a strict style (TrainConfig: "boxed").
+    answer_style: str = "fallback"
     timeout: float = 5.0  # seconds per math comparison; wall clock per code run
 
 

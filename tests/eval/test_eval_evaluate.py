@@ -174,7 +174,7 @@ def test_real_engine_on_tiny_checkpoint(tiny_checkpoint):
     assert 1 <= result["mean_length"] <= 8
     assert result["mean_length"] == pytest.approx(sum(len(c.ids) for c in engine.completions) / 6)
     # pass@1 re-derived by grading each completion on its own with rewards.score
-    correct = [score(problems[i // 2], c.text, len(c.ids), RewardConfig(answer_style="fallback")).correct is True
+    correct = [score(problems[i // 2], c.text, len(c.ids), RewardConfig()).correct is True
                for i, c in enumerate(engine.completions)]
     assert result["pass@1"] == pytest.approx(sum(correct) / 6)
     assert 0.0 <= result["pass@1"] <= result["pass@k"] <= 1.0
