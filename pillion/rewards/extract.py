@@ -63,6 +63,7 @@ _BOLD = re.compile(r"\*\*([^*\n]{1,200})\*\*")
 # A number: a decimal comma ("2,74", not in a list "1,2,3"), or thousands commas and a point.
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:(?<![\d.,])\d+,(?:\d{1,2}|\d{4,})(?![,\d])"
                      r"|(?<![\d.])\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)")
+_LEADING_WORDS = re.compile(r"^(?:[a-z]+,?\s+){1,3}(?=[-\d$\\(])")  # up to 3 lowercase words before the value
 _VERB = re.compile(r"\s(?:is|are|was|equals|est|es|ist|è|é|是|为)\s+", re.IGNORECASE)
 _NUMBER_THEN_WORDS = re.compile(r"^(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?)\s+(?!(?:and|or)\b)[a-zA-Z].*$", re.DOTALL)
 # Between two members of one final answer: spacing, math delimiters, commas, and/or, \quad,
@@ -183,7 +184,7 @@ def _gsm8k_answers(text: str) -> list[str]:
 def _refine(capture: str) -> str:
     """The answer inside what follows an answer phrase: "$5$ because ..." -> "5",
     "The largest $n$ is 34" -> "34", "**73**" -> "73", "34 apples" -> "34"."""
-    s = capture.strip().lstrip(":：—–").strip()  # not "-": "-3" is an answer
+    s = capture.strip().lstrip(":：—–,").strip()  # not "-": "-3" is an answer
     if s.startswith("**") and s.find("**", 2) > 2:
         s = s[2 : s.find("**", 2)].strip()
     boxes = _boxes(s)
@@ -198,6 +199,8 @@ def _refine(capture: str) -> str:
         span = _first_span(s)
         if span and span[0] == 0:
             return span[2].strip()
+    if (lead := _LEADING_WORDS.match(s)) and not re.search(r"\b(?:not|no|never)\b", lead.group(0)):
+        return _refine(s[lead.end() :])  # "therefore 0.5", "exactly $5$", "about 5 apples"
     if number := _NUMBER_THEN_WORDS.match(s):
         return number.group(1)
     return s.strip().strip("*").strip()

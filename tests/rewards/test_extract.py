@@ -40,6 +40,9 @@ def test_gsm8k_answer_is_and_tags():
     ("Ответ: 7", "7"),
     ("The answer is for sure D, it can't be A or B", "for sure D, it can't be A or B"),  # the grader picks D
     ("Therefore, the answer is $-3$ because the function decreases.", "-3"),
+    ("The result is therefore 0.5", "0.5"),  # a few leading words before the value go
+    ("The answer is, therefore, 12.", "12"),
+    ("The answer is not 5.", "not 5"),  # but not a negation
     ("**Step 1:** add.\nWe get **12**", "12"),  # a bold heading ending in ":" is not an answer
     ("The area equals $\\frac{3}{4}$ square units, or \\(0.75\\).", "0.75"),  # the last math span
     ("We get 12 + 30 = 42, so 40 after the refund", "40"),  # the last number
