@@ -5,16 +5,16 @@ already weighted terms and whose `score` is exactly their sum:
 
     correct   cfg.correct if the answer is right, cfg.incorrect if wrong, 0 if ungradable.
               Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f.
-              1/0 is the default; +1/-1 is DAPO's and RAFT's (ALGORITHMS §9, §15 item 11).
+              1/0 is the default; +1/-1 is DAPO's and RAFT's (docs/algorithms.md §9, §15 item 11).
     format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
               "auto"/"fallback": one candidate of the first finder that finds any; for
               code: exactly one ```python block), the response not truncated (finish_reason
               "length"), and with think_tags, the whole text is <think>...</think> followed by
               <answer>...</answer>, each once.
-    overlong  DAPO eq. 13 (ALGORITHMS §6.4), when overlong.enable, with |y| = num_tokens:
+    overlong  DAPO eq. 13 (docs/algorithms.md §6.4), when overlong.enable, with |y| = num_tokens:
               0 up to l_max - l_cache; ((l_max - l_cache) - |y|) / l_cache in the window;
               -1 beyond l_max; times overlong.factor.
-    length    concise-reasoning term (ALGORITHMS §11 is about the loss, not a reward term; this
+    length    concise-reasoning term (docs/algorithms.md §11 is about the loss, not a reward term; this
               is our own, defined here): -length_weight * min(num_tokens, l_max) / l_max for
               CORRECT responses only, with l_max = overlong.l_max whether or not overlong
               shaping is on. Among right answers the shorter one scores higher; a wrong answer

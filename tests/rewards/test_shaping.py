@@ -1,4 +1,4 @@
-"""Reward terms against hand-computed values (ALGORITHMS §6.4, §9, §11)."""
+"""Reward terms against hand-computed values (docs/algorithms.md §6.4, §9, §11)."""
 
 import pytest
 
