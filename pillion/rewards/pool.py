@@ -59,14 +59,17 @@ def _worker_main() -> None:
     # Pay the imports and the parser's first-use set-up (about 0.5 s: the grammar, sympy's
     # caches) before announcing readiness, so that no job's deadline pays for them.
     symbolic_equal("(x+1)^2", "x^2+2x+1")
-    out.write("ready\n")
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            equal = bool(symbolic_equal(request["pred"], request["gold"], request.get("imaginary", True)))
-        except (Exception, MemoryError, RecursionError):
-            equal = False
-        out.write(json.dumps({"id": request["id"], "equal": equal}) + "\n")
+    try:
+        out.write("ready\n")
+        for line in sys.stdin:
+            request = json.loads(line)
+            try:
+                equal = bool(symbolic_equal(request["pred"], request["gold"], request.get("imaginary", True)))
+            except (Exception, MemoryError, RecursionError):
+                equal = False
+            out.write(json.dumps({"id": request["id"], "equal": equal}) + "\n")
+    except BrokenPipeError:
+        os._exit(0)  # the parent is gone (its process ended without closing the pool): end quietly
 
 
 # ---------------------------------------------------------------------------------------------
