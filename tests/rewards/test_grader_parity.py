@@ -69,6 +69,7 @@ def test_rounded_decimals_against_exact_golds(pool):
     _check("precision", pool)
 
 
+@pytest.mark.slow  # math-verify on all 221 cases: ~15 s alone, more on a busy machine
 def test_at_least_math_verify_in_every_category():
     table = agreement()
     for category, (n, ours, theirs) in table.items():
