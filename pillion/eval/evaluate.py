@@ -112,8 +112,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} prompts x {k}")
         # Completions come prompt-major: rows i*k .. i*k+k-1 answer problem i of the batch.
         owners = [p for p in batch for _ in range(k)]
-        results = score_batch(owners, [c.text for c in completions], [len(c.ids) for c in completions],
-                              reward_cfg, [c.finish_reason for c in completions], pool=pool)
+        results = score_batch(owners, completions, reward_cfg, pool=pool)
         for i, problem in enumerate(batch):
             rows = range(i * k, (i + 1) * k)
             correct_counts.append(sum(results[r].correct is True for r in rows))

@@ -33,8 +33,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from pillion.data.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code
@@ -151,13 +153,23 @@ def score(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finis
     return _compose(problem, text, num_tokens, cfg, finish_reason, fraction, answer)
 
 
-def score_batch(problems: list[Problem], texts: list[str], num_tokens: list[int], cfg: RewardConfig,
-                finish_reasons: list[str] | None = None, pool: GradingPool | None = None) -> list[RewardResult]:
-    """`score` over a batch: math answers through `pool` (serially without one), code
-    problems in parallel sandboxes (threads that each wait on one sandbox process)."""
-    if not len(problems) == len(texts) == len(num_tokens):
-        raise ValueError("problems, texts and num_tokens must have the same length")
-    finish_reasons = finish_reasons or ["stop"] * len(texts)
+class Generated(Protocol):
+    """What grading reads of a completion (`pillion.rollout.engine.Completion` is one)."""
+
+    text: str
+    ids: list[int]  # generated token ids, EOS included: their count is the length the shaping sees
+    finish_reason: str  # "stop" | "length"
+
+
+def score_batch(problems: list[Problem], completions: Sequence[Generated], cfg: RewardConfig,
+                pool: GradingPool | None = None) -> list[RewardResult]:
+    """`score` of each completion against its problem: math answers through `pool` (serially
+    without one), code problems in parallel sandboxes (threads that each wait on one sandbox)."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    texts = [c.text for c in completions]
+    num_tokens = [len(c.ids) for c in completions]
+    finish_reasons = [c.finish_reason for c in completions]
     fractions: list[float | None] = [None] * len(texts)
     answers = [_answer(p, t, cfg) for p, t in zip(problems, texts)]
     math_items = [i for i, p in enumerate(problems) if p.kind != "code" and _gradable(p)]

@@ -286,13 +286,15 @@ def rows(category: str) -> list[tuple[str, str, bool, str]]:
 
 def pillion_verdicts(category: str, pool) -> list[bool]:
     """pillion's grader: extraction in the fallback style, then `math_equal`, via `score_batch`."""
+    from types import SimpleNamespace
+
     from pillion.data.problem import Problem
     from pillion.rewards import RewardConfig, score_batch
 
     cases = rows(category)
     problems = [Problem(id=f"{category}/{i}", question=q, answer=gold) for i, (_, gold, _, q) in enumerate(cases)]
-    texts = [text for text, *_ in cases]
-    results = score_batch(problems, texts, [1] * len(texts), RewardConfig(answer_style="fallback"), pool=pool)
+    completions = [SimpleNamespace(text=text, ids=[0], finish_reason="stop") for text, *_ in cases]
+    results = score_batch(problems, completions, RewardConfig(answer_style="fallback"), pool=pool)
     return [r.correct is True for r in results]
 
 

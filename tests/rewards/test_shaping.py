@@ -1,10 +1,17 @@
 """Reward terms against hand-computed values (docs/algorithms.md §6.4, §9, §11)."""
 
+from types import SimpleNamespace
+
 import pytest
 
 from pillion.data.problem import Problem
 from pillion.rewards import GradingPool, OverlongConfig, RewardConfig, RewardResult, score, score_batch
 from pillion.rewards.shaping import format_ok, length_term, overlong_penalty
+
+
+def generated(text: str, num_tokens: int, finish_reason: str = "stop") -> SimpleNamespace:
+    """A completion as score_batch reads it: text, generated ids, finish reason."""
+    return SimpleNamespace(text=text, ids=[0] * num_tokens, finish_reason=finish_reason)
 
 MATH = Problem(id="m", question="1/2 as a decimal?", answer="0.5")
 CODE = Problem(id="c", question="square", answer="", kind="code",
@@ -115,9 +122,10 @@ def test_score_is_the_sum_of_parts_and_batch_matches_single():
     lengths = [10, 85, 120, 30, 50, 95]
     reasons = ["stop", "stop", "length", "stop", "stop", "stop"]
     single = [score(p, t, n, cfg, r) for p, t, n, r in zip(problems, texts, lengths, reasons)]
-    assert score_batch(problems, texts, lengths, cfg, reasons) == single
+    completions = [generated(t, n, r) for t, n, r in zip(texts, lengths, reasons)]
+    assert score_batch(problems, completions, cfg) == single
     with GradingPool(workers=2) as pool:
-        assert score_batch(problems, texts, lengths, cfg, reasons, pool=pool) == single
+        assert score_batch(problems, completions, cfg, pool=pool) == single
     for result in single:
         assert result.score == pytest.approx(sum(result.parts.values()))
         assert set(result.parts) == {"correct", "format", "overlong", "length"}
@@ -143,7 +151,8 @@ def test_answer_is_what_the_grader_extracted():
     assert score(CODE, "no code", 5, RewardConfig()).answer is None
     # No gold: nothing is graded, but the answer is still read.
     assert score(Problem(id="u", question="?", answer=""), "\\boxed{3}", 5, boxed).answer == "3"
-    results = score_batch([MATH, roots, MATH], ["\\boxed{0.5}", "\\boxed{2}, \\boxed{-2}", "none"], [5, 5, 5], boxed)
+    texts = ["\\boxed{0.5}", "\\boxed{2}, \\boxed{-2}", "none"]
+    results = score_batch([MATH, roots, MATH], [generated(t, 5) for t in texts], boxed)
     assert [r.answer for r in results] == ["0.5", "2, -2", None]
     for r in results:
         assert r.score == sum(r.parts.values())
