@@ -190,10 +190,9 @@ def decode_attention(q, keys_t, values, key_bias):
     """
     scale = q.shape[-1] ** -0.5
     if q.dtype == torch.float32:  # scale and bias in the matmul: one call instead of three
-        scores = torch.baddbmm(key_bias, q, keys_t, alpha=scale)
-    else:
-        scores = torch.bmm(q, keys_t).float() * scale + key_bias
-    return torch.bmm(scores.softmax(-1).to(values.dtype), values)  # [N, M, D]
+        return torch.bmm(torch.baddbmm(key_bias, q, keys_t, alpha=scale).softmax(-1), values)  # [N, M, D]
+    scores = torch.bmm(q, keys_t).float() * scale + key_bias
+    return torch.bmm(scores.softmax(-1).to(values.dtype), values)
 
 
 def causal_key_bias(positions: torch.Tensor, span: int, kv_heads: int, group: int) -> torch.Tensor:
@@ -339,7 +338,8 @@ class Transformer(nn.Module):
             ))
         return DecodeWeights(layers, self.model.embed_tokens.weight, self.model.norm.weight, _weight(self.lm_head))
 
-    def decode(self, tokens, positions, key_bias, cache: KVCache, weights: DecodeWeights | None = None, rope=None):
+    def decode(self, tokens, positions, key_bias, cache: KVCache, weights: DecodeWeights | None = None, rope=None,
+               far=None):
         """The rollout step: one new token per row -> float32 logits [A, V].
 
         tokens [A] go to cache rows 0..A-1 at columns `positions` [A] (a tensor: each row has
@@ -348,7 +348,9 @@ class Transformer(nn.Module):
         and KV head: 0 on the row's columns up to and including its new token, -inf elsewhere
         (unwritten or stale columns). rope is `rope_table(...)` [>= max position + 1, 2, D];
         `weights` is `decode_weights()`; both are gathered here if None, but callers that step
-        many times pass them.
+        many times pass them. far: None, or (rows [k], key_bias [k * kv_heads, 1, S']) for a few
+        rows whose context reaches past S: those attend over [0, S') instead, so that the other
+        rows do not pay for the longest row's span.
 
         The same weights and math as `forward` on one token, in fewer calls: at rollout batch
         sizes a step costs mostly per-call overhead (a module call alone costs about as much as
@@ -360,7 +362,7 @@ class Transformer(nn.Module):
         weights = self.decode_weights() if weights is None else weights
         rope = rope_table(self.inv_freq, cache.max_len, weights.embedding.dtype) if rope is None else rope
         x = F.embedding(tokens, weights.embedding)  # [A, hidden]
-        x = self._blocks(x, positions[:, None], None, key_bias, cache, weights, rope)
+        x = self._blocks(x, positions[:, None], None, key_bias, cache, weights, rope, far)
         return F.linear(rms_norm(x, weights.final_norm, self.cfg.rms_norm_eps), weights.lm_head).float()
 
     def extend(self, tokens, positions, rows, span: int, cache: KVCache, weights: DecodeWeights | None = None,
@@ -382,10 +384,11 @@ class Transformer(nn.Module):
         x = F.embedding(tokens.reshape(-1), weights.embedding)  # [A * L, hidden]
         self._blocks(x, positions, rows, bias, cache, weights, rope)
 
-    def _blocks(self, x, positions, rows, key_bias, cache: KVCache, weights: DecodeWeights, rope):
+    def _blocks(self, x, positions, rows, key_bias, cache: KVCache, weights: DecodeWeights, rope, far=None):
         """The layers of the fast path over x [A * L, hidden] (L new tokens for each of A rows,
         at `positions` [A, L]); returns x after the last block. rows: cache rows [A], or None for
-        rows 0..A-1 (the decode step: the cache is then read through views, not gathered)."""
+        rows 0..A-1 (the decode step: the cache is then read through views, not gathered); far:
+        as `decode` takes it."""
         cfg = self.cfg
         h, kv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
         g = h // kv  # query heads per KV head
@@ -393,11 +396,7 @@ class Transformer(nn.Module):
         span = key_bias.shape[-1]
         rot = rope[positions]  # [A, L, 2, D]
         cos, sin = rot[:, :, :1], rot[:, :, 1:]  # [A, L, 1, D]: broadcast over heads
-        if rows is None:  # decode: one token per row, written by a scatter along the columns
-            key_at = positions.view(A, 1, 1, 1).expand(A, kv, d, 1)
-            value_at = positions.view(A, 1, 1, 1).expand(A, kv, 1, d)
-        else:
-            at = rows[:, None]  # [A, 1] cache row of every new token, with `positions` [A, L]
+        at = (torch.arange(A, device=x.device) if rows is None else rows)[:, None]  # [A, 1] cache row of each token
         for i, w in enumerate(weights.layers):
             qkv = F.linear(rms_norm(x, w.input_norm, eps), w.qkv, w.qkv_bias).view(A, L, h + 2 * kv, d)
             if w.q_norm is not None:
@@ -407,19 +406,27 @@ class Transformer(nn.Module):
                 qk = qkv[:, :, : h + kv]
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)  # apply_rope in one call fewer
             # Write the new keys and values at each token's own column (an index, so one graph
-            # serves every position), then read the rows back over [0, span).
+            # serves every position; index_put, which a compiled step does in place), then read
+            # the rows back over [0, span).
+            cache.k[i][at, :, :, positions] = qk[:, :, h:]  # [A, L, KV, D]
+            cache.v[i][at, :, positions] = qkv[:, :, h + kv :]
             if rows is None:
-                cache.k[i][:A].scatter_(3, key_at, qk[:, 0, h:, :, None])  # [A, KV, D, 1]
-                cache.v[i][:A].scatter_(2, value_at, qkv[:, 0, h + kv :, None])  # [A, KV, 1, D]
                 keys_t, values = cache.k[i][:A, ..., :span], cache.v[i][:A, :, :span]  # views
             else:
-                cache.k[i][at, :, :, positions] = qk[:, :, h:]  # [A, L, KV, D]
-                cache.v[i][at, :, positions] = qkv[:, :, h + kv :]
                 keys_t, values = cache.k[i][rows, ..., :span], cache.v[i][rows, :, :span]  # gathered
             # Query rows grouped by KV head: [A * KV, G * L, D], ordered (head in group, token).
-            q = qk[:, :, :h].reshape(A, L, kv, g, d)
-            q = q.reshape(A * kv, g, d) if L == 1 else q.permute(0, 2, 3, 1, 4).reshape(A * kv, g * L, d)
+            if L == 1:
+                q = qk[:, 0, :h].reshape(A * kv, g, d)
+            else:
+                q = qk[:, :, :h].reshape(A, L, kv, g, d).permute(0, 2, 3, 1, 4).reshape(A * kv, g * L, d)
             out = decode_attention(q, keys_t.reshape(A * kv, d, span), values.reshape(A * kv, span, d), key_bias)
+            if far is not None:  # the far rows again over their longer span, gathered
+                far_rows, far_bias = far
+                k, far_span = far_rows.shape[0], far_bias.shape[-1]
+                far_out = decode_attention(q.view(A, kv, g, d)[far_rows].reshape(k * kv, g, d),
+                                           cache.k[i][far_rows, ..., :far_span].reshape(k * kv, d, far_span),
+                                           cache.v[i][far_rows, :, :far_span].reshape(k * kv, far_span, d), far_bias)
+                out.view(A, kv, g, d)[far_rows] = far_out.view(k, kv, g, d)
             if L > 1:
                 out = out.view(A, kv, g, L, d).permute(0, 3, 1, 2, 4)
             x = residual_linear(x, out.reshape(A * L, h * d), w.o)

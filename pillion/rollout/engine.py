@@ -17,17 +17,20 @@ Shape of the work:
   decode input, so its logits come from the decode step like every other token's;
 - a step (`decode_step`) has one shape per slot count: every slot decodes one token against the
   whole span of the cache, with unwritten columns masked by a per-slot key bias, samples,
-  writes its token and log-prob into per-slot buffers, advances and marks EOS and length, in
-  place and without a host sync; on CUDA it compiles (`compiled_decode_step("reduce-overhead")`)
-  to one CUDA graph per slot-count bucket. On CPU the span is cut to the columns the window can
-  reach (measured faster there; the step is the same function either way);
+  writes its token and log-prob into per-slot buffers and advances, in place and without a host
+  sync; on CUDA it compiles (`compiled_decode_step("reduce-overhead")`) to one CUDA graph per
+  slot-count bucket. On CPU the span is cut to the columns the window can reach, and the few
+  longest rows of a long tail attend over their longer span separately (`_split_spans`), so
+  that the rest do not pay for it (measured faster there; the step is the same function);
+- the host check reads the window's tokens (one sync): a row ends at its first EOS, at
+  max_new_tokens, or at a stop string (searched in the tokens sampled since the last check);
+  what a row sampled past its end in the window is dropped;
 - when the queue is empty, live rows are packed into fewer slots (on CPU exactly as many as are
   live, once a window ends with <= 7/8 of them live; on CUDA the next power-of-two bucket, >= 16,
   so that a captured graph is replayed), so the long tail stops paying for finished rows;
 - randomness is keyed by (seed, row, step) (`sampling.py`), so the same seed gives the same
   completions whatever `max_rows`, `check_every` or the admission order; sampling is CDF
-  inversion on CPU and the exponential race on CUDA (`Engine(..., sampler=...)` overrides);
-- stop strings are searched on the host at each check, in the tokens sampled since the last one.
+  inversion on CPU and the exponential race on CUDA (`Engine(..., sampler=...)` overrides).
 
 Decoding uses `Transformer.decode`, the model's one-token fast path over the tensors that
 `Transformer.decode_weights()` gathers once per call (adapter-aware weights plug in there).
@@ -41,10 +44,11 @@ A completion's `ids` end with the EOS token when it stopped on EOS, or with the 
 completed a stop string; `text` is the decoding of `ids` without special tokens, so for a stop
 string it includes the stop string itself.
 
-Tool output (a later issue) plugs in at a check: a row that closed a tool call is paused (its
-slot marked done and kept), the tool's tokens are written into its slot with
-`Transformer.extend` from the row's position on (the same chunked prefill a prompt gets), the
-row's buffers record them as not sampled, and the slot is resumed with its last token as input.
+Tool output (a later issue) plugs in at a check: a row that closed a tool call is paused (kept
+on the host, its slot decoding garbage like a free one), the tool's tokens are written into
+its slot with `Transformer.extend` from the row's position on (`_prefill` with a start column:
+the same chunked prefill a prompt gets), appended to its buffers with a mask marking them as
+not sampled, and the slot resumes with the last of them as its next input.
 """
 
 from __future__ import annotations
@@ -90,40 +94,42 @@ class Slots:
     tokens: torch.Tensor  # [S] long: each slot's next input token
     positions: torch.Tensor  # [S] long: its cache column = RoPE position
     steps: torch.Tensor  # [S] long: tokens sampled so far = where the next one is written
-    limits: torch.Tensor  # [S] long: tokens the row may sample (max_new_tokens)
     keys: torch.Tensor  # [S] long: randomness key of the slot's row
-    done: torch.Tensor  # [S] bool: finished (EOS or limit), or empty
     key_bias: torch.Tensor  # [S, KV, 1, max_len] float32: 0 on the slot's written columns, -inf after
-    uniforms: torch.Tensor  # [S, T + 1] float64: the CDF sampler's draw for each step
-    out_tokens: torch.Tensor  # [S, T + 1] long: sampled tokens (a finished row writes past its end)
-    out_logprobs: torch.Tensor  # [S, T + 1] float32
+    uniforms: torch.Tensor  # [S, W] float64: the CDF sampler's draw for each step
+    out_tokens: torch.Tensor  # [S, W] long: sampled tokens (W = max_new_tokens + check_every)
+    out_logprobs: torch.Tensor  # [S, W] float32
 
 
 def decode_step(model: Transformer, weights: DecodeWeights, cache: KVCache, slots: Slots, rope: torch.Tensor,
-                eos: torch.Tensor, active: int, span: int, sampler: Sampler) -> None:
+                active: int, span: int, sampler: Sampler, far: torch.Tensor | None = None, far_span: int = 0) -> None:
     """One token for each of slots 0..active-1, in place: decode, sample, record, advance.
 
-    Attends over cache columns [0, span). Finished and empty slots compute too (one shape for
-    the whole window) but do not advance, and what they write lies past their rows' ends.
+    Attends over cache columns [0, span), or [0, far_span) for the slots `far` (CPU: the few
+    long rows, so that the others do not pay for their span). Every slot advances, also one
+    whose row ended earlier in the window (EOS or the token limit are found at the host check)
+    or an empty one: what they write lies past their rows' ends, inside the spare columns.
     A plain function of tensors, so that it can be compiled and captured as a CUDA graph.
     """
     A = active
-    live = ~slots.done[:A]  # [A]
     positions, steps = slots.positions[:A], slots.steps[:A]
-    bias = slots.key_bias[:A]  # [A, KV, 1, max_len]
-    # Unmask each slot's new column (for a finished slot it is already unmasked).
-    bias.scatter_(3, positions.view(A, 1, 1, 1).expand(A, bias.shape[1], 1, 1), 0.0)
-    logits = model.decode(slots.tokens[:A], positions, bias[..., :span].reshape(-1, 1, span), cache, weights, rope)
+    rows = torch.arange(A, device=positions.device)
+    # Buffers are written by index_put on the whole tensor, which a compiled step does in place
+    # (a write through a slice would be copied back whole).
+    slots.key_bias[rows, :, :, positions] = 0.0  # unmask each slot's new column
+    if far is not None:
+        far = (far, slots.key_bias[far, ..., :far_span].reshape(-1, 1, far_span))
+    bias = slots.key_bias[:A, ..., :span].reshape(-1, 1, span)  # [A * KV, 1, span]
+    logits = model.decode(slots.tokens[:A], positions, bias, cache, weights, rope, far)
     if sampler.method == "race":
         tokens, logprobs = sample_race(logits, sampler, slots.keys[:A], steps)
     else:
-        tokens, logprobs = sample_cdf(logits, sampler, slots.uniforms[:A].gather(1, steps[:, None]))
-    slots.out_tokens[:A].scatter_(1, steps[:, None], tokens[:, None])
-    slots.out_logprobs[:A].scatter_(1, steps[:, None], logprobs[:, None])
+        tokens, logprobs = sample_cdf(logits, sampler, slots.uniforms[rows, steps][:, None])
+    slots.out_tokens[rows, steps] = tokens
+    slots.out_logprobs[rows, steps] = logprobs
     slots.tokens[:A] = tokens
-    steps += live
-    positions += live
-    slots.done[:A] |= torch.isin(tokens, eos) | (steps >= slots.limits[:A])
+    steps += 1
+    positions += 1
 
 
 def compiled_decode_step(mode: str | None = None):
@@ -158,6 +164,27 @@ def find_stop(tokenizer, tokens: list[int], checked: int, upto: int, stops: list
     return None
 
 
+def _split_spans(needs: list[int], slots: list[int], active: int) -> tuple[int, list[int], int]:
+    """(span, far slots, far span) for live `slots` that each need `needs` cache columns.
+
+    In a long-tailed batch a few old rows need many more columns than the rest; attending for
+    all `active` slots over the longest span costs active x max(needs) score columns. Letting
+    the k longest rows attend again over their span, gathered, costs active x (k+1)-th need
+    + k x max(needs). The k (at most a quarter of the slots) that costs least is taken when it
+    saves a quarter of the attention or more.
+    """
+    order = sorted(range(len(needs)), key=lambda i: -needs[i])
+    longest = needs[order[0]]
+    best, best_k = active * longest, 0
+    for k in range(1, min(len(order), active // 4 + 1)):
+        cost = active * needs[order[k]] + k * longest
+        if cost < best:
+            best, best_k = cost, k
+    if best_k == 0 or best > 0.75 * active * longest:
+        return longest, [], 0
+    return needs[order[best_k]], sorted(slots[i] for i in order[:best_k]), longest
+
+
 @dataclass
 class _Row:
     """A row in a slot, on the host: which (prompt, sample) it answers."""
@@ -175,12 +202,12 @@ class _Run:
     params: SamplingParams
     sampler: Sampler
     seed: int
-    length: int  # cache columns the call needs: longest prompt + max_new_tokens
+    length: int  # cache columns the call may write: longest prompt + max_new_tokens + check_every
     queue: deque  # (prompt_index, sample_index) not yet admitted
     rows: list  # [active] _Row or None (free), one per slot in use
-    positions: list[int]  # [active] each slot's position as of the last check or admission
+    positions: list[int]  # [active] each slot's position (mirrors Slots.positions)
+    steps: list[int]  # [active] each slot's sampled tokens (mirrors Slots.steps)
     weights: DecodeWeights
-    eos: torch.Tensor  # [E] long
 
 
 class Engine:
@@ -232,15 +259,15 @@ class Engine:
         run = self._start(prompts, params)
         while run.queue or any(row is not None for row in run.rows):
             self._admit(run)
-            self._decode_window(run)
-            yield from self._finish(run)
+            window = self._decode_window(run)
+            yield from self._finish(run, window)
             if not run.queue:
                 self._compact(run)
 
     # The steps of a call, in order.
 
     def _start(self, prompts, params: SamplingParams) -> _Run:
-        """Validate and tokenize, size the slots, reset their state."""
+        """Validate and tokenize, size the slots and their buffers."""
         if params.n < 1 or params.max_new_tokens < 1:
             raise ValueError("SamplingParams.n and max_new_tokens must be >= 1")
         texts = [p for p in prompts if isinstance(p, str)]
@@ -248,12 +275,16 @@ class Engine:
         prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]  # one tokenizer call
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt: every prompt needs at least one token")
+        weights = self.model.decode_weights()  # gathered once per call, not per step
         if not prompt_ids:
-            return _Run([], params, Sampler(), 0, 0, deque(), [], [], self.model.decode_weights(), torch.empty(0))
+            return _Run([], params, Sampler(), 0, 0, deque(), [], [], [], weights)
         P, T, R = max(len(p) for p in prompt_ids), params.max_new_tokens, len(prompt_ids) * params.n
         if P + T > self.model.cfg.max_position_embeddings:
             raise ValueError(f"prompt ({P}) + max_new_tokens ({T}) exceeds max_position_embeddings")
-        length = -(-(P + T) // 64) * 64 if self.static else P + T  # static: a few spans, so a few graphs
+        # A row may run up to check_every - 1 steps past its end before the host sees it.
+        length = P + T + self.check_every
+        if self.static:
+            length = -(-length // 64) * 64  # a few spans, so a few graphs
         slots = R if self.max_rows is None else min(R, self.max_rows)
         if self.cache_bytes is not None:
             cfg, elem = self.model.cfg, self.model.lm_head.weight.element_size()
@@ -261,19 +292,15 @@ class Engine:
             slots = max(1, min(slots, self.cache_bytes // per_row))
         # One spare column: a span then never equals the cache length (Dynamo would specialise
         # a compiled step on that equality and compile again when they differ).
-        self._ensure_capacity(slots, length + 1, T)
-        s = self.slots
-        s.done.fill_(True)
-        s.positions.zero_()
-        s.steps.zero_()
+        self._ensure_capacity(slots, length + 1, T + self.check_every)
         seed = params.seed if params.seed is not None else random.randrange(2**63)
         sampler = Sampler(params.temperature, params.top_p, params.top_k, self.sampler)
         active = self._bucket(min(slots, R), slots)
+        self.slots.positions[:active] = 0  # empty slots decode garbage from column 0 on
+        self.slots.steps[:active] = 0
         queue = deque((i, j) for i in range(len(prompt_ids)) for j in range(params.n))
-        eos = torch.tensor(self.eos_ids, dtype=torch.long, device=self.device)
-        self._pin(eos)
-        return _Run(prompt_ids, params, sampler, seed, length, queue, [None] * active, [0] * active,
-                    self.model.decode_weights(), eos)
+        return _Run(prompt_ids, params, sampler, seed, length, queue, [None] * active, [0] * active, [0] * active,
+                    weights)
 
     def _admit(self, run: _Run) -> None:
         """Fill free slots from the queue: prefill each admitted prompt once, share it with its
@@ -287,7 +314,7 @@ class Engine:
         for slot, (p, j) in zip(free, take):
             first.setdefault(p, slot)
             run.rows[slot] = _Row(p, j)
-            run.positions[slot] = len(run.prompt_ids[p]) - 1
+            run.positions[slot], run.steps[slot] = len(run.prompt_ids[p]) - 1, 0
         # Every prompt token but the last goes into the cache; the last is the first decode input.
         self._prefill([first[p] for p in first], [run.prompt_ids[p][:-1] for p in first], [0] * len(first),
                       run.weights)
@@ -298,22 +325,19 @@ class Engine:
             self.cache.copy_rows(dst, src, longest)
         prompts = [run.prompt_ids[p] for p, _ in take]
         prefix = torch.tensor([len(p) - 1 for p in prompts])
-        index = torch.tensor(free)
-        rows = torch.tensor([p * run.params.n + j for p, j in take])
-        keys = row_keys(run.seed, rows)
-        s, device = self.slots, self.device
-        s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(device)
-        s.positions[index] = prefix.to(device)
+        index = torch.tensor(free, device=self.device)
+        keys = row_keys(run.seed, torch.tensor([p * run.params.n + j for p, j in take]))
+        s = self.slots
+        s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(self.device)
+        s.positions[index] = prefix.to(self.device)
         s.steps[index] = 0
-        s.limits[index] = run.params.max_new_tokens
-        s.keys[index] = keys.to(device)
-        s.done[index] = False
+        s.keys[index] = keys.to(self.device)
         columns = torch.arange(s.key_bias.shape[-1])
         bias = torch.zeros(len(take), s.key_bias.shape[-1]).masked_fill_(columns >= prefix[:, None], float("-inf"))
-        s.key_bias[index] = bias[:, None, None].to(device)  # [k, 1, 1, max_len] over KV heads
+        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
         if run.sampler.method == "cdf" and run.sampler.temperature != 0:
-            T = run.params.max_new_tokens
-            s.uniforms[index, :T] = step_uniforms(keys[:, None], torch.arange(T)[None]).to(device)
+            width = s.uniforms.shape[1]
+            s.uniforms[index] = step_uniforms(keys[:, None], torch.arange(width)[None]).to(self.device)
 
     def _prefill(self, slots: list[int], contexts: list[list[int]], starts: list[int], weights: DecodeWeights) -> None:
         """Write contexts[i] into slot slots[i] from column starts[i] on, in chunks: pieces of at
@@ -340,44 +364,58 @@ class Engine:
                 if item is not None:
                     batch.append(item)
 
-    def _decode_window(self, run: _Run) -> None:
-        """Up to `check_every` steps with no host sync, over the active slots."""
+    def _decode_window(self, run: _Run) -> int:
+        """Up to `check_every` steps with no host sync, over the active slots; returns how many."""
         live = [i for i, row in enumerate(run.rows) if row is not None]
         if not live:
-            return
-        # No more steps than the longest-running live row still needs (positions count from the
-        # last prompt token, at len(prompt) - 1).
-        T = run.params.max_new_tokens
-        steps = [run.positions[i] - len(run.prompt_ids[run.rows[i].prompt_index]) + 1 for i in live]
-        window = min(self.check_every, T - min(steps))
+            return 0
+        # No more steps than the live row furthest from max_new_tokens still needs.
+        window = min(self.check_every, run.params.max_new_tokens - min(run.steps[i] for i in live))
         # Static: the whole span, one shape per bucket (a captured graph is replayed); otherwise
         # the columns this window can reach, faster on CPU (a compiled step has dynamic shapes).
-        span = run.length
+        span, far, far_span = run.length, None, 0
         if not self.static:
-            span = min(run.length, max(run.positions[i] for i in live) + window + 1)
+            span, far_rows, far_span = _split_spans([run.positions[i] + window + 1 for i in live], live, len(run.rows))
+            if far_rows:
+                far = torch.tensor(far_rows, device=self.device)
         for _ in range(window):
-            self.decode_fn(self.model, run.weights, self.cache, self.slots, self.rope, run.eos, len(run.rows), span,
-                           run.sampler)
+            self.decode_fn(self.model, run.weights, self.cache, self.slots, self.rope, len(run.rows), span,
+                           run.sampler, far, far_span)
+        run.positions = [p + window for p in run.positions]
+        run.steps = [t + window for t in run.steps]
+        return window
 
-    def _finish(self, run: _Run) -> list[Completion]:
-        """The host check: one sync for the slots' state; finished rows leave their slots (with
-        stop strings applied) as Completions."""
-        A, s = len(run.rows), self.slots
-        state = torch.stack((s.done[:A].long(), s.steps[:A], s.positions[:A])).cpu()  # one sync
-        done, steps, positions = (x.tolist() for x in state)
-        run.positions = positions
-        lengths = {i: steps[i] for i, row in enumerate(run.rows) if row is not None and done[i]}
-        stopped = set()  # rows cut by a stop string
+    def _finish(self, run: _Run, window: int) -> list[Completion]:
+        """The host check, after a window: one sync for the window's tokens; rows that sampled
+        EOS, reached max_new_tokens or completed a stop string leave their slots as Completions."""
+        A, s, T = len(run.rows), self.slots, run.params.max_new_tokens
+        live = [i for i, row in enumerate(run.rows) if row is not None]
+        if not live or window == 0:
+            return []
         stops = [x for x in run.params.stop if x]
-        if stops:
-            live = [i for i, row in enumerate(run.rows) if row is not None]
-            tokens = s.out_tokens[:A, : max(steps[i] for i in live)].cpu() if live else None
-            for i in live:
+        if stops:  # every row's tokens so far (for the search), and the window's among them
+            upto = min(max(run.steps[i] for i in live), T)
+            tokens = s.out_tokens[:A, :upto].cpu()  # the sync
+        else:
+            first = torch.tensor([run.steps[i] - window for i in range(A)])[:, None] + torch.arange(window)
+            block = s.out_tokens[:A].gather(1, first.clamp(min=0).to(self.device)).cpu()  # [A, window]: the sync
+        eos = set(self.eos_ids)
+        lengths, stopped = {}, set()  # rows that end here, and those ended by EOS or a stop string
+        for i in live:
+            start, end = run.steps[i] - window, min(run.steps[i], T)  # this window sampled [start, end)
+            window_tokens = tokens[i, start:end].tolist() if stops else block[i, : end - start].tolist()
+            hit = next((k for k, t in enumerate(window_tokens) if t in eos), None)
+            if hit is not None:
+                lengths[i], end = start + hit + 1, start + hit + 1
+                stopped.add(i)
+            elif end == T:
+                lengths[i] = T
+            if stops:
                 row = run.rows[i]
-                end = find_stop(self.tokenizer, tokens[i].tolist(), row.checked, steps[i], stops)
-                row.checked = steps[i]
-                if end is not None:
-                    lengths[i] = end
+                cut = find_stop(self.tokenizer, tokens[i].tolist(), row.checked, end, stops)
+                row.checked = end
+                if cut is not None:
+                    lengths[i] = cut
                     stopped.add(i)
         if not lengths:
             return []
@@ -385,10 +423,6 @@ class Engine:
         index = torch.tensor(finished, device=self.device)
         width = max(lengths.values())
         out_tokens, out_logprobs = s.out_tokens[index, :width].cpu(), s.out_logprobs[index, :width].cpu()
-        s.done[index] = True  # rows stopped by a stop string stop decoding
-        # A freed slot keeps decoding garbage until refilled: at column 0, which it has unmasked,
-        # inside any span (a slot whose columns were all masked would turn the softmax to NaN).
-        s.positions[index] = 0
         completions = []
         for k, i in enumerate(finished):
             row, n = run.rows[i], lengths[i]
@@ -398,11 +432,19 @@ class Engine:
                 ids=ids,
                 text=self.tokenizer.decode(ids, skip_special_tokens=True),
                 logprobs=out_logprobs[k, :n].clone(),
-                finish_reason="stop" if i in stopped or ids[-1] in self.eos_ids else "length",
+                finish_reason="stop" if i in stopped else "length",
                 prompt_index=row.prompt_index,
                 sample_index=row.sample_index,
             ))
             run.rows[i] = None
+        # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
+        # check, so that it stays inside the span and the spare columns.
+        free = [i for i, row in enumerate(run.rows) if row is None]
+        index = torch.tensor(free, device=self.device)
+        s.positions[index] = 0
+        s.steps[index] = 0
+        for i in free:
+            run.positions[i], run.steps[i] = 0, 0
         return completions
 
     def _compact(self, run: _Run) -> None:
@@ -421,12 +463,11 @@ class Engine:
             dst, src = torch.tensor(holes, device=self.device), torch.tensor(movers, device=self.device)
             self.cache.copy_rows(dst, src, max(run.positions[i] for i in movers) + 1)
             s = self.slots
-            for t in (s.tokens, s.positions, s.steps, s.limits, s.keys, s.done, s.key_bias, s.uniforms, s.out_tokens,
-                      s.out_logprobs):
+            for t in (s.tokens, s.positions, s.steps, s.keys, s.key_bias, s.uniforms, s.out_tokens, s.out_logprobs):
                 t[dst] = t[src]
             for h, m in zip(holes, movers):
-                run.rows[h], run.positions[h] = run.rows[m], run.positions[m]
-        del run.rows[target:], run.positions[target:]
+                run.rows[h], run.positions[h], run.steps[h] = run.rows[m], run.positions[m], run.steps[m]
+        del run.rows[target:], run.positions[target:], run.steps[target:]
 
     # Memory.
 
@@ -440,9 +481,9 @@ class Engine:
             bucket *= 2
         return min(bucket, capacity)
 
-    def _ensure_capacity(self, rows: int, length: int, new_tokens: int) -> None:
-        """(Re)allocate the cache and slot state when a call needs more rows, columns or tokens;
-        kept across calls otherwise (fixed addresses)."""
+    def _ensure_capacity(self, rows: int, length: int, width: int) -> None:
+        """(Re)allocate the cache and slot state when a call needs more rows, columns or sampled
+        tokens per row; kept across calls otherwise (fixed addresses)."""
         c, s, cfg = self.cache, self.slots, self.model.cfg
         device, dtype = self.device, self.model.lm_head.weight.dtype
         if c is None or c.rows < rows or c.max_len < length:
@@ -451,16 +492,16 @@ class Engine:
             self.rope = rope_table(self.model.inv_freq, length, dtype)
             s = None
             self._pin(*c.k, *c.v, self.rope)
-        if s is None or s.out_tokens.shape[1] < new_tokens + 1:
-            width = max(new_tokens, s.out_tokens.shape[1] - 1 if s else 0) + 1
+        if s is None or s.out_tokens.shape[1] < width:
+            width = max(width, s.out_tokens.shape[1] if s else 0)
             S, L = c.rows, c.max_len
 
             def zeros(*shape, dtype=torch.long):
                 return torch.zeros(shape, dtype=dtype, device=device)
 
             self.slots = s = Slots(
-                tokens=zeros(S), positions=zeros(S), steps=zeros(S), limits=zeros(S), keys=zeros(S),
-                done=zeros(S, dtype=torch.bool), key_bias=zeros(S, cfg.num_kv_heads, 1, L, dtype=torch.float32),
+                tokens=zeros(S), positions=zeros(S), steps=zeros(S), keys=zeros(S),
+                key_bias=zeros(S, cfg.num_kv_heads, 1, L, dtype=torch.float32),
                 uniforms=zeros(S, width, dtype=torch.float64), out_tokens=zeros(S, width),
                 out_logprobs=zeros(S, width, dtype=torch.float32),
             )
