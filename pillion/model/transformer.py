@@ -207,11 +207,12 @@ def causal_key_bias(positions: torch.Tensor, span: int, kv_heads: int, group: in
     return bias.reshape(rows * kv_heads, group * length, span)
 
 
-def residual_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x + a @ weight.T, in one addmm call in float32 (other dtypes round the matmul first, as HF)."""
+def residual_linear(x: torch.Tensor, a: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """x + a @ weight_t, weight_t the transposed weight (a view): in one addmm call in float32
+    (other dtypes round the matmul first, as HF's linear does: the same mm call)."""
     if x.dtype == torch.float32:
-        return torch.addmm(x, a, weight.t())
-    return x + F.linear(a, weight)
+        return torch.addmm(x, a, weight_t)
+    return x + torch.mm(a, weight_t)
 
 
 class MLP(nn.Module):
@@ -257,10 +258,10 @@ class LayerWeights:
     input_norm: torch.Tensor  # [hidden]
     qkv: torch.Tensor  # [(H + 2 KV) * D, hidden]
     qkv_bias: torch.Tensor | None  # [(H + 2 KV) * D] (Qwen2) or None
-    o: torch.Tensor  # [hidden, H * D]
+    o_t: torch.Tensor  # [H * D, hidden] (transposed view: what the residual addmm takes)
     post_norm: torch.Tensor  # [hidden]
     gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down: torch.Tensor  # [hidden, intermediate]
+    down_t: torch.Tensor  # [intermediate, hidden] (transposed view)
     q_norm: torch.Tensor | None  # [D] (Qwen3) or None
     k_norm: torch.Tensor | None  # [D] (Qwen3) or None
 
@@ -329,10 +330,10 @@ class Transformer(nn.Module):
                 input_norm=block.input_layernorm.weight,
                 qkv=_weight(attn.qkv_proj),
                 qkv_bias=attn.qkv_proj.bias,
-                o=_weight(attn.o_proj),
+                o_t=_weight(attn.o_proj).t(),
                 post_norm=block.post_attention_layernorm.weight,
                 gate_up=_weight(mlp.gate_up_proj),
-                down=_weight(mlp.down_proj),
+                down_t=_weight(mlp.down_proj).t(),
                 q_norm=attn.q_norm.weight if self.cfg.qk_norm else None,
                 k_norm=attn.k_norm.weight if self.cfg.qk_norm else None,
             ))
@@ -429,9 +430,9 @@ class Transformer(nn.Module):
                 out.view(A, kv, g, d)[far_rows] = far_out.view(k, kv, g, d)
             if L > 1:
                 out = out.view(A, kv, g, L, d).permute(0, 3, 1, 2, 4)
-            x = residual_linear(x, out.reshape(A * L, h * d), w.o)
+            x = residual_linear(x, out.reshape(A * L, h * d), w.o_t)
             gate, up = F.linear(rms_norm(x, w.post_norm, eps), w.gate_up).chunk(2, dim=-1)
-            x = residual_linear(x, F.silu(gate) * up, w.down)
+            x = residual_linear(x, F.silu(gate) * up, w.down_t)
         return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

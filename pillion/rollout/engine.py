@@ -116,7 +116,9 @@ def decode_step(model: Transformer, weights: DecodeWeights, cache: KVCache, slot
     rows = torch.arange(A, device=positions.device)
     # Buffers are written by index_put on the whole tensor, which a compiled step does in place
     # (a write through a slice would be copied back whole).
-    slots.key_bias[rows, :, :, positions] = 0.0  # unmask each slot's new column
+    # Unmask each slot's new column (a device scalar: a Python one would be a CPU tensor in the
+    # graph, which CUDA-graph capture refuses).
+    slots.key_bias[rows, :, :, positions] = slots.key_bias.new_zeros(())
     if far is not None:
         far = (far, slots.key_bias[far, ..., :far_span].reshape(-1, 1, far_span))
     bias = slots.key_bias[:A, ..., :span].reshape(-1, 1, span)  # [A * KV, 1, span]
@@ -512,5 +514,7 @@ class Engine:
         so that replays use them where they are instead of copying them in (and mutating them
         is allowed). Parameters are static already."""
         if self.device.type == "cuda":
+            import torch._dynamo
+
             for t in tensors:
                 torch._dynamo.mark_static_address(t)

@@ -160,6 +160,8 @@ def test_decode_weights_are_named_records_of_the_parameters(tiny_checkpoint):
         weights = model.decode_weights()
         assert len(weights.layers) == model.cfg.num_layers
         layer, block = weights.layers[1], model.model.layers[1]
-        assert layer.qkv is block.self_attn.qkv_proj.weight and layer.down is block.mlp.down_proj.weight
+        assert layer.qkv is block.self_attn.qkv_proj.weight
+        assert layer.down_t.data_ptr() == block.mlp.down_proj.weight.data_ptr()  # a view, not a copy
+        assert layer.down_t.shape == (model.cfg.intermediate_size, model.cfg.hidden_size)
         assert (layer.qkv_bias is not None) == bias and (layer.q_norm is not None) == qk_norm
         assert weights.lm_head is model.lm_head.weight and weights.embedding is model.model.embed_tokens.weight

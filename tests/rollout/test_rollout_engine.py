@@ -292,3 +292,43 @@ def test_continuous_logprobs_match_training_forward(tiny_checkpoint):
         trainer, _ = response_logprobs(engine.model, batch, 0.7)
     for i, c in enumerate(out):
         torch.testing.assert_close(c.logprobs, trainer[i, : len(c.ids)], atol=1e-5, rtol=0)
+
+
+def test_split_spans_hand_examples():
+    from pillion.rollout.engine import _split_spans
+
+    # 8 slots, one row needing 100 columns, seven needing 20: all over 100 costs 8 x 100 = 800
+    # score columns; the long row apart costs 8 x 20 + 1 x 100 = 260 (two apart: 8 x 20 + 2 x
+    # 100 = 360), under 3/4 of 800: split, slot 5 alone over 100.
+    needs, slots = [20, 20, 20, 20, 20, 100, 20, 20], [0, 1, 2, 3, 4, 5, 6, 7]
+    assert _split_spans(needs, slots, 8) == (20, [5], 100)
+    # Needs 100, 90, 80, ...: one apart costs 8 x 90 + 100 = 820 > 800: no split.
+    assert _split_spans([100, 90, 80, 70, 60, 50, 40, 30], slots, 8) == (100, [], 0)
+    # Two rows well apart, both long (k = 2 <= 8 // 4): 8 x 10 + 2 x 200 = 480 <= 0.75 x 1600.
+    assert _split_spans([200, 10, 10, 195, 10, 10, 10, 10], slots, 8) == (10, [0, 3], 200)
+
+
+def test_long_rows_attending_apart_give_the_same_completions(tiny_checkpoint):
+    """One long prompt among short ones: on CPU its rows attend over their own span apart from
+    the others (`far`); the completions equal the static step's, where every slot attends over
+    the whole cache."""
+    from pillion.rollout import engine as engine_module
+
+    folder = tiny_checkpoint("qwen2")
+    prompts = ["a much longer prompt than the others, " * 3, "1+1=", "2+2=", "3+3=", "x"]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=6)
+    splits = []
+    split = engine_module._split_spans
+
+    def spy(needs, slots, active):
+        splits.append(split(needs, slots, active))
+        return splits[-1]
+
+    engine = _engine(folder, eos=MANY_EOS, max_rows=8)
+    engine_module._split_spans = spy
+    try:
+        apart = engine.generate(prompts, params)
+    finally:
+        engine_module._split_spans = split
+    assert any(far for _, far, _ in splits)  # the long rows did attend apart
+    _assert_same(apart, _engine(folder, eos=MANY_EOS, max_rows=8, static=True).generate(prompts, params))
