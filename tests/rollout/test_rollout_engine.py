@@ -144,6 +144,7 @@ def test_cache_is_reused_and_bad_input_rejected(tiny_checkpoint):
         engine.generate(["hi"], SamplingParams(max_new_tokens=10**6))
 
 
+@pytest.mark.slow  # an inductor compile of the whole step (decode, sampling, bookkeeping): ~25-50 s here
 def test_compiled_decode_matches_eager(tiny_checkpoint):
     """The fast path (torch.compile of the decode step) against the reference eager step."""
     folder = tiny_checkpoint("qwen3")
