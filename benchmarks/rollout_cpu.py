@@ -181,6 +181,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--workload", choices=("fixed", "arith", "groups", "longtail", "all"), default="all")
     ap.add_argument("--slots", type=int, default=64, help="longtail: rows in memory at once")
+    ap.add_argument("--samples", type=int, default=4, help="longtail: samples per prompt")
     ap.add_argument("--previous", default=PREVIOUS, help="git commit of the previous engine ('none' to skip)")
     ap.add_argument("--no-compile", action="store_true", help="skip the compiled decode steps (saves compile time)")
     args = ap.parse_args()
@@ -210,9 +211,9 @@ def main() -> None:
         bench("groups", str(DEFAULT_MODEL), arith[: args.batch // 8], args.new, eos, args.repeats, args, n=8)
     if args.workload in ("longtail", "all"):
         new = max(args.new, 256)
-        print(f"long tail (64 prompts x 4 samples, stop probability ~1/40 per token, up to {new} tokens, "
+        print(f"long tail (64 prompts x {args.samples} samples, stop probability ~1/40 per token, up to {new} tokens, "
               f"{args.slots} rows at once):")
-        bench("longtail", folder, prompts, new, list(range(8)), max(1, args.repeats // 4), args, n=4,
+        bench("longtail", folder, prompts, new, list(range(8)), max(1, args.repeats // 4), args, n=args.samples,
               slots=args.slots)
 
 

@@ -169,11 +169,13 @@ def find_stop(tokenizer, tokens: list[int], checked: int, upto: int, stops: list
 def _split_spans(needs: list[int], slots: list[int], active: int) -> tuple[int, list[int], int]:
     """(span, far slots, far span) for live `slots` that each need `needs` cache columns.
 
-    In a long-tailed batch a few old rows need many more columns than the rest; attending for
-    all `active` slots over the longest span costs active x max(needs) score columns. Letting
-    the k longest rows attend again over their span, gathered, costs active x (k+1)-th need
-    + k x max(needs). The k (at most a quarter of the slots) that costs least is taken when it
-    saves a quarter of the attention or more.
+    When a few rows need many more columns than the rest (a long prompt among short ones, an
+    old row in a young batch), attending for all `active` slots over the longest span costs
+    active x max(needs) score columns. Letting the k longest rows attend again over their span,
+    gathered, costs active x (k+1)-th need + k x max(needs). The k (at most a quarter of the
+    slots) that costs least is taken when it saves a quarter of the attention or more: the
+    gathers cost more than smaller savings. Measured on CPU: one ~720-token prompt among 31
+    short ones, 1.7x faster; geometric sample lengths alone rarely qualify (and do not slow).
     """
     order = sorted(range(len(needs)), key=lambda i: -needs[i])
     longest = needs[order[0]]
