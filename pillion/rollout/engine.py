@@ -115,9 +115,9 @@ def decode_step(model: Transformer, weights: DecodeWeights, cache: KVCache, slot
     positions, steps = slots.positions[:A], slots.steps[:A]
     rows = torch.arange(A, device=positions.device)
     # Buffers are written by index_put on the whole tensor, which a compiled step does in place
-    # (a write through a slice would be copied back whole).
-    # Unmask each slot's new column (a device scalar: a Python one would be a CPU tensor in the
-    # graph, which CUDA-graph capture refuses).
+    # (a write through a slice would be copied back whole). First unmask each slot's new column
+    # (with a device scalar: a Python one would be a CPU tensor in the graph, which CUDA-graph
+    # capture refuses).
     slots.key_bias[rows, :, :, positions] = slots.key_bias.new_zeros(())
     if far is not None:
         far = (far, slots.key_bias[far, ..., :far_span].reshape(-1, 1, far_span))
@@ -390,27 +390,60 @@ class Engine:
         return window
 
     def _finish(self, run: _Run, window: int) -> list[Completion]:
-        """The host check, after a window: one sync for the window's tokens; rows that sampled
-        EOS, reached max_new_tokens or completed a stop string leave their slots as Completions."""
+        """The host check, after a window: rows that sampled EOS, reached max_new_tokens or
+        completed a stop string leave their slots as Completions; free slots are parked."""
+        lengths, stopped = self._find_ends(run, window)
+        completions = []
+        if lengths:
+            finished = sorted(lengths)
+            index, width = torch.tensor(finished, device=self.device), max(lengths.values())
+            out_tokens = self.slots.out_tokens[index, :width].cpu()
+            out_logprobs = self.slots.out_logprobs[index, :width].cpu()
+            for k, i in enumerate(finished):
+                row, n = run.rows[i], lengths[i]
+                ids = out_tokens[k, :n].tolist()
+                completions.append(Completion(
+                    prompt_ids=run.prompt_ids[row.prompt_index],
+                    ids=ids,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    logprobs=out_logprobs[k, :n].clone(),
+                    finish_reason="stop" if i in stopped else "length",
+                    prompt_index=row.prompt_index,
+                    sample_index=row.sample_index,
+                ))
+                run.rows[i] = None
+        # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
+        # check, so that it stays inside the span and the spare columns.
+        free = [i for i, row in enumerate(run.rows) if row is None]
+        if free:
+            index = torch.tensor(free, device=self.device)
+            self.slots.positions[index] = 0
+            self.slots.steps[index] = 0
+            for i in free:
+                run.positions[i], run.steps[i] = 0, 0
+        return completions
+
+    def _find_ends(self, run: _Run, window: int) -> tuple[dict[int, int], set[int]]:
+        """({slot: length} of the rows that end in this window, the slots among them that
+        stopped on EOS or a stop string); one sync, for the window's tokens."""
         A, s, T = len(run.rows), self.slots, run.params.max_new_tokens
         live = [i for i, row in enumerate(run.rows) if row is not None]
+        lengths, stopped = {}, set()
         if not live or window == 0:
-            return []
+            return lengths, stopped
         stops = [x for x in run.params.stop if x]
         if stops:  # every row's tokens so far (for the search), and the window's among them
-            upto = min(max(run.steps[i] for i in live), T)
-            tokens = s.out_tokens[:A, :upto].cpu()  # the sync
+            tokens = s.out_tokens[:A, : min(max(run.steps[i] for i in live), T)].cpu()
         else:
             first = torch.tensor([run.steps[i] - window for i in range(A)])[:, None] + torch.arange(window)
-            block = s.out_tokens[:A].gather(1, first.clamp(min=0).to(self.device)).cpu()  # [A, window]: the sync
+            block = s.out_tokens[:A].gather(1, first.clamp(min=0).to(self.device)).cpu()  # [A, window]
         eos = set(self.eos_ids)
-        lengths, stopped = {}, set()  # rows that end here, and those ended by EOS or a stop string
         for i in live:
             start, end = run.steps[i] - window, min(run.steps[i], T)  # this window sampled [start, end)
             window_tokens = tokens[i, start:end].tolist() if stops else block[i, : end - start].tolist()
             hit = next((k for k, t in enumerate(window_tokens) if t in eos), None)
             if hit is not None:
-                lengths[i], end = start + hit + 1, start + hit + 1
+                lengths[i] = end = start + hit + 1
                 stopped.add(i)
             elif end == T:
                 lengths[i] = T
@@ -421,35 +454,7 @@ class Engine:
                 if cut is not None:
                     lengths[i] = cut
                     stopped.add(i)
-        if not lengths:
-            return []
-        finished = sorted(lengths)
-        index = torch.tensor(finished, device=self.device)
-        width = max(lengths.values())
-        out_tokens, out_logprobs = s.out_tokens[index, :width].cpu(), s.out_logprobs[index, :width].cpu()
-        completions = []
-        for k, i in enumerate(finished):
-            row, n = run.rows[i], lengths[i]
-            ids = out_tokens[k, :n].tolist()
-            completions.append(Completion(
-                prompt_ids=run.prompt_ids[row.prompt_index],
-                ids=ids,
-                text=self.tokenizer.decode(ids, skip_special_tokens=True),
-                logprobs=out_logprobs[k, :n].clone(),
-                finish_reason="stop" if i in stopped else "length",
-                prompt_index=row.prompt_index,
-                sample_index=row.sample_index,
-            ))
-            run.rows[i] = None
-        # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
-        # check, so that it stays inside the span and the spare columns.
-        free = [i for i, row in enumerate(run.rows) if row is None]
-        index = torch.tensor(free, device=self.device)
-        s.positions[index] = 0
-        s.steps[index] = 0
-        for i in free:
-            run.positions[i], run.steps[i] = 0, 0
-        return completions
+        return lengths, stopped
 
     def _compact(self, run: _Run) -> None:
         """With the queue empty, pack live rows into fewer slots (moving rows from the end into
