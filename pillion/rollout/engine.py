@@ -280,6 +280,9 @@ class Engine:
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt: every prompt needs at least one token")
         weights = self.model.decode_weights()  # gathered once per call, not per step
+        # Parameters are static inputs of a captured graph already; their transposed views (and
+        # adapters' effective weights) are not, and would be copied in at every replay.
+        self._pin(*(t for layer in weights.layers for t in vars(layer).values() if t is not None), weights.lm_head)
         if not prompt_ids:
             return _Run([], params, Sampler(), 0, 0, deque(), [], [], [], weights)
         P, T, R = max(len(p) for p in prompt_ids), params.max_new_tokens, len(prompt_ids) * params.n

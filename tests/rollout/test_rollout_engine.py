@@ -333,3 +333,19 @@ def test_long_rows_attending_apart_give_the_same_completions(tiny_checkpoint):
         engine_module._split_spans = split
     assert any(far for _, far, _ in splits)  # the long rows did attend apart
     _assert_same(apart, _engine(folder, eos=MANY_EOS, max_rows=8, static=True).generate(prompts, params))
+
+
+def test_every_tensor_the_step_reads_is_a_static_input_for_cuda_graphs(tiny_checkpoint):
+    """A CUDA-graph replay copies in any input that is neither a parameter nor marked static,
+    and refuses to capture a step that mutates one: every tensor `decode_step` receives (the
+    weights, their transposed views, cache, RoPE table, slot state) must be one or the other."""
+    engine = _engine(tiny_checkpoint("qwen3"), static=True, sampler="race")
+    pinned, steps = set(), []
+    engine._pin = lambda *tensors: pinned.update(id(t) for t in tensors)  # what CUDA would mark
+    engine.decode_fn = lambda *args: (steps.append(args), decode_step(*args))
+    engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=4, seed=0))
+    _, weights, cache, slots, rope, *_ = steps[-1]
+    tensors = [t for layer in weights.layers for t in vars(layer).values() if t is not None]
+    tensors += [weights.embedding, weights.final_norm, weights.lm_head, *cache.k, *cache.v, rope, *vars(slots).values()]
+    assert all(isinstance(t, torch.nn.Parameter) or id(t) in pinned for t in tensors)
+    assert any(id(layer.o_t) in pinned for layer in weights.layers)  # the views were marked
