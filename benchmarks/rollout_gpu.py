@@ -1,6 +1,6 @@
 """pillion's rollout engine against `transformers` `generate` on one CUDA GPU, side by side.
 
-    python benchmarks/rollout_gpu.py                 # ~4-5 minutes on one H100, most of it compiling
+    python benchmarks/rollout_gpu.py                 # meant to take < 5 minutes on one H100 (mostly compiling)
     python benchmarks/rollout_gpu.py --only pillion  # pillion's three variants alone
     python benchmarks/rollout_gpu.py --smoke         # the same code on CPU, a tiny model (a test runs this)
 
@@ -26,6 +26,7 @@ Without CUDA the benchmark prints why and exits 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 import time
 
@@ -70,38 +71,38 @@ def build_models(shape: dict, device: str, dtype: torch.dtype):
     return hf, model.eval()
 
 
-def timed(run, prompts, device: str):
-    """(run(prompts), seconds, peak bytes allocated meanwhile)."""
+def timed(run, prompts, new_tokens: int, device: str):
+    """(run(prompts, new_tokens), seconds, peak bytes allocated meanwhile)."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    result = run(prompts)
+    result = run(prompts, new_tokens)
     if device == "cuda":
         torch.cuda.synchronize()
         return result, time.perf_counter() - start, torch.cuda.max_memory_allocated()
     return result, time.perf_counter() - start, 0
 
 
-def pillion_runner(model, variant: str, new_tokens: int):
+def pillion_runner(model, variant: str):
     from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step
 
     decode_fn = {"pillion eager": None, "pillion compiled": compiled_decode_step(),
                  "pillion cuda-graphs": compiled_decode_step("reduce-overhead")}[variant]
     kwargs = {} if decode_fn is None else {"decode_fn": decode_fn}
     engine = Engine(model, IdsTokenizer(), [], **kwargs)  # no EOS: every row samples new_tokens
-    params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
 
-    def run(prompts):
+    def run(prompts, new_tokens):
+        params = SamplingParams(n=1, temperature=1.0, top_p=1.0, top_k=0, max_new_tokens=new_tokens, seed=0)
         return sum(len(c.ids) for c in engine.generate(prompts, params))
 
     return run
 
 
-def transformers_runner(hf, variant: str, new_tokens: int):
+def transformers_runner(hf, variant: str):
     extra = {"cache_implementation": "static"} if variant == "transformers static" else {}
 
-    def run(prompts):
+    def run(prompts, new_tokens):
         ids = torch.tensor(prompts, device=hf.device)
         with torch.inference_mode():
             out = hf.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0,
@@ -134,7 +135,6 @@ def main(argv=None) -> int:
 
     wall = time.perf_counter()
     hf, model = build_models(shape, device, dtype)
-    weights = torch.cuda.memory_allocated() if device == "cuda" else 0
     g = torch.Generator().manual_seed(1)
     prompts = torch.randint(1, shape["vocab_size"], (args.prompts, args.prompt_len), generator=g).tolist()
     name = "Qwen2.5-1.5B shape" if shape is QWEN25_15B else "tiny smoke model"
@@ -142,17 +142,22 @@ def main(argv=None) -> int:
           f"{args.prompts} prompts x {args.new} sampled tokens; model built in {time.perf_counter() - wall:.0f} s")
     rates = {}
     for engine in engines:
-        if engine.startswith("pillion"):
-            run = pillion_runner(model, engine, args.new)
-        else:
-            run = transformers_runner(hf, engine, args.new)
-        # Warm-up at full length: compiles, and records CUDA graphs for the shapes timed next.
-        _, warm_seconds, _ = timed(run, prompts, device)
-        tokens, seconds, peak = timed(run, prompts, device)
+        # The previous engine's cache and graphs are released first, so that each peak is its own.
+        run = None
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        before = torch.cuda.memory_allocated() if device == "cuda" else 0
+        run = pillion_runner(model, engine) if engine.startswith("pillion") else transformers_runner(hf, engine)
+        # Warm-up: at full length where it compiles (and records CUDA graphs for the shapes timed
+        # next), a few tokens where nothing is compiled.
+        compiles = engine in ("pillion compiled", "pillion cuda-graphs", "transformers static")
+        _, warm_seconds, _ = timed(run, prompts, args.new if compiles else min(args.new, 8), device)
+        tokens, seconds, peak = timed(run, prompts, args.new, device)
         if tokens != args.prompts * args.new:
             raise RuntimeError(f"{engine}: {tokens} tokens, expected {args.prompts * args.new}")
         rates[engine] = tokens / seconds
-        memory = f", peak {(peak - weights) / 2**30:5.2f} GiB above the weights" if device == "cuda" else ""
+        memory = f", peak {(peak - before) / 2**30:5.2f} GiB above the weights" if device == "cuda" else ""
         print(f"  {engine:<21} {rates[engine]:9,.0f} tokens/s  ({seconds:6.2f} s; warm-up {warm_seconds:6.1f} s"
               f"{memory})", flush=True)
     if "transformers dynamic" in rates:
