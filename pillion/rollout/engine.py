@@ -138,7 +138,7 @@ def compiled_decode_step(mode: str | None = None):
     """`decode_step` compiled once for all slot counts and spans (dynamic shapes).
 
     On CPU this fuses the step's elementwise work into a few kernels (the matmuls stay library
-    calls), after a compile of ~15-30 s. The generated wrapper's per-call size and alignment
+    calls), after a compile of ~20-50 s on 2 busy cores. The generated wrapper's per-call size and alignment
     asserts are off: at rollout batch sizes they cost ~8% of a step, and Dynamo's guards
     already check the same inputs. mode="reduce-overhead" adds CUDA graphs on CUDA: one graph
     recorded per slot-count bucket and replayed; the engine marks the cache and slot tensors as
