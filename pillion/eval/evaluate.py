@@ -7,7 +7,10 @@
 Protocol (shared/ALGORITHMS.md §14): each problem is rendered with `render_prompt`, sampled k
 times at temperature 0.7 and top-p 0.95 (Perplexity's MATH-500 protocol; DeepSeek-R1 uses 0.6),
 and every sample is graded by `pillion.rewards.score_batch`, using only `RewardResult.correct`
-(shaping terms do not enter an evaluation). With c correct samples out of k:
+(shaping terms do not enter an evaluation). Without a `reward_cfg`, answers are read in the
+"fallback" style (RewardConfig's default: boxed, tags, ####, answer phrases, bold, the last
+math span or number), so a model never told to box its answer is graded on what it answered.
+With c correct samples out of k:
 
     pass@1 = mean over problems of c / k          (DeepSeek-R1's "pass@1 with k samples")
     pass@k = mean over problems of pass_at_k(k, c, k) = fraction of problems with c >= 1
@@ -51,7 +54,6 @@ from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt, resolve_template
 from pillion.eval.behaviour import DEFAULT_PHRASES, behaviour_metrics
 from pillion.eval.passk import pass_at_k
-from pillion.rewards.extract import extract_answer
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 
@@ -181,6 +183,7 @@ class Samples:
     num_tokens: list[int]  # [n * k] generated tokens, EOS included
     finish_reasons: list[str]  # [n * k]
     correct: list[bool | None]  # [n * k] None: ungradable
+    answers: list[str | None]  # [n * k] the final answer graded (RewardResult.answer); None: none found
 
     def counts(self) -> list[int]:
         """Correct samples per problem."""
@@ -199,7 +202,7 @@ def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template:
     reward_cfg = reward_cfg or RewardConfig()
     k = cfg.k
     prompts = [render_prompt(p, template, engine.tokenizer) for p in problems]
-    out = Samples(problems=list(problems), k=k, texts=[], num_tokens=[], finish_reasons=[], correct=[])
+    out = Samples(problems=list(problems), k=k, texts=[], num_tokens=[], finish_reasons=[], correct=[], answers=[])
     starts = range(0, len(problems), cfg.batch_prompts)
     bar = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=None if progress else True)
     for batch_index, start in enumerate(bar):
@@ -211,12 +214,12 @@ def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template:
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} prompts x {k}")
         # Completions come prompt-major: rows i*k .. i*k+k-1 answer problem i of the batch.
         owners = [p for p in batch for _ in range(k)]
-        results = score_batch(owners, [c.text for c in completions], [len(c.ids) for c in completions],
-                              reward_cfg, [c.finish_reason for c in completions], pool=pool)
+        results = score_batch(owners, completions, reward_cfg, pool=pool)
         out.texts += [c.text for c in completions]
         out.num_tokens += [len(c.ids) for c in completions]
         out.finish_reasons += [c.finish_reason for c in completions]
         out.correct += [r.correct for r in results]
+        out.answers += [r.answer for r in results]
         if progress:
             pass1 = sum(c is True for c in out.correct) / len(out.correct)
             bar.set_postfix(pass1=f"{pass1:.3f}")
@@ -254,7 +257,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
             "question": problem.question,
             "gold": problem.answer,
             "completion": text,
-            "extracted": extract_answer(text, reward_cfg.answer_style),
+            "extracted": graded.answers[i * k],
             "correct": graded.correct[i * k],
         })
     lengths = graded.num_tokens

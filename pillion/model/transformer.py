@@ -1,9 +1,10 @@
 """One decoder-only transformer for the Llama, Qwen2/Qwen2.5 and Qwen3 families.
 
 The same module serves every role in an RL run: the policy being trained, the frozen
-reference, the critic's trunk, and the rollout engine's incremental forward over a KV cache.
-Using one implementation everywhere is what keeps the engine's log-probabilities equal to the
-trainer's (shared/DESIGN.md, "The one idea"); `pillion logprob-check` proves it per checkpoint.
+reference, the critic's trunk, and the rollout engine's fast path over a KV cache (`decode`,
+`extend`: the same weights and math, unrolled over a per-layer record of tensors). Using one
+model everywhere is what keeps the engine's log-probabilities equal to the trainer's;
+`pillion logprob-check` proves it per checkpoint.
 
 Numerics follow the Hugging Face reference implementations on purpose, so that a bf16 forward
 rounds the same way: RMSNorm normalises in float32 and casts back before the weight multiply,
@@ -17,7 +18,7 @@ Families differ only in switches on `ModelConfig`: QKV bias (Qwen2), per-head QK
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -44,7 +45,6 @@ class ModelConfig:
     tie_word_embeddings: bool = False
     attention_bias: bool = False  # bias on q, k, v projections (Qwen2 always)
     qk_norm: bool = False  # RMSNorm over head_dim of q and k before RoPE (Qwen3)
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class RMSNorm(nn.Module):
@@ -113,33 +113,37 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> 
     """
     return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
+def rope_table(inv_freq: torch.Tensor, length: int, dtype: torch.dtype) -> torch.Tensor:
+    """[length, 2, head_dim]: cos and signed sin (`rope_tables`) of positions 0..length-1, stacked so
+    that the fast path gathers a row's pair with one index."""
+    cos, sin = rope_tables(inv_freq, torch.arange(length, device=inv_freq.device), dtype)
+    return torch.stack((cos, sin), dim=1)
+
 
 class KVCache:
-    """A preallocated cache: per layer, keys stored transposed [B, kv_heads, head_dim, max_len]
-    and values [B, kv_heads, max_len, head_dim].
+    """A preallocated cache of `rows` rows (the engine's slots): per layer, keys stored transposed
+    [rows, kv_heads, head_dim, max_len] and values [rows, kv_heads, max_len, head_dim].
 
-    Keys are transposed so that a decode step's scores q @ K^T read them in the layout a
-    matmul wants (about 2x faster for one query per row on CPU). Allocated once per engine
-    and reused across calls; new keys are copied into place, so the tensors never change
-    shape (what CUDA-graph capture needs).
+    Column c of a row holds the key and value of the row's token at RoPE position c: a row's
+    context starts at column 0 and is never padded. Keys are transposed so that a decode step's
+    scores q @ K^T read them in the layout a matmul wants (about 2x faster for one query per row
+    on CPU). Allocated once per engine and written in place, so the tensors keep their shape and
+    address (what CUDA-graph capture needs).
     """
 
-    def __init__(self, cfg: ModelConfig, batch: int, max_len: int, device, dtype):
-        shape = (batch, cfg.num_kv_heads, max_len, cfg.head_dim)
-        shape_t = (batch, cfg.num_kv_heads, cfg.head_dim, max_len)
+    def __init__(self, cfg: ModelConfig, rows: int, max_len: int, device, dtype):
+        shape = (rows, cfg.num_kv_heads, max_len, cfg.head_dim)
+        shape_t = (rows, cfg.num_kv_heads, cfg.head_dim, max_len)
         self.k = [torch.zeros(shape_t, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.num_layers)]
-        self.batch, self.max_len = batch, max_len
+        self.rows, self.max_len = rows, max_len
 
-    def keep_rows(self, rows: torch.Tensor, length: int) -> None:
-        """Compact: move rows `rows[j]` to row j (first `length` positions); drops the others."""
-        self.expand_rows(rows, length)
-
-    def expand_rows(self, rows: torch.Tensor, length: int) -> None:
-        """Copy cache rows `rows[j]` into row j for the first `length` positions (prompt sharing)."""
+    def copy_rows(self, dst: torch.Tensor, src: torch.Tensor, length: int) -> None:
+        """Copy rows src[j] into rows dst[j], columns [0, length) (a prompt shared by its samples,
+        or a row moved to another slot)."""
         for layer in range(len(self.k)):
-            self.k[layer][: len(rows), ..., :length] = self.k[layer][rows, ..., :length]
-            self.v[layer][: len(rows), :, :length] = self.v[layer][rows, :, :length]
+            self.k[layer][dst, ..., :length] = self.k[layer][src, ..., :length]
+            self.v[layer][dst, :, :length] = self.v[layer][src, :, :length]
 
 
 class Attention(nn.Module):
@@ -155,7 +159,7 @@ class Attention(nn.Module):
             self.q_norm = RMSNorm(d, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(d, cfg.rms_norm_eps)
 
-    def forward(self, x, cos, sin, attn_mask, cache: KVCache | None, layer: int, cache_pos: int, kv_len: int):
+    def forward(self, x, cos, sin, attn_mask):
         bsz, length, _ = x.shape
         cfg = self.cfg
         h, kv = cfg.num_heads, cfg.num_kv_heads
@@ -168,44 +172,47 @@ class Attention(nn.Module):
         q = qk[:, :, :h].transpose(1, 2)  # [B, H, L, D]
         k = qk[:, :, h:].transpose(1, 2)  # [B, KV, L, D]
         v = qkv[:, :, h + kv :].transpose(1, 2)
-        if cache is not None:
-            # Write this step's keys at [cache_pos, cache_pos + L) and attend over [0, kv_len).
-            cache.k[layer][:bsz, :, :, cache_pos : cache_pos + length] = k.transpose(-1, -2)
-            cache.v[layer][:bsz, :, cache_pos : cache_pos + length] = v
-            if cache_pos > 0:  # attend over the cached prefix too (from 0 the new keys are all)
-                k = cache.k[layer][:bsz, :, :, :kv_len].transpose(-1, -2)
-                v = cache.v[layer][:bsz, :, :kv_len]
-        # No mask means no padding: plain causal attention over the (cached) prefix.
-        causal = attn_mask is None and length > 1
-        if causal and cache_pos != 0:
-            raise ValueError("a multi-token step after cache_pos 0 needs an explicit attn_mask")
+        # No mask means no padding: plain causal attention.
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=causal, enable_gqa=h != kv
+            q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and length > 1, enable_gqa=h != kv
         )  # [B, H, L, D]
         return self.o_proj(out.transpose(1, 2).reshape(bsz, length, h * cfg.head_dim))
 
 
 def decode_attention(q, keys_t, values, key_bias):
-    """Attention of one query per row, grouped by KV head: q [N, G, D], keys_t [N, D, S] (keys
+    """Attention of M queries per (row, KV head), grouped: q [N, M, D], keys_t [N, D, S] (keys
     transposed, as the cache stores them), values [N, S, D].
 
-    N = rows x KV heads; the G query heads that share a KV head are the G rows of one small
-    matmul, so no key is repeated. key_bias: float32 additive [N, 1, S] (-inf = masked).
-    Scores and softmax are float32, as the fused attention kernels accumulate.
+    N = rows x KV heads; the query heads that share a KV head (times the new tokens of the row)
+    are the M rows of one small matmul, so no key is repeated. key_bias: float32 additive,
+    broadcastable to [N, M, S] (-inf = masked). Scores and softmax are float32, as the fused
+    attention kernels accumulate.
     """
     scale = q.shape[-1] ** -0.5
     if q.dtype == torch.float32:  # scale and bias in the matmul: one call instead of three
-        scores = torch.baddbmm(key_bias, q, keys_t, alpha=scale)
-    else:
-        scores = torch.bmm(q, keys_t).float() * scale + key_bias
-    return torch.bmm(scores.softmax(-1).to(values.dtype), values)  # [N, G, D]
+        return torch.bmm(torch.baddbmm(key_bias, q, keys_t, alpha=scale).softmax(-1), values)  # [N, M, D]
+    scores = torch.bmm(q, keys_t).float() * scale + key_bias
+    return torch.bmm(scores.softmax(-1).to(values.dtype), values)
 
 
-def residual_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x + a @ weight.T, in one addmm call in float32 (other dtypes round the matmul first, as HF)."""
+def causal_key_bias(positions: torch.Tensor, span: int, kv_heads: int, group: int) -> torch.Tensor:
+    """Additive float32 bias [A * kv_heads, group * L, span] for L new tokens per row at `positions`
+    [A, L]: 0 on the cache columns at or before each token's position, -inf after. Query rows are
+    ordered (query head within the group, token), as `Transformer._blocks` lays them out."""
+    rows, length = positions.shape
+    columns = torch.arange(span, device=positions.device)
+    bias = torch.zeros((rows, length, span), dtype=torch.float32, device=positions.device)
+    bias.masked_fill_(columns > positions[..., None], float("-inf"))  # [A, L, S]
+    bias = bias[:, None, None].expand(rows, kv_heads, group, length, span)
+    return bias.reshape(rows * kv_heads, group * length, span)
+
+
+def residual_linear(x: torch.Tensor, a: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
+    """x + a @ weight_t, weight_t the transposed weight (a view): in one addmm call in float32
+    (other dtypes round the matmul first, as HF's linear does: the same mm call)."""
     if x.dtype == torch.float32:
-        return torch.addmm(x, a, weight.t())
-    return x + F.linear(a, weight)
+        return torch.addmm(x, a, weight_t)
+    return x + torch.mm(a, weight_t)
 
 
 class MLP(nn.Module):
@@ -229,8 +236,8 @@ class Block(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, cos, sin, attn_mask, cache, layer, cache_pos, kv_len):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask, cache, layer, cache_pos, kv_len)
+    def forward(self, x, cos, sin, attn_mask):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, attn_mask)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -244,8 +251,38 @@ class Decoder(nn.Module):
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
 
+@dataclass
+class LayerWeights:
+    """One block's tensors, as the engine's fast path reads them (`Transformer.decode_weights`)."""
+
+    input_norm: torch.Tensor  # [hidden]
+    qkv: torch.Tensor  # [(H + 2 KV) * D, hidden]
+    qkv_bias: torch.Tensor | None  # [(H + 2 KV) * D] (Qwen2) or None
+    o_t: torch.Tensor  # [H * D, hidden] (transposed view: what the residual addmm takes)
+    post_norm: torch.Tensor  # [hidden]
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]
+    down_t: torch.Tensor  # [intermediate, hidden] (transposed view)
+    q_norm: torch.Tensor | None  # [D] (Qwen3) or None
+    k_norm: torch.Tensor | None  # [D] (Qwen3) or None
+
+
+@dataclass
+class DecodeWeights:
+    layers: list[LayerWeights]
+    embedding: torch.Tensor  # [V, hidden]
+    final_norm: torch.Tensor  # [hidden]
+    lm_head: torch.Tensor  # [V, hidden]
+
+
+def _weight(linear: nn.Linear) -> torch.Tensor:
+    """The weight the fast path multiplies by. Every projection the engine reads goes through
+    here: today the parameter itself; with adapters (LoRA) the effective weight W + scale * B @ A."""
+    return linear.weight
+
+
 class Transformer(nn.Module):
-    """The model. `forward` returns final hidden states; `logits` applies the LM head.
+    """The model. `forward` returns final hidden states; `logits` applies the LM head; `decode`
+    and `extend` are the rollout engine's fast path over a KV cache.
 
     Parameter names follow Hugging Face (`model.layers.0.self_attn.o_proj.weight`, ...) except
     two fused projections, `qkv_proj` and `gate_up_proj` (one matmul instead of three or two);
@@ -268,84 +305,135 @@ class Transformer(nn.Module):
     def forward(
         self,
         input_ids: torch.Tensor,  # [B, L]
-        positions: torch.Tensor | None,  # [B, L] RoPE positions (real tokens before each); None with rope
-        attn_mask: torch.Tensor | None,  # bool [B, 1, L, kv_len], True = may attend; None = causal
-        cache: KVCache | None = None,
-        cache_pos: int = 0,
-        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+        positions: torch.Tensor,  # [B, L] RoPE positions (real tokens before each)
+        attn_mask: torch.Tensor | None,  # bool [B, 1, L, L], True = may attend; None = causal
     ) -> torch.Tensor:
-        """Final hidden states [B, L, hidden]. With a cache, keys go to [cache_pos, cache_pos+L).
-
-        `rope` may pass precomputed (cos, sin) [B, L, 1, D] for `positions` (the engine does,
-        from a table built once per call).
-        """
+        """Final hidden states [B, L, hidden] (the training and scoring path)."""
         x = self.model.embed_tokens(input_ids)
-        if rope is None:
-            cos, sin = rope_tables(self.inv_freq, positions, x.dtype)
-            rope = cos[:, :, None], sin[:, :, None]
-        cos, sin = rope
-        kv_len = cache_pos + input_ids.shape[1]
-        for i, block in enumerate(self.model.layers):
-            x = block(x, cos, sin, attn_mask, cache, i, cache_pos, kv_len)
+        cos, sin = rope_tables(self.inv_freq, positions, x.dtype)
+        cos, sin = cos[:, :, None], sin[:, :, None]  # [B, L, 1, D]: broadcast over heads
+        for block in self.model.layers:
+            x = block(x, cos, sin, attn_mask)
         return self.model.norm(x)
 
-    def decode_weights(self) -> list[tuple]:
-        """The tensors `decode` reads, gathered once per rollout instead of once per step.
+    def decode_weights(self) -> DecodeWeights:
+        """The tensors `decode` and `extend` read, gathered once per rollout instead of once per step.
 
-        One tuple per layer (input norm, q|k|v weight and bias, o weight, post-attention norm,
-        gate|up and down weights, q and k norms), then (embedding, final norm, LM head). They are
-        the parameters themselves, so in-place optimizer updates show through; gather again
-        after replacing a parameter object.
+        Every projection is read through `_weight`, the one place an adapter-aware version
+        changes. Today they are the parameters themselves, so in-place optimizer updates show
+        through; gather again after replacing a parameter object.
         """
         layers = []
         for block in self.model.layers:
             attn, mlp = block.self_attn, block.mlp
-            layers.append((block.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias, attn.o_proj.weight,
-                           block.post_attention_layernorm.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight,
-                           attn.q_norm.weight if self.cfg.qk_norm else None,
-                           attn.k_norm.weight if self.cfg.qk_norm else None))
-        layers.append((self.model.embed_tokens.weight, self.model.norm.weight, self.lm_head.weight))
-        return layers
+            layers.append(LayerWeights(
+                input_norm=block.input_layernorm.weight,
+                qkv=_weight(attn.qkv_proj),
+                qkv_bias=attn.qkv_proj.bias,
+                o_t=_weight(attn.o_proj).t(),
+                post_norm=block.post_attention_layernorm.weight,
+                gate_up=_weight(mlp.gate_up_proj),
+                down_t=_weight(mlp.down_proj).t(),
+                q_norm=attn.q_norm.weight if self.cfg.qk_norm else None,
+                k_norm=attn.k_norm.weight if self.cfg.qk_norm else None,
+            ))
+        return DecodeWeights(layers, self.model.embed_tokens.weight, self.model.norm.weight, _weight(self.lm_head))
 
-    def decode(self, tokens, cos, sin, key_bias, cache: KVCache, pos: int, weights: list[tuple] | None = None):
+    def decode(self, tokens, positions, key_bias, cache: KVCache, weights: DecodeWeights | None = None, rope=None,
+               far=None):
         """The rollout step: one new token per row -> float32 logits [A, V].
 
-        tokens [A] are written to cache index `pos` (the same for every row: the engine
-        left-pads prompts) and attend over cache positions [0, pos]; cos, sin [A, 1, head_dim]
-        rotate them at each row's own RoPE position; key_bias float32 [A * kv_heads, 1, pos + 1]
-        is additive (-inf on prompt padding), one row per row and KV head. `weights` is
-        `decode_weights()`, passed in by callers that step many times (gathered here if None).
+        tokens [A] go to cache rows 0..A-1 at columns `positions` [A] (a tensor: each row has
+        its own position, and the step has one shape whatever they are) and attend over cache
+        columns [0, S) through key_bias, float32 [A * kv_heads, 1, S], additive, one row per row
+        and KV head: 0 on the row's columns up to and including its new token, -inf elsewhere
+        (unwritten or stale columns). rope is `rope_table(...)` [>= max position + 1, 2, D];
+        `weights` is `decode_weights()`; both are gathered here if None, but callers that step
+        many times pass them. far: None, or (rows [k], key_bias [k * kv_heads, 1, S']) for a few
+        rows whose context reaches past S: those attend over [0, S') instead, so that the other
+        rows do not pay for the longest row's span.
 
         The same weights and math as `forward` on one token, in fewer calls: at rollout batch
         sizes a step costs mostly per-call overhead (a module call alone costs about as much as
-        a small kernel on CPU), so the layers are unrolled here over the parameters, with
+        a small kernel on CPU), so the layers are unrolled over the parameters (`_blocks`), with
         attention as two batched matmuls per layer (`decode_attention`, ~2x the fused CPU kernel
         for one query) and the residual adds folded into the output projections
-        (`residual_linear`). `pillion logprob-check` compares it with `forward`.
+        (`residual_linear`). Tests and `pillion logprob-check` compare it with `forward`.
         """
+        weights = self.decode_weights() if weights is None else weights
+        rope = rope_table(self.inv_freq, cache.max_len, weights.embedding.dtype) if rope is None else rope
+        x = F.embedding(tokens, weights.embedding)  # [A, hidden]
+        x = self._blocks(x, positions[:, None], None, key_bias, cache, weights, rope, far)
+        return F.linear(rms_norm(x, weights.final_norm, self.cfg.rms_norm_eps), weights.lm_head).float()
+
+    def extend(self, tokens, positions, rows, span: int, cache: KVCache, weights: DecodeWeights | None = None,
+               rope=None) -> None:
+        """Write L tokens per row into the cache, without logits: a prompt's prefill, or (later)
+        tool output appended to a row that paused.
+
+        tokens [A, L] (right-padded) go to cache rows `rows` [A] at columns `positions` [A, L];
+        each attends over its row's columns [0, span) up to its own position, so a chunk may
+        continue a row already in the cache. Padding entries must sit after a row's real tokens
+        (at any column < max_len): their keys land beyond the row's context, where the engine
+        masks them until they are overwritten. Peak memory is O(A * L * span * heads) for the
+        scores, so the caller bounds A * L.
+        """
+        weights = self.decode_weights() if weights is None else weights
+        rope = rope_table(self.inv_freq, cache.max_len, weights.embedding.dtype) if rope is None else rope
+        cfg = self.cfg
+        bias = causal_key_bias(positions, span, cfg.num_kv_heads, cfg.num_heads // cfg.num_kv_heads)
+        x = F.embedding(tokens.reshape(-1), weights.embedding)  # [A * L, hidden]
+        self._blocks(x, positions, rows, bias, cache, weights, rope)
+
+    def _blocks(self, x, positions, rows, key_bias, cache: KVCache, weights: DecodeWeights, rope, far=None):
+        """The layers of the fast path over x [A * L, hidden] (L new tokens for each of A rows,
+        at `positions` [A, L]); returns x after the last block. rows: cache rows [A], or None for
+        rows 0..A-1 (the decode step: the cache is then read through views, not gathered); far:
+        as `decode` takes it."""
         cfg = self.cfg
         h, kv, d, eps = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim, cfg.rms_norm_eps
-        rows, length = tokens.shape[0], pos + 1
-        weights = self.decode_weights() if weights is None else weights
-        embedding, final_norm, lm_head = weights[-1]
-        x = F.embedding(tokens, embedding)  # [A, hidden]
-        for i, (norm1, w_qkv, b_qkv, w_o, norm2, w_gate_up, w_down, q_norm, k_norm) in enumerate(weights[:-1]):
-            qkv = F.linear(rms_norm(x, norm1, eps), w_qkv, b_qkv).view(rows, h + 2 * kv, d)
-            if q_norm is not None:
-                qk = torch.cat((rms_norm(qkv[:, :h], q_norm, eps), rms_norm(qkv[:, h : h + kv], k_norm, eps)), dim=1)
+        g = h // kv  # query heads per KV head
+        A, L = positions.shape
+        span = key_bias.shape[-1]
+        rot = rope[positions]  # [A, L, 2, D]
+        cos, sin = rot[:, :, :1], rot[:, :, 1:]  # [A, L, 1, D]: broadcast over heads
+        at = (torch.arange(A, device=x.device) if rows is None else rows)[:, None]  # [A, 1] cache row of each token
+        for i, w in enumerate(weights.layers):
+            qkv = F.linear(rms_norm(x, w.input_norm, eps), w.qkv, w.qkv_bias).view(A, L, h + 2 * kv, d)
+            if w.q_norm is not None:
+                qk = torch.cat((rms_norm(qkv[:, :, :h], w.q_norm, eps), rms_norm(qkv[:, :, h : h + kv], w.k_norm, eps)),
+                               dim=2)
             else:
-                qk = qkv[:, : h + kv]
+                qk = qkv[:, :, : h + kv]
             qk = torch.addcmul(qk * cos, qk.roll(d // 2, -1), sin)  # apply_rope in one call fewer
-            keys_t, values = cache.k[i][:rows], cache.v[i][:rows]
-            keys_t[..., pos:length] = qk[:, h:, :, None]  # a slice, not an index: one graph for all pos
-            values[:, :, pos:length] = qkv[:, h + kv :, None]
-            keys_t = keys_t[..., :length].reshape(rows * kv, d, length)  # views, no copy
-            values = values[:, :, :length].reshape(rows * kv, length, d)
-            out = decode_attention(qk[:, :h].reshape(rows * kv, h // kv, d), keys_t, values, key_bias)
-            x = residual_linear(x, out.view(rows, h * d), w_o)
-            gate, up = F.linear(rms_norm(x, norm2, eps), w_gate_up).chunk(2, dim=-1)
-            x = residual_linear(x, F.silu(gate) * up, w_down)
-        return F.linear(rms_norm(x, final_norm, eps), lm_head).float()
+            # Write the new keys and values at each token's own column (an index, so one graph
+            # serves every position; index_put, which a compiled step does in place), then read
+            # the rows back over [0, span).
+            cache.k[i][at, :, :, positions] = qk[:, :, h:]  # [A, L, KV, D]
+            cache.v[i][at, :, positions] = qkv[:, :, h + kv :]
+            if rows is None:
+                keys_t, values = cache.k[i][:A, ..., :span], cache.v[i][:A, :, :span]  # views
+            else:
+                keys_t, values = cache.k[i][rows, ..., :span], cache.v[i][rows, :, :span]  # gathered
+            # Query rows grouped by KV head: [A * KV, G * L, D], ordered (head in group, token).
+            if L == 1:
+                q = qk[:, 0, :h].reshape(A * kv, g, d)
+            else:
+                q = qk[:, :, :h].reshape(A, L, kv, g, d).permute(0, 2, 3, 1, 4).reshape(A * kv, g * L, d)
+            out = decode_attention(q, keys_t.reshape(A * kv, d, span), values.reshape(A * kv, span, d), key_bias)
+            if far is not None:  # the far rows again over their longer span, gathered
+                far_rows, far_bias = far
+                k, far_span = far_rows.shape[0], far_bias.shape[-1]
+                far_out = decode_attention(q.view(A, kv, g, d)[far_rows].reshape(k * kv, g, d),
+                                           cache.k[i][far_rows, ..., :far_span].reshape(k * kv, d, far_span),
+                                           cache.v[i][far_rows, :, :far_span].reshape(k * kv, far_span, d), far_bias)
+                out.view(A, kv, g, d)[far_rows] = far_out.view(k, kv, g, d)
+            if L > 1:
+                out = out.view(A, kv, g, L, d).permute(0, 3, 1, 2, 4)
+            x = residual_linear(x, out.reshape(A * L, h * d), w.o_t)
+            gate, up = F.linear(rms_norm(x, w.post_norm, eps), w.gate_up).chunk(2, dim=-1)
+            x = residual_linear(x, F.silu(gate) * up, w.down_t)
+        return x
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """float32 logits for hidden states [..., hidden] -> [..., vocab]."""

@@ -5,7 +5,7 @@
 Samples completions with pillion's engine, then recomputes the log-probabilities of exactly
 those tokens with (a) pillion's training forward (`response_logprobs`, the path the trainer
 uses for old and new log-probs) and (b) a `transformers` forward of the same checkpoint. For
-each pair it reports the multiplicative token probability error of shared/ALGORITHMS.md §13.1,
+each pair it reports the multiplicative token probability error of docs/algorithms.md §13.1,
 mean over tokens of exp(|logp_a - logp_b|) (1.0 = exact), the worst per-rollout mean, and the
 largest single-token |logp_a - logp_b|. Exit status 1 when any pair's metric exceeds
 `--threshold` (default 1.05, NeMo-RL's bar for equal precision).

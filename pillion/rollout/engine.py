@@ -1,28 +1,41 @@
-"""KV-cache generation engine: batched prompts, n samples each, per-token log-probabilities.
+"""Rollout engine: continuous batching over the slots of a preallocated KV cache, n samples per
+prompt, per-token log-probabilities.
 
-    engine = Engine(model, tokenizer, eos_ids)
-    completions = engine.generate(prompts, SamplingParams(n=4, temperature=1.0, max_new_tokens=256))
+    engine = Engine(model, tokenizer, eos_ids, max_rows=64)
+    completions = engine.generate(prompts, SamplingParams(n=8, temperature=1.0, max_new_tokens=256))
+    for completion in engine.stream(prompts, params): ...  # the same completions, as each finishes
 
-Shape of the work (shared/STYLE.md rule 12):
-- prompts of different lengths are left-padded to one length P, so every row writes its next
-  key at the same cache index and a decode step has one static shape;
-- each prompt is prefilled once; its cache rows are then copied to its n sample rows;
-- the KV cache is preallocated and reused across calls (`KVCache`);
-- sampling inverts the CDF with one uniform draw per row (`searchsorted`), so choosing a token
-  needs no host synchronisation (and on CPU it is ~10x cheaper than torch.multinomial or an
-  exponential race); finished rows keep decoding in place until the host checks (every
-  `check_every` steps) whether all rows are done or a stop string has appeared;
-- per-call constants (RoPE table, additive key mask) are built once, not per step or layer;
-- at each host check, rows that finished are dropped from the batch (their cache rows
-  compacted away), so RL rollouts of mixed lengths stop paying for finished samples;
-- the decode step is `Transformer.decode`, the model's one-token path, written for few calls
-  per step (at rollout batch sizes on CPU a step costs mostly per-call overhead); it is wrapped
-  as a plain function of tensors (`decode_step`) that callers may replace by a compiled version
-  (`Engine(..., decode_fn=compiled_decode_step())`); nothing is swapped in through globals.
+Shape of the work:
+- a call's work is its rows, one per (prompt, sample), queued prompt-major; the cache has S
+  slots (`max_rows`, or as many as `cache_bytes` holds, or one per row) and a slot holds one
+  row's context from column 0: the prompt, then the samples. Column = RoPE position; nothing is
+  padded, every slot has its own position;
+- at each host check (every `check_every` steps) finished rows leave and free slots are
+  refilled from the queue: the prompts admitted are prefilled once each (`Transformer.extend`,
+  in chunks of at most `prefill_tokens` tokens, no logits), into the slot of their first sample
+  admitted, and copied to the slots of the others; the last prompt token is a slot's first
+  decode input, so its logits come from the decode step like every other token's;
+- a step (`decode_step`) has one shape per slot count: every slot decodes one token against the
+  whole span of the cache, with unwritten columns masked by a per-slot key bias, samples,
+  writes its token and log-prob into per-slot buffers and advances, in place and without a host
+  sync; on CUDA it compiles (`compiled_decode_step("reduce-overhead")`) to one CUDA graph per
+  slot-count bucket. On CPU the span is cut to the columns the window can reach, and the few
+  longest rows of a long tail attend over their longer span separately (`_split_spans`), so
+  that the rest do not pay for it (measured faster there; the step is the same function);
+- the host check reads the window's tokens (one sync): a row ends at its first EOS, at
+  max_new_tokens, or at a stop string (searched in the tokens sampled since the last check);
+  what a row sampled past its end in the window is dropped;
+- when the queue is empty, live rows are packed into fewer slots (on CPU exactly as many as are
+  live, once a window ends with <= 7/8 of them live; on CUDA the next power-of-two bucket, >= 16,
+  so that a captured graph is replayed), so the long tail stops paying for finished rows;
+- randomness is keyed by (seed, row, step) (`sampling.py`), so the same seed gives the same
+  completions whatever `max_rows`, `check_every` or the admission order; sampling is CDF
+  inversion on CPU and the exponential race on CUDA (`Engine(..., sampler=...)` overrides).
 
-`python benchmarks/rollout_cpu.py` times this engine against `transformers` `generate` on CPU.
+Decoding uses `Transformer.decode`, the model's one-token fast path over the tensors that
+`Transformer.decode_weights()` gathers once per call (adapter-aware weights plug in there).
 
-Log-probabilities are those of the sampled tokens under the policy as shared/ALGORITHMS.md §1
+Log-probabilities are those of the sampled tokens under the policy as docs/algorithms.md §1
 defines it: log_softmax(logits / temperature), before top-k / top-p truncation, in float32
 (temperature 0 means greedy decoding and reports log_softmax(logits)). Train with top_p=1 and
 top_k=0 so that the behaviour policy is the policy being scored (§13.1).
@@ -30,17 +43,25 @@ top_k=0 so that the behaviour policy is the policy being scored (§13.1).
 A completion's `ids` end with the EOS token when it stopped on EOS, or with the token that
 completed a stop string; `text` is the decoding of `ids` without special tokens, so for a stop
 string it includes the stop string itself.
+
+Tool output (a later issue) plugs in at a check: a row that closed a tool call is paused (kept
+on the host, its slot decoding garbage like a free one), the tool's tokens are written into
+its slot with `Transformer.extend` from the row's position on (`_prefill` with a start column:
+the same chunked prefill a prompt gets), appended to its buffers with a mask marking them as
+not sampled, and the slot resumes with the last of them as its next input.
 """
 
 from __future__ import annotations
 
 import random
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
-from pillion.model.transformer import KVCache, Transformer, causal_padding_mask, padding_positions, rope_tables
+from pillion.model.transformer import DecodeWeights, KVCache, Transformer, rope_table
+from pillion.rollout.sampling import Sampler, row_keys, sample_cdf, sample_race, step_uniforms
 
 
 @dataclass
@@ -62,54 +83,67 @@ class Completion:
     logprobs: torch.Tensor  # [len(ids)] float32, log-probs of the sampled tokens
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
     prompt_index: int = 0  # which prompt of the call this sample answers
+    sample_index: int = 0  # which of its n samples (the row's randomness is keyed by both)
 
 
-def sample_tokens(logits: torch.Tensor, params: SamplingParams, uniform: torch.Tensor):
-    """Pick one token per row of float32 logits [R, V]; return (tokens [R], logprobs [R]).
+@dataclass
+class Slots:
+    """Per-slot decoding state on the device, read and updated in place by `decode_step`
+    (fixed shapes and addresses across steps and calls: what a CUDA graph replays)."""
 
-    uniform: float64 [R, 1] in [0, 1), one draw per row (the caller draws them, so that a row's
-    randomness does not depend on which other rows are still in the batch).
+    tokens: torch.Tensor  # [S] long: each slot's next input token
+    positions: torch.Tensor  # [S] long: its cache column = RoPE position
+    steps: torch.Tensor  # [S] long: tokens sampled so far = where the next one is written
+    keys: torch.Tensor  # [S] long: randomness key of the slot's row
+    key_bias: torch.Tensor  # [S, KV, 1, max_len] float32: 0 on the slot's written columns, -inf after
+    uniforms: torch.Tensor  # [S, W] float64: the CDF sampler's draw for each step
+    out_tokens: torch.Tensor  # [S, W] long: sampled tokens (W = max_new_tokens + check_every)
+    out_logprobs: torch.Tensor  # [S, W] float32
 
-    No host synchronisation: top-k/top-p are masks, and the draw inverts the CDF: with
-    u ~ U(0, 1) scaled to the row's total mass, the token is the first index whose cumulative
-    probability exceeds u, i.e. index i with probability p_i (zero-probability tokens never
-    qualify because the CDF does not rise at them). float64 keeps the CDF exact enough.
+
+def decode_step(model: Transformer, weights: DecodeWeights, cache: KVCache, slots: Slots, rope: torch.Tensor,
+                active: int, span: int, sampler: Sampler, far: torch.Tensor | None = None, far_span: int = 0) -> None:
+    """One token for each of slots 0..active-1, in place: decode, sample, record, advance.
+
+    Attends over cache columns [0, span), or [0, far_span) for the slots `far` (CPU: the few
+    long rows, so that the others do not pay for their span). Every slot advances, also one
+    whose row ended earlier in the window (EOS or the token limit are found at the host check)
+    or an empty one: what they write lies past their rows' ends, inside the spare columns.
+    A plain function of tensors, so that it can be compiled and captured as a CUDA graph.
     """
-    if params.temperature == 0:
-        tokens = logits.argmax(-1)
-        return tokens, F.log_softmax(logits, -1).gather(-1, tokens[:, None]).squeeze(-1)
-    scaled = logits / params.temperature if params.temperature != 1.0 else logits
-    logprobs = F.log_softmax(scaled, -1)  # [R, V] the policy distribution
-    filtered = scaled
-    if params.top_k > 0:
-        kth = torch.topk(filtered, min(params.top_k, filtered.shape[-1]), dim=-1).values[:, -1:]
-        filtered = filtered.masked_fill(filtered < kth, float("-inf"))
-    if params.top_p < 1.0:
-        sorted_logits, order = torch.sort(filtered, descending=True, dim=-1)
-        sorted_probs = sorted_logits.softmax(-1)
-        # Drop a token when the mass strictly before it already reaches top_p (keeps >= 1 token).
-        drop = (sorted_probs.cumsum(-1) - sorted_probs) >= params.top_p
-        filtered = filtered.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    probs = logprobs.exp() if filtered is scaled else filtered.softmax(-1)  # [R, V]
-    cdf = probs.cumsum(-1, dtype=torch.float64)
-    tokens = torch.searchsorted(cdf, uniform * cdf[:, -1:], right=True).clamp_(max=cdf.shape[-1] - 1)  # [R, 1]
-    return tokens.view(-1), logprobs.gather(-1, tokens).view(-1)
-
-
-def decode_step(model: Transformer, tokens, cos, sin, key_bias, cache: KVCache, pos: int, weights=None):
-    """One incremental forward (`Transformer.decode`): tokens [A] at cache index `pos` ->
-    float32 logits [A, V]. A plain function of tensors, so that it can be compiled."""
-    return model.decode(tokens, cos, sin, key_bias, cache, pos, weights)
+    A = active
+    positions, steps = slots.positions[:A], slots.steps[:A]
+    rows = torch.arange(A, device=positions.device)
+    # Buffers are written by index_put on the whole tensor, which a compiled step does in place
+    # (a write through a slice would be copied back whole). First unmask each slot's new column
+    # (with a device scalar: a Python one would be a CPU tensor in the graph, which CUDA-graph
+    # capture refuses).
+    slots.key_bias[rows, :, :, positions] = slots.key_bias.new_zeros(())
+    if far is not None:
+        far = (far, slots.key_bias[far, ..., :far_span].reshape(-1, 1, far_span))
+    bias = slots.key_bias[:A, ..., :span].reshape(-1, 1, span)  # [A * KV, 1, span]
+    logits = model.decode(slots.tokens[:A], positions, bias, cache, weights, rope, far)
+    if sampler.method == "race":
+        tokens, logprobs = sample_race(logits, sampler, slots.keys[:A], steps)
+    else:
+        tokens, logprobs = sample_cdf(logits, sampler, slots.uniforms[rows, steps][:, None])
+    slots.out_tokens[rows, steps] = tokens
+    slots.out_logprobs[rows, steps] = logprobs
+    slots.tokens[:A] = tokens
+    steps += 1
+    positions += 1
 
 
 def compiled_decode_step(mode: str | None = None):
-    """`decode_step` compiled once for all batch sizes and cache lengths (dynamic shapes).
+    """`decode_step` compiled once for all slot counts and spans (dynamic shapes).
 
     On CPU this fuses the step's elementwise work into a few kernels (the matmuls stay library
-    calls), after a compile of ~15 s. The generated wrapper's per-call size and alignment
+    calls), after a compile of ~20-50 s on 2 busy cores. The generated wrapper's per-call size and alignment
     asserts are off: at rollout batch sizes they cost ~8% of a step, and Dynamo's guards
-    already check the same inputs. mode="reduce-overhead" adds CUDA graphs on CUDA. Pass the
-    result as `Engine(..., decode_fn=compiled_decode_step())`.
+    already check the same inputs. mode="reduce-overhead" adds CUDA graphs on CUDA: one graph
+    recorded per slot-count bucket and replayed; the engine marks the cache and slot tensors as
+    static inputs so that replays read them in place. Pass the result as
+    `Engine(..., decode_fn=compiled_decode_step())`.
     """
     options = {"size_asserts": False, "alignment_asserts": False, "scalar_asserts": False}
     if mode == "reduce-overhead":
@@ -119,26 +153,98 @@ def compiled_decode_step(mode: str | None = None):
     return torch.compile(decode_step, dynamic=True, options=options)
 
 
-class Engine:
-    """Holds a model, its tokenizer and a reusable KV cache; `generate` is the whole API."""
+def find_stop(tokenizer, tokens: list[int], checked: int, upto: int, stops: list[str]) -> int | None:
+    """Length of the shortest prefix of `tokens[:upto]` whose text holds a stop string, searching
+    only prefixes longer than `checked` (those were searched before); None if there is none."""
+    # Look back far enough to catch a stop string split across the previous check.
+    start = max(0, checked - max(len(s.encode()) for s in stops))
+    if upto <= checked or not any(s in tokenizer.decode(tokens[start:upto]) for s in stops):
+        return None
+    for end in range(checked + 1, upto + 1):
+        if any(s in tokenizer.decode(tokens[start:end]) for s in stops):
+            return end
+    return None
 
-    def __init__(self, model: Transformer, tokenizer, eos_ids: list[int], decode_fn=decode_step, check_every: int = 8):
+
+def _split_spans(needs: list[int], slots: list[int], active: int) -> tuple[int, list[int], int]:
+    """(span, far slots, far span) for live `slots` that each need `needs` cache columns.
+
+    When a few rows need many more columns than the rest (a long prompt among short ones, an
+    old row in a young batch), attending for all `active` slots over the longest span costs
+    active x max(needs) score columns. Letting the k longest rows attend again over their span,
+    gathered, costs active x (k+1)-th need + k x max(needs). The k (at most a quarter of the
+    slots) that costs least is taken when it saves a quarter of the attention or more: the
+    gathers cost more than smaller savings. Measured on CPU: one ~720-token prompt among 31
+    short ones, 1.7x faster; geometric sample lengths alone rarely qualify (and do not slow).
+    """
+    order = sorted(range(len(needs)), key=lambda i: -needs[i])
+    longest = needs[order[0]]
+    best, best_k = active * longest, 0
+    for k in range(1, min(len(order), active // 4 + 1)):
+        cost = active * needs[order[k]] + k * longest
+        if cost < best:
+            best, best_k = cost, k
+    if best_k == 0 or best > 0.75 * active * longest:
+        return longest, [], 0
+    return needs[order[best_k]], sorted(slots[i] for i in order[:best_k]), longest
+
+
+@dataclass
+class _Row:
+    """A row in a slot, on the host: which (prompt, sample) it answers."""
+
+    prompt_index: int
+    sample_index: int
+    checked: int = 0  # sampled tokens already searched for stop strings
+
+
+@dataclass
+class _Run:
+    """One call's state on the host."""
+
+    prompt_ids: list[list[int]]
+    params: SamplingParams
+    sampler: Sampler
+    seed: int
+    length: int  # cache columns the call may write: longest prompt + max_new_tokens + check_every
+    queue: deque  # (prompt_index, sample_index) not yet admitted
+    rows: list  # [active] _Row or None (free), one per slot in use
+    positions: list[int]  # [active] each slot's position (mirrors Slots.positions)
+    steps: list[int]  # [active] each slot's sampled tokens (mirrors Slots.steps)
+    weights: DecodeWeights
+
+
+class Engine:
+    """A model, its tokenizer and a reusable KV cache; `generate` and `stream` are the API.
+
+    max_rows: slots in the cache (rows decoding at once); or cache_bytes: as many slots as that
+    many bytes of KV cache hold for the call's length; neither: one slot per row of the call.
+    sampler: "cdf" or "race" (default: "race" on CUDA, "cdf" otherwise). static: decode with
+    the shapes CUDA graphs need (the whole span, power-of-two slot buckets) rather than the
+    CPU-tuned ones (default: on CUDA); results are the same either way. prefill_tokens bounds
+    the tokens (rows x width) of one prefill chunk. One call at a time: `stream` holds the cache
+    until it is exhausted.
+    """
+
+    def __init__(self, model: Transformer, tokenizer, eos_ids: list[int], decode_fn=decode_step, check_every: int = 8,
+                 max_rows: int | None = None, cache_bytes: int | None = None, sampler: str | None = None,
+                 static: bool | None = None, prefill_tokens: int = 1024):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.decode_fn = decode_fn
         self.check_every = check_every
+        self.max_rows, self.cache_bytes = max_rows, cache_bytes
+        self.device = model.lm_head.weight.device
+        self.sampler = sampler or ("race" if self.device.type == "cuda" else "cdf")
+        if self.sampler not in ("cdf", "race"):
+            raise ValueError(f"Engine: sampler {sampler!r} is not one of 'cdf', 'race'")
+        self.static = self.device.type == "cuda" if static is None else static
+        self.prefill_tokens = prefill_tokens
         self.cache: KVCache | None = None
-
-    def _cache_for(self, rows: int, length: int) -> KVCache:
-        c = self.cache
-        if c is None or c.batch < rows or c.max_len < length:
-            p = self.model.lm_head.weight
-            rows = max(rows, c.batch if c else 0)
-            length = max(length, c.max_len if c else 0)
-            self.cache = KVCache(self.model.cfg, rows, length, p.device, p.dtype)
-        return self.cache
+        self.slots: Slots | None = None
+        self.rope: torch.Tensor | None = None
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -148,6 +254,24 @@ class Engine:
     @torch.inference_mode()
     def generate(self, prompts: list[str | list[int]], params: SamplingParams) -> list[Completion]:
         """n completions per prompt, returned prompt-major (rows i*n .. i*n+n-1 answer prompt i)."""
+        return sorted(self.stream(prompts, params), key=lambda c: (c.prompt_index, c.sample_index))
+
+    @torch.inference_mode()
+    def stream(self, prompts: list[str | list[int]], params: SamplingParams) -> Iterator[Completion]:
+        """The completions of `generate(prompts, params)`, yielded as they finish (finishing order),
+        so that a caller can grade finished groups while the rest decode."""
+        run = self._start(prompts, params)
+        while run.queue or any(row is not None for row in run.rows):
+            self._admit(run)
+            window = self._decode_window(run)
+            yield from self._finish(run, window)
+            if not run.queue:
+                self._compact(run)
+
+    # The steps of a call, in order.
+
+    def _start(self, prompts, params: SamplingParams) -> _Run:
+        """Validate and tokenize, size the slots and their buffers."""
         if params.n < 1 or params.max_new_tokens < 1:
             raise ValueError("SamplingParams.n and max_new_tokens must be >= 1")
         texts = [p for p in prompts if isinstance(p, str)]
@@ -155,130 +279,252 @@ class Engine:
         prompt_ids = [next(encoded) if isinstance(p, str) else list(p) for p in prompts]  # one tokenizer call
         if any(len(p) == 0 for p in prompt_ids):
             raise ValueError("empty prompt: every prompt needs at least one token")
-        device = self.model.lm_head.weight.device
-        B, n, T = len(prompt_ids), params.n, params.max_new_tokens
-        P, R = max(len(p) for p in prompt_ids), B * params.n
+        weights = self.model.decode_weights()  # gathered once per call, not per step
+        # Parameters are static inputs of a captured graph already; their transposed views (and
+        # adapters' effective weights) are not, and would be copied in at every replay.
+        self._pin(*(t for layer in weights.layers for t in vars(layer).values() if t is not None), weights.lm_head)
+        if not prompt_ids:
+            return _Run([], params, Sampler(), 0, 0, deque(), [], [], [], weights)
+        P, T, R = max(len(p) for p in prompt_ids), params.max_new_tokens, len(prompt_ids) * params.n
         if P + T > self.model.cfg.max_position_embeddings:
             raise ValueError(f"prompt ({P}) + max_new_tokens ({T}) exceeds max_position_embeddings")
+        # A row may run up to check_every - 1 steps past its end before the host sees it.
+        length = P + T + self.check_every
+        if self.static:
+            length = -(-length // 64) * 64  # a few spans, so a few graphs
+        slots = R if self.max_rows is None else min(R, self.max_rows)
+        if self.cache_bytes is not None:
+            cfg, elem = self.model.cfg, self.model.lm_head.weight.element_size()
+            per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * elem
+            slots = max(1, min(slots, self.cache_bytes // per_row))
+        # One spare column: a span then never equals the cache length (Dynamo would specialise
+        # a compiled step on that equality and compile again when they differ).
+        self._ensure_capacity(slots, length + 1, T + self.check_every)
         seed = params.seed if params.seed is not None else random.randrange(2**63)
-        generator = torch.Generator(device=device).manual_seed(seed)
-        cache = self._cache_for(R, P + T)
+        sampler = Sampler(params.temperature, params.top_p, params.top_k, self.sampler)
+        active = self._bucket(min(slots, R), slots)
+        self.slots.positions[:active] = 0  # empty slots decode garbage from column 0 on
+        self.slots.steps[:active] = 0
+        queue = deque((i, j) for i in range(len(prompt_ids)) for j in range(params.n))
+        return _Run(prompt_ids, params, sampler, seed, length, queue, [None] * active, [0] * active, [0] * active,
+                    weights)
 
-        # Prefill the B distinct prompts once, left-padded to P.
-        ids = torch.full((B, P), self.pad_id, dtype=torch.long)
-        attn = torch.zeros((B, P), dtype=torch.long)
-        for i, p in enumerate(prompt_ids):
-            ids[i, P - len(p) :] = torch.tensor(p)
-            attn[i, P - len(p) :] = 1
-        ids, attn = ids.to(device), attn.to(device)
-        hidden = self.model(ids, padding_positions(attn), causal_padding_mask(attn), cache, 0)
-        logits = self.model.logits(hidden[:, -1])  # [B, V]
+    def _admit(self, run: _Run) -> None:
+        """Fill free slots from the queue: prefill each admitted prompt once, share it with its
+        samples admitted with it, and set the slots' state."""
+        free = [i for i, row in enumerate(run.rows) if row is None]
+        take = [run.queue.popleft() for _ in range(min(len(free), len(run.queue)))]
+        if not take:
+            return
+        free = free[: len(take)]
+        first: dict[int, int] = {}  # prompt -> the slot that is prefilled
+        for slot, (p, j) in zip(free, take):
+            first.setdefault(p, slot)
+            run.rows[slot] = _Row(p, j)
+            run.positions[slot], run.steps[slot] = len(run.prompt_ids[p]) - 1, 0
+        # Every prompt token but the last goes into the cache; the last is the first decode input.
+        self._prefill([first[p] for p in first], [run.prompt_ids[p][:-1] for p in first], [0] * len(first),
+                      run.weights)
+        shared = [(slot, first[p]) for slot, (p, _) in zip(free, take) if slot != first[p]]
+        if shared:
+            longest = max(len(run.prompt_ids[p]) for p in first)
+            dst, src = (torch.tensor(x, device=self.device) for x in zip(*shared))
+            self.cache.copy_rows(dst, src, longest)
+        prompts = [run.prompt_ids[p] for p, _ in take]
+        prefix = torch.tensor([len(p) - 1 for p in prompts])
+        index = torch.tensor(free, device=self.device)
+        keys = row_keys(run.seed, torch.tensor([p * run.params.n + j for p, j in take]))
+        s = self.slots
+        s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(self.device)
+        s.positions[index] = prefix.to(self.device)
+        s.steps[index] = 0
+        s.keys[index] = keys.to(self.device)
+        columns = torch.arange(s.key_bias.shape[-1])
+        bias = torch.zeros(len(take), s.key_bias.shape[-1]).masked_fill_(columns >= prefix[:, None], float("-inf"))
+        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
+        if run.sampler.method == "cdf" and run.sampler.temperature != 0:
+            width = s.uniforms.shape[1]
+            s.uniforms[index] = step_uniforms(keys[:, None], torch.arange(width)[None]).to(self.device)
 
-        # Share each prompt's cache rows with its n samples.
-        rows = torch.arange(B, device=device).repeat_interleave(n)  # [R]
-        cache.expand_rows(rows, P)
-        logits = logits[rows]  # [R, V]
-        # Additive float32 key bias, one row per (row, KV head) as `Transformer.decode` takes it:
-        # -inf on prompt padding. Built once, with the RoPE table.
-        kv = self.model.cfg.num_kv_heads
-        key_bias = torch.zeros((R, kv, 1, P + T), dtype=torch.float32, device=device)
-        key_bias[:, :, 0, :P].masked_fill_((attn[rows] == 0)[:, None], float("-inf"))
-        key_bias = key_bias.view(R * kv, 1, P + T)
-        dtype = self.model.lm_head.weight.dtype
-        cos_table, sin_table = rope_tables(self.model.inv_freq, torch.arange(P + T, device=device), dtype)
-        next_pos = attn[rows].sum(-1)  # [R] RoPE position of the first generated token
+    def _prefill(self, slots: list[int], contexts: list[list[int]], starts: list[int], weights: DecodeWeights) -> None:
+        """Write contexts[i] into slot slots[i] from column starts[i] on, in chunks: pieces of at
+        most `prefill_tokens` tokens per row, rows of similar length batched while rows x width
+        stays within `prefill_tokens` (no [B, P, vocab] or [B, heads, P, P] tensor at once)."""
+        budget, cap = self.prefill_tokens, self.cache.max_len - 1
+        order = sorted(range(len(slots)), key=lambda i: len(contexts[i]))
+        longest = max((len(c) for c in contexts), default=0)
+        for offset in range(0, longest, budget):  # piece k of a row runs after its piece k - 1
+            items = [(slots[i], contexts[i][offset : offset + budget], starts[i] + offset)
+                     for i in order if len(contexts[i]) > offset]
+            batch: list = []
+            for item in items + [None]:
+                if batch and (item is None or (len(batch) + 1) * len(item[1]) > budget):
+                    width = len(batch[-1][1])  # sorted by length: the last is the widest
+                    tokens = torch.tensor([piece + [self.pad_id] * (width - len(piece)) for _, piece, _ in batch])
+                    starts_t = torch.tensor([start for _, _, start in batch])
+                    positions = (starts_t[:, None] + torch.arange(width)).clamp_(max=cap)  # [k, width]
+                    span = max(start + len(piece) for _, piece, start in batch)
+                    rows = torch.tensor([slot for slot, _, _ in batch])
+                    self.model.extend(tokens.to(self.device), positions.to(self.device), rows.to(self.device), span,
+                                      self.cache, weights, self.rope)
+                    batch = []
+                if item is not None:
+                    batch.append(item)
 
-        eos = torch.tensor(self.eos_ids, device=device)
-        weights = self.model.decode_weights()  # gathered once per call, not per step
-        # Rows still decoding ("active") are packed at the front of the cache; `active` maps
-        # them to result rows. A step only samples and decodes: the samples of a check window
-        # are written back, searched for EOS and stop strings, and finished rows dropped from
-        # the batch, once per window (one host sync per `check_every` steps).
-        active = torch.arange(R, device=device)  # [A] result row of each active row
-        out_tokens = torch.full((R, T), self.pad_id, dtype=torch.long, device=device)
-        out_logprobs = torch.zeros((R, T), dtype=torch.float32, device=device)
-        lengths = torch.full((R,), T, dtype=torch.long, device=device)  # T until a row stops
-        finished = torch.zeros(R, dtype=torch.bool, device=device)
-        # Each row's RoPE rows for all T steps, gathered once: [R, T, 1, D].
-        ahead = next_pos[:, None] + torch.arange(T, device=device)  # [R, T]
-        cos_rows, sin_rows = cos_table[ahead][:, :, None], sin_table[ahead][:, :, None]
-        stop_texts = [s for s in params.stop if s]
-        checked = [0] * R  # tokens of each row already searched for stop strings
-        window_tokens, window_logprobs, window_start = [], [], 0
-        for t in range(T):
-            if t == window_start:
-                # One uniform per result row and step, whatever rows are still active, drawn
-                # for the whole window at once (the same numbers as one draw per step).
-                draws = torch.rand((min(self.check_every, T - t), R), generator=generator, device=device,
-                                   dtype=torch.float64).t()  # [R, w]
-                window_uniform = draws if len(active) == R else draws[active]
-            tokens, logprobs = sample_tokens(logits, params, window_uniform[:, t - window_start, None])  # [A]
-            window_tokens.append(tokens)
-            window_logprobs.append(logprobs)
-            steps = t + 1
-            if steps % self.check_every == 0 or steps == T:
-                block = torch.stack(window_tokens, 1)  # [A, w]
-                out_tokens[active, window_start:steps] = block
-                out_logprobs[active, window_start:steps] = torch.stack(window_logprobs, 1)
-                # The first EOS in the window ends a row that was still running.
-                hit = torch.isin(block, eos) & ~finished[active][:, None]  # [A, w]
-                stopped = hit.any(1)
-                first = window_start + 1 + hit.to(torch.int8).argmax(1)  # [A] length if stopped
-                lengths[active] = torch.where(stopped, first, lengths[active])
-                finished[active] = finished[active] | stopped
-                window_tokens, window_logprobs, window_start = [], [], steps
-                if stop_texts:
-                    finished, lengths = self._find_stops(out_tokens, finished, lengths, steps, stop_texts, checked)
-                keep = (~finished[active]).nonzero().squeeze(1)  # [A'] host sync, once per window
-                if len(keep) == 0 or steps == T:
-                    break
-                if len(keep) <= len(active) * 7 // 8:  # drop finished rows from the batch
-                    cache.keep_rows(keep, P + steps)
-                    active, tokens = active[keep], tokens[keep]
-                    key_bias = key_bias.view(-1, kv, 1, P + T)[keep].view(-1, 1, P + T)
-                    cos_rows, sin_rows = cos_rows[keep], sin_rows[keep]
-            logits = self.decode_fn(self.model, tokens, cos_rows[:, t], sin_rows[:, t], key_bias[..., : P + steps],
-                                    cache, P + t, weights)
+    def _decode_window(self, run: _Run) -> int:
+        """Up to `check_every` steps with no host sync, over the active slots; returns how many."""
+        live = [i for i, row in enumerate(run.rows) if row is not None]
+        if not live:
+            return 0
+        # No more steps than the live row furthest from max_new_tokens still needs.
+        window = min(self.check_every, run.params.max_new_tokens - min(run.steps[i] for i in live))
+        # Static: the whole span, one shape per bucket (a captured graph is replayed); otherwise
+        # the columns this window can reach, faster on CPU (a compiled step has dynamic shapes).
+        span, far, far_span = run.length, None, 0
+        if not self.static:
+            span, far_rows, far_span = _split_spans([run.positions[i] + window + 1 for i in live], live, len(run.rows))
+            if far_rows:
+                far = torch.tensor(far_rows, device=self.device)
+        for _ in range(window):
+            self.decode_fn(self.model, run.weights, self.cache, self.slots, self.rope, len(run.rows), span,
+                           run.sampler, far, far_span)
+        run.positions = [p + window for p in run.positions]
+        run.steps = [t + window for t in run.steps]
+        return window
 
-        out_tokens, out_logprobs = out_tokens.cpu(), out_logprobs.cpu()
-        lengths, finished = lengths.cpu().tolist(), finished.cpu().tolist()
+    def _finish(self, run: _Run, window: int) -> list[Completion]:
+        """The host check, after a window: rows that sampled EOS, reached max_new_tokens or
+        completed a stop string leave their slots as Completions; free slots are parked."""
+        lengths, stopped = self._find_ends(run, window)
         completions = []
-        for r in range(R):
-            L = lengths[r]
-            row_ids = out_tokens[r, :L].tolist()
-            completions.append(
-                Completion(
-                    prompt_ids=prompt_ids[r // n],
-                    ids=row_ids,
-                    text=self.tokenizer.decode(row_ids, skip_special_tokens=True),
-                    logprobs=out_logprobs[r, :L].clone(),
-                    finish_reason="stop" if finished[r] else "length",
-                    prompt_index=r // n,
-                )
-            )
+        if lengths:
+            finished = sorted(lengths)
+            index, width = torch.tensor(finished, device=self.device), max(lengths.values())
+            out_tokens = self.slots.out_tokens[index, :width].cpu()
+            out_logprobs = self.slots.out_logprobs[index, :width].cpu()
+            for k, i in enumerate(finished):
+                row, n = run.rows[i], lengths[i]
+                ids = out_tokens[k, :n].tolist()
+                completions.append(Completion(
+                    prompt_ids=run.prompt_ids[row.prompt_index],
+                    ids=ids,
+                    text=self.tokenizer.decode(ids, skip_special_tokens=True),
+                    logprobs=out_logprobs[k, :n].clone(),
+                    finish_reason="stop" if i in stopped else "length",
+                    prompt_index=row.prompt_index,
+                    sample_index=row.sample_index,
+                ))
+                run.rows[i] = None
+        # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
+        # check, so that it stays inside the span and the spare columns.
+        free = [i for i, row in enumerate(run.rows) if row is None]
+        if free:
+            index = torch.tensor(free, device=self.device)
+            self.slots.positions[index] = 0
+            self.slots.steps[index] = 0
+            for i in free:
+                run.positions[i], run.steps[i] = 0, 0
         return completions
 
-    def _find_stops(self, out_tokens, finished, lengths, steps, stop_texts, checked):
-        """Host-side stop-string search over the tokens generated since the last check."""
-        tokens = out_tokens[:, :steps].cpu()
-        done = finished.cpu().tolist()
-        new_lengths = lengths.cpu()
-        # Look back far enough to catch a stop string split across the previous check.
-        lookback = max(len(s.encode()) for s in stop_texts)
-        for r in range(len(done)):
-            # A row that stopped on EOS since the last check may still hold an earlier stop string.
-            upto = min(steps, int(new_lengths[r])) if done[r] else steps
-            if upto <= checked[r]:
-                continue
-            start = max(0, checked[r] - lookback)
-            row = tokens[r].tolist()
-            if any(s in self.tokenizer.decode(row[start:upto]) for s in stop_texts):
-                # The shortest prefix whose text contains a stop string ends the completion.
-                for end in range(checked[r] + 1, upto + 1):
-                    if any(s in self.tokenizer.decode(row[start:end]) for s in stop_texts):
-                        new_lengths[r] = end
-                        done[r] = True
-                        break
-            checked[r] = upto
-        device = finished.device
-        return torch.tensor(done, device=device), new_lengths.to(device)
+    def _find_ends(self, run: _Run, window: int) -> tuple[dict[int, int], set[int]]:
+        """({slot: length} of the rows that end in this window, the slots among them that
+        stopped on EOS or a stop string); one sync, for the window's tokens."""
+        A, s, T = len(run.rows), self.slots, run.params.max_new_tokens
+        live = [i for i, row in enumerate(run.rows) if row is not None]
+        lengths, stopped = {}, set()
+        if not live or window == 0:
+            return lengths, stopped
+        stops = [x for x in run.params.stop if x]
+        if stops:  # every row's tokens so far (for the search), and the window's among them
+            tokens = s.out_tokens[:A, : min(max(run.steps[i] for i in live), T)].cpu()
+        else:
+            first = torch.tensor([run.steps[i] - window for i in range(A)])[:, None] + torch.arange(window)
+            block = s.out_tokens[:A].gather(1, first.clamp(min=0).to(self.device)).cpu()  # [A, window]
+        eos = set(self.eos_ids)
+        for i in live:
+            start, end = run.steps[i] - window, min(run.steps[i], T)  # this window sampled [start, end)
+            window_tokens = tokens[i, start:end].tolist() if stops else block[i, : end - start].tolist()
+            hit = next((k for k, t in enumerate(window_tokens) if t in eos), None)
+            if hit is not None:
+                lengths[i] = end = start + hit + 1
+                stopped.add(i)
+            elif end == T:
+                lengths[i] = T
+            if stops:
+                row = run.rows[i]
+                cut = find_stop(self.tokenizer, tokens[i].tolist(), row.checked, end, stops)
+                row.checked = end
+                if cut is not None:
+                    lengths[i] = cut
+                    stopped.add(i)
+        return lengths, stopped
+
+    def _compact(self, run: _Run) -> None:
+        """With the queue empty, pack live rows into fewer slots (moving rows from the end into
+        free slots at the front), so that finished rows stop costing steps."""
+        live = [i for i, row in enumerate(run.rows) if row is not None]
+        A = len(run.rows)
+        if not live or (not self.static and len(live) > A * 7 // 8):
+            return
+        target = self._bucket(len(live), A)
+        if target >= A:
+            return
+        movers = [i for i in live if i >= target]
+        holes = [i for i in range(target) if run.rows[i] is None][: len(movers)]
+        if movers:
+            dst, src = torch.tensor(holes, device=self.device), torch.tensor(movers, device=self.device)
+            self.cache.copy_rows(dst, src, max(run.positions[i] for i in movers) + 1)
+            s = self.slots
+            for t in (s.tokens, s.positions, s.steps, s.keys, s.key_bias, s.uniforms, s.out_tokens, s.out_logprobs):
+                t[dst] = t[src]
+            for h, m in zip(holes, movers):
+                run.rows[h], run.positions[h], run.steps[h] = run.rows[m], run.positions[m], run.steps[m]
+        del run.rows[target:], run.positions[target:], run.steps[target:]
+
+    # Memory.
+
+    def _bucket(self, rows: int, capacity: int) -> int:
+        """Slots to decode `rows` rows with: exactly `rows`; static, the next power of two from 16
+        up, within capacity, so that only a few slot counts (CUDA graphs) ever occur."""
+        if not self.static:
+            return rows
+        bucket = 16
+        while bucket < rows:
+            bucket *= 2
+        return min(bucket, capacity)
+
+    def _ensure_capacity(self, rows: int, length: int, width: int) -> None:
+        """(Re)allocate the cache and slot state when a call needs more rows, columns or sampled
+        tokens per row; kept across calls otherwise (fixed addresses)."""
+        c, s, cfg = self.cache, self.slots, self.model.cfg
+        device, dtype = self.device, self.model.lm_head.weight.dtype
+        if c is None or c.rows < rows or c.max_len < length:
+            rows, length = max(rows, c.rows if c else 0), max(length, c.max_len if c else 0)
+            self.cache = c = KVCache(cfg, rows, length, device, dtype)
+            self.rope = rope_table(self.model.inv_freq, length, dtype)
+            s = None
+            self._pin(*c.k, *c.v, self.rope)
+        if s is None or s.out_tokens.shape[1] < width:
+            width = max(width, s.out_tokens.shape[1] if s else 0)
+            S, L = c.rows, c.max_len
+
+            def zeros(*shape, dtype=torch.long):
+                return torch.zeros(shape, dtype=dtype, device=device)
+
+            self.slots = s = Slots(
+                tokens=zeros(S), positions=zeros(S), steps=zeros(S), keys=zeros(S),
+                key_bias=zeros(S, cfg.num_kv_heads, 1, L, dtype=torch.float32),
+                uniforms=zeros(S, width, dtype=torch.float64), out_tokens=zeros(S, width),
+                out_logprobs=zeros(S, width, dtype=torch.float32),
+            )
+            self._pin(*vars(s).values())
+
+    def _pin(self, *tensors: torch.Tensor) -> None:
+        """On CUDA, mark tensors that a captured graph reads or writes in place as static inputs,
+        so that replays use them where they are instead of copying them in (and mutating them
+        is allowed). Parameters are static already."""
+        if self.device.type == "cuda":
+            import torch._dynamo
+
+            for t in tensors:
+                torch._dynamo.mark_static_address(t)

@@ -6,7 +6,7 @@ from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
-from pillion.model.transformer import KVCache, causal_padding_mask, padding_positions, rope_tables
+from pillion.model.transformer import KVCache, causal_padding_mask, padding_positions
 from tests.conftest import FAMILIES
 
 
@@ -108,26 +108,60 @@ def test_token_logprobs_match_full_log_softmax_and_gradients(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-def test_cached_chunks_and_decode_steps_equal_one_full_pass(tiny_checkpoint, family):
-    """The KV-cache paths against the plain forward: a prefix through `forward` into the cache,
-    the next chunk through `forward` at cache_pos > 0 (keys read back from the transposed
-    cache), then single tokens through `decode`: every position's logits as in one full pass."""
+def test_extend_and_decode_equal_one_full_pass(tiny_checkpoint, family):
+    """The engine's fast path against the plain forward, per row: rows of different lengths in
+    slots of one cache (no padding inside a row), a prefix through `extend` in two chunks (the
+    second continuing the cache at a different column in each row, from rows given out of
+    order), then single tokens through `decode` attending over the whole cache with unwritten
+    columns masked: every logit as in one full pass of `forward` over that row alone."""
     model = load_model(tiny_checkpoint(family)).eval()
-    ids, attn = _batch()
-    pos = padding_positions(attn)
-    mask = causal_padding_mask(attn)  # [B, 1, L, L]
-    kv = model.cfg.num_kv_heads
+    cfg = model.cfg
+    g = torch.Generator().manual_seed(0)
+    lengths = [17, 12, 15]  # each row's full length; prefixes 9/6/7 + 0..1 padding, then decode
+    ids = [torch.randint(0, 259, (n,), generator=g) for n in lengths]
+    first, second = [5, 3, 4], [4, 3, 3]  # chunk lengths; decode from first + second on
+    slots = torch.tensor([2, 0, 1])  # row i lives in cache slot slots[i]
+    max_len = 24
+    cache = KVCache(cfg, 3, max_len, "cpu", torch.float32)
     with torch.no_grad():
-        full = model.logits(model(ids, pos, mask))
-        cache = KVCache(model.cfg, ids.shape[0], ids.shape[1], "cpu", torch.float32)
-        first = model.logits(model(ids[:, :9], pos[:, :9], mask[:, :, :9, :9], cache, 0))
-        second = model.logits(model(ids[:, 9:14], pos[:, 9:14], mask[:, :, 9:14, :14], cache, 9))
-        cos, sin = rope_tables(model.inv_freq, pos, torch.float32)
-        key_bias = torch.zeros(ids.shape[0], kv, 1, ids.shape[1])
-        key_bias = key_bias.masked_fill_((attn == 0)[:, None, None], float("-inf"))
-        key_bias = key_bias.view(-1, 1, ids.shape[1])
-        steps = [model.decode(ids[:, t], cos[:, t, None], sin[:, t, None], key_bias[..., : t + 1], cache, t)
-                 for t in range(14, ids.shape[1])]
-    torch.testing.assert_close(first, full[:, :9], atol=1e-5, rtol=0)
-    torch.testing.assert_close(second, full[:, 9:14], atol=1e-5, rtol=0)
-    torch.testing.assert_close(torch.stack(steps, 1), full[:, 14:], atol=1e-5, rtol=0)
+        full = [model.logits(model(x[None], torch.arange(len(x))[None], None))[0] for x in ids]
+
+        def chunk(starts, sizes):  # right-padded [3, W] tokens and positions, padding after each row
+            width = max(sizes)
+            tokens = torch.stack([torch.cat((x[s : s + n], torch.zeros(width - n, dtype=torch.long)))
+                                  for x, s, n in zip(ids, starts, sizes)])
+            positions = torch.tensor(starts)[:, None] + torch.arange(width)
+            return tokens, positions, max(s + n for s, n in zip(starts, sizes))
+
+        for starts, sizes in (([0, 0, 0], first), (first, second)):
+            tokens, positions, span = chunk(starts, sizes)
+            model.extend(tokens, positions, slots, span, cache)
+        # The decode step runs over cache rows 0..2 in slot order; bias: 0 up to each position.
+        order = slots.argsort()  # slot j holds row order[j]
+        pos = torch.tensor([a + b for a, b in zip(first, second)])[order]
+        steps = []
+        for t in range(min(lengths) - max(pos).item()):
+            p = pos + t
+            bias = torch.where(torch.arange(max_len) <= p[:, None], 0.0, float("-inf"))  # [3, S]
+            bias = bias[:, None, None].expand(3, cfg.num_kv_heads, 1, max_len).reshape(-1, 1, max_len)
+            tokens = torch.stack([ids[r][q] for r, q in zip(order.tolist(), p.tolist())])
+            steps.append(model.decode(tokens, p, bias, cache))
+    assert len(steps) >= 2
+    for j, r in enumerate(order.tolist()):
+        expected = full[r][pos[j] : pos[j] + len(steps)]
+        torch.testing.assert_close(torch.stack([s[j] for s in steps]), expected, atol=1e-5, rtol=0)
+
+
+def test_decode_weights_are_named_records_of_the_parameters(tiny_checkpoint):
+    """The fast path reads the parameters themselves (optimizer updates show through), one named
+    record per layer; Qwen2 has q|k|v biases and no QK norm, Qwen3 the reverse."""
+    for family, bias, qk_norm in (("qwen2", True, False), ("qwen3", False, True)):
+        model = load_model(tiny_checkpoint(family))
+        weights = model.decode_weights()
+        assert len(weights.layers) == model.cfg.num_layers
+        layer, block = weights.layers[1], model.model.layers[1]
+        assert layer.qkv is block.self_attn.qkv_proj.weight
+        assert layer.down_t.data_ptr() == block.mlp.down_proj.weight.data_ptr()  # a view, not a copy
+        assert layer.down_t.shape == (model.cfg.intermediate_size, model.cfg.hidden_size)
+        assert (layer.qkv_bias is not None) == bias and (layer.q_norm is not None) == qk_norm
+        assert weights.lm_head is model.lm_head.weight and weights.embedding is model.model.embed_tokens.weight

@@ -6,15 +6,28 @@ from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.sequences import pack, response_logprobs
-from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step, sample_tokens
+from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
 from tests.conftest import FAMILIES
 
 PROMPTS = ["12+35=", "What is 7 times 8?", "x"]
+# 12 of the tiny models' 320 tokens: a random model then stops with probability ~1/27 per token,
+# so the samples of one call end at very different lengths.
+MANY_EOS = list(range(97, 109))
 
 
-def _engine(folder, **kwargs):
+def _engine(folder, eos=None, **kwargs):
     tokenizer = load_tokenizer(folder)
-    return Engine(load_model(folder).eval(), tokenizer, eos_token_ids(folder, tokenizer), **kwargs)
+    eos = eos_token_ids(folder, tokenizer) if eos is None else eos
+    return Engine(load_model(folder).eval(), tokenizer, eos, **kwargs)
+
+
+def _assert_same(a, b):
+    """Same rows, tokens and finish reasons; log-probs equal up to float32 rounding (the matmuls
+    of a step may block differently for another number of rows)."""
+    assert [(x.prompt_index, x.sample_index, x.ids, x.finish_reason) for x in a] == \
+        [(x.prompt_index, x.sample_index, x.ids, x.finish_reason) for x in b]
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x.logprobs, y.logprobs, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -46,17 +59,19 @@ def test_same_seed_same_tokens_and_n_samples_prompt_major(tiny_checkpoint):
     assert all(x.prompt_ids == engine.encode(PROMPTS[x.prompt_index]) for x in a)
 
 
-def test_max_new_tokens_and_length_finish(tiny_checkpoint):
-    engine = _engine(tiny_checkpoint("llama"))
+@pytest.mark.parametrize("max_rows", [None, 2])
+def test_max_new_tokens_and_length_finish(tiny_checkpoint, max_rows):
+    engine = _engine(tiny_checkpoint("llama"), max_rows=max_rows)
     out = engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=5, seed=0))
     for c in out:
         assert len(c.ids) <= 5 and len(c.logprobs) == len(c.ids)
         assert c.finish_reason == ("length" if len(c.ids) == 5 else "stop")
 
 
-def test_stops_on_eos_and_keeps_it(tiny_checkpoint):
+@pytest.mark.parametrize("max_rows", [None, 2])
+def test_stops_on_eos_and_keeps_it(tiny_checkpoint, max_rows):
     folder = tiny_checkpoint("qwen3")
-    engine = _engine(folder)
+    engine = _engine(folder, max_rows=max_rows)
     free = engine.generate(PROMPTS, SamplingParams(temperature=0, max_new_tokens=12))
     # Declare the 4th greedy token of prompt 0 an EOS id: generation must stop right there.
     eos = free[0].ids[3]
@@ -66,18 +81,18 @@ def test_stops_on_eos_and_keeps_it(tiny_checkpoint):
     assert stopped[0].ids == free[0].ids[: first + 1]
     assert stopped[0].finish_reason == "stop"
     assert stopped[0].text == engine.tokenizer.decode(stopped[0].ids, skip_special_tokens=True)
-    # Rows that finish are dropped from the batch (their cache rows compacted away): the rows
-    # still running must decode exactly as they did with every row present.
+    # Rows that finish leave their slots (refilled, or compacted away): the rows still running
+    # must decode exactly as they did with every row present.
     running = [i for i, c in enumerate(free) if eos not in c.ids]
     assert running, "the test needs a row that never emits the chosen EOS"
     for i in running:
         assert stopped[i].ids == free[i].ids and stopped[i].finish_reason == "length"
 
 
-@pytest.mark.parametrize("check_every", [1, 3, 8])
-def test_stop_strings(tiny_checkpoint, check_every):
+@pytest.mark.parametrize("check_every,max_rows", [(1, None), (3, 2), (8, 1)])
+def test_stop_strings(tiny_checkpoint, check_every, max_rows):
     folder = tiny_checkpoint("qwen2")
-    engine = _engine(folder, check_every=check_every)
+    engine = _engine(folder, check_every=check_every, max_rows=max_rows)
     tok = engine.tokenizer
     free = engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=20, seed=3))
     # A printable ASCII character that some sample produces after its first few tokens.
@@ -117,35 +132,6 @@ def test_top_k_one_and_tiny_top_p_are_greedy(tiny_checkpoint):
     assert [c.ids for c in top1] == [c.ids for c in greedy] == [c.ids for c in nucleus]
 
 
-def test_sampler_frequencies_follow_the_distribution():
-    # p = softmax(logits) = [0.5, 0.25, 0.125, 0.125]; 40k draws, 4-sigma bounds.
-    logits = torch.log(torch.tensor([[0.5, 0.25, 0.125, 0.125]])).repeat(40000, 1)
-    g = torch.Generator().manual_seed(0)
-
-    def u():
-        return torch.rand((40000, 1), generator=g, dtype=torch.float64)
-
-    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=1.0), u())
-    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
-    assert torch.allclose(freq, torch.tensor([0.5, 0.25, 0.125, 0.125]), atol=4 * (0.25 / 40000) ** 0.5)
-    torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.5, 0.25, 0.125, 0.125]))[tokens])
-    # top_k=2 keeps tokens {0, 1} with renormalised mass [2/3, 1/3]; log-probs stay the
-    # untruncated policy's (ALGORITHMS.md §1).
-    tokens, logprobs = sample_tokens(logits, SamplingParams(top_k=2), u())
-    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
-    assert freq[2:].sum() == 0 and abs(freq[0] - 2 / 3) < 0.01
-    torch.testing.assert_close(logprobs, torch.log(torch.tensor([0.5, 0.25]))[tokens])
-    # top_p=0.7: the mass before token 1 is 0.5 < 0.7, before token 2 it is 0.75 >= 0.7 -> {0, 1}.
-    tokens, _ = sample_tokens(logits, SamplingParams(top_p=0.7), u())
-    assert set(tokens.tolist()) == {0, 1}
-    # temperature 0.5 squares the odds: p ∝ [0.25, 0.0625, 0.015625, 0.015625] / 0.34375.
-    tokens, logprobs = sample_tokens(logits, SamplingParams(temperature=0.5), u())
-    expected = torch.tensor([0.25, 0.0625, 0.015625, 0.015625]) / 0.34375
-    freq = torch.bincount(tokens, minlength=4).float() / len(tokens)
-    assert torch.allclose(freq, expected, atol=0.01)
-    torch.testing.assert_close(logprobs, expected.log()[tokens])
-
-
 def test_cache_is_reused_and_bad_input_rejected(tiny_checkpoint):
     engine = _engine(tiny_checkpoint("qwen2"))
     engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=8, seed=0))
@@ -158,6 +144,7 @@ def test_cache_is_reused_and_bad_input_rejected(tiny_checkpoint):
         engine.generate(["hi"], SamplingParams(max_new_tokens=10**6))
 
 
+@pytest.mark.slow  # an inductor compile of the whole step (decode, sampling, bookkeeping): ~25-50 s here
 def test_compiled_decode_matches_eager(tiny_checkpoint):
     """The fast path (torch.compile of the decode step) against the reference eager step."""
     folder = tiny_checkpoint("qwen3")
@@ -171,9 +158,9 @@ def test_compiled_decode_matches_eager(tiny_checkpoint):
 
 
 def test_decode_step_compiles_once_for_all_positions_and_batch_sizes(tiny_checkpoint):
-    """Cache position and active-row count change every step / window; the decode step must
-    trace to one dynamic graph (plus the first, specialised one), not one per step: an index
-    write `cache[:, :, pos] = k` once made Dynamo recompile at every position."""
+    """Positions, spans and active-slot counts change every step / window; the decode step must
+    trace to one dynamic graph (plus one specialised to a single active slot), not one per step:
+    an index write `cache[:, :, pos] = k` once made Dynamo recompile at every position."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
@@ -185,3 +172,180 @@ def test_decode_step_compiles_once_for_all_positions_and_batch_sizes(tiny_checkp
     assert len({len(c.ids) for c in completions}) > 1  # rows did finish at different lengths
     engine.generate(PROMPTS[:2], SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=5))
     assert counter.frame_count <= 2, counter.frame_count
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_continuous_batching_equals_one_slot_per_row(tiny_checkpoint, temperature):
+    """Rows admitted into 1 or 3 slots as others finish (and checked every 1, 5 or 8 steps) give
+    exactly the completions of one slot per row: randomness is keyed by (seed, row, step)."""
+    folder = tiny_checkpoint("qwen2")
+    params = SamplingParams(n=3, temperature=temperature, max_new_tokens=24, seed=11)
+    eos = MANY_EOS
+    if temperature == 0:  # greedy rows of a random model rarely stop: make the 6th token of one an EOS
+        eos = [_engine(folder, eos=[]).generate(PROMPTS[:1], params)[0].ids[5]]
+    reference = _engine(folder, eos=eos).generate(PROMPTS, params)
+    assert len({len(c.ids) for c in reference}) >= 2 and {c.finish_reason for c in reference} == {"stop", "length"}
+    for max_rows, check_every in ((1, 1), (3, 5), (3, 8), (9, 3)):
+        engine = _engine(folder, eos=eos, max_rows=max_rows, check_every=check_every)
+        _assert_same(engine.generate(PROMPTS, params), reference)
+        assert engine.cache.rows == max_rows
+
+
+def test_admission_order_does_not_change_completions(tiny_checkpoint):
+    """The queue shuffled (samples of one prompt admitted apart, the prompt prefilled again each
+    time): the same completions."""
+    import random
+
+    folder = tiny_checkpoint("llama")
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=20, seed=2)
+    reference = _engine(folder, eos=MANY_EOS).generate(PROMPTS, params)
+    engine = _engine(folder, eos=MANY_EOS, max_rows=2)
+    start = engine._start
+
+    def shuffled_start(prompts, p):
+        run = start(prompts, p)
+        random.Random(0).shuffle(run.queue)
+        return run
+
+    engine._start = shuffled_start
+    _assert_same(engine.generate(PROMPTS, params), reference)
+
+
+def test_stream_yields_completions_as_they_finish(tiny_checkpoint):
+    engine = _engine(tiny_checkpoint("qwen2"), eos=MANY_EOS, check_every=4)
+    params = SamplingParams(n=4, max_new_tokens=32, seed=5)
+    streamed = list(engine.stream(PROMPTS, params))
+    # All rows start together, so a row leaves at the check after its last token: finishing
+    # order is by ceil(length / 4).
+    windows = [-(-len(c.ids) // 4) for c in streamed]
+    assert windows == sorted(windows) and len(set(windows)) > 1
+    ordered = sorted(streamed, key=lambda c: (c.prompt_index, c.sample_index))
+    _assert_same(ordered, engine.generate(PROMPTS, params))
+
+
+def test_static_shape_step_and_race_sampler_equal_the_cpu_path(tiny_checkpoint):
+    """What CUDA runs, on CPU: the static-shape step (whole cache span, slot buckets, a rounded
+    length) gives the completions of the CPU-tuned step, with either sampler."""
+    folder = tiny_checkpoint("qwen3")
+    for sampler in ("race", "cdf"):
+        params = SamplingParams(n=3, temperature=0.8, top_k=50, max_new_tokens=20, seed=9)
+        dynamic = _engine(folder, eos=MANY_EOS, sampler=sampler).generate(PROMPTS, params)
+        static = _engine(folder, eos=MANY_EOS, sampler=sampler, static=True, max_rows=4)
+        _assert_same(static.generate(PROMPTS, params), dynamic)
+
+
+def test_compiled_static_step_does_not_recompile_across_steps_and_refills(tiny_checkpoint):
+    """One compiled frame for the static step: every step and every slot refill reuses it (on
+    CUDA, one captured graph replayed), and it gives the eager step's completions."""
+    from torch._dynamo.testing import CompileCounter
+
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    folder = tiny_checkpoint("qwen2")
+    step = torch.compile(decode_step, backend=counter, dynamic=True, fullgraph=True)
+    engine = _engine(folder, eos=MANY_EOS, decode_fn=step, static=True, max_rows=3, sampler="race")
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=4)
+    compiled = engine.generate(PROMPTS, params)  # 9 rows through 3 slots: many refills
+    assert counter.frame_count == 1, counter.frame_count
+    eager = _engine(folder, eos=MANY_EOS, static=True, max_rows=3, sampler="race").generate(PROMPTS, params)
+    _assert_same(compiled, eager)
+
+
+def test_long_prompts_prefill_in_bounded_chunks(tiny_checkpoint):
+    """prefill_tokens=8: every prefill call holds at most 8 tokens (a 60-token prompt goes in 8
+    pieces), and the completions are those of one-piece prefills."""
+    folder = tiny_checkpoint("qwen2")
+    prompts = ["a long prompt " * 4 + "that goes on", "short", "mid-sized prompt"]
+    params = SamplingParams(n=2, max_new_tokens=10, seed=1)
+    reference = _engine(folder).generate(prompts, params)
+    engine = _engine(folder, prefill_tokens=8)
+    sizes = []
+    extend = engine.model.extend
+
+    def spy(tokens, *args, **kwargs):
+        sizes.append(tokens.numel())
+        return extend(tokens, *args, **kwargs)
+
+    engine.model.extend = spy
+    _assert_same(engine.generate(prompts, params), reference)
+    assert max(sizes) <= 8 and sum(sizes) >= len(engine.encode(prompts[0])) - 1
+
+
+def test_cache_bytes_sizes_the_slots(tiny_checkpoint):
+    folder = tiny_checkpoint("qwen2")
+    engine = _engine(folder, eos=MANY_EOS)
+    cfg = engine.model.cfg
+    params = SamplingParams(n=2, max_new_tokens=16, seed=0)
+    length = max(len(engine.encode(p)) for p in PROMPTS) + 16
+    per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * 4  # K and V, float32
+    budget = _engine(folder, eos=MANY_EOS, cache_bytes=2 * per_row + per_row // 2)
+    _assert_same(budget.generate(PROMPTS, params), engine.generate(PROMPTS, params))
+    assert budget.cache.rows == 2 and engine.cache.rows == 6
+
+
+def test_continuous_logprobs_match_training_forward(tiny_checkpoint):
+    """Engine log-probs equal the trainer's also when rows are refilled into slots and sampled
+    by the race sampler over the static step."""
+    engine = _engine(tiny_checkpoint("qwen2"), eos=MANY_EOS, max_rows=2, static=True, sampler="race")
+    out = engine.generate(PROMPTS, SamplingParams(n=3, temperature=0.7, max_new_tokens=16, seed=3))
+    batch = pack([c.prompt_ids for c in out], [c.ids for c in out], engine.pad_id)
+    with torch.no_grad():
+        trainer, _ = response_logprobs(engine.model, batch, 0.7)
+    for i, c in enumerate(out):
+        torch.testing.assert_close(c.logprobs, trainer[i, : len(c.ids)], atol=1e-5, rtol=0)
+
+
+def test_split_spans_hand_examples():
+    from pillion.rollout.engine import _split_spans
+
+    # 8 slots, one row needing 100 columns, seven needing 20: all over 100 costs 8 x 100 = 800
+    # score columns; the long row apart costs 8 x 20 + 1 x 100 = 260 (two apart: 8 x 20 + 2 x
+    # 100 = 360), under 3/4 of 800: split, slot 5 alone over 100.
+    needs, slots = [20, 20, 20, 20, 20, 100, 20, 20], [0, 1, 2, 3, 4, 5, 6, 7]
+    assert _split_spans(needs, slots, 8) == (20, [5], 100)
+    # Needs 100, 90, 80, ...: one apart costs 8 x 90 + 100 = 820 > 800: no split.
+    assert _split_spans([100, 90, 80, 70, 60, 50, 40, 30], slots, 8) == (100, [], 0)
+    # Two rows well apart, both long (k = 2 <= 8 // 4): 8 x 10 + 2 x 200 = 480 <= 0.75 x 1600.
+    assert _split_spans([200, 10, 10, 195, 10, 10, 10, 10], slots, 8) == (10, [0, 3], 200)
+
+
+def test_long_rows_attending_apart_give_the_same_completions(tiny_checkpoint):
+    """One long prompt among short ones: on CPU its rows attend over their own span apart from
+    the others (`far`); the completions equal the static step's, where every slot attends over
+    the whole cache."""
+    from pillion.rollout import engine as engine_module
+
+    folder = tiny_checkpoint("qwen2")
+    prompts = ["a much longer prompt than the others, " * 3, "1+1=", "2+2=", "3+3=", "x"]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=16, seed=6)
+    splits = []
+    split = engine_module._split_spans
+
+    def spy(needs, slots, active):
+        splits.append(split(needs, slots, active))
+        return splits[-1]
+
+    engine = _engine(folder, eos=MANY_EOS, max_rows=8)
+    engine_module._split_spans = spy
+    try:
+        apart = engine.generate(prompts, params)
+    finally:
+        engine_module._split_spans = split
+    assert any(far for _, far, _ in splits)  # the long rows did attend apart
+    _assert_same(apart, _engine(folder, eos=MANY_EOS, max_rows=8, static=True).generate(prompts, params))
+
+
+def test_every_tensor_the_step_reads_is_a_static_input_for_cuda_graphs(tiny_checkpoint):
+    """A CUDA-graph replay copies in any input that is neither a parameter nor marked static,
+    and refuses to capture a step that mutates one: every tensor `decode_step` receives (the
+    weights, their transposed views, cache, RoPE table, slot state) must be one or the other."""
+    engine = _engine(tiny_checkpoint("qwen3"), static=True, sampler="race")
+    pinned, steps = set(), []
+    engine._pin = lambda *tensors: pinned.update(id(t) for t in tensors)  # what CUDA would mark
+    engine.decode_fn = lambda *args: (steps.append(args), decode_step(*args))
+    engine.generate(PROMPTS, SamplingParams(n=2, max_new_tokens=4, seed=0))
+    _, weights, cache, slots, rope, *_ = steps[-1]
+    tensors = [t for layer in weights.layers for t in vars(layer).values() if t is not None]
+    tensors += [weights.embedding, weights.final_norm, weights.lm_head, *cache.k, *cache.v, rope, *vars(slots).values()]
+    assert all(isinstance(t, torch.nn.Parameter) or id(t) in pinned for t in tensors)
+    assert any(id(layer.o_t) in pinned for layer in weights.layers)  # the views were marked
