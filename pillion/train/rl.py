@@ -39,7 +39,7 @@ from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.critic import Critic
 from pillion.model.sequences import response_logprobs
-from pillion.rewards import GradingPool, score_batch
+from pillion.rewards import GradingPool, RewardResult, score_batch
 from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
 from pillion.train.batch import Sample, TrainBatch, make_batch
@@ -62,7 +62,8 @@ class TrainingInterrupted(RuntimeError):
 
 @dataclass
 class Rollout:
-    samples: list[Sample]  # groups of `group_size` rows are contiguous
+    samples: list[Sample]  # the kept groups; rows of a group (`group_size`) are contiguous
+    rewards: list[RewardResult]  # of every generated sample, kept or filtered out (the policy's accuracy)
     gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
     gen_seconds: float
 
@@ -85,10 +86,12 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
     buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
     max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
     start = time.perf_counter()
+    generated: list[RewardResult] = []
     for gen_batch in range(max_batches):
         problems = parallel.my_slice(prompts_for(step, gen_batch), world)
         seed = (cfg.seed * 1_000_003 + step * 1009 + gen_batch) * max(world.size, 1) + world.rank
         samples = generate_and_score(engine, problems, cfg, seed, pool)
+        generated += [s.reward for s in samples]
         scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
         correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
         keep = torch.ones(len(samples), dtype=torch.bool)
@@ -101,7 +104,7 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
             break
     if cfg.filter.dynamic_sampling and not buffer.full:
         log.warning(buffer.give_up_message(max_batches))
-    return Rollout(buffer.rows, gen_batch + 1, time.perf_counter() - start)
+    return Rollout(buffer.rows, generated, gen_batch + 1, time.perf_counter() - start)
 
 
 def chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
@@ -263,7 +266,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             policy.train()
             if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
                 record_history(history, mixture, ro.samples, cfg.group_size)
-            rewards = [s.reward for s in ro.samples]
+            rewards = ro.rewards  # every sample generated this step: filters do not flatter the metric
             record = {"step": step + 1, "reward": sum(r.score for r in rewards) / max(len(rewards), 1),
                       "accuracy": sum(bool(r.correct) for r in rewards) / max(len(rewards), 1),
                       # a final answer in the graded style, as the grader extracted it

@@ -144,15 +144,15 @@ PINNED_ARGS = ["steps=3", "prompts_per_step=8", "group_size=4", "max_new_tokens=
                "save_every=2", "data.synthetic_size=400"]
 
 PINNED = [
-    {"reward": 0.3125, "accuracy": 0.3125, "pg_loss": 1.862645149230957e-09, "kl_loss": 9.85609513008967e-05,
-     "entropy": 0.058211094699800014, "grad_norm": 0.23750480241142213, "clipfrac": 0.0,
-     "ratio_max": 1.121815413236618, "response_length": 22.4375, "kl": 0.0},
-    {"reward": 0.53125, "accuracy": 0.53125, "pg_loss": -3.725290298461914e-09, "kl_loss": 0.011817241596190797,
-     "entropy": 0.044357514940202236, "grad_norm": 1.3815335556864738, "clipfrac": 0.0,
-     "ratio_max": 1.0094172060489655, "response_length": 20.625, "kl": 0.02060018666088581},
-    {"reward": 0.40625, "accuracy": 0.40625, "pg_loss": -0.0002471078187227249, "kl_loss": 0.031969507108442485,
-     "entropy": 0.05124666588380933, "grad_norm": 0.8113576248288155, "clipfrac": 0.0014124293811619282,
-     "ratio_max": 1.0342027246952057, "response_length": 21.1875, "kl": 0.0553024485707283},
+    {"reward": 0.25, "accuracy": 0.25, "pg_loss": -0.00028805434703826904, "kl_loss": 0.0018709343712544069,
+     "entropy": 0.06469062436372042, "grad_norm": 0.22227692604064941, "clipfrac": 0.0014124293811619282,
+     "ratio_max": 1.4540443420410156, "response_length": 22.75, "kl": 0.0},
+    {"reward": 0.625, "accuracy": 0.625, "pg_loss": 0.0, "kl_loss": 0.0008740935975311004,
+     "entropy": 0.04219791013747454, "grad_norm": 0.05259786546230316, "clipfrac": 0.0,
+     "ratio_max": 1.49631068110466, "response_length": 20.625, "kl": 0.0012366582261151824},
+    {"reward": 0.46875, "accuracy": 0.46875, "pg_loss": -0.00044517312198877335, "kl_loss": 0.025228580212569796,
+     "entropy": 0.04960323916748166, "grad_norm": 0.3281758800148964, "clipfrac": 0.005649717524647713,
+     "ratio_max": 1.0686587393283844, "response_length": 21.34375, "kl": 0.03861395652524549},
 ]
 
 
