@@ -195,7 +195,7 @@ def test_records_and_behaviour_in_the_result():
                                                  "response_length_correct": 10.0,
                                                  "response_length_incorrect": 130 / 9})
     assert result["num_prompts"] == 4 and result["template_text"] == "Q: {question}\nA:"
-    assert result["answer_style"] == "auto" and result["versions"]["pillion"]
+    assert result["answer_style"] == RewardConfig().answer_style and result["versions"]["pillion"]
     table = markdown_table(result)
     assert "pass@1 43.8%, 95% CI [" in table and "binomial standard error 24.8 points" in table
     assert "Behaviour: reflection phrases in 100.0% of samples; 1.00 reflection phrases per sample;" in table
