@@ -20,6 +20,10 @@ from torch.utils.checkpoint import checkpoint
 
 from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
 
+# float32 logits per chunk (128 MiB): a chunk's log-softmax and entropy hold a few tensors of
+# this size, so a large vocabulary costs a bounded, small amount, not [tokens, vocab].
+LOGITS_PER_CHUNK = 2**25
+
 
 @dataclass
 class SequenceBatch:
@@ -64,12 +68,14 @@ def token_logprobs(
     target_mask: torch.Tensor,  # [B, L] 1 where log p(input_ids[:, t] | < t) is wanted
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk: int = 2048,
+    chunk: int | None = None,
 ):
     """log pi(x_t | x_<t) / temperature-scaled, float32 [B, L], zero where target_mask is 0.
 
-    Returns (logprobs, entropy) with entropy None unless asked for.
+    Returns (logprobs, entropy) with entropy None unless asked for. `chunk` rows of logits at a
+    time; by default as many as fit LOGITS_PER_CHUNK values (220 rows for a 151,936 vocab).
     """
+    chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
     hidden = model(input_ids, padding_positions(attention_mask), causal_padding_mask(attention_mask))
     select = target_mask[:, 1:].bool()  # position t-1 predicts token t
     h = hidden[:, :-1][select]  # [N, D]

@@ -201,6 +201,13 @@ def decode_attention(q, keys_t, values, key_bias):
     return torch.bmm(scores.softmax(-1).to(values.dtype), values)  # [N, G, D]
 
 
+def linear_weight(linear: nn.Module) -> torch.Tensor:
+    """The matrix a fast path multiplies by: the parameter itself, or for a LoRA linear
+    (pillion/model/lora.py) the base weight with its adapters merged (a new tensor)."""
+    merged = getattr(linear, "merged_weight", None)
+    return linear.weight if merged is None else merged()
+
+
 def residual_linear(x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """x + a @ weight.T, in one addmm call in float32 (other dtypes round the matmul first, as HF)."""
     if x.dtype == torch.float32:
@@ -295,13 +302,15 @@ class Transformer(nn.Module):
         One tuple per layer (input norm, q|k|v weight and bias, o weight, post-attention norm,
         gate|up and down weights, q and k norms), then (embedding, final norm, LM head). They are
         the parameters themselves, so in-place optimizer updates show through; gather again
-        after replacing a parameter object.
+        after replacing a parameter object. A LoRA projection gives its merged weight, formed
+        here (so gather after each optimizer step; the engine gathers once per `generate`).
         """
         layers = []
         for block in self.model.layers:
             attn, mlp = block.self_attn, block.mlp
-            layers.append((block.input_layernorm.weight, attn.qkv_proj.weight, attn.qkv_proj.bias, attn.o_proj.weight,
-                           block.post_attention_layernorm.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight,
+            layers.append((block.input_layernorm.weight, linear_weight(attn.qkv_proj), attn.qkv_proj.bias,
+                           linear_weight(attn.o_proj), block.post_attention_layernorm.weight,
+                           linear_weight(mlp.gate_up_proj), linear_weight(mlp.down_proj),
                            attn.q_norm.weight if self.cfg.qk_norm else None,
                            attn.k_norm.weight if self.cfg.qk_norm else None))
         layers.append((self.model.embed_tokens.weight, self.model.norm.weight, self.lm_head.weight))

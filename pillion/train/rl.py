@@ -37,11 +37,18 @@ from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
-from pillion.model.critic import Critic
 from pillion.model.sequences import SequenceBatch, pack, response_logprobs
 from pillion.rewards import GradingPool, extract_answer, score_batch
 from pillion.rollout.engine import Completion, Engine, SamplingParams, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
+from pillion.train.models import (
+    attach_optimizers,
+    build_models,
+    load_master_state,
+    master_state,
+    optimizer_params,
+    reference_logprobs,
+)
 from pillion.train.objective import Counts, actor_loss, advantages, loss_mask
 
 log = logging.getLogger("pillion.train")
@@ -179,11 +186,11 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch, t, world, train_po
                     stats.setdefault("value_loss", []).append(float(vloss.detach()))
                     stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
             if train_policy:
-                norm, ok = optimizer_step(list(policy.parameters()), optimizer, cfg.grad_clip)
+                norm, ok = optimizer_step(optimizer_params(optimizer), optimizer, cfg.grad_clip)
                 stats.setdefault("grad_norm", []).append(norm)
                 skipped += not ok
             if critic is not None:
-                _, ok = optimizer_step(list(critic.parameters()), critic_opt, cfg.grad_clip)
+                _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["skipped_updates"] = skipped
@@ -209,13 +216,14 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
     device = common.resolve_device(cfg.device)
     model_dir = common.resolve_model(cfg.model)
     dtype = getattr(torch, cfg.dtype)
-    policy = parallel.shard(load_model(model_dir, dtype=dtype, device=device), world)
+    # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
+    # reference offload, critic device, activation checkpointing (train/models.py).
+    models = build_models(cfg, model_dir, device, world)
+    policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
-    needs_ref = cfg.loss.kl_coef > 0
-    ref = load_model(model_dir, dtype=dtype, device=device).eval().requires_grad_(False) if needs_ref else None
-    critic = Critic(load_model(model_dir, dtype=dtype, device=device)) if cfg.adv.name == "gae" else None
-    optimizer = common.make_optimizer(policy.parameters(), cfg.lr, cfg.weight_decay)
-    critic_opt = common.make_optimizer(critic.parameters(), cfg.ppo.critic_lr, 0.0) if critic else None
+    optimizer = common.make_optimizer(models.policy_params, cfg.lr, cfg.weight_decay)
+    critic_opt = common.make_optimizer(models.critic_params, cfg.ppo.critic_lr, 0.0) if critic else None
+    attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
     engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
     pools, mixture, history, stages, heldout = build_data(cfg)
@@ -233,6 +241,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         if critic is not None:
             critic.load_state_dict(saved["critic"])
             critic_opt.load_state_dict(saved["critic_optimizer"])
+        load_master_state(models, saved.get("master"))
         history.load_state_dict(saved["history"])
         for name, problems in pools.items():  # rebuild what history resampling left (data/history.py)
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
@@ -292,7 +301,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
         # 3. Old log-probs (only when a rollout feeds several updates), reference, values.
         on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
         old_logp = None if on_policy else forward_no_grad(policy, batch, cfg, cfg.micro_batch)
-        ref_logp = forward_no_grad(ref, batch, cfg, cfg.micro_batch) if ref is not None else None
+        ref_logp = reference_logprobs(models, batch, cfg.temperature, cfg.micro_batch)  # None without KL
         values = critic_values(critic, batch, cfg.micro_batch) if critic is not None else None
 
         # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
@@ -349,6 +358,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
                 "critic": critic.state_dict() if critic else None,
                 "critic_optimizer": critic_opt.state_dict() if critic_opt else None,
                 "mixture": mixture.state_dict(), "history": history.state_dict(), "report": report,
+                "master": master_state(models),
             })
     bar.close()
 
