@@ -2,6 +2,7 @@
 reference offload, LoRA reference, critic device, large-vocabulary log-probs, lean loading."""
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,11 +13,12 @@ from torch import nn
 
 from pillion import config as C
 from pillion.model import lora
-from pillion.model.checkpoint import load_model
+from pillion.model.checkpoint import load_model, resolve_model
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
 from pillion.model.transformer import ModelConfig, Transformer
 from pillion.train import models as M
-from pillion.train import precision
+from pillion.train import precision, rl
+from tests.train.test_train_rl import _strip, metrics, small
 
 W0 = 1.25 * 2**-7  # 0.009765625, exact in bf16; its bf16 neighbours are W0 +- 2^-14 (6.1e-5)
 
@@ -249,3 +251,35 @@ def test_sharded_load_to_another_dtype_holds_the_model_once(tmp_path):
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["dtype"] == "torch.float32"
     assert result["grew"] < 1.7 * result["size"], result
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("options", [
+    ["dtype=bfloat16", "activation_checkpointing=blocks", "loss.kl_coef=0.05", "ref.offload=true"],
+    ["lora.rank=4", "lora.alpha=16", "activation_checkpointing=every_k", "loss.kl_coef=0.05", "lr=1e-3"],
+], ids=["bf16-masters", "lora"])
+def test_rl_with_memory_options_saves_and_resumes_exactly(tmp_path, options):
+    rl.train(small(tmp_path / "straight", "steps=2", "save_every=1", *options))
+    # A run that stopped after step 1: the same directory without step 2's checkpoint.
+    shutil.copytree(tmp_path / "straight", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000002")
+    rl.train(small(tmp_path / "resumed", "steps=2", "save_every=1", *options), resume=True)
+    assert _strip(metrics(tmp_path / "resumed")) == _strip(metrics(tmp_path / "straight"))
+    straight = metrics(tmp_path / "straight")
+    assert all(r["kl"] >= 0 for r in straight)  # the reference (offloaded, or the adapters-off base) was used
+    assert all(r["logprob_error"] < 1.01 for r in straight)  # engine (bf16 / merged) vs trainer
+    checkpoint = tmp_path / "straight" / "checkpoints" / "step-000002"
+    saved = torch.load(checkpoint / "trainer_state.pt", weights_only=False)
+    if "lora.rank=4" in options:
+        assert (checkpoint / "adapter_model.safetensors").exists() and not (checkpoint / "model.safetensors").exists()
+        assert saved["master"] == {"policy": None, "critic": None}
+        assert lora.has_adapters(load_model(checkpoint))
+    else:
+        assert json.loads((checkpoint / "config.json").read_text())["dtype"] == "bfloat16"
+        masters = saved["master"]["policy"]
+        assert all(m.dtype == torch.float32 for m in masters)
+        # The saved bf16 model is the rounding of the saved masters, which training moved.
+        model = load_model(checkpoint)
+        assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(model.parameters(), masters))
+        start = load_model(resolve_model("default"))
+        assert any(not torch.equal(m, p) for m, p in zip(masters, start.parameters()))
