@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from pillion import config as C
+from pillion.model import logprobs as logprobs_module
 from pillion.model import lora
 from pillion.model.checkpoint import load_model, resolve_model
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
@@ -217,14 +218,15 @@ def test_large_vocabulary_logprobs_in_bounded_chunks(monkeypatch):
     ids = torch.randint(0, cfg.vocab_size, (2, 300))
     attn = torch.ones_like(ids)
     rows = []
-    real = model.logits
-    monkeypatch.setattr(model, "logits", lambda h: (rows.append(h.shape[0]), real(h))[1])
+    real = logprobs_module._chunk_logits
+    monkeypatch.setattr(logprobs_module, "_chunk_logits", lambda h, *a: (rows.append(h.shape[0]), real(h, *a))[1])
     with torch.no_grad():
         logp, _ = token_logprobs(model, ids, attn, attn)
-        full = torch.log_softmax(real(model(ids, torch.arange(300)[None].expand(2, -1), None)), -1)
+        full = torch.log_softmax(model.logits(model(ids, torch.arange(300)[None].expand(2, -1), None)), -1)
     assert max(rows) == 220 and sum(rows) == 2 * 299
     expected = full[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1)
-    torch.testing.assert_close(logp[:, 1:], expected, atol=1e-5, rtol=0)
+    # float32 sums over 151,936 terms in another order: log-probs near -12 agree to ~3e-6 relative.
+    torch.testing.assert_close(logp[:, 1:], expected, atol=0, rtol=1e-5)
 
 
 def test_sharded_load_to_another_dtype_holds_the_model_once(tmp_path):
