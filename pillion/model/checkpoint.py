@@ -2,12 +2,20 @@
 
 Loading: config.json is translated into a `ModelConfig` (unknown architectures and unsupported
 switches fail naming the field), the module is built on the meta device, and every tensor of
-the one or many *.safetensors files is checked by name and shape before
-`load_state_dict(strict=True, assign=True)`. The key map is explicit (`to_hf` / `from_hf`): it is
+the one or many *.safetensors files is checked by name and shape (from the file header) and
+copied straight into place on the target device in the target dtype, one tensor at a time, so
+a load never holds a second copy of the model (e.g. a float32 one on the CPU); then
+`load_state_dict(strict=True, assign=True)`. The key map is explicit (`hf_layout`, `to_hf`):
 the identity except pillion's fused `qkv_proj` (HF q/k/v_proj) and `gate_up_proj` (HF
-gate/up_proj), which are concatenated on load and split on save. Saving writes safetensors (sharded with an index
-past `max_shard_bytes`), the original config.json with the dtype updated, and the tokenizer
-and generation files, so `transformers.AutoModelForCausalLM.from_pretrained` loads it unchanged.
+gate/up_proj), whose HF tensors fill row ranges on load and are split on save. Saving writes
+safetensors (sharded with an index past `max_shard_bytes`), the original config.json with the
+dtype updated, and the tokenizer and generation files, so
+`transformers.AutoModelForCausalLM.from_pretrained` loads it unchanged.
+
+A model with LoRA adapters (lora.py) is saved as a PEFT adapter folder (adapter_config.json +
+adapter_model.safetensors, PEFT's key names, the base folder named inside); `load_model` on
+such a folder loads the base and puts the adapters on, and `peft.PeftModel.from_pretrained`
+loads the same folder onto the `transformers` model.
 """
 
 from __future__ import annotations
@@ -316,8 +324,9 @@ def load_adapter_folder(path: Path, dtype=None, device: str | torch.device = "cp
     expected = lora.peft_state(model)
     with safe_open(str(weights), framework="pt", device="cpu") as st:
         found = set(st.keys())
-        for key in sorted(found - set(expected)):
-            raise CheckpointError(f"{weights}: unexpected tensor '{key}' for targets {targets}")
+        unexpected = sorted(found - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{weights}: unexpected tensor '{unexpected[0]}' for targets {targets}")
         for key, param in expected.items():
             if key not in found:
                 raise CheckpointError(f"{weights}: tensor '{key}' is missing")
