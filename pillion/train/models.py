@@ -51,7 +51,6 @@ class Models:
     critic_params: list[nn.Parameter] = field(default_factory=list)
     policy_master: precision.MasterWeights | None = None
     critic_master: precision.MasterWeights | None = None
-    device: torch.device = torch.device("cpu")
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, k: int = 2) -> int:
@@ -104,7 +103,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing)
     if world is not None:
         policy = parallel.shard(policy, world)
-    models = Models(policy, params, policy_master=master, device=torch.device(device))
+    models = Models(policy, params, policy_master=master)
     if cfg.loss.kl_coef > 0:
         if cfg.lora.rank > 0:
             models.lora_reference = True
@@ -142,9 +141,11 @@ def device_copy(model: Transformer, device) -> Transformer:
     """A frozen Transformer's copy on `device` (tensors shared where they already are there)."""
     with torch.device("meta"):
         twin = Transformer(model.cfg)
-    moved: dict[int, torch.Tensor] = {}  # tied tensors are copied once
-    state = {k: moved.setdefault(id(v), v.to(device, non_blocking=True)) for k, v in model.state_dict().items()}
-    twin.load_state_dict(state, assign=True)
+    moved: dict[int, torch.Tensor] = {}  # parameter id -> its copy: a tied matrix is copied once
+    for v in model.state_dict(keep_vars=True).values():
+        if id(v) not in moved:
+            moved[id(v)] = v.detach().to(device, non_blocking=True)
+    twin.load_state_dict({k: moved[id(v)] for k, v in model.state_dict(keep_vars=True).items()}, assign=True)
     if model.cfg.tie_word_embeddings:
         twin.lm_head.weight = twin.model.embed_tokens.weight
     twin.reset_rope(device)
