@@ -14,16 +14,18 @@ group: 8 sequences of a 16-token prompt and a 256-token response, random rewards
 Every setting runs in its own fresh process, so one setting's peak cannot carry into the
 next; a process reports its peak resident memory (`ru_maxrss`; on CUDA
 `torch.cuda.max_memory_allocated`), its memory just after imports (so the difference is the
-model, optimizer and update), and the seconds of the update.
+model, optimizer and update), and the wall and CPU seconds of the update (on a shared CPU the
+process's CPU seconds are the steadier measure; the ratios use them).
 
 pillion's update is `pillion.train.rl.update` on the models `build_models` makes: full
-fine-tuning (AdamW, float32), with activation checkpointing of every block, and LoRA rank 16
-(alpha 32) on all seven projections, with and without checkpointing. TRL's is one
-`GRPOTrainer` step on the same folder, batch shape and optimizer settings (beta 0, as
-pillion's GRPO default: no reference model; gradient checkpointing as the row says; LoRA
-through `peft`). A TRL step also generates its 8 completions; that time is measured apart
-and the update's seconds exclude it. TRL runs under --trl-python (or $PILLION_TRL_PYTHON), a
-separate environment, and is skipped when that interpreter cannot import trl.
+fine-tuning (fused AdamW, float32), with activation checkpointing of every block, and LoRA
+rank 16 (alpha 32) on all seven projections, with and without checkpointing. TRL's is one
+`GRPOTrainer` step on the same folder, batch shape and optimizer settings; no reference model
+on either side (TRL's default beta 0, pillion with loss.kl_coef=0), gradient checkpointing as
+the row says, LoRA through `peft`. A TRL step also generates its 8 completions
+(min_new_tokens 256, so every row is full length); that time is measured apart and excluded
+from the update's. TRL runs under --trl-python (or $PILLION_TRL_PYTHON), a separate
+environment, and is skipped when that interpreter cannot import trl, peft and datasets.
 """
 
 from __future__ import annotations
@@ -91,8 +93,11 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     cuda = device.type == "cuda"
     after_imports = rss_now()
     lora, ckpt = SETTINGS.get(setting, (False, False))
-    bf16 = cuda or setting == "bf16-masters"  # on CUDA every pillion row computes in bf16
-    overrides = ["micro_batch=8", f"lr={LR}", f"group_size={ROWS}", f"max_new_tokens={RESPONSE}",
+    # On CUDA every pillion row computes in bf16 over float32 masters, except the autocast row
+    # (a float32 model under torch.autocast); on CPU only the bf16-masters row.
+    bf16 = setting == "bf16-masters" or (cuda and setting != "bf16-autocast")
+    # kl_coef 0: no reference model, as TRL's default beta 0 (the GRPO preset's 0.04 would load one).
+    overrides = ["micro_batch=8", f"lr={LR}", f"group_size={ROWS}", f"max_new_tokens={RESPONSE}", "loss.kl_coef=0",
                  f"dtype={'bfloat16' if bf16 else 'float32'}",
                  f"activation_checkpointing={'blocks' if ckpt else 'none'}"]
     if lora:
@@ -116,13 +121,14 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     tensors = dict(mask=mask, adv=adv, old_logp=None, ref_logp=None, gen_logp=zeros,
                    correct=torch.zeros(ROWS, dtype=torch.bool, device=device), returns=None, old_values=None)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if setting == "bf16-autocast" else None
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     with autocast or contextlib.nullcontext():
         stats, _ = update(models.policy, optimizer, None, None, cfg, batch, tensors, World())
     if cuda:
         torch.cuda.synchronize()
-    seconds = time.perf_counter() - start
-    out = {"peak": peak_rss(), "after_imports": after_imports, "seconds": seconds, "load_seconds": load_seconds,
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start
+    out = {"peak": peak_rss(), "after_imports": after_imports, "seconds": seconds, "cpu_seconds": cpu_seconds,
+           "load_seconds": load_seconds,
            "grad_norm": stats.get("grad_norm"), "trainable": sum(p.numel() for p in models.policy_params)}
     if cuda:
         out["cuda_peak"] = torch.cuda.max_memory_allocated()
@@ -163,26 +169,28 @@ def trl_child(setting: str, model_dir: str, device_name: str) -> dict:
         dataset = Dataset.from_dict({"prompt": ["Compute 12 + 35."[:PROMPT].ljust(PROMPT)] * ROWS})
         trainer = GRPOTrainer(model=model_dir, reward_funcs=reward, args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=peft_config)
-        generation = {"seconds": 0.0}
+        generation = {"seconds": 0.0, "cpu_seconds": 0.0}
         real = trainer._generate_and_score_completions
 
         def timed(*a, **k):
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = real(*a, **k)
             if cuda:
                 torch.cuda.synchronize()
             generation["seconds"] += time.perf_counter() - start
+            generation["cpu_seconds"] += time.process_time() - cpu_start
             return result
 
         trainer._generate_and_score_completions = timed
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         trainer.train()
         if cuda:
             torch.cuda.synchronize()
-        total = time.perf_counter() - start
+        total, cpu_total = time.perf_counter() - start, time.process_time() - cpu_start
     logged = {k: v for row in trainer.state.log_history for k, v in row.items()}
     out = {"peak": peak_rss(), "after_imports": after_imports, "seconds": total - generation["seconds"],
-           "generation_seconds": generation["seconds"], "completion_length": logged.get("completions/mean_length"),
+           "cpu_seconds": cpu_total - generation["cpu_seconds"], "generation_seconds": generation["seconds"],
+           "completion_length": logged.get("completions/mean_length"),
            "grad_norm": logged.get("grad_norm"),
            "trainable": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
     if cuda:
@@ -270,30 +278,43 @@ def main() -> int:
         print(f"  measured {name}: pillion {json.dumps(ours)}" + (f"; TRL {json.dumps(theirs)}" if theirs else ""),
               flush=True)
 
+    # Memory: the peak (and, on CPU, the peak above the process after imports: model, optimizer,
+    # update). Time: on CPU the process's CPU seconds (user + system, all threads), which other
+    # programs on a busy machine disturb far less than wall seconds; on CUDA wall seconds.
     key = "cuda_peak" if cuda else "peak"
+    clock = "seconds" if cuda else "cpu_seconds"
+
+    def cells(r):
+        if r is None:
+            return ["", "", "", ""]
+        if "error" in r:
+            return ["failed", "", "", ""]
+        plus = r[key] - (0 if cuda else r["after_imports"])
+        return [gib(r[key]), gib(plus), f"{r['seconds']:.0f}", f"{r['cpu_seconds']:.0f}"]
+
     print()
-    print(f"{'setting':<15}{'pillion GiB':>12}{'(+model)':>10}{'s':>8}{'TRL GiB':>10}{'(+model)':>10}{'s':>8}"
-          f"{'gen s':>8}{'pillion/TRL':>13}")
+    head = ["setting", "pillion GiB", "+model", "wall s", "cpu s", "TRL GiB", "+model", "wall s", "cpu s",
+            "TRL gen s", "memory p/TRL", f"{'time' if cuda else 'cpu'} p/TRL"]
+    table = [head]
     for name, ours, theirs in rows:
-        line = f"{name:<15}"
-        if "error" in ours:
-            line += f"  pillion failed: {ours['error']}"
-        else:
-            plus = ours[key] - (0 if cuda else ours["after_imports"])
-            line += f"{gib(ours[key]):>12}{gib(plus):>10}{ours['seconds']:>8.1f}"
+        line = [name, *cells(ours), *cells(theirs), "", "", ""]
         if theirs and "error" not in theirs and "error" not in ours:
-            plus = theirs[key] - (0 if cuda else theirs["after_imports"])
-            line += (f"{gib(theirs[key]):>10}{gib(plus):>10}{theirs['seconds']:>8.1f}"
-                     f"{theirs['generation_seconds']:>8.1f}{ours[key] / theirs[key]:>13.2f}")
-        elif theirs:
-            line += f"  TRL failed: {theirs['error']}"
-        print(line)
+            line[-3:] = [f"{theirs['generation_seconds']:.0f}", f"{ours[key] / theirs[key]:.2f}",
+                         f"{ours[clock] / theirs[clock]:.2f}"]
+        table.append(line)
+    widths = [max(len(r[i]) for r in table) for i in range(len(head))]
+    for r in table:
+        print("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))))
+    for name, ours, theirs in rows:
+        for who, r in (("pillion", ours), ("TRL", theirs)):
+            if r and "error" in r:
+                print(f"{name}: {who} failed: {r['error']}")
     measured = {name: ours for name, ours, _ in rows if "error" not in ours}
     if "full" in measured:
         for name in ("full+ckpt", "lora", "lora+ckpt", *PRECISION):
             if name in measured:
                 print(f"{name} / full: memory {measured[name][key] / measured['full'][key]:.2f}, "
-                      f"time {measured[name]['seconds'] / measured['full']['seconds']:.2f}")
+                      f"time {measured[name][clock] / measured['full'][clock]:.2f}")
     return 0
 
 
