@@ -54,7 +54,7 @@ def build_models(shape: dict, device: str, dtype: torch.dtype):
     """(transformers Qwen2 model, pillion Transformer) with the same random weights."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pillion.model.checkpoint import config_from_hf, from_hf
+    from pillion.model.checkpoint import config_from_hf, hf_layout
     from pillion.model.transformer import Transformer
 
     hf_config = Qwen2Config(architectures=["Qwen2ForCausalLM"], **shape)
@@ -64,8 +64,12 @@ def build_models(shape: dict, device: str, dtype: torch.dtype):
     cfg = config_from_hf(hf_config.to_dict())
     with torch.device("meta"):
         model = Transformer(cfg)
-    state = {k: v for k, v in hf.state_dict().items() if k != "lm_head.weight"}
-    model.load_state_dict(from_hf(state, cfg), strict=False, assign=True)
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    state = {k: torch.empty(s, dtype=dtype, device=device) for k, s in shapes.items() if k != "lm_head.weight"}
+    for hf_key, (key, rows, _) in hf_layout(cfg, shapes).items():
+        if hf_key != "lm_head.weight":
+            state[key][rows].copy_(hf.state_dict()[hf_key])  # fused projections filled part by part
+    model.load_state_dict(state, strict=False, assign=True)
     model.lm_head.weight = model.model.embed_tokens.weight  # tied
     model.reset_rope(device)
     return hf, model.eval()

@@ -5,6 +5,7 @@
     pillion eval --model DIR --data FILE     pass@1 / pass@k evaluation
     pillion logprob-check --model DIR        engine vs trainer vs transformers log-probabilities
     pillion data inspect FILE                counts, missing gold answers, examples
+    pillion export CKPT OUT [--merge]        a Hugging Face folder (LoRA adapters merged)
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;
 only the chosen command's module is imported, so `pillion --help` stays fast.
@@ -25,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("pillion.eval.cli", "sampling evaluation: pass@1, pass@k, by level and subject"),
     "logprob-check": ("pillion.rollout.check", "prove engine, trainer and transformers log-probs agree"),
     "data": ("pillion.data.cli", "inspect dataset files (counts, missing answers, examples)"),
+    "export": ("pillion.model.export", "write a Hugging Face folder from a checkpoint (--merge: fold LoRA adapters)"),
 }
 
 

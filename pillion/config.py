@@ -114,6 +114,36 @@ class DataConfig:
 
 
 @dataclass
+class LoraConfig:
+    """Low-rank adapters on the projections (pillion/model/lora.py); rank 0 trains every weight."""
+
+    rank: int = 0
+    alpha: float = 32.0  # adapter output scaled by alpha / rank, as PEFT
+    # Hugging Face projection names; pillion's fused q|k|v and gate|up take one adapter per name.
+    targets: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class RefConfig:
+    offload: bool = False  # keep the reference on CPU; copied to the device for its one pass per step
+
+
+@dataclass
+class CriticConfig:
+    device: str = "auto"  # auto: the policy's device; or cpu | cuda | cuda:1 ...
+
+
+@dataclass
+class CheckpointingConfig:
+    """Activation checkpointing of transformer blocks (recompute in backward, non-reentrant)."""
+
+    name: str = "none"  # none | blocks (every block) | every_k (blocks 0, k, 2k, ...)
+    k: int = 2
+
+
+@dataclass
 class TrainConfig:
     algo: str = "grpo"
     model: str = "default"  # a Hugging Face folder; "default": the shipped tiny arithmetic model
@@ -152,6 +182,12 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion
     log: LogConfig = field(default_factory=LogConfig)  # trackers: tensorboard, wandb
     behaviour: BehaviourConfig = field(default_factory=BehaviourConfig)  # reflection phrases, KL probe
+    # Memory on one device (pillion/train/models.py): LoRA, reference offload, critic placement,
+    # activation checkpointing. dtype=bfloat16 computes in bf16 over float32 master weights.
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    ref: RefConfig = field(default_factory=RefConfig)
+    critic: CriticConfig = field(default_factory=CriticConfig)
+    activation_checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
 
 
 @dataclass

@@ -2,12 +2,20 @@
 
 Loading: config.json is translated into a `ModelConfig` (unknown architectures and unsupported
 switches fail naming the field), the module is built on the meta device, and every tensor of
-the one or many *.safetensors files is checked by name and shape before
-`load_state_dict(strict=True, assign=True)`. The key map is explicit (`to_hf` / `from_hf`): it is
+the one or many *.safetensors files is checked by name and shape (from the file header) and
+copied straight into place on the target device in the target dtype, one tensor at a time, so
+a load never holds a second copy of the model (e.g. a float32 one on the CPU); then
+`load_state_dict(strict=True, assign=True)`. The key map is explicit (`hf_layout`, `to_hf`):
 the identity except pillion's fused `qkv_proj` (HF q/k/v_proj) and `gate_up_proj` (HF
-gate/up_proj), which are concatenated on load and split on save. Saving writes safetensors (sharded with an index
-past `max_shard_bytes`), the original config.json with the dtype updated, and the tokenizer
-and generation files, so `transformers.AutoModelForCausalLM.from_pretrained` loads it unchanged.
+gate/up_proj), whose HF tensors fill row ranges on load and are split on save. Saving writes
+safetensors (sharded with an index past `max_shard_bytes`), the original config.json with the
+dtype updated, and the tokenizer and generation files, so
+`transformers.AutoModelForCausalLM.from_pretrained` loads it unchanged.
+
+A model with LoRA adapters (lora.py) is saved as a PEFT adapter folder (adapter_config.json +
+adapter_model.safetensors, PEFT's key names, the base folder named inside); `load_model` on
+such a folder loads the base and puts the adapters on, and `peft.PeftModel.from_pretrained`
+loads the same folder onto the `transformers` model.
 """
 
 from __future__ import annotations
@@ -23,6 +31,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from pillion.errors import UserError
+from pillion.model import lora
+from pillion.model.lora import PARTS, part_rows
 from pillion.model.transformer import ModelConfig, Transformer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -36,6 +46,8 @@ TOKENIZER_FILES = (
     "merges.txt",
 )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+FUSED = ("self_attn.qkv_proj", "mlp.gate_up_proj")  # one pillion matmul, several HF tensors
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
 
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
@@ -48,9 +60,9 @@ class CheckpointError(UserError):
 def resolve_model(name: str | Path) -> Path:
     """A model folder; "default" is the tiny SFT-warmed arithmetic model shipped with pillion."""
     path = DEFAULT_MODEL if str(name) == "default" else Path(name)
-    if not (path / "config.json").exists():
+    if not (path / "config.json").exists() and not (path / ADAPTER_CONFIG).exists():
         hint = " (regenerate it with scripts/make_default_model.py)" if str(name) == "default" else ""
-        raise CheckpointError(f"model folder {path} has no config.json{hint}")
+        raise CheckpointError(f"model folder {path} has no config.json (nor {ADAPTER_CONFIG}){hint}")
     return path
 
 
@@ -106,36 +118,29 @@ def config_from_hf(hf: dict[str, Any], path: Path = Path("config.json")) -> Mode
 
 
 def to_hf(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """pillion state dict -> Hugging Face tensors (fused projections split)."""
-    sizes = {
-        "self_attn.qkv_proj": (("q_proj", cfg.num_heads * cfg.head_dim), ("k_proj", cfg.num_kv_heads * cfg.head_dim),
-                               ("v_proj", cfg.num_kv_heads * cfg.head_dim)),
-        "mlp.gate_up_proj": (("gate_proj", cfg.intermediate_size), ("up_proj", cfg.intermediate_size)),
-    }
+    """pillion state dict -> Hugging Face tensors (fused projections split into row views)."""
+    layout = hf_layout(cfg, {k: v.shape for k, v in state.items()})
+    return {hf_key: state[key][rows] for hf_key, (key, rows, _) in layout.items()}
+
+
+def hf_layout(cfg: ModelConfig, shapes: dict[str, torch.Size]) -> dict[str, tuple[str, slice, tuple]]:
+    """Hugging Face tensor name -> (pillion key, rows of that tensor it fills, its expected shape).
+
+    The identity except the fused projections: "model.layers.0.self_attn.k_proj.weight" fills
+    rows [q, q + kv) of "model.layers.0.self_attn.qkv_proj.weight".
+    """
     out = {}
-    for key, value in state.items():
-        fused = next((f for f in sizes if f"{f}." in key), None)
+    for key, shape in shapes.items():
+        fused = next((f for f in FUSED if key.endswith((f".{f}.weight", f".{f}.bias"))), None)
         if fused is None:
-            out[key] = value
+            out[key] = (key, slice(None), tuple(shape))
             continue
         prefix, suffix = key.split(f"{fused}.")
         parent = fused.split(".")[0]
-        parts = value.split([n for _, n in sizes[fused]], dim=0)
-        for (name, _), part in zip(sizes[fused], parts):
-            out[f"{prefix}{parent}.{name}.{suffix}"] = part
-    return out
-
-
-def from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """Hugging Face tensors (already checked by name and shape) -> pillion state dict."""
-    out = dict(tensors)
-    for i in range(cfg.num_layers):
-        for suffix in ("weight", "bias"):
-            names = [f"model.layers.{i}.self_attn.{n}_proj.{suffix}" for n in "qkv"]
-            if names[0] in out:
-                out[f"model.layers.{i}.self_attn.qkv_proj.{suffix}"] = torch.cat([out.pop(n) for n in names], 0)
-        names = [f"model.layers.{i}.mlp.{n}_proj.weight" for n in ("gate", "up")]
-        out[f"model.layers.{i}.mlp.gate_up_proj.weight"] = torch.cat([out.pop(n) for n in names], 0)
+        start = 0
+        for name, rows in zip(PARTS[fused], part_rows(cfg, fused)):
+            out[f"{prefix}{parent}.{name}.{suffix}"] = (key, slice(start, start + rows), (rows, *shape[1:]))
+            start += rows
     return out
 
 
@@ -181,8 +186,16 @@ def _open_safetensors(file: Path):
 def load_model(
     path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> Transformer:
-    """Load a Hugging Face folder into a Transformer on `device` (dtype: as stored by default)."""
+    """Load a Hugging Face folder into a Transformer on `device` (dtype: as stored by default).
+
+    Tensors are read one at a time and copied into place on the target device in the target
+    dtype, so loading holds the model once plus one tensor: never a second (e.g. float32 CPU)
+    copy of the whole model. A PEFT adapter folder (adapter_config.json, no config.json) loads
+    its base model with the adapters on.
+    """
     path = Path(path)
+    if (path / ADAPTER_CONFIG).exists() and not (path / "config.json").exists():
+        return load_adapter_folder(path, dtype, device)
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path}: config.json not found")
@@ -192,45 +205,59 @@ def load_model(
         dtype = DTYPES[dtype]
     with torch.device("meta"):
         model = Transformer(cfg)
-    expected = {k: v.shape for k, v in to_hf(model.state_dict(), cfg).items()}
+    shapes = {k: v.shape for k, v in model.state_dict().items()}
+    layout = hf_layout(cfg, shapes)
     if cfg.tie_word_embeddings:
-        expected.pop("lm_head.weight")
-    tensors: dict[str, torch.Tensor] = {}
+        layout.pop("lm_head.weight")
+    state: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
     for f in _weight_files(path):
         with _open_safetensors(f) as st:
             for key in st.keys():
                 if key == "lm_head.weight" and cfg.tie_word_embeddings:
                     continue  # some tied checkpoints store the shared matrix twice
-                if key not in expected:
+                if key not in layout:
                     raise CheckpointError(f"{f}: unexpected tensor '{key}' for a {cfg.family} model")
+                target, rows, expected = layout[key]
+                shape = tuple(st.get_slice(key).get_shape())  # read from the header, before the data
+                if shape != expected:
+                    raise CheckpointError(f"{f}: tensor '{key}' has shape {shape}, expected {expected}")
                 t = st.get_tensor(key)
-                if tuple(t.shape) != tuple(expected[key]):
-                    raise CheckpointError(
-                        f"{f}: tensor '{key}' has shape {tuple(t.shape)}, expected {tuple(expected[key])}"
-                    )
-                tensors[key] = t
-    missing = sorted(set(expected) - set(tensors))
+                if rows == slice(None):
+                    state[target] = t.to(device=device, dtype=dtype or t.dtype)  # no copy when already right
+                else:
+                    if target not in state:
+                        state[target] = torch.empty(shapes[target], dtype=dtype or t.dtype, device=device)
+                    state[target][rows].copy_(t)
+                seen.add(key)
+    missing = sorted(set(layout) - seen)
     if missing:
         raise CheckpointError(
             f"{path}: tensor '{missing[0]}' is missing"
             + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
         )
-    tensors = from_hf(tensors, cfg)
-    tensors = {k: v.to(device=device, dtype=dtype or v.dtype) for k, v in tensors.items()}
-    model.load_state_dict(tensors, strict=not cfg.tie_word_embeddings, assign=True)
+    model.load_state_dict(state, strict=not cfg.tie_word_embeddings, assign=True)
     if cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     model.reset_rope(device)
     model.hf_config = hf  # kept so a save writes back the same config.json
+    model.base_path = path.resolve()  # named by adapter_config.json when adapters are saved
     return model
 
 
 def save_model(
     model: Transformer, path: str | Path, source: str | Path | None = None, max_shard_bytes: int = 5 * 2**30
 ) -> None:
-    """Write a Hugging Face folder; copy tokenizer and generation files from `source` if given."""
+    """Write a Hugging Face folder; copy tokenizer and generation files from `source` if given.
+
+    A model with LoRA adapters is written as a PEFT adapter folder instead (`save_adapters`).
+    """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
+    if lora.has_adapters(model):
+        save_adapters(model, path, source)
+        _copy_tokenizer(source, path)
+        return
     state = {k: v.detach().cpu().clone() for k, v in to_hf(model.state_dict(), model.cfg).items()}
     if model.cfg.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -260,10 +287,82 @@ def save_model(
     dtype_name = {v: k for k, v in DTYPES.items()}[model.lm_head.weight.dtype]
     hf["torch_dtype" if "torch_dtype" in hf else "dtype"] = dtype_name
     (path / "config.json").write_text(json.dumps(hf, indent=2))
+    _copy_tokenizer(source, path)
+
+
+def _copy_tokenizer(source: str | Path | None, path: Path) -> None:
     if source is not None and Path(source).resolve() != path.resolve():
         for name in TOKENIZER_FILES:
             if (Path(source) / name).exists():
                 shutil.copy(Path(source) / name, path / name)
+
+
+# adapter_config.json fields whose non-default values change the adapter's math; refused by name.
+PEFT_DEFAULTS = {"peft_type": ("LORA",), "use_dora": (False, None), "use_rslora": (False, None),
+                 "bias": ("none", None), "fan_in_fan_out": (False, None), "modules_to_save": (None, []),
+                 "rank_pattern": ({}, None), "alpha_pattern": ({}, None), "layers_to_transform": (None, []),
+                 "target_parameters": (None, []), "trainable_token_indices": (None,)}
+
+
+def save_adapters(model: Transformer, path: Path, source: str | Path | None = None) -> None:
+    """PEFT's layout: adapter_config.json and adapter_model.safetensors (float32, PEFT key names).
+
+    `base_model_name_or_path` is the folder the base was loaded from (else `source`), as an
+    absolute path, so `PeftModel.from_pretrained` and `load_model` find the base.
+    """
+    base = getattr(model, "base_path", None) or source
+    if base is None:
+        raise CheckpointError(f"{path}: saving adapters needs the base model's folder (pass source=)")
+    rank, alpha, targets = lora.settings(model)
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base).resolve()),
+              "r": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
+              "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
+              "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
+              "modules_to_save": None}
+    state = {k: v.detach().float().cpu().contiguous() for k, v in lora.peft_state(model).items()}
+    for stale in [*path.glob("model*.safetensors*"), path / "config.json"]:
+        stale.unlink(missing_ok=True)  # a full model left in the folder would shadow the adapters
+    save_file(state, str(path / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    (path / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def load_adapter_folder(path: Path, dtype=None, device: str | torch.device = "cpu") -> Transformer:
+    """The base model named by adapter_config.json with the folder's LoRA adapters on."""
+    config_file = path / ADAPTER_CONFIG
+    config = json.loads(config_file.read_text())
+    for key, allowed in PEFT_DEFAULTS.items():
+        if config.get(key, allowed[0]) not in allowed:
+            raise CheckpointError(f"{config_file}: field '{key}' = {config[key]!r} is not supported")
+    base = Path(config.get("base_model_name_or_path") or "")
+    if not (base / "config.json").exists():
+        raise CheckpointError(f"{config_file}: field 'base_model_name_or_path' = {str(base)!r} is not a model folder")
+    targets = config.get("target_modules")
+    if not isinstance(targets, list):
+        raise CheckpointError(f"{config_file}: field 'target_modules' must be a list of projection names")
+    model = load_model(base, dtype, device)
+    try:
+        lora.apply_lora(model, int(config["r"]), float(config["lora_alpha"]), targets)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{config_file}: {e}") from None
+    weights = path / ADAPTER_WEIGHTS
+    if not weights.exists():
+        raise CheckpointError(f"{path}: {ADAPTER_WEIGHTS} not found")
+    expected = lora.peft_state(model)
+    with safe_open(str(weights), framework="pt", device="cpu") as st:
+        found = set(st.keys())
+        unexpected = sorted(found - set(expected))
+        if unexpected:
+            raise CheckpointError(f"{weights}: unexpected tensor '{unexpected[0]}' for targets {targets}")
+        for key, param in expected.items():
+            if key not in found:
+                raise CheckpointError(f"{weights}: tensor '{key}' is missing")
+            t = st.get_tensor(key)
+            if t.shape != param.shape:
+                raise CheckpointError(f"{weights}: tensor '{key}' has shape {tuple(t.shape)}, "
+                                      f"expected {tuple(param.shape)}")
+            with torch.no_grad():
+                param.copy_(t)
+    return model
 
 
 def hf_config_from(cfg: ModelConfig) -> dict[str, Any]:

@@ -25,9 +25,15 @@ class Critic(nn.Module):
         nn.init.zeros_(self.value_head.bias)
 
     def values(self, batch: SequenceBatch) -> torch.Tensor:
-        """Values [B, T] float32 of each response token's state; 0 on padding."""
-        attn = batch.attention_mask
-        hidden = self.trunk(batch.input_ids, padding_positions(attn), causal_padding_mask(attn))
+        """Values [B, T] float32 of each response token's state; 0 on padding.
+
+        The critic may live on another device than the batch (`critic.device`): inputs go to
+        the critic's device and values come back (through autograd) to the batch's.
+        """
+        device = self.value_head.weight.device
+        attn = batch.attention_mask.to(device)
+        hidden = self.trunk(batch.input_ids.to(device), padding_positions(attn), causal_padding_mask(attn))
         P, T = batch.prompt_len, batch.response_mask.shape[1]
         v = self.value_head(hidden[:, P - 1 : P - 1 + T]).squeeze(-1).float()  # [B, T]
-        return torch.where(batch.response_mask.bool(), v, torch.zeros_like(v))
+        v = torch.where(batch.response_mask.to(device).bool(), v, torch.zeros_like(v))
+        return v.to(batch.input_ids.device)

@@ -6,8 +6,8 @@ the batch's longest prompt P, responses right-padded to the longest response T. 
 positions count real tokens only, so padding never shifts a position.
 
 Log-probabilities are computed only at response positions and in chunks whose logits are
-recomputed in the backward pass (activation checkpointing), so a [B, T, vocab] float32
-tensor is never held: peak extra memory is one chunk of [chunk, vocab].
+recomputed in the backward pass (model/logprobs.py), so a [B, T, vocab] float32 tensor is
+never held: peak extra memory is two [chunk, vocab] buffers.
 """
 
 from __future__ import annotations
@@ -16,9 +16,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
+from pillion.model.logprobs import chunked_logprobs
 from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
+
+# float32 logits per chunk (128 MiB): a chunk holds two buffers of this size, so a large
+# vocabulary costs a bounded, small amount, not [tokens, vocab].
+LOGITS_PER_CHUNK = 2**25
 
 
 @dataclass
@@ -45,18 +49,6 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, devi
     return SequenceBatch(ids.to(device), attn.to(device), attn[:, P:].clone().to(device), P)
 
 
-def _chunk_logprobs(model: Transformer, hidden, targets, temperature: float, with_entropy: bool):
-    logits = model.logits(hidden) / temperature  # [N, V] float32
-    logp_all = F.log_softmax(logits, dim=-1)
-    logp = logp_all.gather(-1, targets[:, None]).squeeze(-1)  # [N]
-    if not with_entropy:
-        return logp, torch.zeros_like(logp)
-    # H = -sum p log p, with p log p = 0 where p = 0 (ALGORITHMS.md §2.4).
-    p = logp_all.exp()
-    entropy = -torch.where(p > 0, p * logp_all, torch.zeros_like(p)).sum(-1)
-    return logp, entropy
-
-
 def token_logprobs(
     model: Transformer,
     input_ids: torch.Tensor,  # [B, L]
@@ -64,32 +56,24 @@ def token_logprobs(
     target_mask: torch.Tensor,  # [B, L] 1 where log p(input_ids[:, t] | < t) is wanted
     temperature: float = 1.0,
     with_entropy: bool = False,
-    chunk: int = 2048,
+    chunk: int | None = None,
 ):
     """log pi(x_t | x_<t) / temperature-scaled, float32 [B, L], zero where target_mask is 0.
 
-    Returns (logprobs, entropy) with entropy None unless asked for.
+    Returns (logprobs, entropy) with entropy None unless asked for. `chunk` rows of logits at a
+    time; by default as many as fit LOGITS_PER_CHUNK values (220 rows for a 151,936 vocab).
     """
+    chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
     hidden = model(input_ids, padding_positions(attention_mask), causal_padding_mask(attention_mask))
     select = target_mask[:, 1:].bool()  # position t-1 predicts token t
     h = hidden[:, :-1][select]  # [N, D]
     targets = input_ids[:, 1:][select]  # [N]
-    lp_parts, ent_parts = [], []
-    for start in range(0, h.shape[0], chunk):
-        args = (model, h[start : start + chunk], targets[start : start + chunk], temperature, with_entropy)
-        if torch.is_grad_enabled():
-            lp, ent = checkpoint(_chunk_logprobs, *args, use_reentrant=False)
-        else:
-            lp, ent = _chunk_logprobs(*args)
-        lp_parts.append(lp)
-        ent_parts.append(ent)
+    flat_lp, flat_ent = chunked_logprobs(h, model.lm_head.weight, targets, temperature, chunk, with_entropy)  # [N]
     B, L = input_ids.shape
-    flat_lp = torch.cat(lp_parts) if lp_parts else h.new_zeros(0, dtype=torch.float32)
     logprobs = torch.zeros(B, L, dtype=torch.float32, device=input_ids.device)
     logprobs = logprobs.masked_scatter(F.pad(select, (1, 0)), flat_lp)
     entropy = None
     if with_entropy:
-        flat_ent = torch.cat(ent_parts) if ent_parts else flat_lp
         entropy = torch.zeros_like(logprobs).masked_scatter(F.pad(select, (1, 0)), flat_ent)
     return logprobs, entropy
 

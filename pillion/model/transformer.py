@@ -276,8 +276,10 @@ class DecodeWeights:
 
 def _weight(linear: nn.Linear) -> torch.Tensor:
     """The weight the fast path multiplies by. Every projection the engine reads goes through
-    here: today the parameter itself; with adapters (LoRA) the effective weight W + scale * B @ A."""
-    return linear.weight
+    here: the parameter itself, or for a LoRA linear (pillion/model/lora.py) the base weight with
+    its adapters merged, W + (alpha / r) B A (a new tensor: gather again after each optimizer step)."""
+    merged = getattr(linear, "merged_weight", None)
+    return linear.weight if merged is None else merged()
 
 
 class Transformer(nn.Module):
@@ -319,9 +321,9 @@ class Transformer(nn.Module):
     def decode_weights(self) -> DecodeWeights:
         """The tensors `decode` and `extend` read, gathered once per rollout instead of once per step.
 
-        Every projection is read through `_weight`, the one place an adapter-aware version
-        changes. Today they are the parameters themselves, so in-place optimizer updates show
-        through; gather again after replacing a parameter object.
+        Every projection is read through `_weight`. Plain weights are the parameters themselves,
+        so in-place optimizer updates show through; a LoRA projection gives its merged weight,
+        formed here, so gather after each optimizer step (the engine gathers once per call).
         """
         layers = []
         for block in self.model.layers:

@@ -213,7 +213,11 @@ def make_optimizer(params_or_model, cfg: OptimConfig | None = None, lr: float = 
     is_model = isinstance(params_or_model, nn.Module)
 
     def adamw(params):
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=ADAMW_BETAS, eps=ADAMW_EPS)
+        # fused: one kernel per parameter with no temporaries. The default per-tensor loop holds two
+        # parameter-sized temporaries: +1.07 GB at the step of a Qwen2.5-0.5B model (its 151,936 x 896
+        # embedding), and a 6x slower step on CPU (benchmarks/update_memory.py).
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=ADAMW_BETAS, eps=ADAMW_EPS,
+                                 fused=True)
 
     if cfg.name == "adamw":
         return adamw([p for p in params_or_model.parameters() if p.requires_grad] if is_model else params_or_model)

@@ -37,12 +37,19 @@ from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
-from pillion.model.critic import Critic
 from pillion.model.sequences import response_logprobs
 from pillion.rewards import GradingPool, RewardResult, score_batch
 from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
 from pillion.train.batch import Sample, TrainBatch, make_batch
+from pillion.train.models import (
+    attach_optimizers,
+    build_models,
+    load_master_state,
+    master_state,
+    optimizer_params,
+    reference_logprobs,
+)
 from pillion.train.objective import Counts, actor_loss, advantages, loss_mask
 
 log = logging.getLogger("pillion.train")
@@ -167,11 +174,11 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
                     stats.setdefault("value_loss", []).append(float(vloss.detach()))
                     stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
             if train_policy:
-                norm, ok = optimizer_step(list(policy.parameters()), optimizer, cfg.grad_clip)
+                norm, ok = optimizer_step(optimizer_params(optimizer), optimizer, cfg.grad_clip)
                 stats.setdefault("grad_norm", []).append(norm)
                 skipped += not ok
             if critic is not None:
-                _, ok = optimizer_step(list(critic.parameters()), critic_opt, cfg.grad_clip)
+                _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["skipped_updates"] = skipped
@@ -199,13 +206,14 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     device = common.resolve_device(cfg.device)
     model_dir = common.resolve_model(cfg.model)
     dtype = getattr(torch, cfg.dtype)
-    policy = parallel.shard(load_model(model_dir, dtype=dtype, device=device), world)
+    # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
+    # reference offload, critic device, activation checkpointing (train/models.py).
+    models = build_models(cfg, model_dir, device, world)
+    policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
-    needs_ref = cfg.loss.kl_coef > 0
-    ref = load_model(model_dir, dtype=dtype, device=device).eval().requires_grad_(False) if needs_ref else None
-    critic = Critic(load_model(model_dir, dtype=dtype, device=device)) if cfg.adv.name == "gae" else None
-    optimizer = common.make_optimizer(policy.parameters(), cfg.lr, cfg.weight_decay)
-    critic_opt = common.make_optimizer(critic.parameters(), cfg.ppo.critic_lr, 0.0) if critic else None
+    optimizer = common.make_optimizer(models.policy_params, cfg.lr, cfg.weight_decay)
+    critic_opt = common.make_optimizer(models.critic_params, cfg.ppo.critic_lr, 0.0) if critic else None
+    attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
     engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
     pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, policy.cfg.max_position_embeddings)
@@ -226,6 +234,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
         if critic is not None:
             critic.load_state_dict(saved["critic"])
             critic_opt.load_state_dict(saved["critic_optimizer"])
+        load_master_state(models, saved.get("master"))
         history.load_state_dict(saved["history"])
         for name, problems in pools.items():  # rebuild what history resampling left (data/history.py)
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
@@ -286,9 +295,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             if not on_policy:
                 batch.old_logprobs = no_grad_pass(lambda b: response_logprobs(policy, b.seqs, cfg.temperature)[0],
                                                   batch, cfg.micro_batch)
-            if ref is not None:
-                batch.ref_logprobs = no_grad_pass(lambda b: response_logprobs(ref, b.seqs, cfg.temperature)[0],
-                                                  batch, cfg.micro_batch)
+            batch.ref_logprobs = reference_logprobs(models, batch.seqs, cfg.temperature, cfg.micro_batch)  # or None
             if critic is not None:
                 batch.values = no_grad_pass(lambda b: critic.values(b.seqs), batch, cfg.micro_batch)
 
@@ -342,6 +349,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                     "critic": critic.state_dict() if critic else None,
                     "critic_optimizer": critic_opt.state_dict() if critic_opt else None,
                     "mixture": mixture.state_dict(), "history": history.state_dict(), "report": report,
+                    "master": master_state(models),
                 }, recipe={"template": cfg.data.template, "answer_style": cfg.reward.answer_style})
             step += 1  # steps done, for an interrupt during the final evaluation
         bar.close()

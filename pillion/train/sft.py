@@ -25,10 +25,11 @@ from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
 from pillion.eval.evaluate import evaluate
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, save_model, write_recipe
+from pillion.model.checkpoint import eos_token_ids, load_tokenizer, save_model, write_recipe
 from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine
-from pillion.train import common, state
+from pillion.train import common, precision, state
+from pillion.train.models import compute_dtype, load_trainable
 
 
 def examples(problems, tokenizer, template: str, eos_id: int) -> list[tuple[list[int], list[int]]]:
@@ -60,7 +61,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     device = common.resolve_device(cfg.device)
     with tempfile.TemporaryDirectory() as scratch:  # a fresh tiny model is built here, then kept
         model_dir = initial_model(cfg, Path(scratch))
-        model = load_model(model_dir, dtype=getattr(torch, cfg.dtype), device=device)
+        # dtype=bfloat16: bf16 compute over float32 master weights, the optimizer's (train/precision.py).
+        model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device)
         tokenizer = load_tokenizer(model_dir)
         budget = common.prompt_budget(cfg.data, model.cfg.max_position_embeddings, cfg.eval.max_new_tokens)
         pools, heldout = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
@@ -75,7 +77,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     eos = eos_token_ids(model_dir, tokenizer)[0]
     engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    optimizer = common.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = common.make_optimizer(params, cfg.lr, cfg.weight_decay)
+    precision.sync_after_step(optimizer, master)
     metrics = common.MetricsLog(run_dir)
 
     bar = common.progress(cfg.steps, 0, "sft")
@@ -88,7 +91,7 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         logp, _ = response_logprobs(model, batch)  # [B, T]
         loss = aggregate(-logp, batch.response_mask, "token_mean")  # mean NLL per solution token
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         if torch.isfinite(norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,189 @@
+"""The models of an RL run on one device: policy, reference and critic, built as configured.
+
+    models = build_models(cfg, model_dir, device)
+    optimizer = make_optimizer(models.policy_params, ...)      # masters, adapters or weights
+    attach_optimizers(models, optimizer, critic_optimizer)     # bf16: masters -> model per step
+    ref_logp = reference_logprobs(models, batch, temperature, rows_per_pass)   # [B, T] or None
+
+The memory options, all applied from outside the model code:
+- `dtype=bfloat16`: bf16 compute over float32 master weights (precision.py).
+- `lora.rank > 0`: low-rank adapters on the projections (model/lora.py); the base is frozen in
+  `dtype`, and the reference is the policy with its adapters off, so no reference is loaded.
+- `ref.offload=true`: the reference lives in CPU memory (pinned when the device is CUDA) and
+  is copied to the device for its one no-grad pass per step, between rollout and update. That
+  pass holds 2 bytes per parameter (bf16) on the device, against the 16-18 the update holds
+  for the policy, so the step's peak drops by the reference's whole size.
+- `critic.device`: where the critic (PPO, VAPO) lives; its values come back to the policy's
+  device, so the loop is unchanged.
+- `activation_checkpointing`: `blocks` wraps every transformer block, `every_k` blocks
+  0, k, 2k, ..., in torch's non-reentrant checkpoint wrapper (as torchtitan applies it): a
+  wrapped block keeps only its input for backward and recomputes its forward there. The
+  state-dict names and the engine's decode path are unchanged (it reads weights directly).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+
+from pillion.model import lora
+from pillion.model.checkpoint import load_model
+from pillion.model.critic import Critic
+from pillion.model.sequences import SequenceBatch, response_logprobs
+from pillion.model.transformer import Transformer
+from pillion.train import precision
+
+CHECKPOINTING = ("none", "blocks", "every_k")
+
+
+@dataclass
+class Models:
+    policy: Transformer  # every policy forward and the rollout engine (bf16 when dtype=bfloat16)
+    policy_params: list[nn.Parameter]  # what the optimizer steps: float32 masters, adapters or weights
+    ref: Transformer | None = None  # frozen reference (None: no KL, or LoRA's adapters-off base)
+    ref_offloaded: bool = False  # ref lives on CPU and is copied to `device` for its pass
+    lora_reference: bool = False  # the reference is the policy with adapters off
+    critic: Critic | None = None
+    critic_params: list[nn.Parameter] = field(default_factory=list)
+    policy_master: precision.MasterWeights | None = None
+    critic_master: precision.MasterWeights | None = None
+
+
+def apply_activation_checkpointing(model: nn.Module, mode: str, k: int = 2) -> int:
+    """Wrap the chosen blocks of a Transformer (or a critic's trunk) in place; return how many."""
+    if mode not in CHECKPOINTING:
+        raise ValueError(f"config key 'activation_checkpointing': {mode!r} (none, blocks, every_k)")
+    if mode == "none":
+        return 0
+    if mode == "every_k" and k < 1:
+        raise ValueError(f"config key 'activation_checkpointing.k': {k} (>= 1)")
+    every = 1 if mode == "blocks" else k
+    layers = getattr(model, "trunk", model).model.layers
+    wrapped = 0
+    for i in range(0, len(layers), every):
+        # No dropout anywhere, so the recomputation needs no saved RNG state.
+        layers[i] = checkpoint_wrapper(layers[i], preserve_rng_state=False)
+        wrapped += 1
+    return wrapped
+
+
+def compute_dtype(name: str) -> torch.dtype:
+    if name not in ("float32", "bfloat16"):
+        raise ValueError(f"config key 'dtype': {name!r} (float32 or bfloat16; float16 would need loss scaling)")
+    return getattr(torch, name)
+
+
+def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, checkpointing=None):
+    """(model, params to optimize, masters or None) for a policy or an SFT model.
+
+    LoRA: the base in `dtype`, frozen, with float32 adapters. Full training in bf16: loaded in
+    float32, then split into a bf16 model and its float32 masters. Otherwise the weights.
+    """
+    if lora_cfg is not None and lora_cfg.rank > 0:
+        model = load_model(model_dir, dtype=dtype, device=device)
+        params, master = lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets), None
+    else:
+        model = load_model(model_dir, dtype=torch.float32, device=device)
+        master = precision.master_weights(model, dtype) if dtype != torch.float32 else None
+        params = master.params if master else list(model.parameters())
+    if checkpointing is not None:
+        apply_activation_checkpointing(model, checkpointing.name, checkpointing.k)
+    return model, params, master
+
+
+def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Models:
+    """Policy, reference (when `loss.kl_coef > 0`) and critic (GAE advantages), as configured."""
+    from pillion.train import parallel
+
+    dtype = compute_dtype(cfg.dtype)
+    policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing)
+    if world is not None:
+        policy = parallel.shard(policy, world)
+    models = Models(policy, params, policy_master=master)
+    if cfg.loss.kl_coef > 0:
+        if cfg.lora.rank > 0:
+            models.lora_reference = True
+        else:
+            offload = cfg.ref.offload and torch.device(device).type != "cpu"
+            ref = load_model(model_dir, dtype=dtype, device="cpu" if offload else device)
+            if offload and torch.cuda.is_available():
+                for p in ref.parameters():  # pinned: the per-step copy runs at full bus speed
+                    p.data = p.data.pin_memory()
+            models.ref = ref.eval().requires_grad_(False)
+            models.ref_offloaded = cfg.ref.offload
+    if cfg.adv.name == "gae":
+        critic_device = device if cfg.critic.device == "auto" else torch.device(cfg.critic.device)
+        critic = Critic(load_model(model_dir, dtype=torch.float32, device=critic_device))
+        models.critic_master = precision.master_weights(critic, dtype) if dtype != torch.float32 else None
+        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
+        apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
+        models.critic = critic
+    return models
+
+
+def attach_optimizers(models: Models, optimizer, critic_optimizer=None) -> None:
+    """bf16 with masters: after each optimizer step, round the masters into the model."""
+    precision.sync_after_step(optimizer, models.policy_master)
+    if critic_optimizer is not None:
+        precision.sync_after_step(critic_optimizer, models.critic_master)
+
+
+def optimizer_params(optimizer) -> list[nn.Parameter]:
+    """The parameters an optimizer steps (the ones to clip: masters, adapters or weights)."""
+    return [p for group in optimizer.param_groups for p in group["params"]]
+
+
+def device_copy(model: Transformer, device) -> Transformer:
+    """A frozen Transformer's copy on `device` (tensors shared where they already are there)."""
+    with torch.device("meta"):
+        twin = Transformer(model.cfg)
+    moved: dict[int, torch.Tensor] = {}  # parameter id -> its copy: a tied matrix is copied once
+    for v in model.state_dict(keep_vars=True).values():
+        if id(v) not in moved:
+            moved[id(v)] = v.detach().to(device, non_blocking=True)
+    twin.load_state_dict({k: moved[id(v)] for k, v in model.state_dict(keep_vars=True).items()}, assign=True)
+    if model.cfg.tie_word_embeddings:
+        twin.lm_head.weight = twin.model.embed_tokens.weight
+    twin.reset_rope(device)
+    return twin.eval().requires_grad_(False)
+
+
+def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
+    return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
+
+
+@torch.no_grad()
+def _logprobs(model, batch: SequenceBatch, temperature: float, rows_per_pass: int) -> torch.Tensor:
+    rows = torch.arange(batch.input_ids.shape[0])
+    parts = [response_logprobs(model, _rows(batch, rows[i : i + rows_per_pass]), temperature)[0]
+             for i in range(0, len(rows), rows_per_pass)]
+    return torch.cat(parts)  # [B, T]
+
+
+def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):
+    """log pi_ref of the responses, [B, T] float32 on the batch's device; None without a reference."""
+    if models.lora_reference:
+        with lora.adapters_disabled(models.policy):
+            return _logprobs(models.policy, batch, temperature, rows_per_pass)
+    if models.ref is None:
+        return None
+    if models.ref_offloaded:
+        ref = device_copy(models.ref, batch.input_ids.device)  # freed when this pass ends
+        return _logprobs(ref, batch, temperature, rows_per_pass)
+    return _logprobs(models.ref, batch, temperature, rows_per_pass)
+
+
+def master_state(models: Models) -> dict:
+    """float32 masters for a checkpoint (the saved model folder holds their bf16 rounding)."""
+    return {"policy": precision.state_dict(models.policy_master), "critic": precision.state_dict(models.critic_master)}
+
+
+def load_master_state(models: Models, state: dict | None) -> None:
+    """After loading a checkpoint's weights: restore the masters (or take them from the weights)."""
+    state = state or {}
+    precision.load_state_dict(models.policy_master, state.get("policy"))
+    precision.load_state_dict(models.critic_master, state.get("critic"))
