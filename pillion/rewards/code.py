@@ -21,7 +21,12 @@ The sandbox, in layers (each test in `tests/rewards/test_code.py`):
   creation (os.fork/exec/spawn/system, subprocess.Popen, os.posix_spawn), signals to other
   processes, every socket event, ctypes, imports of ctypes/_posixsubprocess, opening a file
   for writing (and remove/rename/mkdir/chmod/link/...) anywhere outside the directory, and
-  frame/garbage-collector introspection that could reach the harness's secrets;
+  every way to obtain a frame object or walk the heap (sys._getframe, sys._current_frames,
+  tracebacks' tb_frame, generators' gi_frame/cr_frame/ag_frame, gc.get_objects/referrers,
+  settrace/setprofile): CPython does not audit reading f_back or f_locals, so any frame would
+  lead up to the harness's locals. sys._getframe is refused with an error that is also a
+  ValueError, which stdlib callers that only want a module name (typing.TypeVar, NamedTuple,
+  collections.namedtuple, enum's functional API) already catch: `import typing` works;
 - the harness reports each passed test on an inherited pipe as "<nonce> <index>"; the nonce is
   read from a file that is deleted before model code runs, so printing "PASS" or exiting with
   status 0 earns nothing.
@@ -107,14 +112,16 @@ def sandbox_main():
             pass
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     deny = {"os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.system",
-            "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "sys._getframe",
-            "sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-            "sys.settrace", "sys.setprofile", "os.startfile", "pty.spawn"}
+            "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "sys._current_frames",
+            "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
+            "sys.setprofile", "os.startfile", "pty.spawn"}
     deny_prefix = ("socket.", "ctypes.", "_ctypes.")
     deny_import = {"ctypes", "_ctypes", "_posixsubprocess", "_socket", "socket", "_ssl", "mmap"}
     path_events = {"os.remove", "os.rename", "os.replace", "os.rmdir", "os.mkdir", "os.chmod",
                    "os.chown", "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree",
                    "os.setxattr", "os.removexattr", "os.chflags", "os.lchmod", "os.mkfifo", "os.mknod"}
+    # Of these reads CPython audits tb_frame, gi_frame, cr_frame and ag_frame; the f_ names are
+    # not audited (the defence is that no frame object is ever handed out), kept for clarity.
     frame_attrs = {"tb_frame", "f_back", "f_locals", "f_globals", "gi_frame", "cr_frame", "ag_frame"}
     realpath, sep = os.path.realpath, os.sep
 
@@ -126,7 +133,16 @@ def sandbox_main():
         full = realpath(path)
         return full == root or full.startswith(root + sep)
 
+    class FrameDenied(PermissionError, ValueError):
+        # Also a ValueError: stdlib callers that only want the caller's module name (typing's
+        # TypeVar and NamedTuple, collections.namedtuple, enum's functional API) catch the
+        # ValueError that sys._getframe raises on "platforms without _getframe" and carry on,
+        # so code that imports typing runs, and still no frame object reaches model code.
+        pass
+
     def hook(event, args):
+        if event == "sys._getframe":
+            raise FrameDenied("sandbox: sys._getframe is not allowed")
         if event == "open":
             path, mode, flags = args
             writing = (mode is not None and any(c in mode for c in "wax+")) or (flags or 0) & write_flags

@@ -137,3 +137,59 @@ def test_nothing_is_left_behind():
     run("open('junk', 'w').write('x')", ["assert True"])
     after = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
     assert after <= before
+
+
+TYPING_SOLUTIONS = [
+    # HumanEval's most common header, and the stdlib helpers that ask for their caller's module
+    # name through sys._getframe (typing.TypeVar / NamedTuple, collections.namedtuple, Enum(...)).
+    "from typing import List\ndef f() -> int:\n    return 1",
+    "import typing\nT = typing.TypeVar('T')\ndef f(x: typing.Optional[T] = None) -> int:\n    return 1",
+    "from typing import NamedTuple\nclass P(NamedTuple):\n    a: int\ndef f():\n    return P(1).a",
+    "import collections\nP = collections.namedtuple('P', 'a b')\ndef f():\n    return P(1, 2).a",
+    "import enum\nColor = enum.Enum('Color', 'RED GREEN')\ndef f():\n    return Color.RED.value",
+    "import dataclasses\n@dataclasses.dataclass\nclass D:\n    a: int = 1\ndef f():\n    return D().a",
+]
+
+
+@pytest.mark.parametrize("code", TYPING_SOLUTIONS)
+def test_correct_code_that_imports_typing_passes(code):
+    assert run(code, ["assert f() == 1"]).passed == 1
+    assert code_reward(f"```python\n{code}\n```", ["assert f() == 1"]) == 1.0
+
+
+# Had model code any frame, this would walk up to the harness and forge a report for test 0.
+FORGE = """
+import os
+def forge(frame):
+    while frame is not None:
+        names = frame.f_locals
+        if 'nonce' in names and 'report_fd' in names:
+            os.write(names['report_fd'], names['nonce'] + b' 0\\n')
+        frame = frame.f_back
+"""
+
+FRAME_GRABS = [
+    "import sys\ntry:\n    forge(sys._getframe(0))\nexcept ValueError:\n    pass",  # a ValueError may be caught
+    "import inspect\nforge(inspect.currentframe())",
+    "import sys\nfor frame in sys._current_frames().values():\n    forge(frame)",
+    "def g():\n    yield\nit = g()\nnext(it)\nforge(it.gi_frame)",
+    "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    forge(e.__traceback__.tb_frame)",
+    "import gc\nfor o in gc.get_objects():\n    forge(o if type(o).__name__ == 'frame' else None)",
+    "import traceback\nforge(traceback.walk_stack(None).__next__()[0])",
+]
+
+
+@pytest.mark.parametrize("grab", FRAME_GRABS)
+def test_frame_access_stays_closed_with_typing_open(grab):
+    assert run(FORGE + grab, ["assert False"]).passed == 0
+
+
+def test_the_forgery_works_where_frames_are_open(monkeypatch):
+    """The attacks above would succeed without the hook: prove it on a harness copy whose hook
+    lets sys._getframe through."""
+    from pillion.rewards import code as code_module
+
+    opened = code_module._HARNESS.replace('if event == "sys._getframe":', 'if event == "never":')
+    assert opened != code_module._HARNESS
+    monkeypatch.setattr(code_module, "_HARNESS", opened)
+    assert run(FORGE + FRAME_GRABS[0], ["assert False"]).passed == 1
