@@ -4,7 +4,8 @@
 already weighted terms and whose `score` is exactly their sum:
 
     correct   cfg.correct if the answer is right, cfg.incorrect if wrong, 0 if ungradable.
-              Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f.
+              Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f
+              (with code_reward=all_pass, f is 1 when every test passes, else 0).
               1/0 is the default; +1/-1 is DAPO's and RAFT's (ALGORITHMS §9, §15 item 11).
     format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
               code: exactly one ```python block), the response not truncated (finish_reason
@@ -66,6 +67,7 @@ class RewardConfig:
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     answer_style: str = "auto"
     timeout: float = 5.0  # seconds per math comparison; wall clock per code run
+    code_reward: str = "fraction"  # code problems: fraction (of tests passed) | all_pass (1 or 0)
 
 
 def overlong_penalty(num_tokens: int, l_max: int, l_cache: int) -> float:
@@ -121,7 +123,7 @@ def _gradable(problem: Problem) -> bool:
 
 def _code_fraction(problem: Problem, text: str, cfg: RewardConfig) -> float:
     limits = SandboxLimits(wall_s=cfg.timeout, cpu_s=max(1, int(cfg.timeout + 0.999)))
-    return code_reward(text, problem.tests, limits)
+    return code_reward(text, problem.tests, limits, prefix=problem.meta.get("code_prefix", ""), mode=cfg.code_reward)
 
 
 def score(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finish_reason: str = "stop") -> RewardResult:

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pillion.rewards.code import SandboxLimits, code_reward, extract_code, run_tests
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of, run_tests
 
 LIMITS = SandboxLimits(wall_s=2.0, cpu_s=1, memory_mb=512, output_bytes=64 << 10)
 
@@ -192,4 +192,59 @@ def test_the_forgery_works_where_frames_are_open(monkeypatch):
     opened = code_module._HARNESS.replace('if event == "sys._getframe":', 'if event == "never":')
     assert opened != code_module._HARNESS
     monkeypatch.setattr(code_module, "_HARNESS", opened)
+    monkeypatch.setattr(code_module, "_RESULTS", {})  # results of the closed harness are remembered
     assert run(FORGE + FRAME_GRABS[0], ["assert False"]).passed == 1
+
+
+# A HumanEval-shaped problem: the prompt (imports, a helper, the stub) is the prefix.
+PROMPT = ('from typing import List\n\n\ndef double(x):\n    return 2 * x\n\n\n'
+          'def total(xs: List[int]) -> int:\n    """Sum of doubles."""\n')
+CHECK = ["def check(candidate):\n    assert candidate([1, 2]) == 6\n    assert candidate([]) == 0\n\ncheck(total)"]
+
+
+@pytest.mark.parametrize("text, passes", [
+    # completion style: the body continues the prompt; what follows a stop sequence is cut
+    ("    return sum(double(x) for x in xs)\n", True),
+    ("    return sum(double(x) for x in xs)\n\n\ndef total(xs):\n    return -1\n", True),
+    ("    return sum(xs)\n", False),
+    # whole function in a fenced block: it replaces the stub, the prompt's imports and helper stay
+    ("Here:\n```python\ndef total(xs: List[int]) -> int:\n    return sum(double(x) for x in xs)\n```", True),
+    ("```python\ndef total(xs):\n    return sum(xs)\n```", False),
+    # a fenced body continues the stub
+    ("```python\n    return sum(map(double, xs))\n```", True),
+])
+def test_completion_and_whole_function_styles_are_both_graded(text, passes):
+    assert code_reward(text, CHECK, LIMITS, prefix=PROMPT) == float(passes)
+
+
+def test_program_of():
+    assert program_of("```python\nx = 1\n```") == "x = 1\n"
+    assert program_of("x = 1") is None  # no prefix: a fenced block is required
+    assert program_of("    return 1\nprint(2)", prefix="def f():\n") == "def f():\n    return 1\n"
+    stub = 'def f():\n    """One."""'  # no final newline: one is added before a fenced block
+    assert program_of("```python\ndef f():\n    return 2\n```", prefix=stub) == stub + "\ndef f():\n    return 2\n"
+
+
+def test_reward_modes():
+    text = "```python\ndef add(a, b):\n    return a + b\n```"
+    tests = ["assert add(1, 2) == 3", "assert add(1, 1) == 3", "assert add(0, 0) == 0", "assert add(2, 2) == 4"]
+    assert code_reward(text, tests, LIMITS) == 0.75  # 3 of 4
+    assert code_reward(text, tests, LIMITS, mode="all_pass") == 0.0
+    assert code_reward(text, [tests[0]], LIMITS, mode="all_pass") == 1.0
+    with pytest.raises(ValueError, match="all_pass"):
+        code_reward(text, tests, LIMITS, mode="majority")
+
+
+def test_results_are_remembered_except_after_a_timeout(monkeypatch):
+    from pillion.rewards import code as code_module
+
+    monkeypatch.setattr(code_module, "_RESULTS", {})
+    calls = []
+    real = code_module._run_once
+    monkeypatch.setattr(code_module, "_run_once", lambda *a: calls.append(a[0]) or real(*a))
+    for _ in range(2):
+        assert run("x = 1", ["assert x == 1"]).passed == 1
+    assert calls == ["x = 1"]  # the second run was a cache hit
+    for _ in range(2):
+        assert run("import time\ntime.sleep(60)", ["assert True"]).timed_out
+    assert len(calls) == 3  # a timed-out result is run again
