@@ -1,6 +1,6 @@
 """Data: dataset readers, the synthetic curriculum, mixtures, history resampling, templates.
 
-    read(path, format="auto", on_error="raise") -> list[Problem]      formats.py
+    read(path, format="auto", on_error="raise") -> list[Problem]      formats.py (+ code_formats.py)
     generate(n, levels=(1, 2, 3), seed=0, split="train")               synthetic.py
     Mixture(pools, weights, level_weights, seed).sample(n)             mixture.py
     HistoryResampler, Stage, parse_stages, stage_at                    history.py
