@@ -79,13 +79,16 @@ class FilterConfig:
 @dataclass
 class DataConfig:
     # Training pools, name -> spec. A spec is a dataset file (.jsonl/.json/.parquet) or
-    # "synthetic:LEVELS" (the arithmetic curriculum, e.g. "synthetic:1,2,3").
+    # "synthetic:LEVELS" (the arithmetic curriculum, e.g. "synthetic:1,2,3") or
+    # "synthetic_code:LEVELS" (the code curriculum, pillion/data/synthetic_code.py).
     sources: dict[str, str] = field(default_factory=lambda: {"arith": "synthetic:1,2"})
     weights: dict[str, float] | None = None  # sampling weight per source; None: equal
     format: str = "auto"
     on_error: str = "raise"  # raise | skip
     synthetic_size: int = 20000  # problems per synthetic source
-    heldout: str = "synthetic:1,2"  # evaluation set (synthetic held-out never overlaps train)
+    # Evaluation set (synthetic held-out never overlaps train), or several as a mapping name -> spec,
+    # each evaluated and reported on its own (report.json: pass1_before/<name>, ...).
+    heldout: str | dict[str, str] = "synthetic:1,2"
     heldout_size: int = 200
     template: str = "qa"  # a name in pillion.data.templates.TEMPLATES or a format with {question}
     history_resampling: bool = False  # SRPO

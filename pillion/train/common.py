@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pillion.data import read, synthetic
+from pillion.data import read, synthetic, synthetic_code
 from pillion.data.problem import Problem
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
 
@@ -31,7 +31,10 @@ def seed_everything(seed: int) -> None:
 
 
 def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train") -> list[Problem]:
-    """Problems for one data spec: "synthetic:1,2,3" (levels) or a dataset file."""
+    """Problems for one data spec: "synthetic:1,2,3" (levels), "synthetic_code:1,2" or a dataset file."""
+    if spec.startswith("synthetic_code"):  # the code curriculum; before the "synthetic" prefix test
+        levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2)
+        return synthetic_code.generate(size, levels=levels, seed=seed, split=split)
     if spec.startswith("synthetic"):
         levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2, 3)
         return synthetic.generate(size, levels=levels, seed=seed, split=split)
@@ -39,12 +42,20 @@ def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train")
 
 
 def load_data(data_cfg, seed: int) -> tuple[dict[str, list[Problem]], list[Problem]]:
-    """The training pools (name -> problems, from `data.sources`) and the held-out set."""
+    """The training pools (name -> problems, from `data.sources`) and the held-out problems
+    (all of `heldout_sets`, one after the other)."""
     pools = {
         name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed) for name, spec in data_cfg.sources.items()
     }
-    heldout = load_source(data_cfg.heldout, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
-    return pools, heldout[: data_cfg.heldout_size]
+    return pools, [p for problems in heldout_sets(data_cfg, seed).values() for p in problems]
+
+
+def heldout_sets(data_cfg, seed: int) -> dict[str, list[Problem]]:
+    """`data.heldout` as named sets of at most `heldout_size` problems: a mapping name -> spec,
+    or one spec (named "heldout")."""
+    specs = data_cfg.heldout if isinstance(data_cfg.heldout, dict) else {"heldout": data_cfg.heldout}
+    return {name: load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test")[: data_cfg.heldout_size]
+            for name, spec in specs.items()}
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

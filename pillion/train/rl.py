@@ -35,7 +35,7 @@ from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
-from pillion.eval.evaluate import evaluate
+from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.critic import Critic
 from pillion.model.sequences import SequenceBatch, pack, response_logprobs
@@ -191,8 +191,9 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch, t, world, train_po
 
 
 def build_data(cfg):
-    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out set."""
-    pools, heldout = common.load_data(cfg.data, cfg.seed)
+    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out sets."""
+    pools, _ = common.load_data(cfg.data, cfg.seed)
+    heldout = common.heldout_sets(cfg.data, cfg.seed)  # name -> problems, each evaluated on its own
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
     stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
     return pools, mixture, HistoryResampler(), stages, heldout
@@ -221,7 +222,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
     pools, mixture, history, stages, heldout = build_data(cfg)
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir)
-    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(heldout)}
+    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
     start, bad_streak = 0, 0
 
     # ---- resume: weights, optimizer, RNG, sampler and history from the newest checkpoint ----
@@ -246,15 +247,11 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
             mixture.set_weights(stage_at(stages, step)[1].sources)
         return mixture.sample(cfg.prompts_per_step)
 
-    def run_eval(tag: str) -> dict:
-        result = evaluate(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, progress=False, pool=pool)
-        print(f"eval {tag}: pass@1 {result['pass@1']:.3f} pass@{result['k']} {result['pass@k']:.3f} "
-              f"on {result['n']} held-out problems")
-        return result
+    def run_eval(tag: str) -> dict:  # {set name: result}
+        return evaluate_sets(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, pool=pool, tag=tag)
 
     if start == 0 and world.main:
-        report["eval_before"] = run_eval("before RL")
-        report["pass1_before"] = report["eval_before"]["pass@1"]
+        report.update(report_entries(run_eval("before RL"), "before"))
 
     # ---- the loop -----------------------------------------------------------------------------
     bar = common.progress(cfg.steps, start, f"{cfg.algo}")
@@ -339,9 +336,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
 
         # 7. Checkpoint and periodic evaluation.
         if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and world.main:
-            result = run_eval(f"step {step + 1}")
-            metrics.write({"step": step + 1, "eval/pass@1": result["pass@1"],
-                           f"eval/pass@{result['k']}": result["pass@k"]})
+            metrics.write({"step": step + 1, **eval_metrics(run_eval(f"step {step + 1}"))})
         # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
         if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main and not bad_streak:
             state.save(run_dir, step + 1, policy, model_dir, {
@@ -354,8 +349,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False) -> dict:
 
     # ---- final evaluation and report ------------------------------------------------------------
     if world.main:
-        report["eval_after"] = run_eval("after RL")
-        report["pass1_after"] = report["eval_after"]["pass@1"]
+        report.update(report_entries(run_eval("after RL"), "after"))
         _write_report(run_dir, report)
     pool.close()
     return report
