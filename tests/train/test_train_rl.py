@@ -31,7 +31,8 @@ def metrics(run_dir):
 def test_every_preset_runs(tmp_path, preset):
     cfg = small(tmp_path / preset, f"algo={preset}")
     if preset == "srpo":  # short stages so both are visited
-        cfg.data.stages = [{"sources": {"easy": 1.0}, "steps": 1}, {"sources": {"easy": 0.5, "hard": 0.5}, "steps": 1}]
+        cfg.data.stages = [{"sources": {"arith": 1.0}, "steps": 1},
+                           {"sources": {"arith": 0.5, "code": 0.5}, "steps": 1}]
     report = rl.train(cfg)
     rows = metrics(tmp_path / preset)
     assert [r["step"] for r in rows] == [1, 2]
