@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+import warnings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -52,8 +54,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
+    # Warnings and log records as one line each: "pillion: warning: ...", no source lines.
+    logging.basicConfig(format="pillion: %(message)s", level=logging.WARNING)
+    warnings.formatwarning = lambda message, category, *_: f"pillion: warning: {message}\n"
     module = importlib.import_module(COMMANDS[args.command][0])
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:  # commands that keep no state to resume (train handles its own)
+        print(f"pillion {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

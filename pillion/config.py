@@ -5,22 +5,30 @@ CONFIG file given on the command line -> `key=value` arguments. Keys are dotted 
 tree (`loss.clip_high=0.28`, `reward.overlong.enable=true`); values are parsed as YAML
 scalars. An unknown key or a value of the wrong type is an error that names the key.
 
-Knob names follow shared/ALGORITHMS.md §0. `adv` and `loss` are both a choice and a group:
+Knob names follow docs/algorithms.md §0. `adv` and `loss` are both a choice and a group:
 `adv=rloo` sets `adv.name`, `loss=nll` sets `loss.name`, and `adv.whiten=true` a field.
+
+Every value is checked when the config resolves, before any model or data loads: a field that
+names a choice is a `Literal` (the message lists the choices), and `validate` checks ranges
+(`steps >= 1`, `0 < top_p <= 1`, ...) and values that other modules define (answer styles,
+dataset formats, templates), each error naming the key and what is allowed.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
+from pillion.errors import UserError
 from pillion.eval.evaluate import EvalConfig
 from pillion.rewards.shaping import RewardConfig
 
@@ -29,7 +37,7 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class AdvConfig:
-    name: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp | gae | raw | raft
+    name: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae", "raw", "raft"] = "grpo"
     std_normalize: bool = True
     eps: float = 1e-6
     whiten: bool = False  # whiten advantages over the batch's valid tokens (verl GAE default)
@@ -37,22 +45,24 @@ class AdvConfig:
 
 @dataclass
 class LossConfig:
-    name: str = "ppo_clip"  # ppo_clip | nll (RAFT) | reinforce
+    name: Literal["ppo_clip", "nll", "reinforce"] = "ppo_clip"  # nll: RAFT
     clip_low: float = 0.2
     clip_high: float = 0.2
     dual_clip: float | None = None
     # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm.
-    # Length bias (ALGORITHMS §1.1): seq_mean_token_mean weighs a token by 1/L_i (short right
+    # Length bias (docs/algorithms.md §1.1): seq_mean_token_mean weighs a token by 1/L_i (short right
     # answers pushed harder, long wrong ones penalised less per token); token_mean weighs tokens
     # equally within a batch; seq_mean_token_sum_norm divides by a run constant (unbiased).
-    agg: str = "seq_mean_token_mean"
+    agg: Literal["token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm"] = (
+        "seq_mean_token_mean"
+    )
     norm_len: int | None = None  # Dr. GRPO's constant; None: max_new_tokens
     kl_coef: float = 0.0
-    kl_kind: str = "k3"  # k1 | k2 | k3 | low_var
-    kl_in: str = "loss"  # loss | reward
+    kl_kind: Literal["k1", "k2", "k3", "low_var"] = "k3"
+    kl_in: Literal["loss", "reward"] = "loss"
     entropy_coef: float = 0.0
     nll_coef: float = 0.0  # VAPO positive-example LM loss
-    ratio_level: str = "token"  # token | sequence (GSPO)
+    ratio_level: Literal["token", "sequence"] = "token"  # sequence: GSPO
     tis_cap: float | None = None  # truncated importance sampling against engine log-probs
 
 
@@ -70,7 +80,7 @@ class PPOConfig:
 
 @dataclass
 class FilterConfig:
-    reject: str = "none"  # none | all_equal (Reinforce-Rej)
+    reject: Literal["none", "all_equal"] = "none"  # all_equal: Reinforce-Rej
     dynamic_sampling: bool = False  # DAPO: keep mixed groups, refill the batch
     max_gen_batches: int = 10
     overlong_mask: bool = False  # zero the loss of truncated responses
@@ -84,12 +94,15 @@ class DataConfig:
     sources: dict[str, str] = field(default_factory=lambda: {"arith": "synthetic:1,2"})
     weights: dict[str, float] | None = None  # sampling weight per source; None: equal
     format: str = "auto"
-    on_error: str = "raise"  # raise | skip
+    on_error: Literal["raise", "skip"] = "raise"
     synthetic_size: int = 20000  # problems per synthetic source
     # Evaluation set (synthetic held-out never overlaps train), or several as a mapping name -> spec,
     # each evaluated and reported on its own (report.json: pass1_before/<name>, ...).
     heldout: str | dict[str, str] = "synthetic:1,2"
     heldout_size: int = 200
+    # Longer prompts are dropped at load time, with a counted warning; None: the model's
+    # context (max_position_embeddings) minus the generation budget.
+    max_prompt_tokens: int | None = None
     template: str = "qa"  # a name in pillion.data.templates.TEMPLATES or a format with {question}
     history_resampling: bool = False  # SRPO
     stages: list[dict] = field(default_factory=list)  # [{sources: {name: weight}, steps: N}, ...]
@@ -101,8 +114,8 @@ class TrainConfig:
     model: str = "default"  # a Hugging Face folder; "default": the shipped tiny arithmetic model
     out: str | None = None  # run directory; default runs/<time>-<algo>
     seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "float32"  # float32 | bfloat16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = 60  # the CPU default: ~1.5 min of GRPO on 2 cores
     prompts_per_step: int = 32
     group_size: int = 8
@@ -111,7 +124,7 @@ class TrainConfig:
     top_p: float = 1.0
     top_k: int = 0
     lr: float = 1e-4
-    lr_schedule: str = "constant"  # constant | cosine | linear
+    lr_schedule: Literal["constant", "cosine", "linear"] = "constant"
     warmup_steps: int = 0
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -137,7 +150,7 @@ class TrainConfig:
 class TinyModelConfig:
     """Sizes of a fresh random model (`sft init=tiny`), built by pillion/model/tiny.py."""
 
-    family: str = "qwen2"
+    family: Literal["llama", "qwen2", "qwen3"] = "qwen2"
     hidden_size: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -149,16 +162,16 @@ class TinyModelConfig:
 @dataclass
 class SFTConfig:
     model: str = "default"  # a Hugging Face folder to fine-tune (ignored with init=tiny)
-    init: str = "none"  # none | tiny: start from a fresh random model of size `tiny`
+    init: Literal["none", "tiny"] = "none"  # tiny: start from a fresh random model of size `tiny`
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     out: str | None = None
     seed: int = 0
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = 500
     batch_size: int = 64
     lr: float = 1e-3
-    lr_schedule: str = "cosine"
+    lr_schedule: Literal["constant", "cosine", "linear"] = "cosine"
     warmup_steps: int = 20
     weight_decay: float = 0.0
     grad_clip: float = 1.0
@@ -166,8 +179,8 @@ class SFTConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
 
 
-class ConfigError(ValueError):
-    pass
+class ConfigError(UserError):
+    """A config key, value or file that cannot be used; the message names the key."""
 
 
 def _fields(obj) -> dict[str, dataclasses.Field]:
@@ -189,6 +202,11 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
             except ConfigError:
                 pass
         raise ConfigError(f"config key '{key}': {value!r} is not {annotation}")
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value in choices and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"config key '{key}': {value!r} is not one of {', '.join(map(str, choices))}")
     target = origin or annotation
     if target is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -206,8 +224,9 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
     return value
 
 
-def set_key(cfg, key: str, value: Any) -> None:
-    """Set a dotted key on a dataclass tree, type-checked; a group given a scalar sets `.name`."""
+def set_key(cfg, key: str, value: Any, _name: str | None = None) -> None:
+    """Set a dotted key on a dataclass tree, type-checked; a group given a scalar sets `.name`.
+    (`_name`: the key as the user wrote it, for messages, when a group's `.name` is set.)"""
     parts = key.split(".")
     node = cfg
     for i, part in enumerate(parts):
@@ -224,7 +243,7 @@ def set_key(cfg, key: str, value: Any) -> None:
                     for k, v in value.items():
                         set_key(current, k, v)
                 elif "name" in _fields(current):
-                    set_key(current, "name", value)
+                    set_key(current, "name", value, _name=key)
                 else:
                     raise ConfigError(f"config key '{key}' is a group; set its fields ({', '.join(_fields(current))})")
                 return
@@ -232,7 +251,7 @@ def set_key(cfg, key: str, value: Any) -> None:
             continue
         if not last:
             raise ConfigError(f"unknown config key '{key}' ('{'.'.join(parts[:i + 1])}' is not a group)")
-        setattr(node, part, _check_type(key, value, typing.get_type_hints(type(node))[part]))
+        setattr(node, part, _check_type(_name or key, value, typing.get_type_hints(type(node))[part]))
 
 
 def _flatten(node, d: dict, prefix: str = "") -> list[tuple[str, Any]]:
@@ -256,15 +275,27 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         if "=" not in item:
             raise ConfigError(f"expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out.append((key.strip(), yaml.safe_load(raw) if raw.strip() else None))
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            problem = getattr(e, "problem", e)
+            raise ConfigError(f"config key '{key.strip()}': cannot parse {raw!r} ({problem})") from None
+        out.append((key.strip(), value))
     return out
 
 
 def load_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise ConfigError(f"config file {path} not found")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a UTF-8 text file (byte {e.start})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}{where}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of config keys")
     return data
@@ -278,18 +309,97 @@ def preset_path(name: str) -> Path:
     return path
 
 
-def resolve(cls, config_file: str | None = None, overrides: list[str] | None = None, preset_key: str | None = "algo"):
-    """Build a config of dataclass `cls` from defaults, preset, file and key=value overrides."""
+def resolve(cls, config_file: str | None = None, overrides: list[str] | None = None, preset_key: str | None = "algo",
+            base: dict | None = None):
+    """Build a config of dataclass `cls` from defaults, preset, file and key=value overrides.
+    `base` (a saved run's config.yaml, when resuming) replaces defaults and preset."""
     cfg = cls()
     file_pairs = _flatten(cfg, load_yaml(config_file)) if config_file else []
     cli_pairs = parse_overrides(overrides or [])
     layers = []
-    if preset_key:
+    if base is not None:
+        layers.append(_flatten(cfg, base))
+    elif preset_key:
         algo = dict(file_pairs + cli_pairs).get(preset_key, getattr(cfg, preset_key))
         layers.append(_flatten(cfg, load_yaml(preset_path(algo))))
     for pairs in layers + [file_pairs, cli_pairs]:
         for key, value in pairs:
             set_key(cfg, key, value)
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str, problem: str = "is out of range") -> None:
+    if not ok:
+        raise ConfigError(f"config key '{key}': {value!r} {problem}; expected {allowed}")
+
+
+def validate(cfg) -> None:
+    """Ranges and cross-module choices of a resolved TrainConfig or SFTConfig (see the docstring)."""
+    from pillion.data.formats import FORMATS
+    from pillion.data.templates import resolve_template
+    from pillion.rewards.extract import STYLES
+
+    def at_least(key: str, low: float) -> None:
+        value = _get(cfg, key)
+        _require(value >= low, key, value, f">= {low}")
+
+    def positive(key: str) -> None:
+        value = _get(cfg, key)
+        _require(value > 0, key, value, "> 0")
+
+    def probability(key: str) -> None:
+        value = _get(cfg, key)
+        _require(0 < value <= 1, key, value, "a value in (0, 1]")
+
+    _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "device", cfg.device,
+             "auto, cpu, cuda or cuda:N", "is not a device")
+    for key in ("steps", "eval.k", "eval.max_new_tokens", "eval.batch_prompts"):
+        at_least(key, 1)
+    for key in ("warmup_steps", "weight_decay", "data.heldout_size", "eval.temperature"):
+        at_least(key, 0)
+    positive("lr")
+    positive("grad_clip")
+    probability("eval.top_p")
+    _require(cfg.data.format == "auto" or cfg.data.format in FORMATS, "data.format", cfg.data.format,
+             f"auto or one of {', '.join(FORMATS)}", "is not a format")
+    _require(cfg.data.synthetic_size >= 1, "data.synthetic_size", cfg.data.synthetic_size, ">= 1")
+    try:
+        resolve_template(cfg.data.template)
+    except ValueError as e:
+        raise ConfigError(f"config key 'data.template': {e}") from None
+    if isinstance(cfg, TrainConfig):
+        for key in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch", "mini_batches",
+                    "ppo_epochs", "save_every", "max_bad_steps", "grading_workers", "filter.max_gen_batches"):
+            at_least(key, 1)
+        for key in ("eval_every", "top_k", "loss.clip_low", "loss.clip_high", "loss.kl_coef",
+                    "loss.entropy_coef", "loss.nll_coef", "ppo.value_pretrain_steps"):
+            at_least(key, 0)
+        positive("temperature")  # log-probs divide by it: 0 would make every update NaN
+        positive("reward.timeout")
+        positive("ppo.critic_lr")
+        probability("top_p")
+        _require(cfg.reward.answer_style in STYLES, "reward.answer_style", cfg.reward.answer_style,
+                 f"one of {', '.join(STYLES)}", "is not an answer style")
+        _require(cfg.loss.dual_clip is None or cfg.loss.dual_clip > 1, "loss.dual_clip", cfg.loss.dual_clip,
+                 "null or a value > 1")
+        _require(cfg.loss.tis_cap is None or cfg.loss.tis_cap > 0, "loss.tis_cap", cfg.loss.tis_cap,
+                 "null or a value > 0")
+        _require(cfg.loss.norm_len is None or cfg.loss.norm_len >= 1, "loss.norm_len", cfg.loss.norm_len,
+                 "null or >= 1")
+        if cfg.filter.dynamic_sampling and cfg.group_size < 2:
+            raise ConfigError("config key 'group_size': dynamic sampling (filter.dynamic_sampling) needs "
+                              f"group_size >= 2, got {cfg.group_size}")
+        if cfg.group_size == 1 and cfg.adv.name in ("grpo", "dr_grpo", "rloo"):
+            warnings.warn(f"group_size=1 with adv={cfg.adv.name}: every advantage is 0, nothing will be learned",
+                          stacklevel=2)
+    else:
+        at_least("batch_size", 1)
+
+
+def _get(cfg, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
     return cfg
 
 
@@ -297,8 +407,13 @@ def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def dumps(cfg) -> str:
+    """The resolved config as YAML (what a run folder's config.yaml holds)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
 def save(cfg, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    Path(path).write_text(dumps(cfg))
 
 
 def from_dict(cls, data: dict):
@@ -306,4 +421,5 @@ def from_dict(cls, data: dict):
     cfg = cls()
     for key, value in _flatten(cfg, data):
         set_key(cfg, key, value)
+    validate(cfg)
     return cfg

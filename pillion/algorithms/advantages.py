@@ -1,6 +1,6 @@
-"""Advantage estimators as pure tensor functions (shared/ALGORITHMS.md §2.2, §4, §5, §7-9).
+"""Advantage estimators as pure tensor functions (docs/algorithms.md §2.2, §4, §5, §7-9).
 
-Conventions (ALGORITHMS §1): B rows = P prompts x G samples, rows of one prompt contiguous
+Conventions (docs/algorithms.md §1): B rows = P prompts x G samples, rows of one prompt contiguous
 (group(i) = i // G); token tensors are [B, T], right-padded, with a response mask that is 1 on
 response tokens. Inputs are cast to float32 (float64 stays float64, so `gradcheck` and float64
 references can run); outputs carry no gradient and are exactly 0 at masked positions.
@@ -27,7 +27,7 @@ def as_float(x: Tensor | float | list) -> Tensor:
 
 
 def check_scores(scores: Tensor, group_size: int | None) -> Tensor:
-    """Validate a [B] score vector (ALGORITHMS §1: B % G != 0 and NaN are ValueErrors)."""
+    """Validate a [B] score vector (docs/algorithms.md §1: B % G != 0 and NaN are ValueErrors)."""
     scores = as_float(scores).detach()
     if scores.dim() != 1:
         raise ValueError(f"scores must be 1-D [B], got shape {tuple(scores.shape)}")
@@ -54,7 +54,7 @@ def _centered(scores: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
     """(s - group mean) as [P, G], exactly 0 for all-equal groups, and the [P, G] scores.
 
     The mean of G equal floats can differ from them in the last bit (e.g. 0.1 * 3 / 3), so
-    all-equal groups are zeroed explicitly: ALGORITHMS §1.2 requires a numerator of exactly 0.
+    all-equal groups are zeroed explicitly: docs/algorithms.md §1.2 requires a numerator of exactly 0.
     """
     grouped = scores.view(-1, group_size)  # [P, G]
     centered = grouped - grouped.mean(dim=1, keepdim=True)  # [P, G]
@@ -65,7 +65,7 @@ def _centered(scores: Tensor, group_size: int) -> tuple[Tensor, Tensor]:
 def grpo(scores: Tensor, group_size: int, std_normalize: bool = True, eps: float = 1e-6) -> Tensor:
     """GRPO outcome advantage (2402.03300 §4.1.2): A_i = (s_i - mean_g) / (std_g + eps).
 
-    std is the unbiased group std (verl, TRL, oat; ALGORITHMS §4, §15.2). G = 1 gives 0 and a
+    std is the unbiased group std (verl, TRL, oat; docs/algorithms.md §4, §15.2). G = 1 gives 0 and a
     warning (§15.1); all-equal groups give exactly 0. [B] -> [B].
     """
     scores = check_scores(scores, group_size)
@@ -102,7 +102,7 @@ def raw(scores: Tensor, group_size: int | None = None) -> Tensor:
     """Reinforce-Rej advantage (2504.11343 §5.1): A_i = s_i (raw +-1, no baseline, no std).
 
     Groups with equal outcomes are removed beforehand by `filters.reject_all_equal`. With
-    group_size given, B % G is checked and G = 1 gives 0 and a warning (ALGORITHMS §1.2).
+    group_size given, B % G is checked and G = 1 gives 0 and a warning (docs/algorithms.md §1.2).
     """
     scores = check_scores(scores, group_size)
     if group_size == 1:
@@ -136,7 +136,7 @@ def expand(advantages: Tensor, mask: Tensor) -> Tensor:
 
 
 def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
-    """Token rewards for gae / reinforce_pp (ALGORITHMS §2.2): rew[i,t] = s_i at the last valid
+    """Token rewards for gae / reinforce_pp (docs/algorithms.md §2.2): rew[i,t] = s_i at the last valid
     token of row i, else 0. Rows with no valid token get no reward. [B], [B, T] -> [B, T]."""
     scores = check_scores(scores, None)
     mask = mask.bool()  # [B, T]
@@ -148,7 +148,7 @@ def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
 
 def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
     """(x - mu) / sqrt(var + eps) with mu and unbiased var over the valid tokens of the whole
-    batch (verl `masked_whiten`; ALGORITHMS §2.2). With <= 1 valid token whitening is skipped
+    batch (verl `masked_whiten`; docs/algorithms.md §2.2). With <= 1 valid token whitening is skipped
     and x is returned (masked) unchanged. [B, T] -> [B, T]."""
     values = as_float(values).detach()
     mask = mask.bool()  # [B, T]
@@ -178,7 +178,7 @@ def _discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
 def reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
     """REINFORCE++ (2501.03262; verl `compute_reinforce_plus_plus_outcome_advantage`):
     A = whiten(G) with G[i,t] = sum_{k>=t valid} gamma^(k-t) rew[i,k], mu and unbiased var over
-    all valid tokens of the batch (ALGORITHMS §8, §15.8). <= 1 valid token -> zeros.
+    all valid tokens of the batch (docs/algorithms.md §8, §15.8). <= 1 valid token -> zeros.
 
     token_rewards: [B, T], e.g. terminal_rewards(s, m) - kl_coef * k1 (kl_in=reward). For
     "REINFORCE++-baseline" pass dr_grpo(s, G) as the scores. Returns [B, T].
@@ -200,7 +200,7 @@ def gae(
     right to left per row. V_next and A_next come from the next *valid* token: a masked
     position carries both through unchanged; after the last valid token both are 0 (no
     bootstrap, truncated responses included). lam is a float or a per-row [B] tensor (VAPO,
-    `vapo_lambda`). Whitening is separate (`whiten`), applied to A only (ALGORITHMS §2.2).
+    `vapo_lambda`). Whitening is separate (`whiten`), applied to A only (docs/algorithms.md §2.2).
     rewards, values, mask: [B, T] -> (advantages [B, T], returns [B, T]), 0 where masked.
     """
     rewards, values = as_float(rewards).detach(), as_float(values).detach()

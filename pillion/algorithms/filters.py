@@ -1,5 +1,5 @@
 """Sample filters as pure tensor functions, plus the DAPO dynamic-sampling buffer
-(shared/ALGORITHMS.md §6.2, §6.4, §9).
+(docs/algorithms.md §6.2, §6.4, §9).
 
 Rows of one prompt are contiguous (group(i) = i // G). Filters return a keep mask [B] (bool,
 constant within a group) or a new response mask; they never touch models or rollouts.
@@ -102,6 +102,6 @@ class GroupBuffer:
             self.rows.extend(rows[group * self.group_size : (group + 1) * self.group_size])
 
     def give_up_message(self, max_gen_batches: int | None = None) -> str:
-        """The log line of ALGORITHMS §6.2 when the batch bound is reached before the target."""
+        """The log line of docs/algorithms.md §6.2 when the batch bound is reached before the target."""
         batches = self.num_batches if max_gen_batches is None else max_gen_batches
         return f"dynamic sampling: {self.num_groups}/{self.target_groups} groups after {batches} batches"

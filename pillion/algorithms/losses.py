@@ -1,4 +1,4 @@
-"""Policy, value, KL, entropy and NLL losses as pure tensor functions (shared/ALGORITHMS.md
+"""Policy, value, KL, entropy and NLL losses as pure tensor functions (docs/algorithms.md
 §1.1, §2, §3, §7, §12, §13).
 
 Every per-token loss is built first and reduced by `aggregate` with a named mode, so the
@@ -17,7 +17,6 @@ all-zero mask.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -34,7 +33,7 @@ from pillion.algorithms.advantages import as_float
 #                            bias (Dr. GRPO §3.2).
 AGG_MODES = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm")
 
-LOG_RATIO_CLAMP = 20.0  # ratio = exp(clamp(logp - old_logp, -20, 20)), ALGORITHMS §1
+LOG_RATIO_CLAMP = 20.0  # ratio = exp(clamp(logp - old_logp, -20, 20)), docs/algorithms.md §1
 K3_EXP_GUARD = 50.0  # overflow guard only: exp(-delta) is taken with -delta <= 50 (see kl)
 
 
@@ -61,7 +60,7 @@ def aggregate(
     num_seqs: int | Tensor | None = None,
     norm_len: float | None = None,
 ) -> Tensor:
-    """Reduce a per-token loss [B, T] to a scalar (ALGORITHMS §1.1; verl `agg_loss`).
+    """Reduce a per-token loss [B, T] to a scalar (docs/algorithms.md §1.1; verl `agg_loss`).
 
     token_mean               sum m*x / max(N_tok, 1)
     seq_mean_token_mean      (1/S) sum_{i: L_i>0} (sum_t m*x) / L_i
@@ -92,7 +91,7 @@ def aggregate(
 
 
 def kl(logp: Tensor, ref_logp: Tensor, kind: str, mask: Tensor | None = None) -> Tensor:
-    """Per-token KL estimators (Schulman 2020; ALGORITHMS §3), delta = logp - ref_logp:
+    """Per-token KL estimators (Schulman 2020; docs/algorithms.md §3), delta = logp - ref_logp:
     k1 = delta; k2 = delta^2/2; k3 = exp(-delta) + delta - 1;
     low_var = clamp(k3 of clamp(delta, -20, 20), -10, 10) (verl `low_var_kl`).
 
@@ -125,7 +124,7 @@ KL_KINDS = ("k1", "k2", "k3", "low_var")
 def _policy_stats(
     ratio: Tensor, clipped: Tensor, lower_clipped: Tensor, logp: Tensor, old_logp: Tensor, mask: Tensor
 ) -> dict[str, Tensor]:
-    """Masked token means (ALGORITHMS §2.1); every stat is 0.0 when no token is valid."""
+    """Masked token means (docs/algorithms.md §2.1); every stat is 0.0 when no token is valid."""
     ratio = ratio.detach()
     any_valid = mask.any()
     zero = _zero_like(ratio)
@@ -188,7 +187,7 @@ def ppo_policy_loss(
     num_seqs: int | Tensor | None = None,
     norm_len: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped surrogate (ALGORITHMS §2.1): ratio = exp(clamp(logp - old_logp, -20, 20)),
+    """Clipped surrogate (docs/algorithms.md §2.1): ratio = exp(clamp(logp - old_logp, -20, 20)),
     l = max(-A r, -A clip(r, 1-clip_low, 1+clip_high)), dual-clip min(l, -A c) where A < 0,
     optional TIS weight l <- w * l (§13.2), then aggregate(l, mask, agg, ...).
 
@@ -249,7 +248,7 @@ def gspo_policy_loss(
 def tis_weights(
     old_logp: Tensor, gen_logp: Tensor, mask: Tensor, cap: float = 2.0, level: str = "token"
 ) -> Tensor:
-    """Truncated importance sampling weights (Yao et al. 2025; ALGORITHMS §13.2), no gradient:
+    """Truncated importance sampling weights (Yao et al. 2025; docs/algorithms.md §13.2), no gradient:
     token: w = min(exp(old_logp - gen_logp), C); sequence: w_i = min(exp(sum_t m (old - gen)), C)
     broadcast to the row's tokens. Computed as exp(min(x, log C)), which never overflows. [B, T]."""
     if cap <= 0:
@@ -274,7 +273,7 @@ def value_loss(
     num_seqs: int | Tensor | None = None,
     norm_len: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clipped value loss (ALGORITHMS §2.3; verl `compute_value_loss`):
+    """Clipped value loss (docs/algorithms.md §2.3; verl `compute_value_loss`):
     Vc = clip(V, V_old - clip, V_old + clip), l = 0.5 max((V - R)^2, (Vc - R)^2), aggregated.
     clip=None disables clipping. Stats: vf_clipfrac = mean 1[(Vc-R)^2 > (V-R)^2], value_mean."""
     mask = mask.bool()  # [B, T]
@@ -320,7 +319,7 @@ def nll_positive(
 
 
 def token_mult_prob_error(a_logp: Tensor, b_logp: Tensor, mask: Tensor) -> float:
-    """Multiplicative token probability error (NeMo-RL `ClippedPGLossFn`; ALGORITHMS §13.1):
+    """Multiplicative token probability error (NeMo-RL `ClippedPGLossFn`; docs/algorithms.md §13.1):
     sum m exp(|a - b|) / N_valid, >= 1 with 1 = exact; 0.0 for an all-zero mask. Computed in
     float64; |a - b| is capped at 100 nats so the metric stays finite."""
     mask = mask.bool()
@@ -350,10 +349,3 @@ def adaptive_kl_update(beta: float, kl: float, target: float, n_steps: int, hori
     beta * (1 + clip(KL/target - 1, -0.2, 0.2) * n_steps / horizon). kl: the measured mean KL."""
     error = min(max(kl / target - 1.0, -0.2), 0.2)
     return beta * (1.0 + error * n_steps / horizon)
-
-
-# Policy losses sharing the call fn(logp, old_logp, advantages, mask, clip_low, clip_high, **agg_kwargs).
-POLICY_LOSSES: dict[str, Callable[..., tuple[Tensor, dict[str, Tensor]]]] = {
-    "token": ppo_policy_loss,
-    "sequence": gspo_policy_loss,
-}

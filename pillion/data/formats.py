@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from pillion.data.problem import Problem
+from pillion.errors import UserError
 
 logger = logging.getLogger("pillion.data")
 
@@ -47,7 +48,7 @@ FORMATS = ("gsm8k", "math", "math500", "numina", "orz", "aime", "generic",
            "humaneval", "mbpp", "apps", "codecontests", "livecodebench")  # the last five: code_formats.py
 
 
-class DataError(ValueError):
+class DataError(UserError):
     """A dataset row (or file) that cannot become a Problem. Carries path, row and field."""
 
     def __init__(self, path: str, row: int | None, field: str | None, message: str):
@@ -137,6 +138,12 @@ def _text(row: dict, key: str, required: bool = True) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise _RowError(key, f"expected a string, got {type(value).__name__}")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:  # JSON "\ud800": a lone surrogate no tokenizer can encode
+            raise _RowError(key, f"not valid Unicode text (lone surrogate {value[e.start]!r} at character "
+                                 f"{e.start})") from None
     return value if isinstance(value, str) else str(value)
 
 
@@ -367,8 +374,13 @@ def _lower_keys(row: Any) -> Any:
 
 
 def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:  # a binary file, or another encoding
+                yield n, _RowError(None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at column {e.start + 1})")
+                continue
             if not line.strip():
                 continue
             try:
@@ -378,8 +390,12 @@ def _iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
 
 
 def _iter_json(path: str) -> Iterator[tuple[int, Any]]:
-    with open(path, encoding="utf-8") as f:
-        text = f.read()
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(path, None, None, f"not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
@@ -464,6 +480,9 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
     if format == "auto":
         format = detect_format([r for _, r in rows if not isinstance(r, _RowError)])
         if format is None:
+            bad = next(((n, r) for n, r in rows if isinstance(r, _RowError)), None)
+            if bad is not None:  # e.g. a binary file: say what is wrong with its first bad row
+                raise DataError(path, bad[0], bad[1].field, bad[1].message)
             first = next((r for _, r in rows if isinstance(r, dict)), {})
             raise DataError(path, None, None,
                             f"cannot tell the format from fields {sorted(first)}; "

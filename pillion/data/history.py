@@ -1,4 +1,4 @@
-"""SRPO history resampling and stage schedules (ALGORITHMS.md §10; Kwaipilot, 2504.14286).
+"""SRPO history resampling and stage schedules (docs/algorithms.md §10; Kwaipilot, 2504.14286).
 
 History Resampling: during an epoch, record for every prompt the correctness of each of its
 rollouts. At the epoch end, drop the prompts whose recorded rollouts were all correct (too easy:

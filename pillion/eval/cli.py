@@ -1,15 +1,21 @@
 """`pillion eval`: sample k answers per problem from a model folder and report pass@1 / pass@k.
 
-    pillion eval --model runs/grpo/final --data math500.jsonl              # MATH-500 protocol
+    pillion eval --model DIR --data math500.jsonl                          # MATH-500 protocol
+    pillion eval --model runs/RUN/checkpoints/step-000060 --data synthetic:200   # a checkpoint of a run
     pillion eval --model DIR --data synthetic:64 --template qa --k 8 --json  # synthetic held-out set
 
 One process, CPU or one GPU; there is no torchrun mode (evaluation is generation-bound).
 
-Defaults follow shared/ALGORITHMS.md §14: k=4 samples per problem at temperature 0.7 and
+A model folder written by pillion (a run's checkpoint, an SFT result) records the prompt
+template and answer style it was trained with (pillion.json); they are used unless
+--template / --answer-style say otherwise. Other folders default to the plain template.
+
+Defaults follow docs/algorithms.md §14: k=4 samples per problem at temperature 0.7 and
 top-p 0.95 (Perplexity's MATH-500 protocol), at most 1024 new tokens. pass@1 is the mean
 accuracy over all k samples; pass@k the fraction of problems with at least one correct sample.
 Writes eval.json (the full result, with the protocol and a few samples) and eval.md (a table
-by level and subject) into --out; with --json the JSON is the only thing on stdout.
+by level and subject) into --out (default runs/eval-<model>-<data>); with --json the JSON is the
+only thing on stdout.
 """
 
 from __future__ import annotations
@@ -42,8 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top-p", type=float, default=defaults.top_p, help=f"nucleus top-p (default {defaults.top_p})")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
                         help=f"generation budget per sample (default {defaults.max_new_tokens})")
-    parser.add_argument("--template", default="plain",
-                        help="prompt template: plain, chat, qa, or a string containing {question} (default plain)")
+    parser.add_argument("--template", default=None,
+                        help="prompt template: plain, chat, qa, or a string containing {question} "
+                             "(default: the one the model was trained with, else plain)")
+    parser.add_argument("--answer-style", default=None,
+                        help="how the final answer is found in a completion (default: the one the model was "
+                             "trained with, else the grader's default)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N problems")
     parser.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling seed (default {defaults.seed})")
     parser.add_argument("--batch-prompts", type=int, default=defaults.batch_prompts,
@@ -52,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights dtype (default: as stored)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--out", default=None,
-                        help="output folder for eval.json and eval.md (default: ./eval-<model name>-<data name>)")
+                        help="output folder for eval.json and eval.md (default: runs/eval-<model name>-<data name>)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON, and nothing else, on stdout")
 
 
@@ -71,29 +81,38 @@ def load_problems(data: str, format: str = "auto", limit: int | None = None):
 
 
 def default_out(model: str, data: str) -> Path:
-    """./eval-<model folder name>-<data name>: never inside the model folder, which may be read-only."""
+    """runs/eval-<model folder name>-<data name>: beside the training runs, never inside the model
+    folder (which may be read-only) nor loose in the working directory."""
     model_name = Path(model).resolve().name
     data_name = data.replace(":", "-") if data.startswith(SYNTHETIC_PREFIX) else Path(data).stem
-    return Path(f"eval-{model_name}-{data_name}")
+    return Path("runs") / f"eval-{model_name}-{data_name}"
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from pillion.data.formats import DataError
     from pillion.data.templates import resolve_template
+    from pillion.errors import UserError
     from pillion.eval.evaluate import evaluate, markdown_table
-    from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
+    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, read_recipe, resolve_model
+    from pillion.rewards import RewardConfig
+    from pillion.rewards.extract import STYLES
     from pillion.rollout.engine import Engine
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        resolve_template(args.template)  # fail on a bad template before loading anything
-        problems = load_problems(args.data, args.format, args.limit)
         args.model = str(resolve_model(args.model))  # "default": the shipped tiny model
+        recipe = read_recipe(args.model)  # how the model was trained, when pillion trained it
+        template = args.template or recipe.get("template", "plain")
+        reward_cfg = RewardConfig()
+        reward_cfg.answer_style = args.answer_style or recipe.get("answer_style", reward_cfg.answer_style)
+        resolve_template(template)  # fail on a bad template or style before loading anything
+        if reward_cfg.answer_style not in STYLES:
+            raise ValueError(f"--answer-style {reward_cfg.answer_style!r}: expected one of {', '.join(STYLES)}")
+        problems = load_problems(args.data, args.format, args.limit)
         tokenizer = load_tokenizer(args.model)
         model = load_model(args.model, dtype=args.dtype, device=device).eval()
-    except (DataError, CheckpointError, FileNotFoundError, ValueError) as error:
+    except (UserError, FileNotFoundError, ValueError) as error:
         # Input mistakes get one line, not a traceback; errors during evaluation still raise.
         print(f"pillion eval: {error}", file=sys.stderr)
         return 2
@@ -104,8 +123,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k, max_new_tokens=args.max_new_tokens,
                      seed=args.seed, batch_prompts=args.batch_prompts)
     print(f"pillion eval: {len(problems)} problems x {cfg.k} samples, {args.model} on {device}", file=sys.stderr)
-    result = evaluate(engine, problems, cfg, template=args.template)
-    result = {**result, "model": str(args.model), "data": args.data}
+    result = evaluate(engine, problems, cfg, template=template, reward_cfg=reward_cfg)
+    result = {**result, "model": str(args.model), "data": args.data, "answer_style": reward_cfg.answer_style}
 
     out = Path(args.out) if args.out else default_out(args.model, args.data)
     out.mkdir(parents=True, exist_ok=True)

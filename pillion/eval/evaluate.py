@@ -131,8 +131,11 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         lengths += [len(c.ids) for c in completions]
         truncated += sum(c.finish_reason == "length" for c in completions)
         if progress:
-            done = sum(correct_counts)
-            bar.set_postfix(pass1=f"{done / (len(correct_counts) * k):.3f}")
+            pass1 = sum(correct_counts) / (len(correct_counts) * k)
+            bar.set_postfix(pass1=f"{pass1:.3f}")
+            if bar.disable:  # no terminal (a log file, CI): one line per batch instead of the bar
+                print(f"eval: batch {batch_index + 1}/{len(starts)}, {len(correct_counts)} problems, "
+                      f"pass@1 so far {pass1:.3f}", file=sys.stderr, flush=True)
     bar.close()
 
     by_level: dict[str, list[int]] = defaultdict(list)
@@ -170,8 +173,8 @@ def evaluate_sets(engine, sets: dict[str, list[Problem]], cfg: EvalConfig, templ
     for name, problems in sets.items():
         result = results[name] = evaluate(engine, problems, cfg, template, reward_cfg, progress=False, pool=pool)
         label = f" [{name}]" if len(sets) > 1 else ""
-        print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f} pass@{result['k']} {result['pass@k']:.3f} "
-              f"on {result['n']} held-out problems")
+        at_k = f" pass@{result['k']} {result['pass@k']:.3f}" if result["k"] > 1 else ""
+        print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems")
     return results
 
 
@@ -205,9 +208,11 @@ def markdown_table(result: dict[str, Any]) -> str:
     k = result["k"]
 
     def row(name: str, group: dict[str, Any]) -> str:
-        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} | {100 * group['pass@k']:.1f} |"
+        at_k = f" {100 * group['pass@k']:.1f} |" if k > 1 else ""  # with k = 1, pass@k is pass@1
+        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} |{at_k}"
 
-    lines = [f"| group | n | pass@1 (%) | pass@{k} (%) |", "|---|---:|---:|---:|", row("all", result)]
+    header = f"| group | n | pass@1 (%) |{f' pass@{k} (%) |' if k > 1 else ''}"
+    lines = [header, "|---|---:|---:|" + ("---:|" if k > 1 else ""), row("all", result)]
     lines += [row(f"level {key}", group) for key, group in result.get("by_level", {}).items()]
     subjects = result.get("by_subject", {})
     if len(subjects) > 1:

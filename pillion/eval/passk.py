@@ -1,7 +1,7 @@
 """Unbiased pass@k (Chen et al. 2107.03374 §2.1; openai/human-eval `estimate_pass_at_k`).
 
 pass@k = 1 - C(n-c, k) / C(n, k), computed in the stable product form
-1 - prod_{j=n-c+1..n} (1 - k/j), and 1.0 when n - c < k (shared/ALGORITHMS.md §14).
+1 - prod_{j=n-c+1..n} (1 - k/j), and 1.0 when n - c < k (docs/algorithms.md §14).
 pass@1 over n samples equals the mean accuracy c/n (DeepSeek-R1's "pass@1 with k samples").
 """
 

@@ -12,15 +12,17 @@ and generation files, so `transformers.AutoModelForCausalLM.from_pretrained` loa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
+from pillion.errors import UserError
 from pillion.model.transformer import ModelConfig, Transformer
 
 ARCHITECTURES = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2", "Qwen3ForCausalLM": "qwen3"}
@@ -39,7 +41,7 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError):
     """A model folder that cannot be loaded; the message names the file, field or tensor."""
 
 
@@ -140,7 +142,9 @@ def from_hf(tensors: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, tor
 def _weight_files(path: Path) -> list[Path]:
     index = path / "model.safetensors.index.json"
     if index.exists():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = read_json(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise CheckpointError(f"{index}: no 'weight_map' object")
         files = sorted({path / name for name in weight_map.values()})
     else:
         files = sorted(path.glob("*.safetensors"))
@@ -152,6 +156,28 @@ def _weight_files(path: Path) -> list[Path]:
     return files
 
 
+def read_json(file: Path) -> dict[str, Any]:
+    """A JSON object from `file`; malformed or binary content is a CheckpointError naming it."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: malformed JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{file}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+@contextlib.contextmanager
+def _open_safetensors(file: Path):
+    """safe_open, with a corrupt or truncated file reported by name (safetensors raises at open)."""
+    try:
+        handle = safe_open(str(file), framework="pt", device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    with handle as st:
+        yield st
+
+
 def load_model(
     path: str | Path, dtype: torch.dtype | str | None = None, device: str | torch.device = "cpu"
 ) -> Transformer:
@@ -160,7 +186,7 @@ def load_model(
     config_file = path / "config.json"
     if not config_file.exists():
         raise CheckpointError(f"{path}: config.json not found")
-    hf = json.loads(config_file.read_text())
+    hf = read_json(config_file)
     cfg = config_from_hf(hf, config_file)
     if isinstance(dtype, str):
         dtype = DTYPES[dtype]
@@ -171,7 +197,7 @@ def load_model(
         expected.pop("lm_head.weight")
     tensors: dict[str, torch.Tensor] = {}
     for f in _weight_files(path):
-        with safe_open(str(f), framework="pt", device="cpu") as st:
+        with _open_safetensors(f) as st:
             for key in st.keys():
                 if key == "lm_head.weight" and cfg.tie_word_embeddings:
                     continue  # some tied checkpoints store the shared matrix twice
@@ -273,7 +299,10 @@ def load_tokenizer(path: str | Path):
     path = Path(path)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise CheckpointError(f"{path}: no tokenizer.json or tokenizer_config.json")
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # a malformed tokenizer file surfaces as many exception types
+        raise CheckpointError(f"{path}: cannot load the tokenizer ({type(e).__name__}: {e})") from None
 
 
 def eos_token_ids(path: str | Path, tokenizer) -> list[int]:
@@ -281,8 +310,22 @@ def eos_token_ids(path: str | Path, tokenizer) -> list[int]:
     ids: list[int] = []
     gen = Path(path) / "generation_config.json"
     if gen.exists():
-        eos = json.loads(gen.read_text()).get("eos_token_id")
+        eos = read_json(gen).get("eos_token_id")
         ids += eos if isinstance(eos, list) else ([eos] if eos is not None else [])
     if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
         ids.append(tokenizer.eos_token_id)
     return ids
+
+
+RECIPE_FILE = "pillion.json"  # how a checkpoint was trained: {"template": ..., "answer_style": ...}
+
+
+def write_recipe(path: str | Path, recipe: dict[str, Any]) -> None:
+    """Record in a model folder the prompt template and answer style it was trained with."""
+    (Path(path) / RECIPE_FILE).write_text(json.dumps(recipe, indent=2) + "\n")
+
+
+def read_recipe(path: str | Path) -> dict[str, Any]:
+    """The recipe a model folder records ({} when it has none, e.g. a Hugging Face download)."""
+    file = Path(path) / RECIPE_FILE
+    return read_json(file) if file.is_file() else {}

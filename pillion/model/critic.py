@@ -1,7 +1,7 @@
 """The critic for PPO and VAPO: pillion's decoder with a scalar value head.
 
 V[i, t] is read at the position whose logits give log pi(y_it), i.e. the state (prompt,
-y_<t) (ALGORITHMS.md §2.2, "value alignment"). The trunk starts as a copy of the policy (VAPO
+y_<t) (docs/algorithms.md §2.2, "value alignment"). The trunk starts as a copy of the policy (VAPO
 starts from a reward model; with verifiable rewards there is none) and the head at zero, so
 initial values are 0 and the first advantages are Monte-Carlo returns.
 """

@@ -36,7 +36,11 @@ def _worker_main() -> None:
     """Loop of the symbolic worker process: one JSON request per line on stdin."""
     import logging
     import resource
+    import signal
 
+    # Ctrl-C reaches the whole process group: the parent decides (and kills this worker at
+    # close), so the worker must not die with a KeyboardInterrupt traceback of its own.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     resource.setrlimit(resource.RLIMIT_AS, (WORKER_MEMORY_BYTES, WORKER_MEMORY_BYTES))
     out = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # nothing but protocol lines may reach the parent's pipe

@@ -32,6 +32,7 @@ import os
 import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pillion.data.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code
@@ -67,7 +68,7 @@ class RewardConfig:
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     answer_style: str = "auto"
     timeout: float = 5.0  # seconds per math comparison; wall clock per code run
-    code_reward: str = "fraction"  # code problems: fraction (of tests passed) | all_pass (1 or 0)
+    code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
 
 
 def overlong_penalty(num_tokens: int, l_max: int, l_cache: int) -> float:

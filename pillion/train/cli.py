@@ -1,8 +1,9 @@
-"""`pillion train [CONFIG] [key=value ...] [--resume]`: see pillion/train/rl.py."""
+"""`pillion train [CONFIG] [key=value ...] [--resume | --overwrite]`: see pillion/train/rl.py."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 
 PRESETS = "grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo"
@@ -16,11 +17,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "before and after, and a report is written to the run directory).\n\n"
         f"Presets (algo=NAME): {PRESETS}.\n"
         "Keys are those of pillion/config.py TrainConfig, e.g. model=DIR steps=200 group_size=16\n"
-        "loss.clip_high=0.28 reward.incorrect=-1 data.sources='{gsm8k: train.jsonl}' device=cuda."
+        "loss.clip_high=0.28 reward.incorrect=-1 data.sources='{gsm8k: train.jsonl}' device=cuda.\n"
+        "The formulas behind every key and preset: docs/algorithms.md.\n\n"
+        "A run lives in out=DIR (default runs/<time>-<algo>): an existing run is continued with\n"
+        "--resume (its saved config.yaml, then your overrides, e.g. steps=200) or replaced with\n"
+        "--overwrite. Ctrl-C stops at once; the run resumes from its last checkpoint."
     )
     p.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
                    help="an optional YAML config file, then overrides (later wins)")
-    p.add_argument("--resume", action="store_true", help="continue the run in out=DIR from its newest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in out=DIR from its newest checkpoint, with its saved config")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in out=DIR and start it over")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -30,28 +37,47 @@ def split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
-def run(args) -> int:
+def saved_config(overrides: list[str]) -> dict | None:
+    """The config.yaml of the run named by out= (the base of a resumed run's config), if any."""
+    from pathlib import Path
+
     from pillion import config as config_lib
 
+    out = dict(config_lib.parse_overrides(overrides)).get("out")
+    path = Path(str(out)) / "config.yaml" if out else None
+    return config_lib.load_yaml(path) if path is not None and path.is_file() else None
+
+
+def run(args) -> int:
+    from pillion import config as config_lib
+    from pillion.errors import UserError
+
     config_file, overrides = split_args(args.args)
+    if args.resume and args.overwrite:
+        print("pillion train: --resume and --overwrite exclude each other", file=sys.stderr)
+        return 2
     try:
-        cfg = config_lib.resolve(config_lib.TrainConfig, config_file, overrides)
-    except config_lib.ConfigError as e:
+        base = saved_config(overrides) if args.resume else None
+        cfg = config_lib.resolve(config_lib.TrainConfig, config_file, overrides, base=base)
+    except UserError as e:
         print(f"pillion train: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        import yaml
-
-        print(yaml.safe_dump(config_lib.to_dict(cfg), sort_keys=False))
+        print(config_lib.dumps(cfg))
         return 0
-    if args.resume and not cfg.out:
-        print("pillion train: --resume needs out=DIR (the run directory to continue)", file=sys.stderr)
-        return 2
-    from pillion.train.rl import TrainingStopped, train
+    from pillion.train.rl import TrainingInterrupted, TrainingStopped, train
 
     try:
-        train(cfg, resume=args.resume)
+        train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except UserError as e:  # config, data, model folder or run folder: one line, nothing half-written
+        print(f"pillion train: {e}", file=sys.stderr)
+        return 2
     except TrainingStopped as e:
         print(f"pillion train: {e}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        # The run folder keeps the resolved config, so out= is all a resume needs.
+        print(f"pillion train: {e}; resume with: pillion train {shlex.quote(f'out={e.run_dir}')} --resume",
+              file=sys.stderr)
+        return 130
     return 0

@@ -1,13 +1,16 @@
-"""Plain helpers shared by the RL and SFT loops: devices, seeds, data, optimiser, logging.
+"""Plain helpers shared by the RL and SFT loops: devices, seeds, data, run folders, optimiser, logging.
 
-Functions only; each loop file calls what it needs (shared/STYLE.md rule 13: no base class).
+Functions only; each loop file calls what it needs (no base class, docs/algorithms.md has the maths).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -16,19 +19,36 @@ import torch
 
 from pillion.data import read, synthetic, synthetic_code
 from pillion.data.problem import Problem
+from pillion.data.templates import render_prompt
+from pillion.errors import UserError
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
+
+log = logging.getLogger("pillion.train")
+
+
+class RunError(UserError):
+    """A user mistake about the run itself (its folder, its device); the message says what to do."""
 
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0 or (device.index or 0) >= count:
+            raise RunError(f"config key 'device': {name!r} requested but this machine has {count} CUDA device(s)")
+    return device
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
 
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
 
 def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train") -> list[Problem]:
     """Problems for one data spec: "synthetic:1,2,3" (levels), "synthetic_code:1,2" or a dataset file."""
@@ -41,22 +61,127 @@ def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train")
     return read(spec, format=data_cfg.format, on_error=data_cfg.on_error)
 
 
-def load_data(data_cfg, seed: int) -> tuple[dict[str, list[Problem]], list[Problem]]:
+def drop_long_prompts(problems: list[Problem], name: str, tokenizer, template: str, limit: int) -> list[Problem]:
+    """Problems whose rendered prompt fits in `limit` tokens; the others are dropped with one
+    warning that counts them and names the first few (a prompt past the model's context would
+    otherwise fail deep inside the engine, after minutes)."""
+    prompts = [render_prompt(p, template, tokenizer) for p in problems]
+    # A token covers at least one byte of UTF-8 text (byte-level BPE, SentencePiece with byte
+    # fallback), so only prompts with more bytes than the limit (less a margin for special
+    # tokens) can be too long: the others are not tokenised at all.
+    lengths = [len(text.encode("utf-8")) for text in prompts]
+    check = [i for i, n in enumerate(lengths) if n > limit - 8]
+    if check:
+        encoded = tokenizer([prompts[i] for i in check], add_special_tokens=False)["input_ids"]
+        for i, ids in zip(check, encoded):
+            lengths[i] = len(ids)
+    kept = [p for p, n in zip(problems, lengths) if n <= limit]
+    if len(kept) < len(problems):
+        long = [(p.id, n) for p, n in zip(problems, lengths) if n > limit]
+        shown = ", ".join(f"{pid} ({n} tokens)" for pid, n in long[:3])
+        log.warning("%s: dropped %d of %d problems whose prompt exceeds data.max_prompt_tokens=%d: %s%s",
+                    name, len(long), len(problems), limit, shown, ", ..." if len(long) > 3 else "")
+    return kept
+
+
+def load_data(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
+              ) -> tuple[dict[str, list[Problem]], list[Problem]]:
     """The training pools (name -> problems, from `data.sources`) and the held-out problems
-    (all of `heldout_sets`, one after the other)."""
-    pools = {
-        name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed) for name, spec in data_cfg.sources.items()
-    }
-    return pools, [p for problems in heldout_sets(data_cfg, seed).values() for p in problems]
+    (every set of `heldout_sets`, one after the other), without the problems whose prompt is
+    longer than `max_prompt_tokens` (when a tokenizer is given)."""
+    pools = {name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed)
+             for name, spec in data_cfg.sources.items()}
+    if tokenizer is not None and max_prompt_tokens is not None:
+        pools = {name: drop_long_prompts(problems, name, tokenizer, data_cfg.template, max_prompt_tokens)
+                 for name, problems in pools.items()}
+    for name, problems in pools.items():
+        if not problems:
+            raise RunError(f"data source {name!r} ({data_cfg.sources[name]}) has no usable problems")
+    sets = heldout_sets(data_cfg, seed, tokenizer, max_prompt_tokens)
+    return pools, [p for problems in sets.values() for p in problems]
 
 
-def heldout_sets(data_cfg, seed: int) -> dict[str, list[Problem]]:
+def heldout_sets(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
+                 ) -> dict[str, list[Problem]]:
     """`data.heldout` as named sets of at most `heldout_size` problems: a mapping name -> spec,
-    or one spec (named "heldout")."""
+    or one spec (named "heldout"); long prompts dropped as in `load_data`."""
     specs = data_cfg.heldout if isinstance(data_cfg.heldout, dict) else {"heldout": data_cfg.heldout}
-    return {name: load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test")[: data_cfg.heldout_size]
-            for name, spec in specs.items()}
+    sets = {}
+    for name, spec in specs.items():
+        problems = load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
+        if tokenizer is not None and max_prompt_tokens is not None:
+            label = "held-out set" if len(specs) == 1 else f"held-out set {name!r}"
+            problems = drop_long_prompts(problems, label, tokenizer, data_cfg.template, max_prompt_tokens)
+        sets[name] = problems[: data_cfg.heldout_size]
+    return sets
 
+
+def prompt_budget(data_cfg, context: int, max_new_tokens: int) -> int:
+    """data.max_prompt_tokens, by default the model's context minus the generation budget."""
+    budget = data_cfg.max_prompt_tokens if data_cfg.max_prompt_tokens is not None else context - max_new_tokens
+    if budget < 1:
+        raise RunError(f"no room for a prompt: the model's context is {context} tokens and max_new_tokens "
+                       f"is {max_new_tokens}; lower max_new_tokens")
+    return budget
+
+
+# ---------------------------------------------------------------------------------------------
+# Run folders
+# ---------------------------------------------------------------------------------------------
+
+def default_run_dir(prefix: str) -> Path:
+    path = Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
+    n = 1
+    while path.exists():  # two runs started in the same second
+        n += 1
+        path = path.with_name(f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}-{n}")
+    return path
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.yaml").is_file() or (path / "metrics.jsonl").is_file()
+
+
+def plan_run_dir(out: str | None, prefix: str, resume: bool, overwrite: bool) -> Path:
+    """The run folder to use, decided (and checked) before anything loads; nothing is created.
+
+    out of an existing run needs --resume (continue it) or --overwrite (start over); --resume
+    needs a run to continue. So two runs never share a folder, metrics or checkpoints."""
+    if resume:
+        if not out:
+            raise RunError("--resume needs out=DIR (the run folder to continue)")
+        path = Path(out)
+        if not _is_run(path):
+            raise RunError(f"nothing to resume in {path}: no run there (no config.yaml); check out=")
+        return path
+    path = Path(out) if out else default_run_dir(prefix)
+    if path.exists() and not path.is_dir():
+        raise RunError(f"out={path} is a file, not a folder")
+    if path.is_dir() and any(path.iterdir()):
+        if not _is_run(path):
+            raise RunError(f"out={path} is a folder that holds other files, not a pillion run; choose another out=")
+        if not overwrite:
+            raise RunError(f"{path} already holds a run; continue it with --resume, or start over with --overwrite "
+                           "(deletes it)")
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise RunError(f"cannot create the run folder {path}: {parent} is not a writable folder")
+    return path
+
+
+def create_run_dir(path: Path, overwrite: bool) -> None:
+    """Create the planned run folder (after config, model and data have loaded)."""
+    if overwrite and path.is_dir() and _is_run(path):
+        shutil.rmtree(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunError(f"cannot create the run folder {path}: {e.strerror}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimisation and logging
+# ---------------------------------------------------------------------------------------------
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     """Multiplier on the base learning rate at optimizer step `step` (0-based)."""
@@ -73,16 +198,14 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
 
 
 def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # foreach=False keeps the CPU step cheap for tiny models and equal across devices.
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8)
 
 
-def default_run_dir(prefix: str) -> Path:
-    return Path("runs") / f"{time.strftime('%Y%m%d-%H%M%S')}-{prefix}"
-
-
 class MetricsLog:
-    """Appends one JSON object per step to metrics.jsonl (and TensorBoard when installed)."""
+    """Appends one JSON object per step to metrics.jsonl (and TensorBoard when installed).
+
+    Each record is one `write` of one line, so a process killed mid-write leaves at most a
+    partial last line; `truncate_after` (on resume) drops it with the steps after the checkpoint."""
 
     def __init__(self, run_dir: Path):
         self.path = run_dir / "metrics.jsonl"
@@ -95,15 +218,30 @@ class MetricsLog:
             pass
 
     def truncate_after(self, step: int) -> None:
-        """On resume: forget lines logged after the checkpoint's step (they will be redone)."""
+        """On resume: forget lines logged after the checkpoint's step (they will be redone) and a
+        partial last line left by a kill; a malformed line elsewhere is an error naming it."""
         if not self.path.exists():
             return
-        lines = [line for line in self.path.read_text().splitlines() if line.strip()]
-        kept = [line for line in lines if json.loads(line).get("step", 0) <= step]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        lines = self.path.read_text(encoding="utf-8", errors="replace").split("\n")
+        kept = []
+        for n, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                if n == len(lines):  # the unterminated last line: a write cut short
+                    log.warning("%s: dropped a partial last line (the run was killed while writing it)", self.path)
+                    continue
+                raise RunError(f"{self.path}, line {n}: not a JSON record; fix or remove the line") from None
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        from pillion.train.state import write_text_atomic
+
+        write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
+        with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         if self.writer is not None:
             for key, value in record.items():

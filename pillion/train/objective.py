@@ -1,7 +1,7 @@
 """The per-preset glue between the loop and `pillion.algorithms`: advantages and the actor loss.
 
 `pillion.algorithms` holds the formulas as pure tensor functions; this module only chooses
-among them from the config, in the order shared/ALGORITHMS.md §2.5 gives:
+among them from the config, in the order docs/algorithms.md §2.5 gives:
 
     loss = loss_pg + kl_coef * aggregate(kl) - entropy_coef * aggregate(H) + nll_coef * loss_nll
 
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from pillion.algorithms import advantages as A
+from pillion.algorithms import filters
 from pillion.algorithms import losses as L
+from pillion.train.batch import TrainBatch
 
 GROUP_ADVANTAGES = {"grpo", "dr_grpo", "rloo", "raw", "raft"}  # one scalar per response
 
@@ -81,24 +83,25 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None):
 
 
 def loss_mask(cfg, mask, correct, truncated):
-    """The tokens the actor loss sees: RAFT trains on positives only (ALGORITHMS §9), and
+    """The tokens the actor loss sees: RAFT trains on positives only (docs/algorithms.md §9), and
     overlong filtering drops truncated responses (§6.4); their scores still shaped the groups."""
     if cfg.adv.name == "raft":
         mask = mask * correct.to(mask.dtype)[:, None]
     if cfg.filter.overlong_mask:
-        mask = mask * (~truncated).to(mask.dtype)[:, None]
+        mask = filters.overlong_mask(mask, truncated)
     return mask
 
 
-def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, gen_logp=None,
-               entropy=None, correct=None):
-    """The actor objective of one micro-batch, scaled by global counts; returns (loss, stats)."""
+def actor_loss(cfg, logp, old_logp, mb: TrainBatch, counts: Counts, entropy=None):
+    """The actor objective of micro-batch `mb` at log-probs `logp` [b, T] (old_logp: the
+    ratio's denominator), scaled by the step's global counts; returns (loss, stats)."""
+    adv, mask, ref_logp, correct = mb.advantages, mb.loss_mask, mb.ref_logprobs, mb.correct
     agg = cfg.loss.agg
     norm = dict(num_tokens=counts.num_tokens, num_seqs=counts.num_seqs, norm_len=counts.norm_len)
     weights = None
-    if cfg.loss.tis_cap is not None and gen_logp is not None:
-        # Truncated importance sampling (Yao et al. 2025; ALGORITHMS §13.2).
-        weights = L.tis_weights(old_logp, gen_logp, mask, cfg.loss.tis_cap)
+    if cfg.loss.tis_cap is not None:
+        # Truncated importance sampling (Yao et al. 2025; docs/algorithms.md §13.2).
+        weights = L.tis_weights(old_logp, mb.engine_logprobs, mask, cfg.loss.tis_cap)
     name = cfg.loss.name
     stats: dict[str, torch.Tensor] = {}
     if name == "ppo_clip":
@@ -127,7 +130,7 @@ def actor_loss(cfg, logp, old_logp, adv, mask, counts: Counts, ref_logp=None, ge
         stats["kl_loss"] = float(kl_term.detach())
     if cfg.loss.entropy_coef > 0 and entropy is not None:
         loss = loss - cfg.loss.entropy_coef * L.aggregate(entropy, mask, agg, **norm)
-    if cfg.loss.nll_coef > 0 and correct is not None:
+    if cfg.loss.nll_coef > 0:
         # VAPO positive-example LM loss (2504.05118 §4.3 eq. 9-10).
         nll = L.nll_positive(logp, mask, correct, num_tokens=max(counts.num_positive_tokens, 1))
         loss = loss + cfg.loss.nll_coef * nll

@@ -42,12 +42,6 @@ def init() -> World:
         f"pillion train runs in one process for now (WORLD_SIZE={size}): multi-GPU rollout and "
         "checkpointing under FSDP2 are not implemented yet (see pillion/train/parallel.py)"
     )
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local_rank)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return World(dist.get_rank(), size, local_rank)
 
 
 def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None = None) -> torch.nn.Module:

@@ -13,6 +13,8 @@ folder to OUT/final, and held-out pass@1 is measured before and after.
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -23,50 +25,55 @@ from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
 from pillion.eval.evaluate import evaluate
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, save_model
+from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, save_model, write_recipe
 from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine
-from pillion.train import common
+from pillion.train import common, state
 
 
 def examples(problems, tokenizer, template: str, eos_id: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, solution ids + EOS) per problem; problems without a solution are an error."""
+    """(prompt ids, solution ids + EOS) per problem (`sft` checks that every problem has one)."""
     out = []
     for p in problems:
-        if not p.solution:
-            raise ValueError(f"SFT needs worked solutions: problem {p.id} has none")
         prompt = tokenizer.encode(render_prompt(p, template, tokenizer), add_special_tokens=False)
         out.append((prompt, tokenizer.encode(p.solution, add_special_tokens=False) + [eos_id]))
     return out
 
 
-def initial_model(cfg: config_lib.SFTConfig, run_dir: Path) -> Path:
+def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
+    """The model folder to start from: cfg.model, or a fresh tiny model written into `folder`."""
     if cfg.init == "tiny":
         from pillion.model.tiny import make_tiny_checkpoint
 
         t = cfg.tiny
-        return make_tiny_checkpoint(run_dir / "init", t.family, hidden_size=t.hidden_size, num_layers=t.num_layers,
+        return make_tiny_checkpoint(folder / "init", t.family, hidden_size=t.hidden_size, num_layers=t.num_layers,
                                     num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
                                     intermediate_size=t.intermediate_size, tie_word_embeddings=t.tie_word_embeddings,
                                     seed=cfg.seed)
-    if cfg.init != "none":
-        raise ValueError(f"config key 'init': {cfg.init!r} (none, tiny)")
     return common.resolve_model(cfg.model)
 
 
-def sft(cfg: config_lib.SFTConfig) -> dict:
-    run_dir = Path(cfg.out) if cfg.out else common.default_run_dir("sft")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    config_lib.save(cfg, run_dir / "config.yaml")
+def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
+    # The run folder is checked first and created only once config, model and data have loaded.
+    run_dir = common.plan_run_dir(cfg.out, "sft", resume=False, overwrite=overwrite)
     common.seed_everything(cfg.seed)
     device = common.resolve_device(cfg.device)
-    model_dir = initial_model(cfg, run_dir)
-    model = load_model(model_dir, dtype=getattr(torch, cfg.dtype), device=device)
-    tokenizer = load_tokenizer(model_dir)
+    with tempfile.TemporaryDirectory() as scratch:  # a fresh tiny model is built here, then kept
+        model_dir = initial_model(cfg, Path(scratch))
+        model = load_model(model_dir, dtype=getattr(torch, cfg.dtype), device=device)
+        tokenizer = load_tokenizer(model_dir)
+        budget = common.prompt_budget(cfg.data, model.cfg.max_position_embeddings, cfg.eval.max_new_tokens)
+        pools, heldout = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
+        for name, problems in pools.items():
+            if missing := [p.id for p in problems if not p.solution]:
+                raise common.RunError(f"data source {name!r}: SFT needs worked solutions, and {len(missing)} "
+                                      f"problems have none (first: {missing[0]})")
+        common.create_run_dir(run_dir, overwrite)
+        if cfg.init != "none":
+            model_dir = Path(shutil.copytree(model_dir, run_dir / "init"))
+    state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
     eos = eos_token_ids(model_dir, tokenizer)[0]
     engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
-
-    pools, heldout = common.load_data(cfg.data, cfg.seed)
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
     optimizer = common.make_optimizer(model.parameters(), cfg.lr, cfg.weight_decay)
     metrics = common.MetricsLog(run_dir)
@@ -85,7 +92,7 @@ def sft(cfg: config_lib.SFTConfig) -> dict:
         if torch.isfinite(norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": float(loss), "grad_norm": float(norm),
+        record = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": float(norm),
                   "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
         metrics.write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -96,8 +103,9 @@ def sft(cfg: config_lib.SFTConfig) -> dict:
     result = evaluate(engine, heldout, cfg.eval, cfg.data.template, progress=False)
     final = run_dir / "final"
     save_model(model, final, source=model_dir)
+    write_recipe(final, {"template": cfg.data.template})
     report = {"final_loss": record["loss"] if cfg.steps else None, "pass@1": result["pass@1"],
               "n_heldout": len(heldout), "model": str(final)}
-    (run_dir / "report.json").write_text(json.dumps({**report, "eval": result}, indent=2))
+    state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
     print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f}; model: {final}")
     return report

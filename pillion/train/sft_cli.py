@@ -16,17 +16,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "data.sources='{numina: numina.parquet}', or init=tiny to start from a fresh tiny model."
     )
     p.add_argument("args", nargs="*", metavar="[CONFIG] key=value", help="an optional YAML file, then overrides")
+    p.add_argument("--overwrite", action="store_true", help="delete the run in out=DIR and start it over")
 
 
 def run(args) -> int:
     from pillion import config as config_lib
+    from pillion.errors import UserError
     from pillion.train.sft import sft
 
     config_file, overrides = split_args(args.args)
     try:
         cfg = config_lib.resolve(config_lib.SFTConfig, config_file, overrides, preset_key=None)
-    except config_lib.ConfigError as e:
+        sft(cfg, overwrite=args.overwrite)
+    except UserError as e:  # config, data, model folder or run folder: one line
         print(f"pillion sft: {e}", file=sys.stderr)
         return 2
-    sft(cfg)
     return 0

@@ -1,4 +1,4 @@
-"""Advantage estimators against the worked examples of shared/ALGORITHMS.md, hand-computed
+"""Advantage estimators against the worked examples of docs/algorithms.md, hand-computed
 cases (arithmetic in comments), python-loop references and the edge cases of §1.2."""
 
 import math

@@ -1,4 +1,4 @@
-"""Filters (shared/ALGORITHMS.md §6.2, §6.4 filtering, §9, §10) and the dynamic-sampling buffer."""
+"""Filters (docs/algorithms.md §6.2, §6.4 filtering, §9, §10) and the dynamic-sampling buffer."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Losses against the worked examples of shared/ALGORITHMS.md (§1.1, §2.1-2.4, §2.6, §3, §4,
+"""Losses against the worked examples of docs/algorithms.md (§1.1, §2.1-2.4, §2.6, §3, §4,
 §7, §12, §13), hand-computed cases with the arithmetic in comments, loop references,
 micro-batch invariance, float64 gradcheck and the edge cases of §1.2."""
 

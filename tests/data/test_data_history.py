@@ -1,4 +1,4 @@
-"""SRPO history resampling (ALGORITHMS.md §10) and stage schedules."""
+"""SRPO history resampling (docs/algorithms.md §10) and stage schedules."""
 
 import json
 

@@ -46,7 +46,7 @@ def test_synthetic_data_limit_and_default_out(tiny_checkpoint, tmp_path, capsys,
     assert main(argv) == 0
     stdout = capsys.readouterr().out
     assert stdout.startswith("| group | n | pass@1 (%)")  # without --json: the table
-    out = tmp_path / f"eval-{folder.rstrip('/').split('/')[-1]}-synthetic-6"
+    out = tmp_path / "runs" / f"eval-{folder.rstrip('/').split('/')[-1]}-synthetic-6"
     result = json.loads((out / "eval.json").read_text())
     assert result["n"] == 2 and result["data"] == "synthetic:6"
     assert list(result["by_level"]) == ["1", "2"]  # synthetic:N cycles levels 1, 2, 3
@@ -70,4 +70,35 @@ def test_help_states_protocol_defaults():
     assert "default 0.7, MATH-500 protocol" in text and "default 0.95" in text and "default 4" in text
     assert "synthetic:N" in text
     args = parser.parse_args(["--model", "m", "--data", "d"])
-    assert (args.k, args.temperature, args.top_p, args.max_new_tokens, args.template) == (4, 0.7, 0.95, 1024, "plain")
+    assert (args.k, args.temperature, args.top_p, args.max_new_tokens) == (4, 0.7, 0.95, 1024)
+    assert args.template is None and args.answer_style is None  # the model's recipe, else plain / the grader's
+    assert "runs/RUN/checkpoints/step-" in text  # the example names a folder that runs really create
+
+
+def test_the_template_a_model_was_trained_with_is_used_unless_told_otherwise(tiny_checkpoint, tmp_path, capsys):
+    import shutil
+
+    from pillion.model.checkpoint import write_recipe
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_checkpoint("qwen2"), folder)
+    write_recipe(folder, {"template": "qa", "answer_style": "boxed"})
+    base = ["eval", "--model", str(folder), "--data", "synthetic:2", "--k", "1", "--max-new-tokens", "2", "--json"]
+    assert main([*base, "--out", str(tmp_path / "a")]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert (recorded["template"], recorded["answer_style"]) == ("qa", "boxed")
+    assert main([*base, "--out", str(tmp_path / "b"), "--template", "plain", "--answer-style", "gsm8k"]) == 0
+    told = json.loads(capsys.readouterr().out)
+    assert (told["template"], told["answer_style"]) == ("plain", "gsm8k")
+
+
+def test_k_1_table_has_one_pass_column_and_progress_lines_without_a_terminal(tiny_checkpoint, tmp_path, capsys):
+    argv = ["eval", "--model", tiny_checkpoint("qwen2"), "--data", "synthetic:3", "--k", "1", "--max-new-tokens", "2",
+            "--batch-prompts", "2", "--out", str(tmp_path)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "| group | n | pass@1 (%) |"  # not pass@1 twice
+    assert all(line.count("|") == 4 for line in captured.out.splitlines() if line.startswith("|"))
+    # stderr is not a terminal under pytest: one progress line per batch of 2 prompts.
+    assert [line.split(",")[0] for line in captured.err.splitlines() if line.startswith("eval: batch")] == [
+        "eval: batch 1/2", "eval: batch 2/2"]

@@ -1,4 +1,4 @@
-"""Unbiased pass@k (shared/ALGORITHMS.md §14) against the worked examples and the binomial form."""
+"""Unbiased pass@k (docs/algorithms.md §14) against the worked examples and the binomial form."""
 
 import math
 

@@ -31,12 +31,6 @@ def test_examples_put_the_loss_on_the_solution_and_eos_only():
     (prompt, response), = examples([p], tok, "qa", tok.eos_token_id)
     assert tok.decode(prompt) == "Q: What is 2+3?\nA:"
     assert tok.decode(response[:-1]) == "2+3=5. \\boxed{5}" and response[-1] == tok.eos_token_id
-    try:
-        examples([Problem(id="b", question="q", answer="1")], tok, "qa", tok.eos_token_id)
-    except ValueError as e:
-        assert "problem b has none" in str(e)
-    else:
-        raise AssertionError("a problem without a solution must be refused")
 
 
 def test_sft_config_has_no_preset_and_checks_keys():

@@ -55,11 +55,57 @@ def test_override_order_file_then_cli(tmp_path):
         ("group_size=2.5", r"config key 'group_size': expected int"),
         ("algo=nope", r"unknown preset algo='nope'"),
         ("ppo", r"expected key=value"),
+        # choices are Literals: a typo never silently changes the algorithm
+        ("filter.reject=al_equal", r"config key 'filter.reject': 'al_equal' is not one of none, all_equal"),
+        ("loss.kl_in=rewards", r"config key 'loss.kl_in': 'rewards' is not one of loss, reward"),
+        ("loss.agg=mean", r"config key 'loss.agg': 'mean' is not one of token_mean, seq_mean_token_mean"),
+        ("loss.kl_kind=k4", r"config key 'loss.kl_kind': 'k4' is not one of k1, k2, k3, low_var"),
+        ("loss.ratio_level=seq", r"config key 'loss.ratio_level'"),
+        ("adv=gpro", r"config key 'adv': 'gpro' is not one of grpo, dr_grpo"),  # the group key, not 'name'
+        ("loss=3", r"config key 'loss': 3 is not one of ppo_clip, nll, reinforce"),
+        ("lr_schedule=step", r"config key 'lr_schedule': 'step' is not one of constant, cosine, linear"),
+        ("dtype=float16", r"config key 'dtype': 'float16' is not one of float32, bfloat16"),
+        ("data.on_error=ignore", r"config key 'data.on_error'"),
+        # ranges, with the allowed range in the message
+        ("steps=0", r"config key 'steps': 0 is out of range; expected >= 1"),
+        ("group_size=0", r"config key 'group_size': 0 is out of range; expected >= 1"),
+        ("prompts_per_step=0", r"config key 'prompts_per_step': 0 is out of range; expected >= 1"),
+        ("lr=0", r"config key 'lr': 0.0 is out of range; expected > 0"),
+        ("lr=-1e-4", r"config key 'lr': -0.0001 is out of range; expected > 0"),
+        ("temperature=0", r"config key 'temperature': 0.0 is out of range; expected > 0"),
+        ("top_p=0", r"config key 'top_p': 0.0 is out of range; expected a value in \(0, 1\]"),
+        ("top_p=1.5", r"config key 'top_p': 1.5 is out of range"),
+        ("max_new_tokens=0", r"config key 'max_new_tokens': 0 is out of range; expected >= 1"),
+        ("eval.k=0", r"config key 'eval.k': 0 is out of range; expected >= 1"),
+        ("loss.dual_clip=0.5", r"config key 'loss.dual_clip': 0.5 is out of range; expected null or a value > 1"),
+        ("device=gpu", r"config key 'device': 'gpu' is not a device; expected auto, cpu, cuda or cuda:N"),
+        ("reward.answer_style=last", r"config key 'reward.answer_style': 'last' is not an answer style"),
+        ("data.format=csv", r"config key 'data.format': 'csv' is not a format"),
+        ("data.template=oops", r"config key 'data.template': unknown template 'oops'"),
+        ("filter.dynamic_sampling=true group_size=1", r"dynamic sampling .* needs group_size >= 2"),
     ],
 )
 def test_bad_keys_and_types_are_named(override, message):
     with pytest.raises(C.ConfigError, match=message):
-        C.resolve(C.TrainConfig, overrides=[override])
+        C.resolve(C.TrainConfig, overrides=override.split(" "))
+
+
+def test_good_values_pass_and_group_size_1_warns():
+    good = ["device=cuda:1", "top_p=1", "loss.dual_clip=3", "data.template=Q {question}"]
+    cfg = C.resolve(C.TrainConfig, overrides=good)
+    assert cfg.device == "cuda:1" and cfg.loss.dual_clip == 3.0
+    with pytest.warns(UserWarning, match=r"group_size=1 with adv=grpo: every advantage is 0"):
+        C.resolve(C.TrainConfig, overrides=["group_size=1"])
+
+
+def test_malformed_yaml_names_file_line_and_column(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("steps: 3\nloss:\n  clip_high: [0.2\n")
+    with pytest.raises(C.ConfigError, match=r"run.yaml:4:1: malformed YAML"):
+        C.resolve(C.TrainConfig, str(path))
+    path.write_bytes(b"steps: \xff\n")
+    with pytest.raises(C.ConfigError, match=r"run.yaml: not a UTF-8 text file"):
+        C.resolve(C.TrainConfig, str(path))
 
 
 def test_saved_config_round_trips(tmp_path):

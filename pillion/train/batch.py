@@ -1,0 +1,84 @@
+"""The records one RL step passes along: a `Sample` per completion, one `TrainBatch` of tensors.
+
+    Problem -> engine -> Completion -> grader -> RewardResult      = Sample (one per row)
+    list[Sample] -> make_batch -> TrainBatch                        tensors [B, T], rows = samples
+
+Log-probabilities keep one meaning each (docs/algorithms.md §1):
+    engine_logprobs  what the rollout engine sampled with (the behaviour policy), per sampled token
+    old_logprobs     the trainer's forward of the same weights before this step's updates
+                     (None when the step makes one on-policy update: its first forward is it)
+    ref_logprobs     the frozen reference model (KL)
+    logprobs         the trainer's forward under the current weights (inside `update`, with grad)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from pillion.data.problem import Problem
+from pillion.model.sequences import SequenceBatch, pack
+from pillion.rewards import RewardResult
+from pillion.rollout.engine import Completion
+
+
+@dataclass
+class Sample:
+    """One completion of one problem, as generated and graded."""
+
+    problem: Problem
+    completion: Completion
+    reward: RewardResult
+
+
+@dataclass
+class TrainBatch:
+    """The step's tensors; row i is the step's i-th sample, groups of `group_size` contiguous.
+    B rows, P = longest prompt, T = longest response. Fields after `engine_logprobs` are filled
+    by the loop as it computes them."""
+
+    seqs: SequenceBatch  # input_ids, attention_mask [B, P + T]; response_mask [B, T]
+    response_mask: Tensor  # [B, T] float, 1 on every generated token (EOS included)
+    scores: Tensor  # [B] rewards
+    correct: Tensor  # [B] bool
+    truncated: Tensor  # [B] bool, stopped by max_new_tokens
+    engine_logprobs: Tensor  # [B, T]
+    old_logprobs: Tensor | None = None  # [B, T]
+    ref_logprobs: Tensor | None = None  # [B, T]
+    values: Tensor | None = None  # [B, T] critic at rollout time
+    advantages: Tensor | None = None  # [B, T]
+    returns: Tensor | None = None  # [B, T] critic targets (GAE)
+    loss_mask: Tensor | None = None  # [B, T] tokens the actor loss sees (RAFT positives, overlong filter)
+
+    @property
+    def num_rows(self) -> int:
+        return self.response_mask.shape[0]
+
+    def rows(self, index: Tensor) -> TrainBatch:
+        """The micro-batch of rows `index`: every tensor sliced the same way."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        sliced = {k: v[index] if isinstance(v, Tensor) else v for k, v in fields.items()}
+        s = self.seqs
+        sliced["seqs"] = SequenceBatch(s.input_ids[index], s.attention_mask[index], s.response_mask[index],
+                                       s.prompt_len)
+        return TrainBatch(**sliced)
+
+
+def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> TrainBatch:
+    """[left-padded prompt | right-padded response] rows, engine log-probs, rewards, flags."""
+    completions = [s.completion for s in samples]
+    seqs = pack([c.prompt_ids for c in completions], [c.ids for c in completions], pad_id, device)
+    engine_logprobs = torch.zeros(seqs.response_mask.shape, dtype=torch.float32, device=device)  # [B, T]
+    for i, c in enumerate(completions):
+        engine_logprobs[i, : len(c.ids)] = c.logprobs.to(device)
+    return TrainBatch(
+        seqs=seqs,
+        response_mask=seqs.response_mask.float(),
+        scores=torch.tensor([s.reward.score for s in samples], dtype=torch.float32, device=device),
+        correct=torch.tensor([bool(s.reward.correct) for s in samples], device=device),
+        truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=device),
+        engine_logprobs=engine_logprobs,
+    )
