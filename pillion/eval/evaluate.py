@@ -19,6 +19,11 @@ problem without tests) counts as wrong; `ungradable` says how many problems that
 Sampling is seeded per engine call with `seed + batch index`, so a result is reproducible for
 a given (seed, batch_prompts) on the same hardware; changing batch_prompts changes the draws.
 The temperature, top-p, k and token budget are recorded with every result, as §14 asks.
+
+Code problems go through the same protocol and record: a sample is correct when its program
+passes all of the problem's tests in the sandbox (`pillion.rewards.code`). `evaluate_sets`
+evaluates several named held-out sets (arithmetic and code in `algo=srpo`) one by one;
+`report_entries` and `eval_metrics` name their results in report.json and metrics.jsonl.
 """
 
 from __future__ import annotations
