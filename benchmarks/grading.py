@@ -1,13 +1,16 @@
-"""Answers graded per second: serial `math_equal` against a `GradingPool`.
+"""Answers graded per second: math-verify alone, serial `math_equal` and a `GradingPool`,
+side by side on one answer set; the slowest pathological call against its timeout; and
+the extraction time of degenerate 100 kB completions.
 
 A synthetic mixed set (default 2,000 answers, seeded): about half plain numbers in the forms
 models write them (leading zeros, thousands separators, units, fractions, decimals, percent),
 half symbolic (polynomials expanded against factored, radicals, pi, intervals with symbolic
 ends, matrices with radicals), a third of each wrong. Every (pred, gold) pair is distinct, so
 the pool's de-duplication of repeated pairs does not flatter it. Worker start-up is excluded
-from both timings (both keep their workers alive across steps in training).
+from the timings (the workers live across steps in training). "math-verify alone" is
+`verify(parse(gold), parse(pred))` with its default configuration, in this process.
 
-    python benchmarks/grading.py                 # 2,000 answers, os.cpu_count() workers
+    python benchmarks/grading.py                 # 2,000 answers, 2 workers
     python benchmarks/grading.py --n 5000 --workers 8
 """
 
@@ -21,7 +24,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pillion.rewards.math import GradingPool, math_equal, prepare  # noqa: E402
+from pillion.rewards import GradingPool, extract_answer, math_equal  # noqa: E402
+from pillion.rewards.math import prepare  # noqa: E402
 
 
 def numeric_pair(rng: random.Random) -> tuple[str, str]:
@@ -70,16 +74,46 @@ def make_set(n: int, seed: int) -> tuple[list[str], list[str]]:
     return [p for p, _ in ordered], [g for _, g in ordered]
 
 
+PATHOLOGICAL = [
+    "10^{10^{10^{10}}}",           # a power tower: MemoryError under the worker's RLIMIT_AS
+    "9999!",
+    "\\frac{(9999!)!}{3}",          # never finishes: the deadline kills the worker
+    "\\sqrt{" * 150 + "2" + "}" * 150,
+    "1+" * 50_000 + "1",           # 100 kB: never parsed
+]
+DEGENERATE = {
+    "unclosed \\boxed{ x20k": "\\boxed{" * 20_000 + "1",
+    "<answer> x20k": "<answer>" * 20_000 + "2",
+    "answer: x20k": "answer: " * 20_000,
+    "$ x100k": "$" * 100_001,
+    "digits 100 kB": "1 " * 50_000,
+}
+
+
+def math_verify_alone(preds, golds) -> list[bool]:
+    import logging
+
+    from math_verify import parse, verify
+
+    logging.getLogger("math_verify").setLevel(logging.CRITICAL)
+    return [bool(verify(parse(f"${g}$"), parse(f"${p}$"))) for p, g in zip(preds, golds)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     preds, golds = make_set(args.n, args.seed)
     symbolic = sum(prepare(p, g)[0] is None for p, g in zip(preds, golds))
+
+    math_verify_alone(["x+1"], ["1+x"])  # its imports, outside the timing
+    start = time.perf_counter()
+    reference = math_verify_alone(preds, golds)
+    reference_s = time.perf_counter() - start
 
     math_equal("x+1", "1+x", timeout=args.timeout)  # boot the serial worker outside the timing
     start = time.perf_counter()
@@ -96,10 +130,29 @@ def main() -> None:
     assert serial == pooled, "the pool must agree with serial grading"
     print(f"answers: {args.n} ({symbolic} symbolic, {args.n - symbolic} decided in-process), "
           f"{sum(serial)} equal, pool timeouts: {timeouts}, cpu cores: {os.cpu_count()}, "
-          f"load average {os.getloadavg()[0]:.2f} (other processes on the machine skew both figures)")
+          f"load average {os.getloadavg()[0]:.2f} (other processes on the machine skew all figures)")
+    print(f"verdicts differing from math-verify's: {sum(a != b for a, b in zip(serial, reference))}")
+    print(f"math-verify alone (serial):   {args.n / reference_s:9.1f} answers/s ({reference_s:.2f} s)")
     print(f"serial math_equal:            {args.n / serial_s:9.1f} answers/s ({serial_s:.2f} s)")
     print(f"GradingPool({args.workers} workers):       {args.n / pool_s:9.1f} answers/s ({pool_s:.2f} s)")
+    print(f"ratio pool / math-verify:     {reference_s / pool_s:9.2f}x")
+    print(f"ratio serial / math-verify:   {reference_s / serial_s:9.2f}x")
     print(f"ratio pool / serial:          {serial_s / pool_s:9.2f}x")
+
+    # The bound of issue 11: no call slower than its timeout + 1 s (the default pool is warm).
+    timeout = 1.0
+    slowest = 0.0
+    for pred in PATHOLOGICAL:
+        start = time.perf_counter()
+        assert math_equal(pred, "5", timeout=timeout) is False
+        slowest = max(slowest, time.perf_counter() - start)
+    print(f"slowest pathological call:    {slowest:9.2f} s against a timeout of {timeout:.1f} s "
+          f"({'within' if slowest <= timeout + 1 else 'OVER'} timeout + 1 s)")
+
+    for name, text in DEGENERATE.items():
+        start = time.perf_counter()
+        extract_answer(text)
+        print(f"extract_answer({name}): {1000 * (time.perf_counter() - start):8.1f} ms")
 
 
 if __name__ == "__main__":

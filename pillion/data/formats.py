@@ -41,6 +41,7 @@ from typing import Any
 
 from pillion.data.problem import Problem
 from pillion.errors import UserError
+from pillion.rewards.extract import last_boxed as _last_boxed
 
 logger = logging.getLogger("pillion.data")
 
@@ -86,35 +87,8 @@ class _RowError(Exception):
 
 
 # ---------------------------------------------------------------------------------------------
-# Gold-answer extraction (kept private: pillion.rewards owns extraction from model outputs)
+# Gold-answer extraction (the last \boxed{} of a solution: `pillion.rewards.extract.last_boxed`)
 # ---------------------------------------------------------------------------------------------
-
-def _last_boxed(text: str) -> str | None:
-    r"""Content of the last \boxed{...} (or \fbox{...}) in `text`, braces matched; None if absent.
-
-    Also accepts the brace-less form `\boxed 5` that some MATH solutions use.
-    """
-    start = max(text.rfind("\\boxed"), text.rfind("\\fbox"))
-    if start < 0:
-        return None
-    i = start + (len("\\boxed") if text.startswith("\\boxed", start) else len("\\fbox"))
-    if text.startswith(" ", i):  # "\boxed 5$": up to the next "$" or whitespace
-        rest = text[i + 1:]
-        m = re.match(r"[^\s$]+", rest)
-        return m.group(0) if m else None
-    if not text.startswith("{", i):
-        return None
-    depth = 0
-    for j in range(i, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j]
-    return None  # unbalanced braces
-
 
 def _gsm8k_gold(text: str) -> str | None:
     """Text after the last '####' of a GSM8K solution, stripped; None if absent or empty."""

@@ -7,7 +7,10 @@
 Protocol (shared/ALGORITHMS.md §14): each problem is rendered with `render_prompt`, sampled k
 times at temperature 0.7 and top-p 0.95 (Perplexity's MATH-500 protocol; DeepSeek-R1 uses 0.6),
 and every sample is graded by `pillion.rewards.score_batch`, using only `RewardResult.correct`
-(shaping terms do not enter an evaluation). With c correct samples out of k:
+(shaping terms do not enter an evaluation). Without a `reward_cfg`, answers are read in the
+"fallback" style (RewardConfig's default: boxed, tags, ####, answer phrases, bold, the last
+math span or number), so a model never told to box its answer is graded on what it answered.
+With c correct samples out of k:
 
     pass@1 = mean over problems of c / k          (DeepSeek-R1's "pass@1 with k samples")
     pass@k = mean over problems of pass_at_k(k, c, k) = fraction of problems with c >= 1
@@ -38,8 +41,6 @@ from tqdm import tqdm
 from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.eval.passk import pass_at_k
-from pillion.rewards.code import program_of
-from pillion.rewards.extract import extract_answer
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 
@@ -116,8 +117,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} prompts x {k}")
         # Completions come prompt-major: rows i*k .. i*k+k-1 answer problem i of the batch.
         owners = [p for p in batch for _ in range(k)]
-        results = score_batch(owners, [c.text for c in completions], [len(c.ids) for c in completions],
-                              reward_cfg, [c.finish_reason for c in completions], pool=pool)
+        results = score_batch(owners, completions, reward_cfg, pool=pool)
         for i, problem in enumerate(batch):
             rows = range(i * k, (i + 1) * k)
             correct_counts.append(sum(results[r].correct is True for r in rows))
@@ -129,8 +129,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
                     "question": problem.question,
                     "gold": problem.answer,
                     "completion": first.text,
-                    "extracted": (program_of(first.text, problem.meta.get("code_prefix", "")) if problem.kind == "code"
-                                  else extract_answer(first.text, reward_cfg.answer_style)),
+                    "extracted": results[i * k].answer,
                     "correct": results[i * k].correct,
                 })
         lengths += [len(c.ids) for c in completions]

@@ -1,14 +1,23 @@
-"""Symbolic grading in worker processes: `GradingPool`, `grade_batch` and the default pool.
+"""Symbolic grading in worker processes: `math_equal`, `GradingPool`, `grade_batch`.
 
-Answers that the fast path of `math.py` cannot decide go to a worker process that runs
-`math._symbolic_equal` (math-verify over latex2sympy). The worker is a persistent
-`subprocess.Popen` child speaking JSON lines; the caller waits on its pipe with `select` and a
-deadline, and kills it on timeout (`math_equal`'s default pool keeps a booted spare to take
-over at once). No signals are used, so this works from any thread and inside daemonic worker
-processes where `signal.alarm` (math-verify's own timeout) and `multiprocessing` children do
-not. The worker caps its own address space (RLIMIT_AS), so `10^{10^{10^{10}}}` ends in a
-MemoryError or a timeout, never in the host swapping. Only answers that pass
-`math._is_safe_for_sympy` ever reach a worker (`prepare` enforces it).
+`math_equal(pred, gold)` is the grader: `math.prepare` decides most answers in-process; the
+ones it leaves undecided go to a worker process that runs `symbolic.symbolic_equal`
+(math-verify's LaTeX parser and sympy). `math_equal` lives here, beside the pool it may need,
+so that `math.py` stays a pure module the workers import and nothing imports back (the import
+graph is math <- symbolic <- pool). The worker is a persistent `subprocess.Popen` child
+speaking JSON lines; the caller waits on its pipe with `select` and a deadline, and kills it
+on timeout (`math_equal`'s default pool keeps a booted spare to take over at once). No signals
+are used, so this works from any thread and inside daemonic worker processes where
+`signal.alarm` (math-verify's own timeout) and `multiprocessing` children do not. The worker
+caps its own address space (RLIMIT_AS), so `10^{10^{10^{10}}}` ends in a MemoryError or a
+timeout, never in the host swapping. Only answers that pass `math._is_safe_for_sympy` ever
+reach a worker (`prepare` enforces it).
+
+Liveness: before any decision about a worker (its job timed out, it failed to start), the
+pool reads everything the worker has already written, so a worker that answered, or said
+"ready", while the parent was busy elsewhere (an idle minute between training steps, a loaded
+machine) is never mistaken for a slow or dead one. Only a worker that has not said "ready"
+in all it wrote, and is older than WORKER_STARTUP_S, counts as failed to start.
 """
 
 from __future__ import annotations
@@ -22,10 +31,12 @@ import sys
 import threading
 import time
 
-from pillion.rewards.math import _symbolic_equal, prepare
+from pillion.rewards.math import prepare
+from pillion.rewards.symbolic import symbolic_equal
 
 WORKER_MEMORY_BYTES = 2 << 30  # RLIMIT_AS of each symbolic worker
 WORKER_STARTUP_S = 60.0  # importing sympy on a loaded machine; not part of a call's timeout
+_WORKER_CODE = "from pillion.rewards.pool import _worker_main; _worker_main()"  # run by `python -c`
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,16 +56,20 @@ def _worker_main() -> None:
     out = os.fdopen(os.dup(1), "w", buffering=1)
     sys.stdout = sys.stderr  # nothing but protocol lines may reach the parent's pipe
     logging.disable(logging.CRITICAL)  # math-verify warns on every failed parse
-    import math_verify  # noqa: F401  (pay the import before announcing readiness)
-
-    out.write("ready\n")
-    for line in sys.stdin:
-        request = json.loads(line)
-        try:
-            equal = bool(_symbolic_equal(request["pred"], request["gold"]))
-        except (Exception, MemoryError, RecursionError):
-            equal = False
-        out.write(json.dumps({"id": request["id"], "equal": equal}) + "\n")
+    # Pay the imports and the parser's first-use set-up (about 0.5 s: the grammar, sympy's
+    # caches) before announcing readiness, so that no job's deadline pays for them.
+    symbolic_equal("(x+1)^2", "x^2+2x+1")
+    try:
+        out.write("ready\n")
+        for line in sys.stdin:
+            request = json.loads(line)
+            try:
+                equal = bool(symbolic_equal(request["pred"], request["gold"], request.get("imaginary", True)))
+            except (Exception, MemoryError, RecursionError):
+                equal = False
+            out.write(json.dumps({"id": request["id"], "equal": equal}) + "\n")
+    except BrokenPipeError:
+        os._exit(0)  # the parent is gone (its process ended without closing the pool): end quietly
 
 
 # ---------------------------------------------------------------------------------------------
@@ -68,7 +83,7 @@ class _Worker:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", "from pillion.rewards.pool import _worker_main; _worker_main()"],
+            [sys.executable, "-c", _WORKER_CODE],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, cwd=root,
         )
         self.fd = self.proc.stdout.fileno()
@@ -93,8 +108,9 @@ class _Worker:
                 out.append(line.decode())
         return out
 
-    def send(self, job: int, pred: str, gold: str, timeout: float) -> None:
-        self.proc.stdin.write((json.dumps({"id": job, "pred": pred, "gold": gold}) + "\n").encode())
+    def send(self, job: int, pred: str, gold: str, imaginary: bool, timeout: float) -> None:
+        request = {"id": job, "pred": pred, "gold": gold, "imaginary": imaginary}
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
         self.job, self.deadline = job, time.monotonic() + timeout
 
@@ -160,17 +176,19 @@ class GradingPool:
             worker.kill()
         self.workers, self.spares = [], []
 
-    def grade(self, preds, golds, timeout: float | None = None) -> list[bool]:
-        """Verdicts of `math_equal(pred, gold)` for each pair, in order."""
-        if len(preds) != len(golds):
-            raise ValueError(f"{len(preds)} predictions but {len(golds)} golds")
+    def grade(self, preds, golds, timeout: float | None = None, imaginary: list[bool] | None = None) -> list[bool]:
+        """Verdicts of `math_equal(pred, gold)` for each pair, in order. `imaginary[i]`: whether
+        `i` is the imaginary unit in pair i (default yes; see `math.imaginary_unit`)."""
+        if len(preds) != len(golds) or (imaginary is not None and len(imaginary) != len(preds)):
+            raise ValueError(f"{len(preds)} predictions but {len(golds)} golds"
+                             + ("" if imaginary is None else f" and {len(imaginary)} imaginary flags"))
         timeout = self.timeout if timeout is None else timeout
         results: list[bool | None] = [None] * len(preds)
-        todo: dict[tuple[str, str], list[int]] = {}
+        todo: dict[tuple[str, str, bool], list[int]] = {}
         for i, (pred, gold) in enumerate(zip(preds, golds)):
             verdict, p, g = prepare(pred, gold)
             if verdict is None:
-                todo.setdefault((p, g), []).append(i)
+                todo.setdefault((p, g, True if imaginary is None else bool(imaginary[i])), []).append(i)
             else:
                 results[i] = verdict
         if todo:
@@ -188,18 +206,46 @@ class GradingPool:
         else:
             self.workers[k] = _Worker()
 
-    def _run(self, jobs: list[tuple[str, str]], timeout: float) -> list[bool]:
-        """Grade (pred, gold) jobs on the workers, one job in flight per worker."""
+    def _read(self, k: int, verdicts: list[bool]) -> None:
+        """Take in what worker k wrote: its "ready" line, results; replace it if it died."""
+        worker = self.workers[k]
+        lines = worker.pump()
+        if lines is None:  # died (memory cap, or killed from outside): its job stays False
+            if not worker.ready:
+                raise RuntimeError(f"a symbolic grading worker (pid {worker.proc.pid}) died while starting")
+            self._replace(k)
+            return
+        for line in lines:
+            message = json.loads(line)
+            if message["id"] == worker.job:
+                verdicts[worker.job] = bool(message["equal"])
+                worker.job = -1
+
+    def _drain(self, verdicts: list[bool], wait: float = 0.0) -> None:
+        """Read every worker that has written something, waiting up to `wait` seconds for one.
+        With wait=0 it only collects what is already in the pipes."""
+        fds = {w.fd: k for k, w in enumerate(self.workers) if w.job >= 0 or not w.ready}
+        if not fds:
+            return
+        for fd in select.select(list(fds), [], [], max(0.0, wait))[0]:
+            self._read(fds[fd], verdicts)
+
+    def _run(self, jobs: list[tuple[str, str, bool]], timeout: float) -> list[bool]:
+        """Grade (pred, gold, imaginary) jobs on the workers, one job in flight per worker."""
         verdicts = [False] * len(jobs)
         pending = list(range(len(jobs) - 1, -1, -1))  # a stack: pop() hands out job 0 first
         while pending or any(w.job >= 0 for w in self.workers):
+            # What the workers already said comes first: a result or a "ready" line that sits
+            # in the pipe is never overruled by the clock.
+            self._drain(verdicts)
             now = time.monotonic()
             for k, worker in enumerate(self.workers):
                 if worker.job >= 0 and now >= worker.deadline:
                     self.timeouts += 1
                     self._replace(k)  # its job stays False
                 elif not worker.ready and now - worker.started > WORKER_STARTUP_S:
-                    raise RuntimeError("a symbolic grading worker failed to start")
+                    raise RuntimeError(f"a symbolic grading worker (pid {worker.proc.pid}) did not start "
+                                       f"within {WORKER_STARTUP_S:.0f} s")
                 elif worker.ready and worker.job < 0 and pending:
                     job = pending.pop()
                     try:
@@ -207,25 +253,23 @@ class GradingPool:
                     except OSError:
                         pending.append(job)
                         self._replace(k)
-            waiting = [w for w in self.workers if w.job >= 0 or not w.ready]
-            deadlines = [w.deadline for w in waiting if w.job >= 0]
-            wait = min([0.5] + [d - now for d in deadlines])
-            readable = set(select.select([w.fd for w in waiting], [], [], max(0.0, wait))[0]) if waiting else set()
-            for k, worker in enumerate(self.workers):
-                if worker.fd not in readable:
-                    continue
-                lines = worker.pump()
-                if lines is None:  # died (memory cap, or killed from outside): its job is False
-                    if not worker.ready:
-                        raise RuntimeError("a symbolic grading worker died while starting")
-                    self._replace(k)
-                    continue
-                for line in lines:
-                    message = json.loads(line)
-                    if message["id"] == worker.job:
-                        verdicts[worker.job] = bool(message["equal"])
-                        worker.job = -1
+            deadlines = [w.deadline - now for w in self.workers if w.job >= 0]
+            self._drain(verdicts, wait=min([0.5] + deadlines))
         return verdicts
+
+
+def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0, pool: GradingPool | None = None,
+               imaginary: bool = True) -> bool:
+    """True when the final answer `pred` equals `gold` (rules in `math.py`'s docstring).
+
+    Plain numbers and exact matches are decided in-process; symbolic answers go to a worker
+    process (the pool's, or a per-process default one) and count as NOT equal when they take
+    longer than `timeout` seconds. None on either side is not equal. Never raises on model text.
+    """
+    verdict, _, _ = prepare(pred, gold)
+    if verdict is not None:
+        return verdict
+    return (pool or _default_pool()).grade([pred], [gold], timeout=timeout, imaginary=[imaginary])[0]
 
 
 def grade_batch(preds, golds, timeout: float = 5.0, workers: int | None = None,

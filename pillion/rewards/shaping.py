@@ -6,15 +6,16 @@ already weighted terms and whose `score` is exactly their sum:
     correct   cfg.correct if the answer is right, cfg.incorrect if wrong, 0 if ungradable.
               Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f
               (with code_reward=all_pass, f is 1 when every test passes, else 0).
-              1/0 is the default; +1/-1 is DAPO's and RAFT's (ALGORITHMS §9, §15 item 11).
+              1/0 is the default; +1/-1 is DAPO's and RAFT's (docs/algorithms.md §9, §15 item 11).
     format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
+              "auto"/"fallback": one candidate of the first finder that finds any; for
               code: exactly one ```python block), the response not truncated (finish_reason
               "length"), and with think_tags, the whole text is <think>...</think> followed by
               <answer>...</answer>, each once.
-    overlong  DAPO eq. 13 (ALGORITHMS §6.4), when overlong.enable, with |y| = num_tokens:
+    overlong  DAPO eq. 13 (docs/algorithms.md §6.4), when overlong.enable, with |y| = num_tokens:
               0 up to l_max - l_cache; ((l_max - l_cache) - |y|) / l_cache in the window;
               -1 beyond l_max; times overlong.factor.
-    length    concise-reasoning term (ALGORITHMS §11 is about the loss, not a reward term; this
+    length    concise-reasoning term (docs/algorithms.md §11 is about the loss, not a reward term; this
               is our own, defined here): -length_weight * min(num_tokens, l_max) / l_max for
               CORRECT responses only, with l_max = overlong.l_max whether or not overlong
               shaping is on. Among right answers the shorter one scores higher; a wrong answer
@@ -22,23 +23,27 @@ already weighted terms and whose `score` is exactly their sum:
               wrong answers would reward giving up). Keep length_weight below
               correct - incorrect and a right answer always outscores a wrong one.
 
-Grading uses `math.py` (math problems; through a `GradingPool` in `score_batch` when one is
-given) and `code.py` (code problems, sandboxed).
+Grading uses `extract.answer_for` and `pool.math_equal` (math problems; through a
+`GradingPool` in `score_batch` when one is given) and `code.py` (code problems, sandboxed).
+`RewardResult.answer` is what was graded: the final answer extracted in `answer_style` (the
+program, for code), None when the completion has none; the trainer's "answered" metric reads
+it instead of extracting a second time.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, Protocol
 
 from pillion.data.problem import Problem
-from pillion.rewards.code import SandboxLimits, code_reward, extract_code
-from pillion.rewards.extract import all_answers, extract_answer
-from pillion.rewards.math import math_equal
-from pillion.rewards.pool import GradingPool
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of
+from pillion.rewards.extract import all_answers, answer_for
+from pillion.rewards.math import imaginary_unit
+from pillion.rewards.pool import GradingPool, math_equal
 
 
 @dataclass
@@ -48,6 +53,7 @@ class RewardResult:
     score: float
     correct: bool | None  # None when ungradable (no gold answer, no tests)
     parts: dict[str, float]
+    answer: str | None = None  # the final answer graded (the program for code); None if none
 
 
 @dataclass
@@ -66,7 +72,9 @@ class RewardConfig:
     think_tags: bool = False
     length_weight: float = 0.0  # concise-reasoning term, see the module docstring
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
-    answer_style: str = "auto"
+    # extract.STYLES. "fallback" reads any way a model may answer (the default of
+    # extract_answer and of `pillion eval`); training sets a strict style (TrainConfig: "boxed").
+    answer_style: str = "fallback"
     timeout: float = 5.0  # seconds per math comparison; wall clock per code run
     code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
 
@@ -103,7 +111,7 @@ def format_ok(text: str, kind: str, answer_style: str, think_tags: bool, finish_
 
 
 def _compose(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finish_reason: str,
-             fraction: float | None) -> RewardResult:
+             fraction: float | None, answer: str | None) -> RewardResult:
     """Build the RewardResult from a grading outcome: fraction in [0, 1], or None if ungradable."""
     correct = None if fraction is None else fraction >= 1.0
     parts = {
@@ -115,7 +123,7 @@ def _compose(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, fi
         "length": (cfg.length_weight * length_term(num_tokens, cfg.overlong.l_max, correct)
                    if cfg.length_weight else 0.0),
     }
-    return RewardResult(score=sum(parts.values()), correct=correct, parts=parts)
+    return RewardResult(score=sum(parts.values()), correct=correct, parts=parts, answer=answer)
 
 
 def _gradable(problem: Problem) -> bool:
@@ -127,34 +135,54 @@ def _code_fraction(problem: Problem, text: str, cfg: RewardConfig) -> float:
     return code_reward(text, problem.tests, limits, prefix=problem.meta.get("code_prefix", ""), mode=cfg.code_reward)
 
 
+def _answer(problem: Problem, text: str, cfg: RewardConfig) -> str | None:
+    """The answer `score` grades: the program for code, else the final answer for the gold."""
+    if problem.kind == "code":
+        return program_of(text, problem.meta.get("code_prefix", ""))
+    return answer_for(text, str(problem.answer) if _gradable(problem) else None, cfg.answer_style)
+
+
 def score(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finish_reason: str = "stop") -> RewardResult:
     """Reward of one completion `text` of `num_tokens` generated tokens (EOS included)."""
     fraction = None
+    answer = _answer(problem, text, cfg)
     if _gradable(problem):
         if problem.kind == "code":
             fraction = _code_fraction(problem, text, cfg)
         else:
-            pred = extract_answer(text, cfg.answer_style)
-            fraction = float(math_equal(pred, problem.answer, timeout=cfg.timeout))
-    return _compose(problem, text, num_tokens, cfg, finish_reason, fraction)
+            fraction = float(math_equal(answer, problem.answer, timeout=cfg.timeout,
+                                        imaginary=imaginary_unit(problem.question)))
+    return _compose(problem, text, num_tokens, cfg, finish_reason, fraction, answer)
 
 
-def score_batch(problems: list[Problem], texts: list[str], num_tokens: list[int], cfg: RewardConfig,
-                finish_reasons: list[str] | None = None, pool: GradingPool | None = None) -> list[RewardResult]:
-    """`score` over a batch: math answers through `pool` (serially without one), code
-    problems in parallel sandboxes (threads that each wait on one sandbox process)."""
-    if not len(problems) == len(texts) == len(num_tokens):
-        raise ValueError("problems, texts and num_tokens must have the same length")
-    finish_reasons = finish_reasons or ["stop"] * len(texts)
+class Generated(Protocol):
+    """What grading reads of a completion (`pillion.rollout.engine.Completion` is one)."""
+
+    text: str
+    ids: list[int]  # generated token ids, EOS included: their count is the length the shaping sees
+    finish_reason: str  # "stop" | "length"
+
+
+def score_batch(problems: list[Problem], completions: Sequence[Generated], cfg: RewardConfig,
+                pool: GradingPool | None = None) -> list[RewardResult]:
+    """`score` of each completion against its problem: math answers through `pool` (serially
+    without one), code problems in parallel sandboxes (threads that each wait on one sandbox)."""
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completions")
+    texts = [c.text for c in completions]
+    num_tokens = [len(c.ids) for c in completions]
+    finish_reasons = [c.finish_reason for c in completions]
     fractions: list[float | None] = [None] * len(texts)
+    answers = [_answer(p, t, cfg) for p, t in zip(problems, texts)]
     math_items = [i for i, p in enumerate(problems) if p.kind != "code" and _gradable(p)]
     code_items = [i for i, p in enumerate(problems) if p.kind == "code" and _gradable(p)]
-    preds = [extract_answer(texts[i], cfg.answer_style) for i in math_items]
+    preds = [answers[i] for i in math_items]
     golds = [problems[i].answer for i in math_items]
+    imaginary = [imaginary_unit(problems[i].question) for i in math_items]
     if pool is not None:
-        verdicts = pool.grade(preds, golds, timeout=cfg.timeout)
+        verdicts = pool.grade(preds, golds, timeout=cfg.timeout, imaginary=imaginary)
     else:
-        verdicts = [math_equal(p, g, timeout=cfg.timeout) for p, g in zip(preds, golds)]
+        verdicts = [math_equal(p, g, timeout=cfg.timeout, imaginary=im) for p, g, im in zip(preds, golds, imaginary)]
     for i, verdict in zip(math_items, verdicts):
         fractions[i] = float(verdict)
     if code_items:
@@ -163,5 +191,5 @@ def score_batch(problems: list[Problem], texts: list[str], num_tokens: list[int]
             for i, fraction in zip(code_items, executor.map(lambda i: _code_fraction(problems[i], texts[i], cfg),
                                                              code_items)):
                 fractions[i] = fraction
-    return [_compose(problems[i], texts[i], num_tokens[i], cfg, finish_reasons[i], fractions[i])
+    return [_compose(problems[i], texts[i], num_tokens[i], cfg, finish_reasons[i], fractions[i], answers[i])
             for i in range(len(texts))]

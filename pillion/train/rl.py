@@ -39,7 +39,7 @@ from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.critic import Critic
 from pillion.model.sequences import response_logprobs
-from pillion.rewards import GradingPool, extract_answer, score_batch
+from pillion.rewards import GradingPool, score_batch
 from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
 from pillion.train.batch import Sample, TrainBatch, make_batch
@@ -74,8 +74,7 @@ def generate_and_score(engine, problems, cfg, seed, pool) -> list[Sample]:
                             max_new_tokens=cfg.max_new_tokens, seed=seed)
     completions = engine.generate(prompts, params)
     rows = [problems[c.prompt_index] for c in completions]
-    rewards = score_batch(rows, [c.text for c in completions], [len(c.ids) for c in completions], cfg.reward,
-                          finish_reasons=[c.finish_reason for c in completions], pool=pool)
+    rewards = score_batch(rows, completions, cfg.reward, pool=pool)
     return [Sample(p, c, r) for p, c, r in zip(rows, completions, rewards)]
 
 
@@ -265,8 +264,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             record = {"step": step + 1, "reward": sum(r.score for r in rewards) / max(len(rewards), 1),
                       "accuracy": sum(bool(r.correct) for r in rewards) / max(len(rewards), 1),
                       # a final answer in the graded style, as the grader extracted it
-                      "answered": sum(extract_answer(s.completion.text, cfg.reward.answer_style) is not None
-                                      for s in ro.samples) / max(len(rewards), 1),
+                      "answered": sum(r.answer is not None for r in rewards) / max(len(rewards), 1),
                       "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches}
             if not ro.samples:
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)

@@ -29,6 +29,10 @@ CASES = [
     ("1,234.5", "1234.5", T),
     ("1,234", "1243", F),
     ("1, 234", "1234", F),  # a list of two answers, not a number
+    ("1,22", "1.22", T),  # a decimal comma: not a thousands separator (2 digits after it)
+    ("1, 22", "1.22", F),  # a space after the comma: a list
+    ("0, 0", "0", F),
+    ("1,222", "1.222", F),  # thousands
     # --- units and currency ---
     ("5\\text{ cm}", "5", T),
     ("5 cm", "5", T),
@@ -42,6 +46,9 @@ CASES = [
     ("5 \\mbox{ hours}", "5", T),
     ("\\$18.50", "18.5", T),
     ("6 cm", "5", F),
+    ("5\\text{ m/s}", "5", T),
+    ("9.8\\text{ m/s}^2", "9.8", T),
+    ("9.8\\text{ m/s}^2", "9.9", F),
     ("\\$17", "18", F),
     # --- percent ---
     ("50\\%", "50", T),
@@ -57,17 +64,26 @@ CASES = [
     ("90°", "90", T),
     ("45 degrees", "45", T),
     ("30^\\circ", "60", F),
-    # --- fractions against decimals: exact for terminating, 3 significant digits otherwise ---
+    # --- fractions against decimals: exact for terminating; an exact gold takes a decimal only
+    # within a relative 1e-6; a decimal gold with k places takes what rounds to it ---
     ("0.5", "\\frac{1}{2}", T),
     ("\\frac{1}{2}", "0.5", T),
     ("0.25", "1/4", T),
     ("2.50", "\\frac{5}{2}", T),
-    ("0.333", "\\frac{1}{3}", T),
-    ("0.3333", "1/3", T),
-    ("0.667", "\\frac{2}{3}", T),
-    ("0.666", "\\frac{2}{3}", T),
-    ("0.438", "\\frac{7}{16}", T),  # 0.4375 needs 4 decimals; 0.438 is it rounded
-    ("0.33", "\\frac{1}{3}", F),  # 2 significant digits: too coarse
+    ("0.333", "\\frac{1}{3}", F),  # |0.333 - 1/3| / (1/3) = 1e-3 > 1e-6
+    ("0.3333", "1/3", F),
+    ("0.3333333", "1/3", T),  # relative error 1e-7
+    ("0.333333", "1/3", T),  # 1/3 - 0.333333 = 1/3000000: relative error exactly 1e-6
+    ("0.33333", "1/3", F),  # relative error 1e-5
+    ("0.667", "\\frac{2}{3}", F),
+    ("0.6666667", "\\frac{2}{3}", T),
+    ("0.438", "\\frac{7}{16}", F),  # 0.4375 rounded: the gold is exact
+    ("\\frac{7}{16}", "0.438", T),  # 0.4375 rounds (half up) to the 3-place gold
+    ("\\frac{1}{3}", "0.33", T),
+    ("\\frac{1}{3}", "0.34", F),
+    ("0.54", "0.5", T),  # the 1-place gold 0.5 takes [0.45, 0.55]
+    ("0.56", "0.5", F),
+    ("0.33", "\\frac{1}{3}", F),
     ("0.3", "\\frac{1}{3}", F),
     ("0.6", "\\frac{2}{3}", F),
     ("0.5", "0.50001", F),  # both exact decimals: exact comparison
@@ -77,7 +93,8 @@ CASES = [
     ("0.13", "\\frac18", F),
     ("0.\\overline{3}", "\\frac{1}{3}", T),
     ("0.1\\overline{6}", "1/6", T),
-    ("0.\\overline{3}", "0.33", F),  # 1/3 exactly, against a 2-digit decimal
+    ("0.\\overline{3}", "0.33", T),  # 1/3 exactly rounds to the 2-place gold
+    ("0.33", "0.\\overline{3}", F),  # but 0.33 is not 1/3
     ("1.0", "1", T),
     ("1.01", "1", F),
     # --- \frac, \dfrac, \tfrac ---
@@ -94,8 +111,10 @@ CASES = [
     ("2\\sqrt{3}", "\\sqrt{12}", T),
     ("\\sqrt{12}", "2\\sqrt{3}", T),
     ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}", T),
-    ("1.414", "\\sqrt{2}", T),
-    ("1.41", "\\sqrt{2}", T),
+    ("1.414", "\\sqrt{2}", F),
+    ("1.41", "\\sqrt{2}", F),
+    ("1.4142136", "\\sqrt{2}", T),
+    ("\\sqrt{2}", "1.41", T),
     ("1.4", "\\sqrt{2}", F),
     ("\\sqrt{3}", "\\sqrt{2}", F),
     ("3\\sqrt{2}", "2\\sqrt{3}", F),
@@ -103,8 +122,11 @@ CASES = [
     # --- pi ---
     ("\\pi", "π", T),
     ("2\\pi", "2 \\pi", T),
-    ("3.14", "\\pi", T),
-    ("3.1416", "\\pi", T),
+    ("3.14", "\\pi", F),  # a rounded decimal is not the exact gold
+    ("3.1416", "\\pi", F),  # relative error 2.3e-6
+    ("3.1415927", "\\pi", T),
+    ("\\pi", "3.14", T),
+    ("\\pi", "3.15", F),
     ("3.2", "\\pi", F),
     ("\\frac{\\pi}{2}", "\\frac{\\pi}{4}", F),
     ("4\\pi", "2\\pi", F),
@@ -149,7 +171,8 @@ CASES = [
     ("\\{1,2\\}", "\\{1,2,3\\}", F),
     ("1", "1, 2", F),  # one root of a "find all" is not the answer
     ("2", "-2, 2", F),
-    ("1, 2, 2", "1, 2", F),
+    ("1, 2, 2", "1, 2", T),  # a list of solutions is a set: repeats do not count
+    ("1, 2, 2", "1, 2, 3", F),
     ("(1,2)", "(2,1)", F),
     ("(3, 4)", "(3,4)", T),
     ("(1,2,3)", "(1, 2, 3)", T),
@@ -169,6 +192,13 @@ CASES = [
     ("x = -2", "2", F),
     ("x^2+y^2=1", "x^2+y^2=1", T),
     ("y=2x+3", "y=2x+4", F),
+    ("x=1, y=-2", "(1,-2)", T),  # coordinates assigned one by one: the point, x before y
+    ("y=-2, x=1", "(1,-2)", T),
+    ("x=-2, y=1", "(1,-2)", F),
+    # --- number words, when they are the whole answer ---
+    ("five", "5", T),
+    ("Twenty.", "20", T),
+    ("five", "6", F),
     # --- multiple choice letters ---
     ("C", "C", T),
     ("(C)", "C", T),
@@ -222,6 +252,13 @@ CASES = [
     ("e^{-100}", "e^{-101}", F),
     ("2^{100}", "2^{100}+1", F),
     ("2^{100}", "1267650600228229401496703205376", T),
+    # --- sets named in words or symbols ---
+    ("\\mathbb{R}", "(-\\infty, \\infty)", T),
+    ("\\text{All real numbers}", "\\mathbb{R}", T),
+    ("\\varnothing", "\\emptyset", T),
+    ("No solution", "\\text{no solution}", T),
+    ("\\emptyset", "\\{0\\}", F),
+    ("\\mathbb{R}", "[0, \\infty)", F),
     # --- missing or empty answers ---
     (None, "5", F),
     ("", "5", F),

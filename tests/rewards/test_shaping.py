@@ -1,10 +1,17 @@
-"""Reward terms against hand-computed values (ALGORITHMS §6.4, §9, §11)."""
+"""Reward terms against hand-computed values (docs/algorithms.md §6.4, §9, §11)."""
+
+from types import SimpleNamespace
 
 import pytest
 
 from pillion.data.problem import Problem
 from pillion.rewards import GradingPool, OverlongConfig, RewardConfig, RewardResult, score, score_batch
 from pillion.rewards.shaping import format_ok, length_term, overlong_penalty
+
+
+def generated(text: str, num_tokens: int, finish_reason: str = "stop") -> SimpleNamespace:
+    """A completion as score_batch reads it: text, generated ids, finish reason."""
+    return SimpleNamespace(text=text, ids=[0] * num_tokens, finish_reason=finish_reason)
 
 MATH = Problem(id="m", question="1/2 as a decimal?", answer="0.5")
 CODE = Problem(id="c", question="square", answer="", kind="code",
@@ -36,7 +43,8 @@ def test_overlong_enters_the_score_with_its_factor():
     result = score(MATH, "\\boxed{1/2}", 90, cfg)
     # correct +1, overlong 0.5 * -0.5 = -0.25, total 0.75
     assert result == RewardResult(
-        score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0}
+        score=0.75, correct=True, parts={"correct": 1.0, "format": 0.0, "overlong": -0.25, "length": 0.0},
+        answer="1/2",
     )
     wrong = score(MATH, "\\boxed{2}", 101, cfg)
     # incorrect -1, overlong 0.5 * -1 = -0.5, total -1.5
@@ -114,10 +122,49 @@ def test_score_is_the_sum_of_parts_and_batch_matches_single():
     lengths = [10, 85, 120, 30, 50, 95]
     reasons = ["stop", "stop", "length", "stop", "stop", "stop"]
     single = [score(p, t, n, cfg, r) for p, t, n, r in zip(problems, texts, lengths, reasons)]
-    assert score_batch(problems, texts, lengths, cfg, reasons) == single
+    completions = [generated(t, n, r) for t, n, r in zip(texts, lengths, reasons)]
+    assert score_batch(problems, completions, cfg) == single
     with GradingPool(workers=2) as pool:
-        assert score_batch(problems, texts, lengths, cfg, reasons, pool=pool) == single
+        assert score_batch(problems, completions, cfg, pool=pool) == single
     for result in single:
         assert result.score == pytest.approx(sum(result.parts.values()))
         assert set(result.parts) == {"correct", "format", "overlong", "length"}
     assert [r.correct for r in single] == [True, False, True, False, True, True]
+
+
+def test_answer_is_what_the_grader_extracted():
+    boxed = RewardConfig(answer_style="boxed")
+    assert score(MATH, "so \\boxed{0.5}.", 5, boxed).answer == "0.5"
+    assert score(MATH, "so \\boxed{1} then \\boxed{0.7}", 5, boxed).answer == "0.7"  # the last box
+    none = score(MATH, "the answer is 0.5", 5, boxed)
+    assert none.answer is None and none.correct is False  # not in the graded style
+    fallback = score(MATH, "the answer is 0.5", 5, RewardConfig(answer_style="fallback"))
+    assert fallback.answer == "0.5" and fallback.correct is True
+    # Several boxes are one answer for a gold with several elements.
+    roots = Problem(id="r", question="Solve x^2 = 4.", answer="-2, 2")
+    both = score(roots, "\\boxed{2} and \\boxed{-2}", 5, boxed)
+    assert both.answer == "2, -2" and both.correct is True
+    assert score(roots, "\\boxed{2}", 5, boxed).correct is False
+    # Code problems: the program that ran; none without a code block.
+    text = "```python\ndef sq(x):\n    return x * x\n```"
+    assert score(CODE, text, 20, RewardConfig()).answer == "def sq(x):\n    return x * x\n"
+    assert score(CODE, "no code", 5, RewardConfig()).answer is None
+    # No gold: nothing is graded, but the answer is still read.
+    assert score(Problem(id="u", question="?", answer=""), "\\boxed{3}", 5, boxed).answer == "3"
+    texts = ["\\boxed{0.5}", "\\boxed{2}, \\boxed{-2}", "none"]
+    results = score_batch([MATH, roots, MATH], [generated(t, 5) for t in texts], boxed)
+    assert [r.answer for r in results] == ["0.5", "2, -2", None]
+    for r in results:
+        assert r.score == sum(r.parts.values())
+
+
+def test_boxed_style_grades_the_last_box_as_before():
+    # The RL default (answer_style="boxed", single-number golds): the last box decides, a
+    # draft box before it never counts, nothing outside a box counts.
+    cfg = RewardConfig(answer_style="boxed")
+    seven = Problem(id="s", question="What is 3+4?", answer="7")
+    assert score(seven, "3+4=7. \\boxed{7}", 5, cfg).correct is True
+    assert score(seven, "\\boxed{7}. No: \\boxed{8}", 5, cfg).correct is False
+    assert score(seven, "\\boxed{8}. No: \\boxed{7}", 5, cfg).correct is True
+    assert score(seven, "The answer is 7.", 5, cfg).correct is False
+    assert score(seven, "\\boxed{007}", 5, cfg).correct is True

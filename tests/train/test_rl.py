@@ -83,7 +83,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rl, "rollout", crash_on_third_step)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(rl.TrainingInterrupted, match="interrupted at step 2"):
         rl.train(small(tmp_path / "crashed", *base))
     monkeypatch.setattr(rl, "rollout", real)
     assert [r["step"] for r in metrics(tmp_path / "crashed")] == [1, 2]
