@@ -17,7 +17,7 @@ next; a process reports its peak resident memory (`ru_maxrss`; on CUDA
 model, optimizer and update), and the wall and CPU seconds of the update (on a shared CPU the
 process's CPU seconds are the steadier measure; the ratios use them).
 
-pillion's update is `pillion.train.rl.update` on the models `build_models` makes: full
+pillion's update is `pillion.train.update.update` on the models `build_models` makes: full
 fine-tuning (fused AdamW, float32), with activation checkpointing of every block, and LoRA
 rank 16 (alpha 32) on all seven projections, with and without checkpointing. TRL's is one
 `GRPOTrainer` step on the same folder, batch shape and optimizer settings; no reference model
@@ -87,7 +87,7 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     from pillion.train.models import attach_optimizers, build_models
     from pillion.train.objective import advantages
     from pillion.train.parallel import World
-    from pillion.train.rl import update
+    from pillion.train.update import update
 
     device = torch.device(device_name)
     cuda = device.type == "cuda"

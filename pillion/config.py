@@ -93,7 +93,8 @@ class FilterConfig:
 @dataclass
 class DataConfig:
     # Training pools, name -> spec. A spec is a dataset file (.jsonl/.json/.parquet) or
-    # "synthetic:LEVELS" (the arithmetic curriculum, e.g. "synthetic:1,2,3").
+    # "synthetic:LEVELS" (the arithmetic curriculum, e.g. "synthetic:1,2,3") or
+    # "synthetic_code:LEVELS" (the code curriculum, pillion/data/synthetic_code.py).
     sources: dict[str, str] = field(default_factory=lambda: {"arith": "synthetic:1,2"})
     weights: dict[str, float] | None = None  # sampling weight per source; None: equal
     # weight per level inside every source (levels from the data, e.g. `pillion data difficulty`);
@@ -102,7 +103,9 @@ class DataConfig:
     format: str = "auto"
     on_error: Literal["raise", "skip"] = "raise"
     synthetic_size: int = 20000  # problems per synthetic source
-    heldout: str = "synthetic:1,2"  # evaluation set (synthetic held-out never overlaps train)
+    # Evaluation set (synthetic held-out never overlaps train), or several as a mapping name -> spec,
+    # each evaluated and reported on its own (report.json: pass1_before/<name>, ...).
+    heldout: str | dict[str, str] = "synthetic:1,2"
     heldout_size: int = 200
     # Longer prompts are dropped at load time, with a counted warning; None: the model's
     # context (max_position_embeddings) minus the generation budget.

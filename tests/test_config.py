@@ -31,7 +31,7 @@ def test_preset_values_follow_algorithms_md():
     rej = C.resolve(C.TrainConfig, overrides=["algo=reinforce_rej"])
     assert (rej.adv.name, rej.filter.reject, rej.loss.kl_kind) == ("raw", "all_equal", "low_var")
     srpo = C.resolve(C.TrainConfig, overrides=["algo=srpo"])
-    assert set(srpo.data.sources) == {"easy", "hard"}  # replaced whole, not merged with the default
+    assert set(srpo.data.sources) == {"arith", "code"}  # replaced whole, not merged with the default
     assert srpo.data.history_resampling and len(srpo.data.stages) == 2
 
 
@@ -125,7 +125,7 @@ def _keys(node, prefix=""):
 
 def test_flag_surface_is_guarded():
     """Adding a knob is a decision: update this list (and the docs) on purpose (STYLE rule 9)."""
-    assert len(_keys(C.TrainConfig())) == 106, sorted(_keys(C.TrainConfig()))
+    assert len(_keys(C.TrainConfig())) == 108, sorted(_keys(C.TrainConfig()))
 
 
 def test_several_ranks_are_refused_with_a_clear_error(monkeypatch):

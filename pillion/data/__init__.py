@@ -1,7 +1,8 @@
 """Data: dataset readers, the synthetic curriculum, mixtures, history resampling, templates.
 
-    read(path, format="auto", on_error="raise") -> list[Problem]      formats.py
+    read(path, format="auto", on_error="raise") -> list[Problem]      formats.py (+ code_formats.py)
     generate(n, levels=(1, 2, 3), seed=0, split="train")               synthetic.py
+    synthetic_code.generate(n, levels=(1, 2), seed=0, split="train")   synthetic_code.py
     Mixture(pools, weights, level_weights, seed).sample(n)             mixture.py
     HistoryResampler, Stage, parse_stages, stage_at                    history.py
     render_prompt(problem, template="plain", tokenizer=None)           templates.py

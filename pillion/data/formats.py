@@ -18,6 +18,9 @@ formats, each named after the public schema it parses:
              proof problems and problems with images are refused)
     generic  question or prompt, answer; optional solution, level, source, id, kind, tests
 
+and the code formats of `code_formats.py` (humaneval, mbpp, apps, codecontests,
+livecodebench), whose rows become kind="code" problems with tests.
+
 `format="auto"` decides from the fields of the first rows. Keys are matched case-
 insensitively (some Hub copies of AIME spell them `Problem`, `Answer`, `ID`).
 
@@ -48,7 +51,8 @@ from pillion.rewards.extract import last_boxed as _last_boxed
 
 logger = logging.getLogger("pillion.data")
 
-FORMATS = ("gsm8k", "math", "math500", "numina", "orz", "aime", "minerva", "olympiadbench", "generic")
+FORMATS = ("gsm8k", "math", "math500", "numina", "orz", "aime", "minerva", "olympiadbench", "generic",
+           "humaneval", "mbpp", "apps", "codecontests", "livecodebench")  # the last five: code_formats.py
 
 
 class DataError(UserError):
@@ -350,6 +354,13 @@ PARSERS: dict[str, Callable[[Any, int, str], Problem]] = {
 }
 
 
+def _parsers() -> dict[str, Callable[[Any, int, str], Problem]]:
+    """The math parsers above and the code ones (imported here: code_formats imports this module)."""
+    from pillion.data.code_formats import CODE_PARSERS
+
+    return {**PARSERS, **CODE_PARSERS}
+
+
 # ---------------------------------------------------------------------------------------------
 # Format detection
 # ---------------------------------------------------------------------------------------------
@@ -365,6 +376,11 @@ def detect_format(rows: list[Any]) -> str | None:
         if isinstance(row, dict):
             keys |= row.keys()
             gsm8k_answers |= isinstance(row.get("answer"), str) and "####" in row["answer"]
+    from pillion.data.code_formats import detect_code_format  # here: code_formats imports this module
+
+    code = detect_code_format(keys)
+    if code is not None:
+        return code
     if "unique_id" in keys and {"problem", "answer"} <= keys:
         return "math500"
     if {"problem", "solution", "idx"} <= keys and not keys & {"answer", "level"}:
@@ -490,7 +506,8 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
     split, subset: only for Hub ids (`datasets.load_dataset(path, subset, split=split)`).
     """
     path = os.fspath(path)
-    if format != "auto" and format not in PARSERS:
+    parsers = _parsers()
+    if format != "auto" and format not in parsers:
         raise ValueError(f"unknown format {format!r}; choose 'auto' or one of {', '.join(FORMATS)}")
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
@@ -505,7 +522,7 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
             raise DataError(path, None, None,
                             f"cannot tell the format from fields {sorted(first)}; "
                             f"pass format= one of {', '.join(FORMATS)}")
-    parse, src = PARSERS[format], source or format
+    parse, src = parsers[format], source or format
     report = ReadReport(path=path, format=format, rows=len(rows))
     for n, row in rows:
         try:

@@ -5,6 +5,11 @@ A template is a config value: either a name from `TEMPLATES` or a custom string 
 template may contain `\boxed{}` without escaping braces. Store `resolve_template(value)` with
 a run, so the exact text survives later edits of this table.
 
+Code problems (`Problem.kind == "code"`) use the code version of a named template
+(`CODE_TEMPLATES`): the problem, then the request for one ```python block, which is what the
+code reward grades. "completion" is the question alone, for HumanEval's completion style
+(a base model continues the function prompt). A custom string is used as given for both kinds.
+
 The template named "chat" is sent through the tokenizer's own chat template as one user turn
 (`tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)`); any
 object with that method works. Every other template is plain text and ignores the tokenizer.
@@ -17,6 +22,8 @@ from typing import Any
 from pillion.data.problem import Problem
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+CODE_INSTRUCTION = ("Write the solution in Python in one ```python code block: the function asked for, "
+                    "or else a program that reads standard input and prints the answer.")
 
 TEMPLATES: dict[str, str] = {
     # Base models: a question/answer frame with the boxed instruction.
@@ -26,15 +33,27 @@ TEMPLATES: dict[str, str] = {
     # Tiny character-level models (the embedded CPU default): every character is a token, so no
     # instruction; the synthetic solutions already end in \boxed{}.
     "qa": "Q: {question}\nA:",
+    # HumanEval's completion style: the prompt alone, which the model continues.
+    "completion": "{question}",
+}
+
+# The same names for code problems: the problem, then a ```python block is asked for.
+CODE_TEMPLATES: dict[str, str] = {
+    "plain": "Question: {question}\n" + CODE_INSTRUCTION + "\nAnswer:",
+    "chat": "{question}\n" + CODE_INSTRUCTION,
+    # The synthetic code curriculum states the function to write; its solutions are ```python blocks.
+    "qa": "Q: {question}\nA:",
+    "completion": "{question}",
 }
 
 CHAT_TEMPLATE_NAME = "chat"
 
 
-def resolve_template(template: str) -> str:
-    """The template text for a name in TEMPLATES or a custom string containing {question}."""
+def resolve_template(template: str, kind: str = "math") -> str:
+    """The template text for a name in TEMPLATES (CODE_TEMPLATES for kind "code") or a custom
+    string containing {question}."""
     if template in TEMPLATES:
-        return TEMPLATES[template]
+        return CODE_TEMPLATES[template] if kind == "code" else TEMPLATES[template]
     if "{question}" not in template:
         raise ValueError(f"unknown template {template!r}: use one of {sorted(TEMPLATES)} "
                          "or a string containing {question}")
@@ -43,7 +62,7 @@ def resolve_template(template: str) -> str:
 
 def render_prompt(problem: Problem, template: str = "plain", tokenizer: Any = None) -> str:
     """The prompt text for `problem` under `template` (see the module docstring)."""
-    text = resolve_template(template).replace("{question}", problem.question)
+    text = resolve_template(template, problem.kind).replace("{question}", problem.question)
     if template != CHAT_TEMPLATE_NAME:
         return text
     if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):

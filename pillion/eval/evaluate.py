@@ -31,6 +31,11 @@ hashes a model folder (config.json and weight files) for the caller to add.
 
 `sample_and_grade` is the sampling half on its own (k graded samples per problem, no
 reduction); `pillion data difficulty` and `pillion.data.select` use it for pass rates.
+
+Code problems go through the same protocol and record: a sample is correct when its program
+passes all of the problem's tests in the sandbox (`pillion.rewards.code`). `evaluate_sets`
+evaluates several named held-out sets (arithmetic and code in `algo=srpo`) one by one;
+`report_entries` and `eval_metrics` name their results in report.json and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -293,6 +298,44 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         "versions": versions(),
         "samples": samples,
     }
+
+
+def evaluate_sets(engine, sets: dict[str, list[Problem]], cfg: EvalConfig, template: str = "plain",
+                  reward_cfg: RewardConfig | None = None, pool=None, tag: str = "") -> dict[str, dict[str, Any]]:
+    """`evaluate` on each named held-out set (e.g. arithmetic and code), one line printed per
+    set; returns {name: result}. The trainer's evaluations before, during and after RL."""
+    results = {}
+    for name, problems in sets.items():
+        result = results[name] = evaluate(engine, problems, cfg, template, reward_cfg, progress=False, pool=pool)
+        label = f" [{name}]" if len(sets) > 1 else ""
+        at_k = f" pass@{result['k']} {result['pass@k']:.3f}" if result["k"] > 1 else ""
+        print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems")
+    return results
+
+
+def report_entries(results: dict[str, dict[str, Any]], when: str) -> dict[str, Any]:
+    """report.json keys for the evaluations `when` ("before" or "after") training:
+    `eval_<when>` and `pass1_<when>` for the first (or only) set, and with several sets
+    `pass1_<when>/<name>` and `eval_<when>/<name>` for each of them."""
+    first = next(iter(results.values()))
+    entries = {f"eval_{when}": first, f"pass1_{when}": first["pass@1"]}
+    if len(results) > 1:
+        for name, result in results.items():
+            entries[f"pass1_{when}/{name}"] = result["pass@1"]
+            entries[f"eval_{when}/{name}"] = result
+    return entries
+
+
+def eval_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
+    """metrics.jsonl keys of a periodic evaluation: eval/pass@1 and eval/pass@k of the first set,
+    and with several sets eval/<name>/pass@1 and eval/<name>/pass@k for each."""
+    first = next(iter(results.values()))
+    metrics = {"eval/pass@1": first["pass@1"], f"eval/pass@{first['k']}": first["pass@k"]}
+    if len(results) > 1:
+        for name, result in results.items():
+            metrics[f"eval/{name}/pass@1"] = result["pass@1"]
+            metrics[f"eval/{name}/pass@{result['k']}"] = result["pass@k"]
+    return metrics
 
 
 def markdown_table(result: dict[str, Any]) -> str:

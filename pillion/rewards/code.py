@@ -1,7 +1,11 @@
 """Code reward: run a completion's Python against a problem's tests, in a sandbox.
 
 `code_reward(text, tests)` takes the LAST ```python fenced block of the completion (or the last
-bare ``` block) and returns the fraction of tests it passes. `Problem.tests` holds either
+bare ``` block) and returns the fraction of tests it passes (`mode="all_pass"`: 1.0 only when
+every test passes, else 0.0). With `prefix` (HumanEval's prompt: imports, signature and
+docstring; `Problem.meta["code_prefix"]`) both of HumanEval's answer styles are graded, see
+`program_of`: a whole function in a fenced block, or a completion that continues the prompt.
+`Problem.tests` holds either
 assert-statement strings ("assert add(1, 2) == 3"), run after the solution in one process, or
 {"input": str, "output": str} dicts, each run as a fresh process with that stdin and compared
 with its stdout (trailing whitespace of each line and trailing blank lines ignored).
@@ -21,7 +25,12 @@ The sandbox, in layers (each test in `tests/rewards/test_code.py`):
   creation (os.fork/exec/spawn/system, subprocess.Popen, os.posix_spawn), signals to other
   processes, every socket event, ctypes, imports of ctypes/_posixsubprocess, opening a file
   for writing (and remove/rename/mkdir/chmod/link/...) anywhere outside the directory, and
-  frame/garbage-collector introspection that could reach the harness's secrets;
+  every way to obtain a frame object or walk the heap (sys._getframe, sys._current_frames,
+  tracebacks' tb_frame, generators' gi_frame/cr_frame/ag_frame, gc.get_objects/referrers,
+  settrace/setprofile): CPython does not audit reading f_back or f_locals, so any frame would
+  lead up to the harness's locals. sys._getframe is refused with an error that is also a
+  ValueError, which stdlib callers that only want a module name (typing.TypeVar, NamedTuple,
+  collections.namedtuple, enum's functional API) already catch: `import typing` works;
 - the harness reports each passed test on an inherited pipe as "<nonce> <index>"; the nonce is
   read from a file that is deleted before model code runs, so printing "PASS" or exiting with
   status 0 earns nothing.
@@ -107,14 +116,16 @@ def sandbox_main():
             pass
     write_flags = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
     deny = {"os.fork", "os.forkpty", "os.exec", "os.spawn", "os.posix_spawn", "os.system",
-            "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "sys._getframe",
-            "sys._current_frames", "gc.get_objects", "gc.get_referrers", "gc.get_referents",
-            "sys.settrace", "sys.setprofile", "os.startfile", "pty.spawn"}
+            "subprocess.Popen", "os.kill", "os.killpg", "signal.pthread_kill", "sys._current_frames",
+            "gc.get_objects", "gc.get_referrers", "gc.get_referents", "sys.settrace",
+            "sys.setprofile", "os.startfile", "pty.spawn"}
     deny_prefix = ("socket.", "ctypes.", "_ctypes.")
     deny_import = {"ctypes", "_ctypes", "_posixsubprocess", "_socket", "socket", "_ssl", "mmap"}
     path_events = {"os.remove", "os.rename", "os.replace", "os.rmdir", "os.mkdir", "os.chmod",
                    "os.chown", "os.link", "os.symlink", "os.truncate", "os.utime", "shutil.rmtree",
                    "os.setxattr", "os.removexattr", "os.chflags", "os.lchmod", "os.mkfifo", "os.mknod"}
+    # Of these reads CPython audits tb_frame, gi_frame, cr_frame and ag_frame; the f_ names are
+    # not audited (the defence is that no frame object is ever handed out), kept for clarity.
     frame_attrs = {"tb_frame", "f_back", "f_locals", "f_globals", "gi_frame", "cr_frame", "ag_frame"}
     realpath, sep = os.path.realpath, os.sep
 
@@ -126,7 +137,16 @@ def sandbox_main():
         full = realpath(path)
         return full == root or full.startswith(root + sep)
 
+    class FrameDenied(PermissionError, ValueError):
+        # Also a ValueError: stdlib callers that only want the caller's module name (typing's
+        # TypeVar and NamedTuple, collections.namedtuple, enum's functional API) catch the
+        # ValueError that sys._getframe raises on "platforms without _getframe" and carry on,
+        # so code that imports typing runs, and still no frame object reaches model code.
+        pass
+
     def hook(event, args):
+        if event == "sys._getframe":
+            raise FrameDenied("sandbox: sys._getframe is not allowed")
         if event == "open":
             path, mode, flags = args
             writing = (mode is not None and any(c in mode for c in "wax+")) or (flags or 0) & write_flags
@@ -292,8 +312,16 @@ def _same_output(got: bytes, expected: str) -> bool:
 
 
 def run_tests(code: str, tests: list, limits: SandboxLimits | None = None) -> CodeResult:
-    """Run `code` against `tests` (asserts, or stdin/stdout dicts) in the sandbox."""
+    """Run `code` against `tests` (asserts, or stdin/stdout dicts) in the sandbox.
+
+    Results are remembered per (code, tests, limits) for the life of the process, unless a run
+    hit the wall clock (that may be the machine's load, not the code): a group of samples from
+    a small model often repeats one completion, and a program is graded once.
+    """
     limits = limits or SandboxLimits()
+    key = (code, json.dumps(tests, sort_keys=True), repr(limits))
+    if key in _RESULTS:
+        return _RESULTS[key]
     asserts = [t for t in tests if isinstance(t, str)]
     stdio = [t for t in tests if isinstance(t, dict)]
     passed, timed_out = 0, False
@@ -305,12 +333,53 @@ def run_tests(code: str, tests: list, limits: SandboxLimits | None = None) -> Co
         timed_out |= hit_deadline
         if 0 in reported and len(stdout) <= limits.output_bytes and _same_output(stdout, str(test.get("output", ""))):
             passed += 1
-    return CodeResult(passed=passed, total=len(asserts) + len(stdio), timed_out=timed_out)
+    result = CodeResult(passed=passed, total=len(asserts) + len(stdio), timed_out=timed_out)
+    if not timed_out:
+        if len(_RESULTS) >= _MAX_RESULTS:
+            _RESULTS.pop(next(iter(_RESULTS)))  # the oldest entry (dicts keep insertion order)
+        _RESULTS[key] = result
+    return result
 
 
-def code_reward(text: str, tests: list, limits: SandboxLimits | None = None) -> float:
-    """Fraction of `tests` passed by the last Python block of `text` (0.0 without one)."""
+_RESULTS: dict[tuple[str, str, str], CodeResult] = {}  # see run_tests; bounded, oldest out first
+_MAX_RESULTS = 20_000
+
+# HumanEval's stop sequences (Chen et al. 2021, §2.3): where a completion leaves the function.
+COMPLETION_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
+
+
+def program_of(text: str, prefix: str = "") -> str | None:
+    """The program a completion stands for; None when there is none.
+
+    Without `prefix`: the last ```python block of `text` (`extract_code`).
+    With `prefix` (a HumanEval prompt), two answer styles are both graded:
+      whole function: `text` has a fenced block -> prefix + block. A block that defines the
+        function again replaces the prompt's stub (Python keeps the last definition) and keeps
+        the prompt's imports and helper functions; an indented block continues the stub's body.
+      completion: no fenced block -> prefix + text up to the first of `COMPLETION_STOPS`, the
+        text being the continuation of the prompt (function body), as HumanEval samples it.
+    """
     code = extract_code(text)
+    if not prefix:
+        return code
+    if code is not None:
+        return prefix + ("" if prefix.endswith("\n") else "\n") + code
+    cut = min((i for i in (text.find(stop) for stop in COMPLETION_STOPS) if i >= 0), default=len(text))
+    return prefix + text[:cut] + "\n"
+
+
+REWARD_MODES = ("fraction", "all_pass")
+
+
+def code_reward(text: str, tests: list, limits: SandboxLimits | None = None, prefix: str = "",
+                mode: str = "fraction") -> float:
+    """Reward of a completion: the fraction of `tests` its program passes (`mode="fraction"`),
+    or 1.0 if it passes all of them and 0.0 otherwise (`mode="all_pass"`). 0.0 without a
+    program (see `program_of` for `prefix`) or without tests."""
+    if mode not in REWARD_MODES:
+        raise ValueError(f"code reward mode must be one of {', '.join(REWARD_MODES)}, got {mode!r}")
+    code = program_of(text, prefix)
     if code is None or not tests:
         return 0.0
-    return run_tests(code, tests, limits).fraction
+    result = run_tests(code, tests, limits)
+    return result.fraction if mode == "fraction" else float(result.passed == result.total)

@@ -4,7 +4,8 @@
 already weighted terms and whose `score` is exactly their sum:
 
     correct   cfg.correct if the answer is right, cfg.incorrect if wrong, 0 if ungradable.
-              Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f.
+              Code problems interpolate by pass fraction f: incorrect + (correct - incorrect) * f
+              (with code_reward=all_pass, f is 1 when every test passes, else 0).
               1/0 is the default; +1/-1 is DAPO's and RAFT's (docs/algorithms.md §9, §15 item 11).
     format    format_weight * 1[well formed]: exactly one final answer of `answer_style` (for
               "auto"/"fallback": one candidate of the first finder that finds any; for
@@ -36,10 +37,10 @@ import re
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from pillion.data.problem import Problem
-from pillion.rewards.code import SandboxLimits, code_reward, extract_code
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of
 from pillion.rewards.extract import all_answers, answer_for
 from pillion.rewards.math import imaginary_unit
 from pillion.rewards.pool import GradingPool, math_equal
@@ -75,6 +76,7 @@ class RewardConfig:
     # extract_answer and of `pillion eval`); training sets a strict style (TrainConfig: "boxed").
     answer_style: str = "fallback"
     timeout: float = 5.0  # seconds per math comparison; wall clock per code run
+    code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
 
 
 def overlong_penalty(num_tokens: int, l_max: int, l_cache: int) -> float:
@@ -130,13 +132,13 @@ def _gradable(problem: Problem) -> bool:
 
 def _code_fraction(problem: Problem, text: str, cfg: RewardConfig) -> float:
     limits = SandboxLimits(wall_s=cfg.timeout, cpu_s=max(1, int(cfg.timeout + 0.999)))
-    return code_reward(text, problem.tests, limits)
+    return code_reward(text, problem.tests, limits, prefix=problem.meta.get("code_prefix", ""), mode=cfg.code_reward)
 
 
 def _answer(problem: Problem, text: str, cfg: RewardConfig) -> str | None:
     """The answer `score` grades: the program for code, else the final answer for the gold."""
     if problem.kind == "code":
-        return extract_code(text)
+        return program_of(text, problem.meta.get("code_prefix", ""))
     return answer_for(text, str(problem.answer) if _gradable(problem) else None, cfg.answer_style)
 
 

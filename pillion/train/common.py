@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from pillion.data import read, synthetic
+from pillion.data import read, synthetic, synthetic_code
 from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.errors import UserError
@@ -52,7 +52,10 @@ def seed_everything(seed: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train") -> list[Problem]:
-    """Problems for one data spec: "synthetic:1,2,3" (levels) or a dataset file."""
+    """Problems for one data spec: "synthetic:1,2,3" (levels), "synthetic_code:1,2" or a dataset file."""
+    if spec.startswith("synthetic_code"):  # the code curriculum; before the "synthetic" prefix test
+        levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2)
+        return synthetic_code.generate(size, levels=levels, seed=seed, split=split)
     if spec.startswith("synthetic"):
         levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2, 3)
         return synthetic.generate(size, levels=levels, seed=seed, split=split)
@@ -84,19 +87,34 @@ def drop_long_prompts(problems: list[Problem], name: str, tokenizer, template: s
 
 def load_data(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
               ) -> tuple[dict[str, list[Problem]], list[Problem]]:
-    """The training pools (name -> problems, from `data.sources`) and the held-out set, without
-    the problems whose prompt is longer than `max_prompt_tokens` (when a tokenizer is given)."""
+    """The training pools (name -> problems, from `data.sources`) and the held-out problems
+    (every set of `heldout_sets`, one after the other), without the problems whose prompt is
+    longer than `max_prompt_tokens` (when a tokenizer is given)."""
     pools = {name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed)
              for name, spec in data_cfg.sources.items()}
-    heldout = load_source(data_cfg.heldout, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
     if tokenizer is not None and max_prompt_tokens is not None:
         pools = {name: drop_long_prompts(problems, name, tokenizer, data_cfg.template, max_prompt_tokens)
                  for name, problems in pools.items()}
-        heldout = drop_long_prompts(heldout, "held-out set", tokenizer, data_cfg.template, max_prompt_tokens)
     for name, problems in pools.items():
         if not problems:
             raise RunError(f"data source {name!r} ({data_cfg.sources[name]}) has no usable problems")
-    return pools, heldout[: data_cfg.heldout_size]
+    sets = heldout_sets(data_cfg, seed, tokenizer, max_prompt_tokens)
+    return pools, [p for problems in sets.values() for p in problems]
+
+
+def heldout_sets(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
+                 ) -> dict[str, list[Problem]]:
+    """`data.heldout` as named sets of at most `heldout_size` problems: a mapping name -> spec,
+    or one spec (named "heldout"); long prompts dropped as in `load_data`."""
+    specs = data_cfg.heldout if isinstance(data_cfg.heldout, dict) else {"heldout": data_cfg.heldout}
+    sets = {}
+    for name, spec in specs.items():
+        problems = load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
+        if tokenizer is not None and max_prompt_tokens is not None:
+            label = "held-out set" if len(specs) == 1 else f"held-out set {name!r}"
+            problems = drop_long_prompts(problems, label, tokenizer, data_cfg.template, max_prompt_tokens)
+        sets[name] = problems[: data_cfg.heldout_size]
+    return sets
 
 
 def prompt_budget(data_cfg, context: int, max_new_tokens: int) -> int:

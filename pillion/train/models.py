@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from pillion.eval.behaviour import kl_to_initial
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
 from pillion.model.critic import Critic
@@ -51,6 +52,15 @@ class Models:
     critic_params: list[nn.Parameter] = field(default_factory=list)
     policy_master: precision.MasterWeights | None = None
     critic_master: precision.MasterWeights | None = None
+    initial: Transformer | None = None  # frozen CPU copy for the KL probe when there is no reference
+
+
+def optimizer_target(module: nn.Module | None, params: list[nn.Parameter]):
+    """What `optim.make_optimizer` gets: the module itself when its trainable parameters are exactly
+    `params` (Muon and Dion need it to tell hidden matrices from embeddings, head and norms), else
+    the list (float32 masters or LoRA adapters: AdamW only)."""
+    own = [p for p in module.parameters() if p.requires_grad] if module is not None else []
+    return module if [id(p) for p in own] == [id(p) for p in params] else params
 
 
 def apply_activation_checkpointing(model: nn.Module, mode: str, k: int = 2) -> int:
@@ -122,7 +132,22 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
         models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
         models.critic = critic
+    if models.ref is None and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
+        models.initial = load_model(model_dir, dtype=dtype, device="cpu").eval().requires_grad_(False)
     return models
+
+
+def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int) -> dict[str, float]:
+    """`behaviour.kl_probe_*`: KL(policy || initial policy) on `rows` rows of the step's batch,
+    against the reference when there is one, else the CPU copy; {} with LoRA (its initial policy
+    is the adapters-off policy, which the probe does not switch to)."""
+    initial = models.ref if models.ref is not None else models.initial
+    if initial is None:
+        return {}
+    device = batch.input_ids.device
+    if next(initial.parameters()).device != device:
+        initial = device_copy(initial, device)  # freed when the probe ends
+    return kl_to_initial(models.policy, initial, batch, temperature, rows)
 
 
 def attach_optimizers(models: Models, optimizer, critic_optimizer=None) -> None:

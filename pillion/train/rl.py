@@ -9,7 +9,8 @@ One step, top to bottom: sample prompts -> generate G completions each with pill
 -> grade them -> filter groups -> log-probs (old, reference) and values -> advantages ->
 clipped policy loss (+ KL, entropy, NLL terms) with micro-batches -> optimizer step -> log,
 checkpoint, evaluate. The formulas live in `pillion.algorithms` (docs/algorithms.md);
-`objective.py` picks among them from the config; `batch.py` holds the step's records.
+`objective.py` picks among them from the config; `batch.py` holds the step's records;
+`collect.py` is step 1 (rollout, grading, filters), `update.py` step 5 (the optimizer steps).
 
 Where this departs from the papers: sizes are scaled down (presets note the paper values);
 each rollout batch is used for `ppo_epochs` x `mini_batches` updates, and with one update the
@@ -21,36 +22,40 @@ skips the update; `max_bad_steps` in a row stop the run with the last good check
 
 from __future__ import annotations
 
+import json
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from pillion import config as config_lib
-from pillion.algorithms import filters
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.data.problem import Problem
-from pillion.data.templates import render_prompt
-from pillion.eval.evaluate import evaluate
+from pillion.eval.behaviour import behaviour_metrics
+from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
+from pillion.eval.report import write_report
 from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
 from pillion.model.sequences import response_logprobs
-from pillion.rewards import GradingPool, RewardResult, score_batch
-from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
+from pillion.rewards import GradingPool
+from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.train import common, parallel, state
-from pillion.train.batch import Sample, TrainBatch, make_batch
+from pillion.train.batch import Sample, make_batch
+from pillion.train.collect import rollout
 from pillion.train.models import (
     attach_optimizers,
     build_models,
+    kl_probe,
     load_master_state,
     master_state,
-    optimizer_params,
+    optimizer_target,
     reference_logprobs,
 )
-from pillion.train.objective import Counts, actor_loss, advantages, loss_mask
+from pillion.train.objective import advantages, loss_mask
+from pillion.train.optim import make_optimizer
+from pillion.train.update import no_grad_pass, update
 
 log = logging.getLogger("pillion.train")
 
@@ -67,131 +72,11 @@ class TrainingInterrupted(RuntimeError):
         self.step, self.run_dir = step, run_dir
 
 
-@dataclass
-class Rollout:
-    samples: list[Sample]  # the kept groups; rows of a group (`group_size`) are contiguous
-    rewards: list[RewardResult]  # of every generated sample, kept or filtered out (the policy's accuracy)
-    gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
-    gen_seconds: float
-
-
-def generate_and_score(engine, problems, cfg, seed, pool) -> list[Sample]:
-    """G completions per problem, graded; rows grouped per problem."""
-    prompts = [render_prompt(p, cfg.data.template, engine.tokenizer) for p in problems]
-    params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            max_new_tokens=cfg.max_new_tokens, seed=seed)
-    completions = engine.generate(prompts, params)
-    rows = [problems[c.prompt_index] for c in completions]
-    rewards = score_batch(rows, completions, cfg.reward, pool=pool)
-    return [Sample(p, c, r) for p, c, r in zip(rows, completions, rewards)]
-
-
-def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
-    """Sample, generate and grade one step's groups, applying Reinforce-Rej / DAPO filters."""
-    G = cfg.group_size
-    target = len(parallel.my_slice(list(range(cfg.prompts_per_step)), world))
-    buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
-    max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
-    start = time.perf_counter()
-    generated: list[RewardResult] = []
-    for gen_batch in range(max_batches):
-        problems = parallel.my_slice(prompts_for(step, gen_batch), world)
-        seed = (cfg.seed * 1_000_003 + step * 1009 + gen_batch) * max(world.size, 1) + world.rank
-        samples = generate_and_score(engine, problems, cfg, seed, pool)
-        generated += [s.reward for s in samples]
-        scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
-        correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
-        keep = torch.ones(len(samples), dtype=torch.bool)
-        if cfg.filter.reject == "all_equal":  # Reinforce-Rej: drop all-right / all-wrong groups
-            keep = filters.reject_all_equal(scores, G)
-        if cfg.filter.dynamic_sampling:  # DAPO: keep groups with mixed outcomes (accuracy)
-            keep = keep & filters.mixed_groups(correct, G)
-        buffer.add(keep, samples)
-        if buffer.full:
-            break
-    if cfg.filter.dynamic_sampling and not buffer.full:
-        log.warning(buffer.give_up_message(max_batches))
-    return Rollout(buffer.rows, generated, gen_batch + 1, time.perf_counter() - start)
-
-
-def chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
-
-
-@torch.no_grad()
-def no_grad_pass(fn, batch: TrainBatch, rows_per_pass: int) -> torch.Tensor:
-    """fn(micro-batch) -> [b, T], over the whole batch without grad: old/reference log-probs, values."""
-    return torch.cat([fn(batch.rows(r)) for r in chunks(torch.arange(batch.num_rows), rows_per_pass)])
-
-
-def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
-    """Clip and step; skip (and clear) the update when the gradient is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
-    ok = bool(torch.isfinite(norm))
-    if ok:
-        optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return float(norm), ok
-
-
-def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world, train_policy=True) -> dict:
-    """ppo_epochs x mini_batches optimizer steps over the rollout batch; returns the step's stats,
-    including how closely the engine's log-probs match the trainer's (first pass over each row)."""
-    stats: dict[str, list[float]] = {}
-    sums = {"tokens": 0.0, "logprob_error": 0.0, "kl": 0.0}  # token-weighted, first epoch
-    skipped = 0
-    for epoch in range(cfg.ppo_epochs):
-        for mb in chunks(torch.arange(batch.num_rows), -(-batch.num_rows // cfg.mini_batches)):
-            counts = Counts.of(batch.loss_mask[mb], batch.correct[mb], cfg.loss.agg,
-                               cfg.loss.norm_len or cfg.max_new_tokens)
-            counts.num_tokens = parallel.sum_int(counts.num_tokens, world)
-            counts.num_seqs = parallel.sum_int(counts.num_seqs, world)
-            counts.num_positive_tokens = parallel.sum_int(counts.num_positive_tokens, world)
-            for micro in chunks(mb, cfg.micro_batch):
-                sub = batch.rows(micro)
-                if train_policy:
-                    logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True)  # [b, T]
-                    # On-policy (one update per rollout) the first forward is pi_old: ratio exactly 1.
-                    old = sub.old_logprobs if sub.old_logprobs is not None else logp.detach()
-                    if epoch == 0:  # the rollout policy as the trainer sees it, against the engine's
-                        n = float(sub.response_mask.sum())
-                        sums["tokens"] += n
-                        sums["logprob_error"] += n * L.token_mult_prob_error(sub.engine_logprobs, old,
-                                                                             sub.response_mask)
-                        if sub.ref_logprobs is not None:
-                            kl = L.kl(old, sub.ref_logprobs, "k3", sub.response_mask)  # [b, T]
-                            sums["kl"] += float(L.aggregate(kl, sub.response_mask, "token_mean")) * n
-                    loss, st = actor_loss(cfg, logp, old, sub, counts, entropy)
-                    loss.backward()
-                    st["entropy"] = float(L.aggregate(entropy.detach(), sub.loss_mask, "token_mean"))
-                    for k, v in st.items():
-                        stats.setdefault(k, []).append(v)
-                if critic is not None:
-                    values = critic.values(sub.seqs)  # [b, T]
-                    vloss, vst = L.value_loss(values, sub.values, sub.returns, sub.loss_mask, cfg.ppo.value_clip,
-                                              "token_mean", num_tokens=counts.num_tokens)
-                    (cfg.ppo.vf_coef * vloss).backward()
-                    stats.setdefault("value_loss", []).append(float(vloss.detach()))
-                    stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
-            if train_policy:
-                norm, ok = optimizer_step(optimizer_params(optimizer), optimizer, cfg.grad_clip)
-                stats.setdefault("grad_norm", []).append(norm)
-                skipped += not ok
-            if critic is not None:
-                _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
-                skipped += not ok
-    out = {k: sum(v) / len(v) for k, v in stats.items()}
-    out["skipped_updates"] = skipped
-    out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
-    if batch.ref_logprobs is not None and sums["tokens"]:
-        out["kl"] = sums["kl"] / sums["tokens"]
-    return out
-
-
 def build_data(cfg, tokenizer, context: int):
-    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out set."""
+    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out sets."""
     budget = common.prompt_budget(cfg.data, context, cfg.max_new_tokens)
-    pools, heldout = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
+    pools, _ = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
+    heldout = common.heldout_sets(cfg.data, cfg.seed, tokenizer, budget)  # name -> problems, each evaluated alone
     mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
     stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
     return pools, mixture, HistoryResampler(), stages, heldout
@@ -211,8 +96,9 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     models = build_models(cfg, model_dir, device, world)
     policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
-    optimizer = common.make_optimizer(models.policy_params, cfg.lr, cfg.weight_decay)
-    critic_opt = common.make_optimizer(models.critic_params, cfg.ppo.critic_lr, 0.0) if critic else None
+    optimizer = make_optimizer(optimizer_target(policy, models.policy_params), cfg.optim, cfg.lr, cfg.weight_decay)
+    critic_opt = (make_optimizer(optimizer_target(critic, models.critic_params), cfg.optim, cfg.ppo.critic_lr, 0.0)
+                  if critic else None)
     attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
     engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
@@ -221,8 +107,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     state.clean_stale(run_dir)
     state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
-    metrics = common.MetricsLog(run_dir)
-    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(heldout)}
+    metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg))
+    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
     start, step, bad_streak = 0, 0, 0
 
     # ---- resume: weights, optimizer, RNG, sampler and history from the newest checkpoint ----
@@ -251,16 +137,12 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             mixture.set_weights(stage_at(stages, step)[1].sources)
         return mixture.sample(cfg.prompts_per_step)
 
-    def run_eval(tag: str) -> dict:
-        result = evaluate(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, progress=False, pool=pool)
-        at_k = f" pass@{result['k']} {result['pass@k']:.3f}" if result["k"] > 1 else ""
-        print(f"eval {tag}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems")
-        return result
+    def run_eval(tag: str) -> dict:  # {set name: result}
+        return evaluate_sets(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, pool=pool, tag=tag)
 
     try:
         if start == 0 and world.main:
-            report["eval_before"] = run_eval("before RL")
-            report["pass1_before"] = report["eval_before"]["pass@1"]
+            report.update(report_entries(run_eval("before RL"), "before"))
 
         # ---- the loop -------------------------------------------------------------------------
         bar = common.progress(cfg.steps, start, f"{cfg.algo}")
@@ -275,12 +157,14 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             policy.train()
             if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
                 record_history(history, mixture, ro.samples, cfg.group_size)
-            rewards = ro.rewards  # every sample generated this step: filters do not flatter the metric
+            rewards = [s.reward for s in ro.generated]  # every sample generated: filters do not flatter the metric
             record = {"step": step + 1, "reward": sum(r.score for r in rewards) / max(len(rewards), 1),
                       "accuracy": sum(bool(r.correct) for r in rewards) / max(len(rewards), 1),
                       # a final answer in the graded style, as the grader extracted it
                       "answered": sum(r.answer is not None for r in rewards) / max(len(rewards), 1),
-                      "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches}
+                      "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
+                      **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
+                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases)}
             if not ro.samples:
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
                 metrics.write({**record, "skipped_updates": 1})
@@ -306,7 +190,10 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                                                          batch.ref_logprobs, batch.values)
             batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
 
-            # 5. Policy (and critic) updates; VAPO pretrains the critic alone first.
+            # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
+            #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
+            if cfg.behaviour.kl_probe_every and step % cfg.behaviour.kl_probe_every == 0:
+                record.update(kl_probe(models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows))
             train_policy = critic is None or step >= cfg.ppo.value_pretrain_steps
             stats = update(policy, optimizer, critic, critic_opt, cfg, batch, world, train_policy)
 
@@ -339,9 +226,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
 
             # 7. Checkpoint and periodic evaluation.
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and world.main:
-                result = run_eval(f"step {step + 1}")
-                metrics.write({"step": step + 1, "eval/pass@1": result["pass@1"],
-                               f"eval/pass@{result['k']}": result["pass@k"]})
+                metrics.write({"step": step + 1, **eval_metrics(run_eval(f"step {step + 1}"))})
             # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
             if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main and not bad_streak:
                 state.save(run_dir, step + 1, policy, model_dir, {
@@ -356,13 +241,13 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
 
         # ---- final evaluation and report --------------------------------------------------------
         if world.main:
-            report["eval_after"] = run_eval("after RL")
-            report["pass1_after"] = report["eval_after"]["pass@1"]
+            report.update(report_entries(run_eval("after RL"), "after"))
             _write_report(run_dir, report)
     except KeyboardInterrupt:
         raise TrainingInterrupted(step, run_dir) from None
     finally:
         pool.close()
+        metrics.close()
     return report
 
 
@@ -380,10 +265,6 @@ def record_history(history, mixture, samples: list[Sample], group_size: int) -> 
 
 
 def _write_report(run_dir: Path, report: dict) -> None:
-    import json
-
-    from pillion.eval.report import write_report
-
     state.write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2))
     path = write_report(run_dir)
     print(f"pass@1 before RL {report.get('pass1_before', float('nan')):.3f}, after {report['pass1_after']:.3f} "

@@ -37,3 +37,20 @@ def test_chat_uses_the_tokenizer():
         render_prompt(PROBLEM, "chat")
     # plain templates ignore a tokenizer
     assert render_prompt(PROBLEM, "qa", tokenizer=FakeTokenizer()) == "Q: What is 3+5?\nA:"
+
+
+CODE = Problem(id="c/1", question="Write add(a, b).", answer="", kind="code", tests=["assert add(1, 2) == 3"])
+
+
+def test_code_problems_ask_for_a_python_block():
+    from pillion.data.templates import CODE_TEMPLATES
+
+    assert set(CODE_TEMPLATES) == set(TEMPLATES)  # every named template has a code version
+    plain = render_prompt(CODE)
+    assert plain.startswith("Question: Write add(a, b).\n") and "```python" in plain and "boxed" not in plain
+    chat = render_prompt(CODE, "chat", tokenizer=FakeTokenizer())
+    assert chat.startswith("<user>Write add(a, b).\nWrite the solution in Python in one ```python code block")
+    assert render_prompt(CODE, "qa") == "Q: Write add(a, b).\nA:"
+    # HumanEval completion style: the function prompt alone; a custom string is the same for both kinds
+    assert render_prompt(CODE, "completion") == "Write add(a, b)." == render_prompt(CODE, "{question}")
+    assert render_prompt(PROBLEM, "completion") == "What is 3+5?"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from pillion.rewards.code import SandboxLimits, code_reward, extract_code, run_tests
+from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of, run_tests
 
 LIMITS = SandboxLimits(wall_s=2.0, cpu_s=1, memory_mb=512, output_bytes=64 << 10)
 
@@ -137,3 +137,114 @@ def test_nothing_is_left_behind():
     run("open('junk', 'w').write('x')", ["assert True"])
     after = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
     assert after <= before
+
+
+TYPING_SOLUTIONS = [
+    # HumanEval's most common header, and the stdlib helpers that ask for their caller's module
+    # name through sys._getframe (typing.TypeVar / NamedTuple, collections.namedtuple, Enum(...)).
+    "from typing import List\ndef f() -> int:\n    return 1",
+    "import typing\nT = typing.TypeVar('T')\ndef f(x: typing.Optional[T] = None) -> int:\n    return 1",
+    "from typing import NamedTuple\nclass P(NamedTuple):\n    a: int\ndef f():\n    return P(1).a",
+    "import collections\nP = collections.namedtuple('P', 'a b')\ndef f():\n    return P(1, 2).a",
+    "import enum\nColor = enum.Enum('Color', 'RED GREEN')\ndef f():\n    return Color.RED.value",
+    "import dataclasses\n@dataclasses.dataclass\nclass D:\n    a: int = 1\ndef f():\n    return D().a",
+]
+
+
+@pytest.mark.parametrize("code", TYPING_SOLUTIONS)
+def test_correct_code_that_imports_typing_passes(code):
+    assert run(code, ["assert f() == 1"]).passed == 1
+    assert code_reward(f"```python\n{code}\n```", ["assert f() == 1"]) == 1.0
+
+
+# Had model code any frame, this would walk up to the harness and forge a report for test 0.
+FORGE = """
+import os
+def forge(frame):
+    while frame is not None:
+        names = frame.f_locals
+        if 'nonce' in names and 'report_fd' in names:
+            os.write(names['report_fd'], names['nonce'] + b' 0\\n')
+        frame = frame.f_back
+"""
+
+FRAME_GRABS = [
+    "import sys\ntry:\n    forge(sys._getframe(0))\nexcept ValueError:\n    pass",  # a ValueError may be caught
+    "import inspect\nforge(inspect.currentframe())",
+    "import sys\nfor frame in sys._current_frames().values():\n    forge(frame)",
+    "def g():\n    yield\nit = g()\nnext(it)\nforge(it.gi_frame)",
+    "try:\n    1 / 0\nexcept ZeroDivisionError as e:\n    forge(e.__traceback__.tb_frame)",
+    "import gc\nfor o in gc.get_objects():\n    forge(o if type(o).__name__ == 'frame' else None)",
+    "import traceback\nforge(traceback.walk_stack(None).__next__()[0])",
+]
+
+
+@pytest.mark.parametrize("grab", FRAME_GRABS)
+def test_frame_access_stays_closed_with_typing_open(grab):
+    assert run(FORGE + grab, ["assert False"]).passed == 0
+
+
+def test_the_forgery_works_where_frames_are_open(monkeypatch):
+    """The attacks above would succeed without the hook: prove it on a harness copy whose hook
+    lets sys._getframe through."""
+    from pillion.rewards import code as code_module
+
+    opened = code_module._HARNESS.replace('if event == "sys._getframe":', 'if event == "never":')
+    assert opened != code_module._HARNESS
+    monkeypatch.setattr(code_module, "_HARNESS", opened)
+    monkeypatch.setattr(code_module, "_RESULTS", {})  # results of the closed harness are remembered
+    assert run(FORGE + FRAME_GRABS[0], ["assert False"]).passed == 1
+
+
+# A HumanEval-shaped problem: the prompt (imports, a helper, the stub) is the prefix.
+PROMPT = ('from typing import List\n\n\ndef double(x):\n    return 2 * x\n\n\n'
+          'def total(xs: List[int]) -> int:\n    """Sum of doubles."""\n')
+CHECK = ["def check(candidate):\n    assert candidate([1, 2]) == 6\n    assert candidate([]) == 0\n\ncheck(total)"]
+
+
+@pytest.mark.parametrize("text, passes", [
+    # completion style: the body continues the prompt; what follows a stop sequence is cut
+    ("    return sum(double(x) for x in xs)\n", True),
+    ("    return sum(double(x) for x in xs)\n\n\ndef total(xs):\n    return -1\n", True),
+    ("    return sum(xs)\n", False),
+    # whole function in a fenced block: it replaces the stub, the prompt's imports and helper stay
+    ("Here:\n```python\ndef total(xs: List[int]) -> int:\n    return sum(double(x) for x in xs)\n```", True),
+    ("```python\ndef total(xs):\n    return sum(xs)\n```", False),
+    # a fenced body continues the stub
+    ("```python\n    return sum(map(double, xs))\n```", True),
+])
+def test_completion_and_whole_function_styles_are_both_graded(text, passes):
+    assert code_reward(text, CHECK, LIMITS, prefix=PROMPT) == float(passes)
+
+
+def test_program_of():
+    assert program_of("```python\nx = 1\n```") == "x = 1\n"
+    assert program_of("x = 1") is None  # no prefix: a fenced block is required
+    assert program_of("    return 1\nprint(2)", prefix="def f():\n") == "def f():\n    return 1\n"
+    stub = 'def f():\n    """One."""'  # no final newline: one is added before a fenced block
+    assert program_of("```python\ndef f():\n    return 2\n```", prefix=stub) == stub + "\ndef f():\n    return 2\n"
+
+
+def test_reward_modes():
+    text = "```python\ndef add(a, b):\n    return a + b\n```"
+    tests = ["assert add(1, 2) == 3", "assert add(1, 1) == 3", "assert add(0, 0) == 0", "assert add(2, 2) == 4"]
+    assert code_reward(text, tests, LIMITS) == 0.75  # 3 of 4
+    assert code_reward(text, tests, LIMITS, mode="all_pass") == 0.0
+    assert code_reward(text, [tests[0]], LIMITS, mode="all_pass") == 1.0
+    with pytest.raises(ValueError, match="all_pass"):
+        code_reward(text, tests, LIMITS, mode="majority")
+
+
+def test_results_are_remembered_except_after_a_timeout(monkeypatch):
+    from pillion.rewards import code as code_module
+
+    monkeypatch.setattr(code_module, "_RESULTS", {})
+    calls = []
+    real = code_module._run_once
+    monkeypatch.setattr(code_module, "_run_once", lambda *a: calls.append(a[0]) or real(*a))
+    for _ in range(2):
+        assert run("x = 1", ["assert x == 1"]).passed == 1
+    assert calls == ["x = 1"]  # the second run was a cache hit
+    for _ in range(2):
+        assert run("import time\ntime.sleep(60)", ["assert True"]).timed_out
+    assert len(calls) == 3  # a timed-out result is run again

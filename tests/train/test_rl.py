@@ -9,6 +9,7 @@ import torch
 from pillion import config as C
 from pillion.cli import main
 from pillion.train import rl
+from pillion.train import update as rl_update
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "ppo", "vapo", "rloo", "reinforce_pp", "gspo", "raft", "raft_pp",
            "reinforce_rej", "srpo"]
@@ -31,7 +32,8 @@ def metrics(run_dir):
 def test_every_preset_runs(tmp_path, preset):
     cfg = small(tmp_path / preset, f"algo={preset}")
     if preset == "srpo":  # short stages so both are visited
-        cfg.data.stages = [{"sources": {"easy": 1.0}, "steps": 1}, {"sources": {"easy": 0.5, "hard": 0.5}, "steps": 1}]
+        cfg.data.stages = [{"sources": {"arith": 1.0}, "steps": 1},
+                           {"sources": {"arith": 0.5, "code": 0.5}, "steps": 1}]
     report = rl.train(cfg)
     rows = metrics(tmp_path / preset)
     assert [r["step"] for r in rows] == [1, 2]
@@ -55,8 +57,11 @@ LEARNERS = PRESETS
 @pytest.mark.parametrize("preset", LEARNERS)
 def test_presets_raise_reward(tmp_path, preset):
     """The shipped model answers in \\boxed{} only half the time and is often wrong; a learner
-    must raise the accuracy of its samples within 20 short steps (deterministic seeds)."""
-    cfg = small(tmp_path / preset, f"algo={preset}", "steps=20", "prompts_per_step=16", "group_size=8",
+    must raise the accuracy of its samples within 20 short steps (30 for VAPO; deterministic seeds)."""
+    # VAPO spends its first 3 steps on value pretraining, and its young critic's advantages are
+    # noisy: on the shipped model 20 steps leave it +0.05-0.08 up, 30 steps +0.2 (seeds 0 and 1).
+    steps = 30 if preset == "vapo" else 20
+    cfg = small(tmp_path / preset, f"algo={preset}", f"steps={steps}", "prompts_per_step=16", "group_size=8",
                 "micro_batch=128", "max_new_tokens=32")
     rl.train(cfg)
     acc = [r["accuracy"] for r in metrics(tmp_path / preset)]
@@ -101,7 +106,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
-    real = rl.actor_loss
+    real = rl_update.actor_loss
     calls = {"n": 0}
 
     def nan_after_first_step(*args, **kwargs):
@@ -109,7 +114,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch)
         loss, stats = real(*args, **kwargs)
         return (loss * float("nan") if calls["n"] > 1 else loss), stats
 
-    monkeypatch.setattr(rl, "actor_loss", nan_after_first_step)
+    monkeypatch.setattr(rl_update, "actor_loss", nan_after_first_step)
     cfg = small(tmp_path / "nan", "steps=6", "save_every=1", "max_bad_steps=2", "micro_batch=64")
     with pytest.raises(rl.TrainingStopped, match=r"stopping at step 3: 2 updates in a row.*step-000001"):
         rl.train(cfg)
@@ -136,23 +141,24 @@ def test_train_cli_rejects_bad_keys(capsys):
 # Any change to sampling, grading, the loss, the optimizer or the order of random draws moves
 # these numbers; a change that moves them on purpose re-pins them and says why in its commit.
 # The values were logged by this configuration on the shipped tiny model (seed 0, float32,
-# CPU); two mini-batches per step make the second optimizer step off-policy, so the ratio,
-# clipping and policy-loss terms are exercised, not only their on-policy values.
+# CPU; step 1's groups are all right or all wrong, so it pins a zero gradient, and steps 2-3
+# pin real ones; seed 2 gives zero gradients in steps 1-2); two mini-batches per step make the second optimizer step
+# off-policy, so the ratio, clipping and policy-loss terms are exercised, not only their
+# on-policy values.
 
 PINNED_ARGS = ["steps=3", "prompts_per_step=8", "group_size=4", "max_new_tokens=24", "micro_batch=8",
                "mini_batches=2", "lr=3e-4", "data.heldout_size=8", "eval.k=1", "eval.max_new_tokens=24",
                "save_every=2", "data.synthetic_size=400"]
 
 PINNED = [
-    {"reward": 0.25, "accuracy": 0.25, "pg_loss": -0.00028805434703826904, "kl_loss": 0.0018709343712544069,
-     "entropy": 0.06469062436372042, "grad_norm": 0.22227692604064941, "clipfrac": 0.0014124293811619282,
-     "ratio_max": 1.4540443420410156, "response_length": 22.75, "kl": 0.0},
-    {"reward": 0.625, "accuracy": 0.625, "pg_loss": 0.0, "kl_loss": 0.0008740935975311004,
-     "entropy": 0.04219791013747454, "grad_norm": 0.05259786546230316, "clipfrac": 0.0,
-     "ratio_max": 1.49631068110466, "response_length": 20.625, "kl": 0.0012366582261151824},
-    {"reward": 0.46875, "accuracy": 0.46875, "pg_loss": -0.00044517312198877335, "kl_loss": 0.025228580212569796,
-     "entropy": 0.04960323916748166, "grad_norm": 0.3281758800148964, "clipfrac": 0.005649717524647713,
-     "ratio_max": 1.0686587393283844, "response_length": 21.34375, "kl": 0.03861395652524549},
+    {"reward": 0.25, "accuracy": 0.25, "pg_loss": 0.0, "kl_loss": 0.0, "entropy": 0.0680995499715209,
+     "grad_norm": 0.0, "clipfrac": 0.0, "ratio_max": 1.0, "response_length": 22.75, "kl": 0.0},
+    {"reward": 0.59375, "accuracy": 0.59375, "pg_loss": 9.313225746154785e-10, "kl_loss": 0.0002732336724875495,
+     "entropy": 0.04589514690451324, "grad_norm": 1.0087153143249452, "clipfrac": 0.0,
+     "ratio_max": 1.1596277356147766, "response_length": 20.3125, "kl": 0.0},
+    {"reward": 0.15625, "accuracy": 0.15625, "pg_loss": -0.0002783108502626419, "kl_loss": 0.002099505414662417,
+     "entropy": 0.0580849451944232, "grad_norm": 0.023559759370982647, "clipfrac": 0.001336898421868682,
+     "ratio_max": 1.1778805553913116, "response_length": 22.96875, "kl": 0.003930493069987476},
 ]
 
 

@@ -1,0 +1,72 @@
+"""One step's rollouts: sample prompts, generate G completions each, grade them, filter groups.
+
+The group filters (docs/algorithms.md §8) run per generation batch: Reinforce-Rej drops groups
+whose rewards are all equal; DAPO's dynamic sampling keeps only groups with mixed outcomes and
+generates more batches (up to `filter.max_gen_batches`) until the step's groups are full.
+Every generated sample's reward is kept in `Rollout.rewards`, so that the step's logged
+accuracy is the policy's, not that of the groups the filters kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import torch
+
+from pillion.algorithms import filters
+from pillion.data.templates import render_prompt
+from pillion.rewards import score_batch
+from pillion.rollout.engine import SamplingParams
+from pillion.train import parallel
+from pillion.train.batch import Sample
+
+log = logging.getLogger("pillion.train")
+
+
+@dataclass
+class Rollout:
+    samples: list[Sample]  # the kept groups; rows of a group (`group_size`) are contiguous
+    generated: list[Sample]  # every generated sample, kept or filtered out (the policy's accuracy, behaviour)
+    gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
+    gen_seconds: float
+
+
+def generate_and_score(engine, problems, cfg, seed, pool) -> list[Sample]:
+    """G completions per problem, graded; rows grouped per problem."""
+    prompts = [render_prompt(p, cfg.data.template, engine.tokenizer) for p in problems]
+    params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                            max_new_tokens=cfg.max_new_tokens, seed=seed)
+    completions = engine.generate(prompts, params)
+    rows = [problems[c.prompt_index] for c in completions]
+    rewards = score_batch(rows, completions, cfg.reward, pool=pool)
+    return [Sample(p, c, r) for p, c, r in zip(rows, completions, rewards)]
+
+
+def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
+    """Sample, generate and grade one step's groups, applying Reinforce-Rej / DAPO filters."""
+    G = cfg.group_size
+    target = len(parallel.my_slice(list(range(cfg.prompts_per_step)), world))
+    buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
+    max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
+    start = time.perf_counter()
+    generated: list[Sample] = []
+    for gen_batch in range(max_batches):
+        problems = parallel.my_slice(prompts_for(step, gen_batch), world)
+        seed = (cfg.seed * 1_000_003 + step * 1009 + gen_batch) * max(world.size, 1) + world.rank
+        samples = generate_and_score(engine, problems, cfg, seed, pool)
+        generated += samples
+        scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
+        correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
+        keep = torch.ones(len(samples), dtype=torch.bool)
+        if cfg.filter.reject == "all_equal":  # Reinforce-Rej: drop all-right / all-wrong groups
+            keep = filters.reject_all_equal(scores, G)
+        if cfg.filter.dynamic_sampling:  # DAPO: keep groups with mixed outcomes (accuracy)
+            keep = keep & filters.mixed_groups(correct, G)
+        buffer.add(keep, samples)
+        if buffer.full:
+            break
+    if cfg.filter.dynamic_sampling and not buffer.full:
+        log.warning(buffer.give_up_message(max_batches))
+    return Rollout(buffer.rows, generated, gen_batch + 1, time.perf_counter() - start)
