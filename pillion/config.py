@@ -469,6 +469,7 @@ def _validate_toolbox(cfg) -> None:
     _require(0 <= select.min_pass <= select.max_pass <= 1, "data.select.min_pass", select.min_pass,
              f"0 <= min_pass <= max_pass ({select.max_pass}) <= 1")
     if isinstance(cfg, TrainConfig):
+        _validate_stages(cfg)
         _require(cfg.behaviour.kl_probe_every >= 0, "behaviour.kl_probe_every", cfg.behaviour.kl_probe_every,
                  ">= 0 (0: off)")
         _require(cfg.behaviour.kl_probe_rows >= 1, "behaviour.kl_probe_rows", cfg.behaviour.kl_probe_rows, ">= 1")
@@ -476,6 +477,25 @@ def _validate_toolbox(cfg) -> None:
             phrase_pattern(cfg.behaviour.phrases)
         except ValueError as e:
             raise ConfigError(f"config key {e}") from None
+
+
+def _validate_stages(cfg: TrainConfig) -> None:
+    """data.stages (data/history.py parse_stages: sources or presets) and data.select's limits."""
+    from pillion.data.history import parse_stages
+
+    try:
+        stages = parse_stages(cfg.data.stages, cfg.data.sources) if cfg.data.stages else []
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    for i, stage in enumerate(stages):
+        if stage.preset is not None:
+            try:
+                preset_path(stage.preset)
+            except ConfigError as e:
+                raise ConfigError(f"data.stages[{i}].preset: {e}") from None
+    if cfg.data.select.size and (cfg.data.weights or any(stage.preset is None for stage in stages)):
+        raise ConfigError("config key 'data.select.size': the selected problems form one pool, so data.weights "
+                          "and data.stages with sources cannot apply; drop them or set data.select.size=0")
 
 
 def _get(cfg, key: str) -> Any:

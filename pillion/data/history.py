@@ -19,13 +19,15 @@ its pools, and this filter gives exactly the pool that `next_pool` left.
 Stages: SRPO trains on math first, then math + code. `data.stages` is a list such as
 `[{"sources": {"math": 1.0}, "steps": 10}, {"sources": {"math": 0.5, "code": 0.5}, "steps": 10}]`;
 `stage_at(stages, step)` says which stage a (0-based) step belongs to, and its `sources` become
-the mixture's weights (`Mixture.set_weights`).
+the mixture's weights (`Mixture.set_weights`). A stage may instead name a preset,
+`{"preset": "concise", "steps": 30}`: then the run is a sequence of phases, each a full RL run
+of its preset (pillion/train/phases.py); `parse_stages` checks both forms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pillion.data.problem import Problem
@@ -68,32 +70,74 @@ class HistoryResampler:
 
 @dataclass(frozen=True)
 class Stage:
-    """One training stage: source weights for the mixture, for `steps` optimizer steps."""
+    """One stage: source weights for the mixture for `steps` optimizer steps (SRPO), or, with
+    `preset`, one phase of a run of phases (pillion/train/phases.py): a full RL run of that
+    preset for `steps` steps, with `config` (config keys) applied on top of it."""
 
     sources: dict[str, float]
     steps: int
+    preset: str | None = None
+    config: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_stages(items: list[dict[str, Any]]) -> list[Stage]:
-    """Stages from config dicts; unknown keys, non-positive steps or weights are errors."""
+# Keys a phase may not set: the run decides them (algo = preset, out = a sub-folder, model = the
+# previous phase's final checkpoint) and phases do not nest.
+PHASE_FORBIDDEN = ("algo", "out", "model", "data.stages")
+
+
+def parse_stages(items: list[dict[str, Any]], sources: Iterable[str] | None = None, phases: bool = True
+                 ) -> list[Stage]:
+    """Stages from config dicts: all `{sources: {name: weight}, steps: N}` (names among
+    `sources` when given) or, if `phases`, all `{preset: NAME, steps: N, key: value, ...}`.
+    A bad entry is a ValueError naming it: data.stages[i]."""
     if not isinstance(items, list) or not items:
         raise ValueError(f"data.stages must be a non-empty list, got {items!r}")
     stages = []
     for i, item in enumerate(items):
-        if not isinstance(item, dict) or set(item) != {"sources", "steps"}:
-            raise ValueError(f"data.stages[{i}] must have exactly the keys 'sources' and 'steps', "
-                             f"got {item!r}")
-        sources, steps = item["sources"], item["steps"]
+        where = f"data.stages[{i}]"
+        if not isinstance(item, dict) or "steps" not in item or ("sources" in item) == ("preset" in item):
+            raise ValueError(f"{where} must be {{sources: {{name: weight}}, steps: N}} or {{preset: NAME, steps: N, "
+                             f"...config keys}}, got {item!r}")
+        steps = item["steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps <= 0:
-            raise ValueError(f"data.stages[{i}].steps must be a positive int, got {steps!r}")
-        if (not isinstance(sources, dict) or not sources
-                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0
-                       for w in sources.values())
-                or sum(sources.values()) <= 0):
-            raise ValueError(f"data.stages[{i}].sources must map names to weights >= 0 with a "
-                             f"positive sum, got {sources!r}")
-        stages.append(Stage(sources={str(k): float(w) for k, w in sources.items()}, steps=steps))
+            raise ValueError(f"{where}.steps must be a positive int, got {steps!r}")
+        if "preset" in item:
+            if not phases:
+                raise ValueError(f"{where} names a preset: a run of phases is started by `pillion train` "
+                                 "(pillion.train.phases.run_phases), not by train()")
+            stages.append(_phase(where, item))
+            continue
+        if set(item) != {"sources", "steps"}:
+            raise ValueError(f"{where} must have exactly the keys 'sources' and 'steps', got {item!r}")
+        weights = item["sources"]
+        if (not isinstance(weights, dict) or not weights
+                or any(isinstance(w, bool) or not isinstance(w, (int, float)) or w < 0 for w in weights.values())
+                or sum(weights.values()) <= 0):
+            raise ValueError(f"{where}.sources must map names to weights >= 0 with a positive sum, got {weights!r}")
+        unknown = sorted(set(map(str, weights)) - set(sources)) if sources is not None else []
+        if unknown:
+            raise ValueError(f"{where}.sources names {unknown}, which are not in data.sources "
+                             f"({', '.join(sorted(sources))})")
+        stages.append(Stage(sources={str(k): float(w) for k, w in weights.items()}, steps=steps))
+    if len({stage.preset is None for stage in stages}) > 1:
+        raise ValueError("data.stages mixes stages with sources (one run, SRPO) and stages with a preset (a run of "
+                         "phases); use one kind")
     return stages
+
+
+def _phase(where: str, item: dict[str, Any]) -> Stage:
+    preset = item["preset"]
+    if not isinstance(preset, str) or not preset:
+        raise ValueError(f"{where}.preset must be a preset name, got {preset!r}")
+    config = {str(k): v for k, v in item.items() if k not in ("preset", "steps")}
+    for key, value in config.items():
+        nested = [f"{key}.{k}" for k in value] if isinstance(value, dict) else []
+        bad = [k for k in (key, *nested) if k in PHASE_FORBIDDEN]
+        if bad:
+            raise ValueError(f"{where} cannot set {bad[0]!r}: a phase runs its preset (algo) in a sub-folder of the "
+                             "run (out), starting from the previous phase's final model (the first: model=), "
+                             "and phases do not nest")
+    return Stage(sources={}, steps=item["steps"], preset=preset, config=config)
 
 
 def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:

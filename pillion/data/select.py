@@ -143,3 +143,33 @@ def select_problems(engine, problems: list[Problem], cfg: SelectConfig, sampling
     stats = {"tested": tested, "selected": len(chosen), "wanted": cfg.size,
              "histogram": {str(c): n for c, n in enumerate(histogram)}, "rates": rates}
     return chosen, stats
+
+
+def select_training_pool(engine, pools: dict[str, list[Problem]], cfg, pool=None
+                         ) -> tuple[dict[str, list[Problem]], dict[str, Any]]:
+    """The trainer's `data.select`: one pool "selected" of `data.select.size` problems, picked
+    from every training pool together, and the selection stats (`select_problems`).
+
+    `cfg` is the TrainConfig: rates are measured with the trainer's template, grader, temperature,
+    top-p and token budget (top-k is not applied), as many rows (candidates x k) per engine call
+    as an evaluation uses (eval.batch_prompts x eval.k), sampling seeded with `cfg.seed`. The
+    engine's policy must be the run's starting weights: on resume the trainer selects again
+    before the checkpoint loads, so the same seeds pick the same problems (the mixture's pool
+    fingerprint in the checkpoint refuses a resume onto others).
+    """
+    from pillion.errors import UserError
+
+    select = cfg.data.select
+    candidates = [p for name in sorted(pools) for p in pools[name]]
+    per_call = max(1, cfg.eval.batch_prompts * cfg.eval.k // select.k)  # an evaluation's rows per engine call
+    sampling = EvalConfig(temperature=cfg.temperature, top_p=cfg.top_p, k=select.k, max_new_tokens=cfg.max_new_tokens,
+                          seed=cfg.seed, batch_prompts=per_call)
+    chosen, stats = select_problems(engine, candidates, select, sampling, cfg.data.template, cfg.reward, pool,
+                                    seed=cfg.seed)
+    if not chosen:
+        raise UserError(f"data.select: none of {stats['tested']} problems tried has a pass rate in "
+                        f"[{select.min_pass}, {select.max_pass}] over k={select.k} samples (correct counts: "
+                        f"{stats['histogram']}); widen min_pass/max_pass or raise max_candidates")
+    print(f"data.select: {len(chosen)} of {select.size} problems with pass rate in [{select.min_pass}, "
+          f"{select.max_pass}] (k={select.k}) from {stats['tested']} tried; correct counts {stats['histogram']}")
+    return {"selected": chosen}, stats

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-PRESETS = "grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo"
+PRESETS = "grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo, concise"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -65,10 +65,14 @@ def run(args) -> int:
     if args.print_config:
         print(config_lib.dumps(cfg))
         return 0
+    from pillion.train.phases import is_phased, run_phases
     from pillion.train.rl import TrainingInterrupted, TrainingStopped, train
 
     try:
-        train(cfg, resume=args.resume, overwrite=args.overwrite)
+        if is_phased(cfg):  # data.stages names presets: one run per phase (pillion/train/phases.py)
+            run_phases(cfg, config_file, overrides, resume=args.resume, overwrite=args.overwrite)
+        else:
+            train(cfg, resume=args.resume, overwrite=args.overwrite)
     except UserError as e:  # config, data, model folder or run folder: one line, nothing half-written
         print(f"pillion train: {e}", file=sys.stderr)
         return 2

@@ -34,6 +34,7 @@ from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.data.problem import Problem
+from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
@@ -78,12 +79,14 @@ def build_data(cfg, tokenizer, context: int):
     pools, _ = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
     heldout = common.heldout_sets(cfg.data, cfg.seed, tokenizer, budget)  # name -> problems, each evaluated alone
     mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
-    stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
+    stages = parse_stages(cfg.data.stages, cfg.data.sources, phases=False) if cfg.data.stages else []
     return pools, mixture, HistoryResampler(), stages, heldout
 
 
-def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
-    """Run RL training as configured; returns the final report (also written to report.json)."""
+def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False, before: dict | None = None
+          ) -> dict:
+    """Run RL training as configured; returns the final report (also written to report.json).
+    `before`: report entries of the starting model's evaluation, when the caller has them (phases.py)."""
     # ---- setup: world, models, optimizers, engine, data, grader; then the run folder ---------
     world = parallel.init()
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
@@ -109,6 +112,9 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg))
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
+    if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (data/select.py)
+        pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
+        mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
     start, step, bad_streak = 0, 0, 0
 
     # ---- resume: weights, optimizer, RNG, sampler and history from the newest checkpoint ----
@@ -142,7 +148,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
 
     try:
         if start == 0 and world.main:
-            report.update(report_entries(run_eval("before RL"), "before"))
+            report.update(before or report_entries(run_eval("before RL"), "before"))
 
         # ---- the loop -------------------------------------------------------------------------
         bar = common.progress(cfg.steps, start, f"{cfg.algo}")
