@@ -116,7 +116,9 @@ def run_phases(cfg: config_lib.TrainConfig, config_file: str | None = None, over
         try:
             reports.append(train(phase, resume=started, before=before))
         except TrainingInterrupted as e:  # point the resume hint at the whole run
-            raise TrainingInterrupted(e.step, run_dir) from None
+            stopped = TrainingInterrupted(e.step, run_dir)
+            stopped.args = (f"phase {i + 1} ({phase.algo}) {e}",)
+            raise stopped from None
     report = combine(run_dir, configs, reports)
     _write(run_dir, configs, report)
     return report

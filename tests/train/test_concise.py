@@ -115,7 +115,7 @@ def test_select_picks_the_training_problems_and_resume_keeps_them(tmp_path, monk
 
 
 @pytest.mark.slow
-def test_a_run_of_phases_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_a_run_of_phases_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch, capsys):
     """grpo (2 steps) then concise (2 steps) through the CLI; Ctrl-C in the concise phase; resume."""
     # the concise stage's own selection keys: any 2 problems (rates at temperature 0.6 after 2
     # GRPO steps are 0 or 1; the selection itself is tested above)
@@ -146,6 +146,9 @@ def test_a_run_of_phases_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch
 
     monkeypatch.setattr(rl, "rollout", crash_in_phase_two)
     assert main(["train", f"out={tmp_path / 'crashed'}", stages, *SMALL]) == 130
+    err = capsys.readouterr().err
+    assert "phase 2 (concise) interrupted at step 1 (last checkpoint: " in err
+    assert err.rstrip().endswith(f"resume with: pillion train out={tmp_path / 'crashed'} --resume")
     monkeypatch.setattr(rl, "rollout", real)
     assert not (tmp_path / "crashed" / "report.json").exists()
     assert main(["train", f"out={tmp_path / 'crashed'}", "seed=1", "--resume"]) == 2  # phases resume as planned
