@@ -116,6 +116,17 @@ def init(cfg) -> World:
     return world
 
 
+def record(fn):
+    """torchelastic's `@record` under torchrun (which sets TORCHELASTIC_ERROR_FILE): a rank's
+    uncaught exception is written where the agent reads it, so the job's failure summary shows
+    it; the function itself otherwise."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return fn
+    from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
+
+    return elastic_record(fn)
+
+
 def place(device: torch.device, world: World) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK on CUDA (one GPU per rank), else `device`."""
     if world.size == 1 or device.type != "cuda":

@@ -79,6 +79,7 @@ def build_data(cfg, tokenizer, context: int):
     return pools, mixture, HistoryResampler(), stages, heldout
 
 
+@parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False) -> dict:
     """Run RL training as configured; returns the final report (also written to report.json)."""
     # ---- setup: world, models, optimizers, engine, data, grader; then the run folder ---------

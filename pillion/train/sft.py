@@ -59,6 +59,7 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
     return common.resolve_model(cfg.model)
 
 
+@parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     # The run folder is checked first and created only once config, model and data have loaded.
     run_dir = common.plan_run_dir(cfg.out, "sft", resume=False, overwrite=overwrite)
