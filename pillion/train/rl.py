@@ -98,7 +98,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                   if critic else None)
     attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
-    engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
+    with parallel.full_weights(policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
+        engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
     pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, policy.cfg.max_position_embeddings)
     if world.main:  # one writer of the run folder; the other ranks wait for it
         common.create_run_dir(run_dir, overwrite)

@@ -87,7 +87,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         parallel.barrier(world)
         model_dir = run_dir / "init" if cfg.init != "none" else model_dir
     eos = eos_token_ids(model_dir, tokenizer)[0]
-    engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
+    with parallel.full_weights(model, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
+        engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
     optimizer = common.make_optimizer(params, cfg.lr, cfg.weight_decay)
     precision.sync_after_step(optimizer, master)

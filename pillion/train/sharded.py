@@ -24,6 +24,7 @@ process only.
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +149,9 @@ def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world
             target[model_key] = tensors
             target[opt_key] = {"state": {names[id(p)]: opt.state[p]
                                          for group in opt.param_groups for p in group["params"]}}
-        dcp.load(target, checkpoint_id=folder, no_dist=True)
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore")
+            dcp.load(target, checkpoint_id=folder, no_dist=True)
     except (RuntimeError, ValueError, KeyError) as e:  # a foreign or damaged folder: name it
         raise CheckpointError(f"{folder}: cannot load the sharded checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None

@@ -102,8 +102,9 @@ def test_two_ranks_log_what_one_process_logs(grpo):
     summed over ranks, gradients summed by FSDP2."""
     one, two = rows(grpo / "one"), rows(grpo / "two")
     assert_same(one, two)
-    assert {"reward", "pg_loss", "grad_norm", "kl_initial"} <= one[0].keys() and one[0]["grad_norm"] > 0
-    assert len({r["reward"] for r in one}) > 1  # the steps are not all alike (a real comparison)
+    assert {"reward", "pg_loss", "grad_norm", "kl_initial"} <= one[0].keys()
+    # A real comparison: rewards 0, 0.44, 0.75 and a step with a full-size (clipped) gradient.
+    assert len({r["reward"] for r in one}) == 3 and max(r["grad_norm"] for r in one) > 0.5
     # Held-out evaluation: each rank sampled its share of every batch; the gathered result is one process's.
     report_one, report_two = (json.loads((grpo / name / "report.json").read_text()) for name in ("one", "two"))
     for key in ("pass@1", "mean_length", "truncated", "curve", "by_level"):
