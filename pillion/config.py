@@ -147,6 +147,14 @@ class CheckpointingConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """Several ranks under torchrun (pillion/train/parallel.py); ignored in one process."""
+
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: shards, gradients and optimizer state in CPU memory
+    timeout_s: int = 1800  # a collective waiting longer (a rank stuck or gone) fails the job
+
+
+@dataclass
 class TrainConfig:
     algo: str = "grpo"
     model: str = "default"  # a Hugging Face folder; "default": the shipped tiny arithmetic model
@@ -191,6 +199,7 @@ class TrainConfig:
     ref: RefConfig = field(default_factory=RefConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     activation_checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 @dataclass
@@ -226,6 +235,7 @@ class SFTConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 class ConfigError(UserError):
@@ -444,6 +454,7 @@ def validate(cfg) -> None:
                           stacklevel=2)
     else:
         at_least("batch_size", 1)
+    at_least("fsdp.timeout_s", 1)
     _validate_toolbox(cfg)
 
 

@@ -73,6 +73,9 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Global index of this call's first row: rows are keyed (seed, row_offset + row, step), so a
+    # rank generating its share of a batch samples what one process generating it all would.
+    row_offset: int = 0
 
 
 @dataclass
@@ -333,7 +336,7 @@ class Engine:
         prompts = [run.prompt_ids[p] for p, _ in take]
         prefix = torch.tensor([len(p) - 1 for p in prompts])
         index = torch.tensor(free, device=self.device)
-        keys = row_keys(run.seed, torch.tensor([p * run.params.n + j for p, j in take]))
+        keys = row_keys(run.seed, torch.tensor([run.params.row_offset + p * run.params.n + j for p, j in take]))
         s = self.slots
         s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(self.device)
         s.positions[index] = prefix.to(self.device)

@@ -33,11 +33,12 @@ class Rollout:
     gen_seconds: float
 
 
-def generate_and_score(engine, problems, cfg, seed, pool) -> list[Sample]:
-    """G completions per problem, graded; rows grouped per problem."""
+def generate_and_score(engine, problems, cfg, seed, pool, row_offset: int = 0) -> list[Sample]:
+    """G completions per problem, graded; rows grouped per problem (row_offset: the global index
+    of the first row, when this rank generates a share of the step's prompts)."""
     prompts = [render_prompt(p, cfg.data.template, engine.tokenizer) for p in problems]
     params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            max_new_tokens=cfg.max_new_tokens, seed=seed)
+                            max_new_tokens=cfg.max_new_tokens, seed=seed, row_offset=row_offset)
     completions = engine.generate(prompts, params)
     rows = [problems[c.prompt_index] for c in completions]
     rewards = score_batch(rows, completions, cfg.reward, pool=pool)
@@ -53,9 +54,11 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
     start = time.perf_counter()
     generated: list[Sample] = []
     for gen_batch in range(max_batches):
-        problems = parallel.my_slice(prompts_for(step, gen_batch), world)
-        seed = (cfg.seed * 1_000_003 + step * 1009 + gen_batch) * max(world.size, 1) + world.rank
-        samples = generate_and_score(engine, problems, cfg, seed, pool)
+        prompts = prompts_for(step, gen_batch)  # the global list, the same on every rank
+        first, end = parallel.my_range(len(prompts), world)
+        # Keyed by the global row, not the rank: the same samples for any number of ranks.
+        seed = cfg.seed * 1_000_003 + step * 1009 + gen_batch
+        samples = generate_and_score(engine, prompts[first:end], cfg, seed, pool, row_offset=first * G)
         generated += samples
         scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
         correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
@@ -69,4 +72,6 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
             break
     if cfg.filter.dynamic_sampling and not buffer.full:
         log.warning(buffer.give_up_message(max_batches))
+    # Every rank's samples for the step's metrics (the update uses this rank's `buffer.rows`).
+    generated = parallel.gather_samples(generated, world)
     return Rollout(buffer.rows, generated, gen_batch + 1, time.perf_counter() - start)

@@ -87,12 +87,22 @@ def compute_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, checkpointing=None):
+def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, checkpointing=None, world=None,
+                   cpu_offload: bool = False):
     """(model, params to optimize, masters or None) for a policy or an SFT model.
 
     LoRA: the base in `dtype`, frozen, with float32 adapters. Full training in bf16: loaded in
     float32, then split into a bf16 model and its float32 masters. Otherwise the weights.
+    Several ranks: float32 weights sharded by FSDP2, computing in `dtype` (train/parallel.py).
     """
+    if world is not None and world.size > 1:
+        from pillion.train import parallel
+
+        model = load_model(model_dir, dtype=torch.float32, device=device)
+        if checkpointing is not None:
+            apply_activation_checkpointing(model, checkpointing.name, checkpointing.k)
+        model = parallel.shard(model, world, dtype, cpu_offload)
+        return model, list(model.parameters()), None
     if lora_cfg is not None and lora_cfg.rank > 0:
         model = load_model(model_dir, dtype=dtype, device=device)
         params, master = lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets), None
@@ -110,9 +120,9 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     from pillion.train import parallel
 
     dtype = compute_dtype(cfg.dtype)
-    policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing)
-    if world is not None:
-        policy = parallel.shard(policy, world)
+    world = world or parallel.World()
+    policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
+                                            cfg.fsdp.cpu_offload)
     models = Models(policy, params, policy_master=master)
     if cfg.loss.kl_coef > 0:
         if cfg.lora.rank > 0:
@@ -123,14 +133,18 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
             if offload and torch.cuda.is_available():
                 for p in ref.parameters():  # pinned: the per-step copy runs at full bus speed
                     p.data = p.data.pin_memory()
-            models.ref = ref.eval().requires_grad_(False)
+            ref = ref.eval().requires_grad_(False)
+            models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload)  # loaded in `dtype`
             models.ref_offloaded = cfg.ref.offload
     if cfg.adv.name == "gae":
         critic_device = device if cfg.critic.device == "auto" else torch.device(cfg.critic.device)
         critic = Critic(load_model(model_dir, dtype=torch.float32, device=critic_device))
-        models.critic_master = precision.master_weights(critic, dtype) if dtype != torch.float32 else None
-        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
+        sharded = world.size > 1  # FSDP2's float32 shards are the masters there
+        bf16_masters = dtype != torch.float32 and not sharded
+        models.critic_master = precision.master_weights(critic, dtype) if bf16_masters else None
         apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
+        critic = parallel.shard(critic, world, dtype if sharded else None, cfg.fsdp.cpu_offload)
+        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         models.critic = critic
     if models.ref is None and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
         models.initial = load_model(model_dir, dtype=dtype, device="cpu").eval().requires_grad_(False)

@@ -27,7 +27,7 @@ def no_grad_pass(fn, batch: TrainBatch, rows_per_pass: int) -> torch.Tensor:
 
 def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
     """Clip and step; skip (and clear) the update when the gradient is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = parallel.clip_grad_norm(params, grad_clip)  # FSDP2: the norm over every rank's shards
     ok = bool(torch.isfinite(norm))
     if ok:
         optimizer.step()
@@ -81,6 +81,7 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             if critic is not None:
                 _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
+    sums = parallel.sum_floats(sums, world)  # token-weighted over every rank's rows
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["skipped_updates"] = skipped
     out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
