@@ -146,6 +146,57 @@ class KVCache:
             self.v[layer][dst, :, :length] = self.v[layer][src, :, :length]
 
 
+@dataclass
+class PackedRows:
+    """B rows concatenated without padding into one sequence of N tokens (the packed update,
+    `sequences.token_logprobs`): each token attends causally within its own row only."""
+
+    lengths: list[int]  # [B] tokens per row, on the host
+    cu_seqlens: torch.Tensor  # [B + 1] int32: row b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
+    row_of: torch.Tensor  # [N] long: the row of each token
+
+    @staticmethod
+    def of(lengths: list[int], device=None) -> PackedRows:
+        sizes = torch.tensor(lengths, dtype=torch.int32)
+        cu = F.pad(sizes.cumsum(0, dtype=torch.int32), (1, 0))
+        row_of = torch.repeat_interleave(torch.arange(len(lengths)), sizes.long())
+        return PackedRows(list(lengths), cu.to(device), row_of.to(device))
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
+    """Causal attention within each row of a packed sequence: q [N, H, D], k, v [N, KV, D] -> [N, H, D].
+
+    Three routes to the same result (tests compare each with the padded batch):
+    - CUDA: varlen flash attention over `cu_seqlens` (no mask, no padding, one kernel);
+    - inside torch.compile (CPU): one `scaled_dot_product_attention` over the block-diagonal
+      causal mask built from `row_of` by tensor ops, so the graph has no per-row Python loop
+      and no recompilation when the rows' lengths change (the mask costs N^2 bools);
+    - eager CPU: one causal `scaled_dot_product_attention` per row (B small calls; a row
+      never computes scores against another row's keys).
+    """
+    h, kv = q.shape[1], k.shape[1]
+    if q.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        longest = max(rows.lengths)
+        return varlen_attn(q, k, v, rows.cu_seqlens, rows.cu_seqlens, longest, longest, window_size=(-1, 0),
+                           enable_gqa=h != kv)
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, N, D]
+    if torch.compiler.is_compiling():
+        n = q.shape[1]
+        same_row = rows.row_of[:, None] == rows.row_of[None, :]  # [N, N]
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=(same_row & causal)[None, None],
+                                             enable_gqa=h != kv)[0]  # [H, N, D]
+        return out.transpose(0, 1)
+    outs, start = [], 0
+    for n in rows.lengths:
+        outs.append(F.scaled_dot_product_attention(q[:, start : start + n], k[:, start : start + n],
+                                                   v[:, start : start + n], is_causal=n > 1, enable_gqa=h != kv))
+        start += n
+    return torch.cat(outs, dim=1).transpose(0, 1)  # [N, H, D]
+
+
 class Attention(nn.Module):
     """Grouped-query attention with one fused q|k|v projection (split back to HF names on save)."""
 
@@ -172,6 +223,9 @@ class Attention(nn.Module):
         q = qk[:, :, :h].transpose(1, 2)  # [B, H, L, D]
         k = qk[:, :, h:].transpose(1, 2)  # [B, KV, L, D]
         v = qkv[:, :, h + kv :].transpose(1, 2)
+        if isinstance(attn_mask, PackedRows):  # rows concatenated without padding: [1, N, ...]
+            out = packed_attention(qk[0, :, :h], qk[0, :, h:], qkv[0, :, h + kv :], attn_mask)  # [N, H, D]
+            return self.o_proj(out.reshape(bsz, length, h * cfg.head_dim))
         # No mask means no padding: plain causal attention.
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and length > 1, enable_gqa=h != kv
@@ -308,7 +362,8 @@ class Transformer(nn.Module):
         self,
         input_ids: torch.Tensor,  # [B, L]
         positions: torch.Tensor,  # [B, L] RoPE positions (real tokens before each)
-        attn_mask: torch.Tensor | None,  # bool [B, 1, L, L], True = may attend; None = causal
+        attn_mask: torch.Tensor | PackedRows | None,  # bool [B, 1, L, L], True = may attend; None = causal;
+        # PackedRows: B = 1 and the L tokens are several rows end to end, each attending within itself
     ) -> torch.Tensor:
         """Final hidden states [B, L, hidden] (the training and scoring path)."""
         x = self.model.embed_tokens(input_ids)
