@@ -99,7 +99,7 @@ def micro_batches(lengths: list[int], rows: int, tokens: int = 0) -> list[Tensor
     if tokens <= 0:
         return [torch.arange(i, min(i + rows, n)) for i in range(0, n, rows)]
     order = sorted(range(n), key=lambda i: -lengths[i])
-    k = max(-(-sum(lengths) // tokens), -(-n // rows), 1)
+    k = max(-(-sum(min(n_i, tokens) for n_i in lengths) // tokens), -(-n // rows), 1)  # a lower bound
     while True:  # k grows until longest-first placement fits (at most n micro-batches)
         bins: list[list[int]] = [[] for _ in range(k)]
         load = [0] * k
