@@ -65,3 +65,13 @@ def test_compiled_training_forward_is_one_graph_for_every_packed_shape(tiny_chec
         logp, _ = response_logprobs(model, batch)
         torch.testing.assert_close(logp, response_logprobs(eager, batch)[0], atol=1e-5, rtol=1e-5)
     assert counter.frame_count == 1
+
+
+def test_length_buckets_group_similar_rows_and_bound_padding():
+    from pillion.model.transformer import length_buckets
+
+    # Rows of 2, 10, 3, 9 tokens start at 0, 2, 12, 15. Shortest first: 2, 3 (2 x 3 = 6 <= 1.25 x 5)
+    # then 9 would pad to 3 x 9 = 27 > 1.25 x 14: a new bucket; 10 joins it (2 x 10 = 20 <= 1.25 x 19).
+    (index_a, valid_a), (index_b, valid_b) = length_buckets([2, 10, 3, 9])
+    assert index_a.tolist() == [[0, 1, 0], [12, 13, 14]] and valid_a.tolist() == [[True, True, False], [True] * 3]
+    assert index_b[:, :2].tolist() == [[15, 16], [2, 3]] and valid_b.sum(-1).tolist() == [9, 10]
