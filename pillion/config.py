@@ -175,13 +175,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch: int = 128  # rows per forward/backward
+    # > 0: micro-batches of at most this many tokens (prompt + response, packed without padding),
+    # balanced; a row longer than it runs alone. 0: `micro_batch` rows each
+    micro_batch_tokens: int = 0
     mini_batches: int = 1  # optimizer steps per rollout batch and epoch
     ppo_epochs: int = 1
     save_every: int = 20
     eval_every: int = 0  # 0: evaluate before and after training only
     max_bad_steps: int = 3  # non-finite updates in a row before the run stops
     grading_workers: int = 1
-    compile: bool = False  # torch.compile the rollout decode step (pays off over long runs)
+    compile: bool = False  # torch.compile the rollout decode step and the training forward (long runs)
     adv: AdvConfig = field(default_factory=AdvConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -431,7 +434,7 @@ def validate(cfg) -> None:
         for key in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch", "mini_batches",
                     "ppo_epochs", "save_every", "max_bad_steps", "grading_workers", "filter.max_gen_batches"):
             at_least(key, 1)
-        for key in ("eval_every", "top_k", "loss.clip_low", "loss.clip_high", "loss.kl_coef",
+        for key in ("eval_every", "top_k", "micro_batch_tokens", "loss.clip_low", "loss.clip_high", "loss.kl_coef",
                     "loss.entropy_coef", "loss.nll_coef", "ppo.value_pretrain_steps"):
             at_least(key, 0)
         positive("temperature")  # log-probs divide by it: 0 would make every update NaN

@@ -4,6 +4,7 @@
     optimizer = make_optimizer(models.policy_params, ...)      # masters, adapters or weights
     attach_optimizers(models, optimizer, critic_optimizer)     # bf16: masters -> model per step
     ref_logp = reference_logprobs(models, batch, temperature, rows_per_pass)   # [B, T] or None
+    ref = reference_fn(models, device, temperature)    # per micro-batch: seqs -> [b, T] (update.py)
 
 The memory options, all applied from outside the model code:
 - `dtype=bfloat16`: bf16 compute over float32 master weights (precision.py).
@@ -195,25 +196,28 @@ def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
     return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
 
 
-@torch.no_grad()
-def _logprobs(model, batch: SequenceBatch, temperature: float, rows_per_pass: int) -> torch.Tensor:
-    rows = torch.arange(batch.input_ids.shape[0])
-    parts = [response_logprobs(model, _rows(batch, rows[i : i + rows_per_pass]), temperature)[0]
-             for i in range(0, len(rows), rows_per_pass)]
-    return torch.cat(parts)  # [B, T]
+def reference_fn(models: Models, device, temperature: float):
+    """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
+    reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
+    with the function), or the reference itself."""
+    if models.lora_reference:
+        def adapters_off(seqs: SequenceBatch) -> torch.Tensor:
+            with torch.no_grad(), lora.adapters_disabled(models.policy):
+                return response_logprobs(models.policy, seqs, temperature)[0]
+        return adapters_off
+    if models.ref is None:
+        return None
+    ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
+    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature)[0])
 
 
 def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):
     """log pi_ref of the responses, [B, T] float32 on the batch's device; None without a reference."""
-    if models.lora_reference:
-        with lora.adapters_disabled(models.policy):
-            return _logprobs(models.policy, batch, temperature, rows_per_pass)
-    if models.ref is None:
+    fn = reference_fn(models, batch.input_ids.device, temperature)
+    if fn is None:
         return None
-    if models.ref_offloaded:
-        ref = device_copy(models.ref, batch.input_ids.device)  # freed when this pass ends
-        return _logprobs(ref, batch, temperature, rows_per_pass)
-    return _logprobs(models.ref, batch, temperature, rows_per_pass)
+    rows = torch.arange(batch.input_ids.shape[0])
+    return torch.cat([fn(_rows(batch, rows[i : i + rows_per_pass])) for i in range(0, len(rows), rows_per_pass)])
 
 
 def master_state(models: Models) -> dict:

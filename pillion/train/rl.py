@@ -37,7 +37,7 @@ from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
 from pillion.model.checkpoint import eos_token_ids, load_tokenizer
-from pillion.model.sequences import response_logprobs
+from pillion.model.sequences import compile_training
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.train import common, parallel, sharded, state
@@ -48,11 +48,10 @@ from pillion.train.models import (
     build_models,
     kl_probe,
     optimizer_target,
-    reference_logprobs,
 )
 from pillion.train.objective import advantages, loss_mask
 from pillion.train.optim import make_optimizer
-from pillion.train.update import no_grad_pass, update
+from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
 
@@ -91,6 +90,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
+    if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
+        compile_training(models.policy)
     policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
     optimizer = make_optimizer(optimizer_target(policy, models.policy_params), cfg.optim, cfg.lr, cfg.weight_decay)
@@ -170,14 +171,10 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
             batch = make_batch(ro.samples, engine.pad_id, device)
 
-            # 3. Old log-probs (only when a rollout feeds several updates), reference, values.
+            # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
+            #    reference log-probs (a KL term), values (a critic).
             on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
-            if not on_policy:
-                batch.old_logprobs = no_grad_pass(lambda b: response_logprobs(policy, b.seqs, cfg.temperature)[0],
-                                                  batch, cfg.micro_batch)
-            batch.ref_logprobs = reference_logprobs(models, batch.seqs, cfg.temperature, cfg.micro_batch)  # or None
-            if critic is not None:
-                batch.values = no_grad_pass(lambda b: critic.values(b.seqs), batch, cfg.micro_batch)
+            logprob_seconds = logprob_pass(models, critic, batch, cfg, need_old=not on_policy)
 
             # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
             #    needs the rollout policy's log-probs: the trainer's when computed, else the engine's.
@@ -200,12 +197,12 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                 "response_length": float(lengths.mean()),
                 "truncated": float(batch.truncated.float().mean()),
                 "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
-                "step_time": time.perf_counter() - t0,
                 "lr": optimizer.param_groups[0]["lr"],
             })
             if critic is not None:
                 record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns,
                                                                           batch.response_mask))
+            record.update(step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0))  # where time went
             bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
             record["bad_streak"] = bad_streak
             record = parallel.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
