@@ -425,10 +425,10 @@ class Engine:
                     prompt_index=row.prompt_index,
                     sample_index=row.sample_index,
                 ))
-                if row.tools is not None:
-                    c, state = completions[-1], row.tools
-                    c.sampled, c.tool_calls, c.tool_errors = tool_calls.sampled_mask(n, state.spans), state.calls, \
-                        state.errors
+                if row.tools is not None:  # which tokens were tool output, how many calls (failed)
+                    c = completions[-1]
+                    c.sampled = tool_calls.sampled_mask(n, row.tools.spans)
+                    c.tool_calls, c.tool_errors = row.tools.calls, row.tools.errors
                 run.rows[i] = None
         # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
         # check, so that it stays inside the span and the spare columns.
