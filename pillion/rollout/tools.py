@@ -77,6 +77,7 @@ class Tools:
     # code -> ToolResult; None: `run_python` in the sandbox with `limits` (tests pass a stand-in)
     run: Callable[[str], ToolResult] | None = None
     cache: dict = field(default_factory=dict, repr=False)  # code -> ToolResult, see the docstring
+    end_ids: dict = field(default_factory=dict, repr=False)  # id(tokenizer) -> `closing_ids`
 
 
 @dataclass
@@ -114,7 +115,11 @@ def next_call(tokenizer, tools: Tools, state: RowTools, tokens: list[int], upto:
     `state.checked`: (cut, code), cut = the response length up to the end marker, code = the
     text since the last start marker. An end marker without a start marker before it (back to
     the previous turn), or past `max_calls`, is passed over as plain text. Advances `state`."""
+    closing = closing_ids(tokenizer, tools)
     while upto > state.checked:
+        if closing is not None and closing.isdisjoint(tokens[state.checked : upto]):
+            state.checked = upto  # no token that can end the marker: nothing to decode
+            return None
         # From the floor on only: an earlier turn's output is never taken for a marker.
         lookback = max(state.floor, state.checked - len(tools.end.encode()))
         if tools.end not in tokenizer.decode(tokens[lookback:upto]):
@@ -132,6 +137,19 @@ def next_call(tokenizer, tools: Tools, state: RowTools, tokens: list[int], upto:
                 code = code[:-3].rstrip()
             return cut, code
     return None
+
+
+def closing_ids(tokenizer, tools: Tools) -> set[int] | None:
+    """The token ids whose text holds the end marker's last character (a window without one
+    cannot close a call: most windows are skipped without decoding), computed once per
+    tokenizer; None when that character is not ASCII (a byte-level token may hold part of it)."""
+    last = tools.end[-1]
+    if not last.isascii():
+        return None
+    if id(tokenizer) not in tools.end_ids:
+        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))])
+        tools.end_ids[id(tokenizer)] = {i for i, text in enumerate(texts) if last in text}
+    return tools.end_ids[id(tokenizer)]
 
 
 def run_calls(tools: Tools, codes: list[str]) -> list[ToolResult]:

@@ -304,3 +304,27 @@ def test_train_algo_tool_runs_and_logs_tool_metrics(tmp_path):
     assert all(r["tool_calls"] > 0 and 0 <= r["tool_errors"] <= r["tool_calls"] for r in rows), rows
     assert all(r["logprob_error"] < 1.001 for r in rows)
     assert json.loads((out / "report.json").read_text())["pass1_after"] >= 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_skipping_windows_without_the_markers_last_character_finds_the_same_calls(seed):
+    """The fast path of `next_call` (no decode unless a token can end the marker) against the
+    plain search on every window, on random texts full of near-markers fed in random windows."""
+    import random
+
+    from pillion.rollout.tools import closing_ids
+
+    tokenizer, rng = make_tokenizer(), random.Random(seed)
+    pieces = ["```", "python", "\n", "output", "print(1)", "t", "x", "```output", "```python\n"]
+    ids = tokenizer.encode("".join(rng.choice(pieces) for _ in range(200)), add_special_tokens=False)
+    fast, plain = Tools(max_calls=1000), Tools(max_calls=1000)
+    plain.end_ids[id(tokenizer)] = None  # no skipping: decode every window
+    assert closing_ids(tokenizer, fast) == {i for i in range(len(tokenizer)) if "t" in tokenizer.decode([i])}
+    found = {"fast": [], "plain": []}
+    for name, tools in (("fast", fast), ("plain", plain)):
+        state, upto, windows = RowTools(), 0, random.Random(seed + 100)
+        while upto < len(ids):
+            upto = min(len(ids), upto + windows.randint(1, 9))
+            while (call := next_call(tokenizer, tools, state, ids, upto)) is not None:
+                found[name].append(call)
+    assert found["fast"] == found["plain"] and len(found["fast"]) >= 3
