@@ -155,6 +155,18 @@ class FsdpConfig:
 
 
 @dataclass
+class ToolConfig:
+    """Python tool calls inside rollouts (pillion/rollout/tools.py); max_calls 0: no tools."""
+
+    max_calls: int = 0  # per sample
+    start: str = "```python"  # a call's code follows the last start marker ...
+    end: str = "```output"  # ... and is run when the model writes the end marker
+    output: str = "\n{output}\n```\n"  # appended after the end marker (context only, never trained on)
+    max_output_tokens: int = 64
+    timeout: float = 5.0  # seconds per call (wall clock; CPU seconds likewise, rounded up)
+
+
+@dataclass
 class TrainConfig:
     algo: str = "grpo"
     model: str = "default"  # a Hugging Face folder; "default": the shipped tiny arithmetic model
@@ -203,6 +215,7 @@ class TrainConfig:
     critic: CriticConfig = field(default_factory=CriticConfig)
     activation_checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    tool: ToolConfig = field(default_factory=ToolConfig)
 
 
 @dataclass
@@ -449,6 +462,7 @@ def validate(cfg) -> None:
                  "null or a value > 0")
         _require(cfg.loss.norm_len is None or cfg.loss.norm_len >= 1, "loss.norm_len", cfg.loss.norm_len,
                  "null or >= 1")
+        _validate_tool(cfg.tool)
         if cfg.filter.dynamic_sampling and cfg.group_size < 2:
             raise ConfigError("config key 'group_size': dynamic sampling (filter.dynamic_sampling) needs "
                               f"group_size >= 2, got {cfg.group_size}")
@@ -459,6 +473,15 @@ def validate(cfg) -> None:
         at_least("batch_size", 1)
     at_least("fsdp.timeout_s", 1)
     _validate_toolbox(cfg)
+
+
+def _validate_tool(tool: ToolConfig) -> None:
+    _require(tool.max_calls >= 0, "tool.max_calls", tool.max_calls, ">= 0 (0: no tools)")
+    _require(tool.max_output_tokens >= 1, "tool.max_output_tokens", tool.max_output_tokens, ">= 1")
+    _require(tool.timeout > 0, "tool.timeout", tool.timeout, "> 0 seconds")
+    _require(tool.end != "", "tool.end", tool.end, "a marker the model writes to run its code", "is empty")
+    _require(tool.output.count("{output}") == 1, "tool.output", tool.output, "text with {output} once",
+             "is not a frame for the output")
 
 
 def _validate_toolbox(cfg) -> None:

@@ -42,7 +42,7 @@ class TrainBatch:
     by the loop as it computes them."""
 
     seqs: SequenceBatch  # input_ids, attention_mask [B, P + T]; response_mask [B, T]
-    response_mask: Tensor  # [B, T] float, 1 on every generated token (EOS included)
+    response_mask: Tensor  # [B, T] float, 1 on every sampled token (EOS included; tool output excluded)
     scores: Tensor  # [B] rewards
     correct: Tensor  # [B] bool
     truncated: Tensor  # [B] bool, stopped by max_new_tokens
@@ -73,11 +73,14 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> Trai
     completions = [s.completion for s in samples]
     seqs = pack([c.prompt_ids for c in completions], [c.ids for c in completions], pad_id, device)
     engine_logprobs = torch.zeros(seqs.response_mask.shape, dtype=torch.float32, device=device)  # [B, T]
+    response_mask = seqs.response_mask.float()  # [B, T]
     for i, c in enumerate(completions):
         engine_logprobs[i, : len(c.ids)] = c.logprobs.to(device)
+        if c.sampled is not None:  # tool output: in the context (seqs), out of loss, KL and log-prob check
+            response_mask[i, : len(c.ids)] *= c.sampled.to(device)
     return TrainBatch(
         seqs=seqs,
-        response_mask=seqs.response_mask.float(),
+        response_mask=response_mask,
         scores=torch.tensor([s.reward.score for s in samples], dtype=torch.float32, device=device),
         correct=torch.tensor([bool(s.reward.correct) for s in samples], device=device),
         truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=device),

@@ -40,6 +40,7 @@ from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
+from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
 from pillion.train.batch import Sample, make_batch
 from pillion.train.collect import rollout
@@ -100,7 +101,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
     with parallel.full_weights(policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
-        engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
+        engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn,
+                        tools=tools_from_config(cfg.tool))  # None unless tool.max_calls > 0
     pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, policy.cfg.max_position_embeddings)
     if world.main:  # one writer of the run folder; the other ranks wait for it
         common.create_run_dir(run_dir, overwrite)
@@ -161,7 +163,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                       "answered": sum(r.answer is not None for r in rewards) / max(len(rewards), 1),
                       "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
                       **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
-                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases)}
+                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
+                      **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
             if not ro.samples:
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
                 metrics.write({**record, "skipped_updates": 1})
