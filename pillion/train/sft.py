@@ -35,6 +35,7 @@ from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine
 from pillion.train import common, parallel, precision, sharded, state
 from pillion.train.models import compute_dtype, load_trainable
+from pillion.train.optim import make_optimizer
 
 
 def examples(problems, tokenizer, template: str, eos_id: int) -> list[tuple[list[int], list[int]]]:
@@ -90,7 +91,7 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     with parallel.full_weights(model, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
         engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    optimizer = common.make_optimizer(params, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(params, None, cfg.lr, cfg.weight_decay)  # AdamW
     precision.sync_after_step(optimizer, master)
     metrics = common.MetricsLog(run_dir) if world.main else parallel.NoLog()
 
