@@ -3,8 +3,8 @@ wrong answer to each must fail.
 
     python benchmarks/humaneval_sandbox.py [PATH] [--threads N]   (PYTHONPATH=. or after pip install -e .)
 
-PATH defaults to ../shared/data/humaneval.jsonl (openai/human-eval's HumanEval.jsonl); without
-that file the script says so and exits 0. Each problem is graded three ways with
+PATH is openai/human-eval's HumanEval.jsonl (default: ./HumanEval.jsonl); without that file the
+script says so and exits 0. Each problem is graded three ways with
 `pillion.rewards.code.code_reward` and the problem's prompt as prefix:
   completion style    the canonical solution as a completion continuing the prompt
   whole function      the reference as one ```python block (prompt + canonical solution)
@@ -39,7 +39,7 @@ def grade_all(problems, texts, limits, threads):
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("path", nargs="?", default="../shared/data/humaneval.jsonl")
+    parser.add_argument("path", nargs="?", default="HumanEval.jsonl")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--wall-s", type=float, default=10.0, help="wall-clock limit per sandbox run")
     args = parser.parse_args()

@@ -177,14 +177,20 @@ def _parse_gsm8k(row: Any, n: int, source: str) -> Problem:
                    source=source, meta=_meta(row, ("question", "answer")))
 
 
-def _parse_math(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
-    question = _text(row, "problem")
+def _solution_and_boxed_gold(row: dict) -> tuple[str, str]:
+    """(solution, gold) for formats whose gold is the last \\boxed{} of the solution."""
     solution = _text(row, "solution")
-    level = _level(row)
     gold = _last_boxed(solution)
     if gold is None or not gold.strip():
         raise _RowError("solution", "no \\boxed{} answer", missing_answer=True)
+    return solution, gold
+
+
+def _parse_math(row: Any, n: int, source: str) -> Problem:
+    row = _as_dict(row)
+    question = _text(row, "problem")
+    solution, gold = _solution_and_boxed_gold(row)
+    level = _level(row)
     meta = _meta(row, ("problem", "solution", "level"))
     if level is None and row.get("level") is not None:
         meta["level_raw"] = row["level"]
@@ -208,10 +214,7 @@ def _parse_math500(row: Any, n: int, source: str) -> Problem:
 def _parse_numina(row: Any, n: int, source: str) -> Problem:
     row = _as_dict(row)
     question = _text(row, "problem")
-    solution = _text(row, "solution")
-    gold = _last_boxed(solution)
-    if gold is None or not gold.strip():
-        raise _RowError("solution", "no \\boxed{} answer", missing_answer=True)
+    solution, gold = _solution_and_boxed_gold(row)
     # Numina's own "source" (olympiads, cn_k12, ...) is where the problem came from; kept in meta.
     # "messages" repeats problem and solution, so it is dropped.
     return Problem(id=_pid(source, n), question=question, answer=gold.strip(), solution=solution,
@@ -259,10 +262,7 @@ def _parse_aime(row: Any, n: int, source: str) -> Problem:
 def _parse_minerva(row: Any, n: int, source: str) -> Problem:
     row = _as_dict(row)
     question = _text(row, "problem")
-    solution = _text(row, "solution")
-    gold = _last_boxed(solution)
-    if gold is None or not gold.strip():
-        raise _RowError("solution", "no \\boxed{} answer", missing_answer=True)
+    solution, gold = _solution_and_boxed_gold(row)
     uid = _text(row, "idx", required=False)
     meta = _meta(row, ("problem", "solution", "idx"))
     if "type" in row:  # the course, e.g. "Introduction to Astronomy (8.282J Spring 2006)"

@@ -128,6 +128,26 @@ def _make(level: int, rng: random.Random) -> tuple[str, str, int]:
     return question, _finish(steps, answer), answer
 
 
+def distinct_draws(n: int, levels, split: str, draw):
+    """(level, draw(level)) n times, cycling through `levels`: each draw's question (its first
+    item) is in `split`, and distinct from earlier ones until `_MAX_TRIES` draws in a row
+    repeat (the level's question space is used up; duplicates are accepted from then on)."""
+    seen: set[str] = set()
+    exhausted: set[int] = set()  # levels whose distinct questions ran out: duplicates allowed
+    for i in range(n):
+        level = levels[i % len(levels)]
+        for _ in range(_MAX_TRIES):
+            item = draw(level)
+            if split_of(item[0]) == split and (level in exhausted or item[0] not in seen):
+                break
+        else:
+            exhausted.add(level)
+            while split_of(item[0]) != split:
+                item = draw(level)
+        seen.add(item[0])
+        yield level, item
+
+
 def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2, 3), seed: int = 0,
              split: str = "train") -> list[Problem]:
     """`n` problems cycling through `levels`, deterministic from `seed`, all from `split`.
@@ -142,20 +162,8 @@ def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2, 3), seed: int 
         raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
     # A string seed is hashed with sha512 by `random`, so this is stable across processes.
     rng = random.Random(f"pillion-synthetic/{seed}/{split}")
-    seen: set[str] = set()
-    exhausted: set[int] = set()  # levels whose distinct questions ran out: duplicates allowed
     problems = []
-    for i in range(n):
-        level = levels[i % len(levels)]
-        for _ in range(_MAX_TRIES):
-            question, solution, answer = _make(level, rng)
-            if split_of(question) == split and (level in exhausted or question not in seen):
-                break
-        else:
-            exhausted.add(level)
-            while split_of(question) != split:
-                question, solution, answer = _make(level, rng)
-        seen.add(question)
+    for level, (question, solution, answer) in distinct_draws(n, levels, split, lambda lv: _make(lv, rng)):
         digest = hashlib.sha256(question.encode()).hexdigest()[:12]
         problems.append(Problem(id=f"synthetic/{digest}", question=question, answer=str(answer),
                                 solution=solution, source="synthetic", level=level,

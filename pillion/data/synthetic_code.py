@@ -29,15 +29,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import random
 
 from pillion.data.problem import Problem
-from pillion.data.synthetic import split_of
+from pillion.data.synthetic import distinct_draws
 
 LEVELS = (1, 2, 3)
 NUM_TESTS = 3
-_MAX_TRIES = 200  # draws per problem before a duplicate question is accepted
 
 _NAMES = ("f", "g", "h", "add", "calc", "fn", "op", "func")
 _PAIRS = (("a", "b"), ("x", "y"), ("m", "n"), ("p", "q"), ("u", "v"), ("i", "j"))
@@ -129,19 +127,8 @@ def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2), seed: int = 0
     if bad or not levels:
         raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
     rng = random.Random(f"pillion-synthetic-code/{seed}/{split}")
-    seen: set[str] = set()
-    exhausted: set[int] = set()  # levels whose distinct questions ran out: duplicates allowed
     problems = []
-    for level in itertools.islice(itertools.cycle(levels), n):
-        for _ in range(_MAX_TRIES):
-            question, name, args, python = _draw(level, rng)
-            if split_of(question) == split and (level in exhausted or question not in seen):
-                break
-        else:
-            exhausted.add(level)
-            while split_of(question) != split:
-                question, name, args, python = _draw(level, rng)
-        seen.add(question)
+    for level, (question, name, args, python) in distinct_draws(n, levels, split, lambda lv: _draw(lv, rng)):
         digest = hashlib.sha256(question.encode()).hexdigest()[:12]
         problems.append(Problem(id=f"synthetic_code/{digest}", question=question, answer="",
                                 solution=reference_solution(name, args, python), source="synthetic_code",

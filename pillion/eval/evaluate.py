@@ -4,7 +4,7 @@
     result = evaluate(engine, problems, EvalConfig(k=4), template="plain")
     result["pass@1"], result["pass@k"], result["by_level"]["3"]["pass@1"]
 
-Protocol (shared/ALGORITHMS.md §14): each problem is rendered with `render_prompt`, sampled k
+Protocol (docs/algorithms.md §14): each problem is rendered with `render_prompt`, sampled k
 times at temperature 0.7 and top-p 0.95 (Perplexity's MATH-500 protocol; DeepSeek-R1 uses 0.6),
 and every sample is graded by `pillion.rewards.score_batch`, using only `RewardResult.correct`
 (shaping terms do not enter an evaluation). Without a `reward_cfg`, answers are read in the
@@ -71,7 +71,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # files hashed with c
 class EvalConfig:
     """Evaluation sampling; the trainer embeds this as `eval.*` in its typed config."""
 
-    temperature: float = 0.7  # MATH-500 protocol (ALGORITHMS §14)
+    temperature: float = 0.7  # MATH-500 protocol (docs/algorithms.md §14)
     top_p: float = 0.95
     k: int = 4  # samples per problem
     max_new_tokens: int = 1024
