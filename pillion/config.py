@@ -150,7 +150,7 @@ class CheckpointingConfig:
 class FsdpConfig:
     """Several ranks under torchrun (pillion/train/parallel.py); ignored in one process."""
 
-    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy: shards, gradients and optimizer state in CPU memory
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (CUDA): shards, gradients, optimizer state in CPU memory
     timeout_s: int = 1800  # a collective waiting longer (a rank stuck or gone) fails the job
 
 

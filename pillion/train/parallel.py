@@ -108,6 +108,9 @@ def init(cfg) -> World:
     check(cfg, size)
     world = World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]))
     cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.fsdp.cpu_offload and not cuda:  # FSDP2 offloads from an accelerator (pinned CPU memory)
+        raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
+                            "memory already)")
     if cuda:
         place(torch.device("cuda"), world)  # fewer GPUs than local ranks: one line, before joining
     if not dist.is_initialized():

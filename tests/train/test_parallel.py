@@ -251,6 +251,7 @@ def _torchrun_env(monkeypatch, size=2):
     ("indivisible", r"config key 'prompts_per_step': 3 is not divisible by the 2 ranks"),
     ("few_gpus", r"config key 'device': cuda with 2 ranks on this node but it has 1 CUDA device\(s\)"),
     ("lora", r"config key 'lora.rank' is not supported with several ranks"),
+    ("offload", r"config key 'fsdp.cpu_offload': true needs device=cuda"),
 ])
 def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, capsys, case, message):
     """Each refused before any process group or file: exit 2, one line naming what to change."""
@@ -265,8 +266,8 @@ def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, caps
     if case == "few_gpus":
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         args.append("device=cuda")
-    if case == "lora":
-        args.append("lora.rank=4")
+    if case in ("lora", "offload"):
+        args.append("lora.rank=4" if case == "lora" else "fsdp.cpu_offload=true")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"pillion train: " + message + r".*", err) and "\n" not in err, err
