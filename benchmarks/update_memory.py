@@ -83,9 +83,10 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
 
     from pillion import config as C
     from pillion.model.sequences import pack
-    from pillion.train import common
+    from pillion.train.batch import TrainBatch
     from pillion.train.models import attach_optimizers, build_models
     from pillion.train.objective import advantages
+    from pillion.train.optim import make_optimizer
     from pillion.train.parallel import World
     from pillion.train.update import update
 
@@ -106,7 +107,7 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     start = time.perf_counter()
     models = build_models(cfg, Path(model_dir), device)
     load_seconds = time.perf_counter() - start
-    optimizer = common.make_optimizer(models.policy_params, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(models.policy_params, cfg.optim, cfg.lr, cfg.weight_decay)
     attach_optimizers(models, optimizer)
 
     gen = torch.Generator().manual_seed(0)
@@ -117,13 +118,12 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     mask = batch.response_mask.float()  # [8, 256]
     scores = torch.rand(ROWS, generator=gen).to(device)
     adv, _ = advantages(cfg, scores, mask)  # [8, 256] GRPO
-    zeros = torch.zeros_like(mask)
-    tensors = dict(mask=mask, adv=adv, old_logp=None, ref_logp=None, gen_logp=zeros,
-                   correct=torch.zeros(ROWS, dtype=torch.bool, device=device), returns=None, old_values=None)
+    no = torch.zeros(ROWS, dtype=torch.bool, device=device)
+    train_batch = TrainBatch(batch, mask, scores, no, no, torch.zeros_like(mask), advantages=adv, loss_mask=mask)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if setting == "bf16-autocast" else None
     start, cpu_start = time.perf_counter(), time.process_time()
     with autocast or contextlib.nullcontext():
-        stats, _ = update(models.policy, optimizer, None, None, cfg, batch, tensors, World())
+        stats = update(models.policy, optimizer, None, None, cfg, train_batch, World())
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

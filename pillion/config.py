@@ -147,6 +147,26 @@ class CheckpointingConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """Several ranks under torchrun (pillion/train/parallel.py); ignored in one process."""
+
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (CUDA): shards, gradients, optimizer state in CPU memory
+    timeout_s: int = 1800  # a collective waiting longer (a rank stuck or gone) fails the job
+
+
+@dataclass
+class ToolConfig:
+    """Python tool calls inside rollouts (pillion/rollout/tools.py); max_calls 0: no tools."""
+
+    max_calls: int = 0  # per sample
+    start: str = "```python"  # a call's code follows the last start marker ...
+    end: str = "```output"  # ... and is run when the model writes the end marker
+    output: str = "\n{output}\n```\n"  # appended after the end marker (context only, never trained on)
+    max_output_tokens: int = 64
+    timeout: float = 5.0  # seconds per call (wall clock; CPU seconds likewise, rounded up)
+
+
+@dataclass
 class TrainConfig:
     algo: str = "grpo"
     model: str = "default"  # a Hugging Face folder; "default": the shipped tiny arithmetic model
@@ -167,13 +187,16 @@ class TrainConfig:
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     micro_batch: int = 128  # rows per forward/backward
+    # > 0: micro-batches of at most this many tokens (prompt + response, packed without padding),
+    # balanced; a row longer than it runs alone. 0: `micro_batch` rows each
+    micro_batch_tokens: int = 0
     mini_batches: int = 1  # optimizer steps per rollout batch and epoch
     ppo_epochs: int = 1
     save_every: int = 20
     eval_every: int = 0  # 0: evaluate before and after training only
     max_bad_steps: int = 3  # non-finite updates in a row before the run stops
     grading_workers: int = 1
-    compile: bool = False  # torch.compile the rollout decode step (pays off over long runs)
+    compile: bool = False  # torch.compile the rollout decode step and the training forward (long runs)
     adv: AdvConfig = field(default_factory=AdvConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
@@ -191,6 +214,8 @@ class TrainConfig:
     ref: RefConfig = field(default_factory=RefConfig)
     critic: CriticConfig = field(default_factory=CriticConfig)
     activation_checkpointing: CheckpointingConfig = field(default_factory=CheckpointingConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+    tool: ToolConfig = field(default_factory=ToolConfig)
 
 
 @dataclass
@@ -226,6 +251,7 @@ class SFTConfig:
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
 class ConfigError(UserError):
@@ -421,7 +447,7 @@ def validate(cfg) -> None:
         for key in ("prompts_per_step", "group_size", "max_new_tokens", "micro_batch", "mini_batches",
                     "ppo_epochs", "save_every", "max_bad_steps", "grading_workers", "filter.max_gen_batches"):
             at_least(key, 1)
-        for key in ("eval_every", "top_k", "loss.clip_low", "loss.clip_high", "loss.kl_coef",
+        for key in ("eval_every", "top_k", "micro_batch_tokens", "loss.clip_low", "loss.clip_high", "loss.kl_coef",
                     "loss.entropy_coef", "loss.nll_coef", "ppo.value_pretrain_steps"):
             at_least(key, 0)
         positive("temperature")  # log-probs divide by it: 0 would make every update NaN
@@ -436,6 +462,7 @@ def validate(cfg) -> None:
                  "null or a value > 0")
         _require(cfg.loss.norm_len is None or cfg.loss.norm_len >= 1, "loss.norm_len", cfg.loss.norm_len,
                  "null or >= 1")
+        _validate_tool(cfg.tool)
         if cfg.filter.dynamic_sampling and cfg.group_size < 2:
             raise ConfigError("config key 'group_size': dynamic sampling (filter.dynamic_sampling) needs "
                               f"group_size >= 2, got {cfg.group_size}")
@@ -444,7 +471,17 @@ def validate(cfg) -> None:
                           stacklevel=2)
     else:
         at_least("batch_size", 1)
+    at_least("fsdp.timeout_s", 1)
     _validate_toolbox(cfg)
+
+
+def _validate_tool(tool: ToolConfig) -> None:
+    _require(tool.max_calls >= 0, "tool.max_calls", tool.max_calls, ">= 0 (0: no tools)")
+    _require(tool.max_output_tokens >= 1, "tool.max_output_tokens", tool.max_output_tokens, ">= 1")
+    _require(tool.timeout > 0, "tool.timeout", tool.timeout, "> 0 seconds")
+    _require(tool.end != "", "tool.end", tool.end, "a marker the model writes to run its code", "is empty")
+    _require(tool.output.count("{output}") == 1, "tool.output", tool.output, "text with {output} once",
+             "is not a frame for the output")
 
 
 def _validate_toolbox(cfg) -> None:

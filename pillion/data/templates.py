@@ -22,6 +22,9 @@ from typing import Any
 from pillion.data.problem import Problem
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+# algo=tool (pillion/rollout/tools.py): the markers the engine runs code on.
+TOOL_INSTRUCTION = ("You may run Python: write a ```python block, then ```output on the next line, "
+                    "and the program's output will follow.")
 CODE_INSTRUCTION = ("Write the solution in Python in one ```python code block: the function asked for, "
                     "or else a program that reads standard input and prints the answer.")
 
@@ -35,6 +38,8 @@ TEMPLATES: dict[str, str] = {
     "qa": "Q: {question}\nA:",
     # HumanEval's completion style: the prompt alone, which the model continues.
     "completion": "{question}",
+    # Base models with the Python tool (algo=tool): the plain frame, the tool offered.
+    "tool": "Question: {question}\n" + TOOL_INSTRUCTION + " " + BOXED_INSTRUCTION + "\nAnswer:",
 }
 
 # The same names for code problems: the problem, then a ```python block is asked for.
@@ -44,6 +49,7 @@ CODE_TEMPLATES: dict[str, str] = {
     # The synthetic code curriculum states the function to write; its solutions are ```python blocks.
     "qa": "Q: {question}\nA:",
     "completion": "{question}",
+    "tool": "Question: {question}\n" + TOOL_INSTRUCTION + " " + CODE_INSTRUCTION + "\nAnswer:",
 }
 
 CHAT_TEMPLATE_NAME = "chat"

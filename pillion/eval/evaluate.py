@@ -198,8 +198,12 @@ class Samples:
 
 def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
                      reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None,
-                     desc: str = "eval") -> Samples:
-    """Sample cfg.k completions per problem, batch_prompts prompts per engine call, and grade them."""
+                     desc: str = "eval", world=None) -> Samples:
+    """Sample cfg.k completions per problem, batch_prompts prompts per engine call, and grade them.
+
+    world (train.parallel.World, several ranks): each rank samples a contiguous share of every
+    batch with the batch's seed and its global row offset, so every row gets the sample one
+    process would draw; the graded rows are then gathered, in order, on every rank."""
     if not problems:
         raise ValueError("evaluate needs at least one problem")
     if cfg.k < 1 or cfg.batch_prompts < 1:
@@ -210,11 +214,16 @@ def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template:
     out = Samples(problems=list(problems), k=k, texts=[], num_tokens=[], finish_reasons=[], correct=[], answers=[])
     starts = range(0, len(problems), cfg.batch_prompts)
     bar = tqdm(starts, desc=desc, unit="batch", file=sys.stderr, disable=None if progress else True)
+    rows: list[int] = []  # global index of each graded row (several ranks)
     for batch_index, start in enumerate(bar):
         batch = problems[start:start + cfg.batch_prompts]
+        share = len(batch) if world is None else -(-len(batch) // world.size)
+        first = 0 if world is None else min(world.rank * share, len(batch))
+        batch = batch[first:first + share]
         params = SamplingParams(n=k, temperature=cfg.temperature, top_p=cfg.top_p,
-                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + batch_index)
-        completions = engine.generate(prompts[start:start + cfg.batch_prompts], params)
+                                max_new_tokens=cfg.max_new_tokens, seed=cfg.seed + batch_index, row_offset=first * k)
+        completions = engine.generate(prompts[start + first:start + first + len(batch)], params) if batch else []
+        rows += range((start + first) * k, (start + first + len(batch)) * k)
         if len(completions) != len(batch) * k:
             raise RuntimeError(f"engine returned {len(completions)} completions for {len(batch)} prompts x {k}")
         # Completions come prompt-major: rows i*k .. i*k+k-1 answer problem i of the batch.
@@ -226,18 +235,33 @@ def sample_and_grade(engine, problems: list[Problem], cfg: EvalConfig, template:
         out.correct += [r.correct for r in results]
         out.answers += [r.answer for r in results]
         if progress:
-            pass1 = sum(c is True for c in out.correct) / len(out.correct)
+            pass1 = sum(c is True for c in out.correct) / max(len(out.correct), 1)
             bar.set_postfix(pass1=f"{pass1:.3f}")
             if bar.disable:  # no terminal (a log file, CI): one line per batch instead of the bar
                 print(f"{desc}: batch {batch_index + 1}/{len(starts)}, {len(out.correct) // k} problems, "
                       f"pass@1 so far {pass1:.3f}", file=sys.stderr, flush=True)
     bar.close()
+    return _gather(out, rows, world) if world is not None and world.size > 1 else out
+
+
+def _gather(local: Samples, rows: list[int], world) -> Samples:
+    """Every rank's graded rows, put back in global row order."""
+    import torch.distributed as dist
+
+    fields = ("texts", "num_tokens", "finish_reasons", "correct", "answers")
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, (rows, [getattr(local, f) for f in fields]))
+    merged = sorted((r, [values[i] for values in columns]) for index, columns in parts for i, r in enumerate(index))
+    out = Samples(problems=local.problems, k=local.k, texts=[], num_tokens=[], finish_reasons=[], correct=[],
+                  answers=[])
+    for f, column in zip(fields, zip(*(row for _, row in merged))):
+        setattr(out, f, list(column))
     return out
 
 
 def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
              reward_cfg: RewardConfig | None = None, progress: bool = True, pool=None,
-             phrases: Sequence[str] = DEFAULT_PHRASES) -> dict[str, Any]:
+             phrases: Sequence[str] = DEFAULT_PHRASES, world=None) -> dict[str, Any]:
     """Sample cfg.k completions per problem with `engine`, grade them, return a JSON-ready dict.
 
     Keys: pass@1, pass@k, k, n, curve {j: pass@j}, by_level {level: {pass@1, pass@k, n}},
@@ -246,10 +270,11 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
     max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
     correct), and the records of `interval` (pass@1_ci95, pass@1_se, ci), `behaviour` (see
     pillion.eval.behaviour, with `phrases`), template_text, num_prompts and versions.
-    `pool` (a rewards.GradingPool) grades symbolic answers in parallel.
+    `pool` (a rewards.GradingPool) grades symbolic answers in parallel; `world`: several ranks
+    share the sampling (`sample_and_grade`) and all return the same result.
     """
     reward_cfg = reward_cfg or RewardConfig()
-    graded = sample_and_grade(engine, problems, cfg, template, reward_cfg, progress, pool)
+    graded = sample_and_grade(engine, problems, cfg, template, reward_cfg, progress, pool, world=world)
     k = cfg.k
     correct_counts = graded.counts()
     # A problem is ungradable when its samples score correct=None (no gold, no tests).
@@ -301,12 +326,14 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
 
 
 def evaluate_sets(engine, sets: dict[str, list[Problem]], cfg: EvalConfig, template: str = "plain",
-                  reward_cfg: RewardConfig | None = None, pool=None, tag: str = "") -> dict[str, dict[str, Any]]:
+                  reward_cfg: RewardConfig | None = None, pool=None, tag: str = "", world=None
+                  ) -> dict[str, dict[str, Any]]:
     """`evaluate` on each named held-out set (e.g. arithmetic and code), one line printed per
     set; returns {name: result}. The trainer's evaluations before, during and after RL."""
     results = {}
     for name, problems in sets.items():
-        result = results[name] = evaluate(engine, problems, cfg, template, reward_cfg, progress=False, pool=pool)
+        result = results[name] = evaluate(engine, problems, cfg, template, reward_cfg, progress=False, pool=pool,
+                                          world=world)
         label = f" [{name}]" if len(sets) > 1 else ""
         at_k = f" pass@{result['k']} {result['pass@k']:.3f}" if result["k"] > 1 else ""
         print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems")

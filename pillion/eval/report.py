@@ -7,6 +7,8 @@
 Reads, from the run directory:
 - metrics.jsonl: one JSON object per line with "step" and metrics (reward, accuracy,
   response_length, kl, entropy, clipfrac, grad_norm, logprob_error, tokens_per_s, step_time,
+  time_generate, time_grade, time_logprobs, time_update, time_other (a table of where the step
+  time goes),
   eval/pass@1, ...). Lines that are not JSON objects are skipped and counted; values that are
   not finite numbers (strings, null, NaN, booleans) are ignored; a line without "step" takes the
   step of the line before it plus one.
@@ -16,7 +18,7 @@ Reads, from the run directory:
 
 Writes one PNG per metric group that has data (plots/reward.png, plots/length.png,
 plots/behaviour.png, plots/kl_entropy.png, plots/loss.png, plots/optim.png, plots/throughput.png,
-plots/mismatch.png, plots/other.png for metrics no group names), one panel per metric, the raw
+plots/mismatch.png, plots/step_time.png, plots/other.png for metrics no group names), one panel per metric, the raw
 series thin and a moving average over ~5% of the steps on top; and report.md with everything
 embedded. Behaviour (pillion.eval.behaviour) is plotted as logged: reflection_rate and
 reflection_count in behaviour.png, the length of correct and incorrect responses next to
@@ -43,7 +45,11 @@ GROUPS: dict[str, list[str]] = {
     "optim": ["grad_norm", "clipfrac", "lr"],
     "mismatch": ["logprob_error"],
     "throughput": ["tokens_per_s", "step_time"],
+    "step_time": ["time_generate", "time_grade", "time_logprobs", "time_update", "time_other"],
 }
+# the step-time breakdown the RL loop logs (train/update.py `step_times`): label per key
+PHASES = {"time_generate": "generate (grading beside it)", "time_grade": "grade (after generation)",
+          "time_logprobs": "old / reference log-probs, values", "time_update": "update", "time_other": "other"}
 SUMMARY_WINDOW = 10  # steps averaged in the "last 10" column of the final-metrics table
 
 
@@ -215,6 +221,17 @@ def _before_after(summary: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _step_time_table(series: dict[str, list[tuple[int, float]]]) -> list[str]:
+    """Mean wall seconds per step of each phase and its share of the step, over all steps."""
+    means = {k: sum(v for _, v in series[k]) / len(series[k]) for k in PHASES if series.get(k)}
+    total = sum(means.values())
+    if not means or total <= 0:
+        return []
+    lines = ["| phase | mean s per step | share |", "|---|---:|---:|"]
+    lines += [f"| {PHASES[k]} | {means[k]:.3g} | {100 * means[k] / total:.0f}% |" for k in means]
+    return [*lines, f"| step | {total:.3g} | 100% |"]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
     from pillion.eval.evaluate import markdown_table
@@ -247,6 +264,9 @@ def write_report(run_dir: str | Path) -> Path:
             lines += [f"### Evaluation {title}", "", markdown_table(result)]
     if series:
         lines += ["## Final metrics", "", *_final_table(series), ""]
+    breakdown = _step_time_table(series)
+    if breakdown:
+        lines += ["## Where the step time goes", "", *breakdown, ""]
     if plots:
         lines += ["## Plots", ""]
         lines += [f"![{group}](plots/{path.name})\n" for group, path in plots.items()]

@@ -5,6 +5,14 @@ each row is [left padding | prompt | response | right padding]; prompts are left
 the batch's longest prompt P, responses right-padded to the longest response T. RoPE
 positions count real tokens only, so padding never shifts a position.
 
+Packed (the default, `packed=True`): the forward sees no padding at all. The real tokens of
+the rows are concatenated into one sequence [1, N] (N = the rows' total length, against
+B x (P + T) padded), RoPE positions restart at each row, and attention stays within each row
+(`transformer.PackedRows`: varlen flash attention on CUDA, per-row attention on CPU). Only the
+hidden states at response positions reach the LM head, and their log-probs are scattered back
+to the [B, T] layout the losses use, so callers see the same tensors as from the padded
+forward (`packed=False`, the reference: equal up to float summation order, tested).
+
 Log-probabilities are computed only at response positions and in chunks whose logits are
 recomputed in the backward pass (model/logprobs.py), so a [B, T, vocab] float32 tensor is
 never held: peak extra memory is two [chunk, vocab] buffers.
@@ -18,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from pillion.model.logprobs import chunked_logprobs
-from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
+from pillion.model.transformer import PackedRows, Transformer, causal_padding_mask, padding_positions
 
 # float32 logits per chunk (128 MiB): a chunk holds two buffers of this size, so a large
 # vocabulary costs a bounded, small amount, not [tokens, vocab].
@@ -78,10 +86,51 @@ def token_logprobs(
     return logprobs, entropy
 
 
-def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False):
-    """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked)."""
+def packed_token_logprobs(
+    model: Transformer,
+    input_ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor,  # [B, L]
+    target_mask: torch.Tensor,  # [B, L]
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+    chunk: int | None = None,
+):
+    """`token_logprobs` through one forward over the rows' real tokens end to end, [1, N].
+
+    Same outputs ([B, L] float32, zero off target) as the padded forward; a row's first token
+    is never a target (nothing of its own row precedes it).
+    """
+    chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
+    keep = attention_mask.bool()  # [B, L]: row-major order of the real tokens = packed order
+    positions = padding_positions(attention_mask)  # [B, L]: 0 at each row's first real token
+    ids = input_ids[keep]  # [N]
+    rows = PackedRows.of(keep.sum(-1).tolist(), input_ids.device)
+    hidden = model(ids[None], positions[keep][None], rows)[0]  # [N, D]
+    target = target_mask.bool() & keep & (positions > 0)  # [B, L]
+    select = target[keep][1:]  # [N - 1]: packed token j predicts token j + 1 of the same row
+    flat_lp, flat_ent = chunked_logprobs(hidden[:-1][select], model.lm_head.weight, ids[1:][select], temperature,
+                                         chunk, with_entropy)  # [n]
+    logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(target, flat_lp)
+    entropy = torch.zeros_like(logprobs).masked_scatter(target, flat_ent) if with_entropy else None
+    return logprobs, entropy
+
+
+def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
+                      packed: bool = True):
+    """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked);
+    packed: without padding in the forward (see the module docstring), else the padded batch."""
     P = batch.prompt_len
     target = torch.zeros_like(batch.attention_mask)
     target[:, P:] = batch.response_mask
-    logprobs, entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, target, temperature, with_entropy)
+    fn = packed_token_logprobs if packed else token_logprobs
+    logprobs, entropy = fn(model, batch.input_ids, batch.attention_mask, target, temperature, with_entropy)
     return logprobs[:, P:], (entropy[:, P:] if entropy is not None else None)
+
+
+def compile_training(model: Transformer, backend: str = "inductor") -> None:
+    """`compile: true`: compile the model's `forward` (the training and scoring path; the engine's
+    `decode` is compiled apart) with dynamic shapes, so that packed sequences of every length, and
+    every row count, run one graph: inside it the packed attention takes its tensor-only route
+    (`transformer.packed_attention`), with no per-row loop to specialise on. Its backward is
+    compiled with it (AOTAutograd)."""
+    model.compile(dynamic=True, backend=backend)

@@ -146,6 +146,87 @@ class KVCache:
             self.v[layer][dst, :, :length] = self.v[layer][src, :, :length]
 
 
+@dataclass
+class PackedRows:
+    """B rows concatenated without padding into one sequence of N tokens (the packed update,
+    `sequences.token_logprobs`): each token attends causally within its own row only."""
+
+    lengths: list[int]  # [B] tokens per row, on the host
+    cu_seqlens: torch.Tensor  # [B + 1] int32: row b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
+    row_of: torch.Tensor  # [N] long: the row of each token
+
+    @staticmethod
+    def of(lengths: list[int], device=None) -> PackedRows:
+        sizes = torch.tensor(lengths, dtype=torch.int32)
+        cu = F.pad(sizes.cumsum(0, dtype=torch.int32), (1, 0))
+        row_of = torch.repeat_interleave(torch.arange(len(lengths)), sizes.long())
+        return PackedRows(list(lengths), cu.to(device), row_of.to(device))
+
+
+def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
+    """Causal attention within each row of a packed sequence: q [N, H, D], k, v [N, KV, D] -> [N, H, D].
+
+    Three routes to the same result (tests compare each with the padded batch):
+    - CUDA: varlen flash attention over `cu_seqlens` (no mask, no padding, one kernel);
+    - inside torch.compile (CPU): one `scaled_dot_product_attention` over the block-diagonal
+      causal mask built from `row_of` by tensor ops, so the graph has no per-row Python loop
+      and no recompilation when the rows' lengths change (the mask costs N^2 bools);
+    - eager CPU: rows of similar length gathered into a few right-padded buckets
+      (`length_buckets`), one fused causal `scaled_dot_product_attention` each (the linear
+      layers, most of the cost, still see no padding).
+    """
+    h, kv = q.shape[1], k.shape[1]
+    if q.is_cuda:
+        from torch.nn.attention.varlen import varlen_attn
+
+        longest = max(rows.lengths)
+        return varlen_attn(q, k, v, rows.cu_seqlens, rows.cu_seqlens, longest, longest, window_size=(-1, 0),
+                           enable_gqa=h != kv)
+    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, N, D]
+    if torch.compiler.is_compiling():
+        n = q.shape[1]
+        same_row = rows.row_of[:, None] == rows.row_of[None, :]  # [N, N]
+        causal = torch.ones(n, n, dtype=torch.bool, device=q.device).tril()
+        out = F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=(same_row & causal)[None, None],
+                                             enable_gqa=h != kv)[0]  # [H, N, D]
+        return out.transpose(0, 1)
+    outs, where = [], []
+    for index, valid in length_buckets(rows.lengths, q.device):  # [b, Lb] token of each slot, real or not
+        qb, kb, vb = (x[:, index].transpose(0, 1) for x in (q, k, v))  # [b, heads, Lb, D]
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=index.shape[1] > 1, enable_gqa=h != kv)
+        outs.append(out.transpose(0, 1)[:, valid])  # [H, n_b, D]: the bucket's real tokens
+        where.append(index[valid])
+    return torch.cat(outs, dim=1)[:, torch.argsort(torch.cat(where))].transpose(0, 1)  # [N, H, D]
+
+
+def length_buckets(lengths: list[int], device=None, slack: float = 1.25) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Rows grouped by length for the CPU route of `packed_attention`: each bucket is (index [b, Lb]:
+    the packed position of each row's token t, valid [b, Lb]: t < the row's length), rows right-padded
+    to the bucket's longest. Rows are taken shortest first and a bucket closes before its padded size
+    would pass `slack` x its real tokens, so attention computes at most ~25% padding, in a few fused
+    calls rather than one per row (a call costs ~1-2 ms of fixed overhead on CPU, measured). Right
+    padding is harmless under causal attention: a real token sees no later position."""
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    order = sorted((i for i in range(len(lengths)) if lengths[i] > 0), key=lambda i: lengths[i])
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * lengths[i] <= slack * (sum(lengths[j] for j in group) + lengths[i]):
+            group.append(i)
+        else:
+            groups.append([i])
+    buckets = []
+    for group in groups:
+        width = max(lengths[i] for i in group)
+        t = torch.arange(width)
+        valid = t[None] < torch.tensor([lengths[i] for i in group])[:, None]  # [b, Lb]
+        index = torch.tensor([starts[i] for i in group])[:, None] + t[None]  # [b, Lb]
+        buckets.append((index.masked_fill(~valid, 0).to(device), valid.to(device)))
+    return buckets
+
+
 class Attention(nn.Module):
     """Grouped-query attention with one fused q|k|v projection (split back to HF names on save)."""
 
@@ -172,6 +253,9 @@ class Attention(nn.Module):
         q = qk[:, :, :h].transpose(1, 2)  # [B, H, L, D]
         k = qk[:, :, h:].transpose(1, 2)  # [B, KV, L, D]
         v = qkv[:, :, h + kv :].transpose(1, 2)
+        if isinstance(attn_mask, PackedRows):  # rows concatenated without padding: [1, N, ...]
+            out = packed_attention(qk[0, :, :h], qk[0, :, h:], qkv[0, :, h + kv :], attn_mask)  # [N, H, D]
+            return self.o_proj(out.reshape(bsz, length, h * cfg.head_dim))
         # No mask means no padding: plain causal attention.
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and length > 1, enable_gqa=h != kv
@@ -308,7 +392,8 @@ class Transformer(nn.Module):
         self,
         input_ids: torch.Tensor,  # [B, L]
         positions: torch.Tensor,  # [B, L] RoPE positions (real tokens before each)
-        attn_mask: torch.Tensor | None,  # bool [B, 1, L, L], True = may attend; None = causal
+        attn_mask: torch.Tensor | PackedRows | None,  # bool [B, 1, L, L], True = may attend; None = causal;
+        # PackedRows: B = 1 and the L tokens are several rows end to end, each attending within itself
     ) -> torch.Tensor:
         """Final hidden states [B, L, hidden] (the training and scoring path)."""
         x = self.model.embed_tokens(input_ids)

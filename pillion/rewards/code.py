@@ -341,6 +341,13 @@ def run_tests(code: str, tests: list, limits: SandboxLimits | None = None) -> Co
     return result
 
 
+def run_program(code: str, stdin: str = "", limits: SandboxLimits | None = None) -> tuple[bytes, bool, bool]:
+    """Run `code` once in the sandbox: (its stdout, whether it ran to the end, whether it hit the
+    wall clock). Not remembered; for tool calls inside a rollout (pillion/rollout/tools.py)."""
+    reported, stdout, timed_out = _run_once(code, [], "stdio", stdin, limits or SandboxLimits())
+    return stdout, 0 in reported, timed_out
+
+
 _RESULTS: dict[tuple[str, str, str], CodeResult] = {}  # see run_tests; bounded, oldest out first
 _MAX_RESULTS = 20_000
 

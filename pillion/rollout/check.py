@@ -9,6 +9,10 @@ each pair it reports the multiplicative token probability error of docs/algorith
 mean over tokens of exp(|logp_a - logp_b|) (1.0 = exact), the worst per-rollout mean, and the
 largest single-token |logp_a - logp_b|. Exit status 1 when any pair's metric exceeds
 `--threshold` (default 1.05, NeMo-RL's bar for equal precision).
+
+With `--tools N` the engine runs up to N Python tool calls per sample (rollout/tools.py): rows
+are then multi-turn, and only sampled tokens are compared (tool output has no engine log-prob),
+while every log-prob is computed with the tool output in the context.
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threshold", type=float, default=1.05, help="fail above this metric (default 1.05)")
+    p.add_argument("--tools", type=int, default=0, help="Python tool calls per sample (default 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -79,7 +84,7 @@ def transformers_logprobs(model_dir: str, batch, temperature: float, dtype: torc
 
 
 def check(model_dir: str, prompts: list[str], n: int, max_new_tokens: int, temperature: float,
-          dtype: str, device: str, seed: int) -> dict:
+          dtype: str, device: str, seed: int, tools=None) -> dict:
     from pillion.model.checkpoint import DTYPES, eos_token_ids, load_model, load_tokenizer
     from pillion.model.sequences import pack, response_logprobs
     from pillion.rollout.engine import Engine, SamplingParams
@@ -87,7 +92,7 @@ def check(model_dir: str, prompts: list[str], n: int, max_new_tokens: int, tempe
     torch_dtype = DTYPES[dtype]
     model = load_model(model_dir, dtype=torch_dtype, device=device).eval()
     tokenizer = load_tokenizer(model_dir)
-    engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
+    engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer), tools=tools)
     params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
     completions = engine.generate(prompts, params)
     batch = pack([c.prompt_ids for c in completions], [c.ids for c in completions], engine.pad_id, device)
@@ -97,12 +102,17 @@ def check(model_dir: str, prompts: list[str], n: int, max_new_tokens: int, tempe
     with torch.inference_mode():
         trainer_lp, _ = response_logprobs(model, batch, temperature)
     hf_lp = transformers_logprobs(model_dir, batch, temperature, torch_dtype, device)
-    mask = batch.response_mask
+    mask = batch.response_mask.clone()  # [B, T], sampled tokens only
+    for i, c in enumerate(completions):
+        if c.sampled is not None:
+            mask[i, : len(c.ids)] *= c.sampled.to(mask.device)
     return {
         "engine_vs_trainer": compare(engine_lp, trainer_lp, mask),
         "engine_vs_transformers": compare(engine_lp, hf_lp, mask),
         "trainer_vs_transformers": compare(trainer_lp, hf_lp, mask),
         "tokens": int(mask.sum()),
+        "tool_calls": sum(c.tool_calls for c in completions),
+        "tool_tokens": int(batch.response_mask.sum() - mask.sum()),
         "rollouts": len(completions),
         "dtype": dtype,
         "device": str(device),
@@ -116,6 +126,7 @@ def run(args) -> int:
         with open(args.prompts) as f:
             prompts = [line.rstrip("\n") for line in f if line.strip()]
     from pillion.model.checkpoint import resolve_model
+    from pillion.rollout.tools import Tools
 
     report = check(
         str(resolve_model(args.model)),
@@ -126,6 +137,7 @@ def run(args) -> int:
         args.dtype,
         args.device,
         args.seed,
+        Tools(max_calls=args.tools) if args.tools else None,
     )
     pairs = ["engine_vs_trainer", "engine_vs_transformers", "trainer_vs_transformers"]
     failed = [p for p in pairs if report[p]["metric"] > args.threshold]

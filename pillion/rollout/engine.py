@@ -44,11 +44,14 @@ A completion's `ids` end with the EOS token when it stopped on EOS, or with the 
 completed a stop string; `text` is the decoding of `ids` without special tokens, so for a stop
 string it includes the stop string itself.
 
-Tool output (a later issue) plugs in at a check: a row that closed a tool call is paused (kept
-on the host, its slot decoding garbage like a free one), the tool's tokens are written into
-its slot with `Transformer.extend` from the row's position on (`_prefill` with a start column:
-the same chunked prefill a prompt gets), appended to its buffers with a mask marking them as
-not sampled, and the slot resumes with the last of them as its next input.
+Tools (`Engine(..., tools=Tools(...))`, rollout/tools.py): at a host check, a row that closed
+a tool call before it ended is cut back to the call (what it sampled past it in the window is
+dropped), the calls found run in the sandbox, and each output's tokens are written into the
+row's buffers after the call (log-prob 0) and into its cache with `Transformer.extend` from
+the row's column on (`_prefill` with a start column: the chunked prefill a prompt gets); the
+row resumes with the last of them as its next input, at the step after them, so its
+randomness stays keyed by (seed, row, step) and the completions do not depend on when the
+host looked. `Completion.sampled` marks the tool tokens. Without tools none of this runs.
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pillion.model.transformer import DecodeWeights, KVCache, Transformer, rope_table
+from pillion.rollout import tools as tool_calls
 from pillion.rollout.sampling import Sampler, row_keys, sample_cdf, sample_race, step_uniforms
 
 
@@ -73,6 +77,9 @@ class SamplingParams:
     max_new_tokens: int = 256
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
+    # Global index of this call's first row: rows are keyed (seed, row_offset + row, step), so a
+    # rank generating its share of a batch samples what one process generating it all would.
+    row_offset: int = 0
 
 
 @dataclass
@@ -84,6 +91,9 @@ class Completion:
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
     prompt_index: int = 0  # which prompt of the call this sample answers
     sample_index: int = 0  # which of its n samples (the row's randomness is keyed by both)
+    sampled: torch.Tensor | None = None  # [len(ids)] bool, False on tool-output tokens; None: all sampled
+    tool_calls: int = 0  # tool calls run for this sample (rollout/tools.py)
+    tool_errors: int = 0  # ... of which failed
 
 
 @dataclass
@@ -196,6 +206,7 @@ class _Row:
     prompt_index: int
     sample_index: int
     checked: int = 0  # sampled tokens already searched for stop strings
+    tools: tool_calls.RowTools | None = None  # with tools: calls made, where their outputs lie
 
 
 @dataclass
@@ -228,7 +239,7 @@ class Engine:
 
     def __init__(self, model: Transformer, tokenizer, eos_ids: list[int], decode_fn=decode_step, check_every: int = 8,
                  max_rows: int | None = None, cache_bytes: int | None = None, sampler: str | None = None,
-                 static: bool | None = None, prefill_tokens: int = 1024):
+                 static: bool | None = None, prefill_tokens: int = 1024, tools: tool_calls.Tools | None = None):
         self.model = model
         self.tokenizer = tokenizer
         self.eos_ids = list(eos_ids)
@@ -242,6 +253,7 @@ class Engine:
             raise ValueError(f"Engine: sampler {sampler!r} is not one of 'cdf', 'race'")
         self.static = self.device.type == "cuda" if static is None else static
         self.prefill_tokens = prefill_tokens
+        self.tools = tools
         self.cache: KVCache | None = None
         self.slots: Slots | None = None
         self.rope: torch.Tensor | None = None
@@ -320,7 +332,7 @@ class Engine:
         first: dict[int, int] = {}  # prompt -> the slot that is prefilled
         for slot, (p, j) in zip(free, take):
             first.setdefault(p, slot)
-            run.rows[slot] = _Row(p, j)
+            run.rows[slot] = _Row(p, j, tools=tool_calls.RowTools() if self.tools is not None else None)
             run.positions[slot], run.steps[slot] = len(run.prompt_ids[p]) - 1, 0
         # Every prompt token but the last goes into the cache; the last is the first decode input.
         self._prefill([first[p] for p in first], [run.prompt_ids[p][:-1] for p in first], [0] * len(first),
@@ -333,7 +345,7 @@ class Engine:
         prompts = [run.prompt_ids[p] for p, _ in take]
         prefix = torch.tensor([len(p) - 1 for p in prompts])
         index = torch.tensor(free, device=self.device)
-        keys = row_keys(run.seed, torch.tensor([p * run.params.n + j for p, j in take]))
+        keys = row_keys(run.seed, torch.tensor([run.params.row_offset + p * run.params.n + j for p, j in take]))
         s = self.slots
         s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(self.device)
         s.positions[index] = prefix.to(self.device)
@@ -396,6 +408,8 @@ class Engine:
         """The host check, after a window: rows that sampled EOS, reached max_new_tokens or
         completed a stop string leave their slots as Completions; free slots are parked."""
         lengths, stopped = self._find_ends(run, window)
+        if self.tools is not None:
+            self._call_tools(run, lengths, stopped)
         completions = []
         if lengths:
             finished = sorted(lengths)
@@ -414,6 +428,10 @@ class Engine:
                     prompt_index=row.prompt_index,
                     sample_index=row.sample_index,
                 ))
+                if row.tools is not None:  # which tokens were tool output, how many calls (failed)
+                    c = completions[-1]
+                    c.sampled = tool_calls.sampled_mask(n, row.tools.spans)
+                    c.tool_calls, c.tool_errors = row.tools.calls, row.tools.errors
                 run.rows[i] = None
         # A free slot keeps decoding garbage until it is refilled: from column 0 again at each
         # check, so that it stays inside the span and the spare columns.
@@ -458,6 +476,54 @@ class Engine:
                     lengths[i] = cut
                     stopped.add(i)
         return lengths, stopped
+
+    def _call_tools(self, run: _Run, lengths: dict[int, int], stopped: set[int]) -> None:
+        """Rows that closed a tool call before they ended (`lengths`, `stopped`: `_find_ends`):
+        run the calls, write each output after its call, resume the row after it (or end it
+        there when the output fills max_new_tokens). See the module docstring."""
+        T, s = run.params.max_new_tokens, self.slots
+        live = [i for i, row in enumerate(run.rows) if row is not None]
+        upto = {i: min(run.steps[i], T) for i in live}
+        tokens = s.out_tokens[: len(run.rows), : max(upto.values(), default=0)].cpu()  # one sync
+        calls = {}
+        for i in live:
+            found = tool_calls.next_call(self.tokenizer, self.tools, run.rows[i].tools, tokens[i].tolist(), upto[i])
+            # Run it unless the row ended first (EOS or a stop string) or no token is left after it.
+            if found is not None and found[0] < T and not (i in stopped and lengths[i] <= found[0]):
+                calls[i] = found
+        if not calls:
+            return
+        results = tool_calls.run_calls(self.tools, [code for _, code in calls.values()])
+        resume = []  # (slot, cut, output ids)
+        for (i, (cut, _)), result in zip(calls.items(), results):
+            ids = tool_calls.output_ids(self.tokenizer, self.tools, result, T - cut)
+            tool_calls.splice(run.rows[i].tools, cut, len(ids), result)
+            s.out_tokens[i, cut : cut + len(ids)] = torch.tensor(ids, dtype=torch.long, device=self.device)
+            s.out_logprobs[i, cut : cut + len(ids)] = 0.0
+            lengths.pop(i, None)
+            stopped.discard(i)
+            if cut + len(ids) >= T:
+                lengths[i] = T  # no room left to sample: the row ends on its tool output
+            else:
+                resume.append((i, cut, ids))
+        if not resume:
+            return
+        # From the call's last token (in the cache only if the window went past it) on: all but
+        # the last token go into the cache; the last is the next decode input.
+        starts = [len(run.prompt_ids[run.rows[i].prompt_index]) + cut - 1 for i, cut, _ in resume]
+        pieces = [[int(tokens[i, cut - 1])] + ids for i, cut, ids in resume]
+        self._prefill([i for i, _, _ in resume], [p[:-1] for p in pieces], starts, run.weights)
+        index = torch.tensor([i for i, _, _ in resume], device=self.device)
+        positions = torch.tensor([start + len(p) - 1 for start, p in zip(starts, pieces)])
+        s.tokens[index] = torch.tensor([p[-1] for p in pieces], device=self.device)
+        s.positions[index] = positions.to(self.device)
+        s.steps[index] = torch.tensor([cut + len(ids) for _, cut, ids in resume], device=self.device)
+        columns = torch.arange(s.key_bias.shape[-1])
+        bias = torch.zeros(len(resume), len(columns)).masked_fill_(columns >= positions[:, None], float("-inf"))
+        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
+        for (i, cut, ids), position in zip(resume, positions.tolist()):
+            run.positions[i], run.steps[i] = position, cut + len(ids)
+            run.rows[i].checked = cut + len(ids)  # stop strings: the output is not searched
 
     def _compact(self, run: _Run) -> None:
         """With the queue empty, pack live rows into fewer slots (moving rows from the end into

@@ -2,6 +2,7 @@
 
     Problem -> engine -> Completion -> grader -> RewardResult      = Sample (one per row)
     list[Sample] -> make_batch -> TrainBatch                        tensors [B, T], rows = samples
+    TrainBatch -> micro_batches -> row indices of each forward/backward (by rows or by tokens)
 
 Log-probabilities keep one meaning each (docs/algorithms.md §1):
     engine_logprobs  what the rollout engine sampled with (the behaviour policy), per sampled token
@@ -41,7 +42,7 @@ class TrainBatch:
     by the loop as it computes them."""
 
     seqs: SequenceBatch  # input_ids, attention_mask [B, P + T]; response_mask [B, T]
-    response_mask: Tensor  # [B, T] float, 1 on every generated token (EOS included)
+    response_mask: Tensor  # [B, T] float, 1 on every sampled token (EOS included; tool output excluded)
     scores: Tensor  # [B] rewards
     correct: Tensor  # [B] bool
     truncated: Tensor  # [B] bool, stopped by max_new_tokens
@@ -72,13 +73,45 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> Trai
     completions = [s.completion for s in samples]
     seqs = pack([c.prompt_ids for c in completions], [c.ids for c in completions], pad_id, device)
     engine_logprobs = torch.zeros(seqs.response_mask.shape, dtype=torch.float32, device=device)  # [B, T]
+    response_mask = seqs.response_mask.float()  # [B, T]
     for i, c in enumerate(completions):
         engine_logprobs[i, : len(c.ids)] = c.logprobs.to(device)
+        if c.sampled is not None:  # tool output: in the context (seqs), out of loss, KL and log-prob check
+            response_mask[i, : len(c.ids)] *= c.sampled.to(device)
     return TrainBatch(
         seqs=seqs,
-        response_mask=seqs.response_mask.float(),
+        response_mask=response_mask,
         scores=torch.tensor([s.reward.score for s in samples], dtype=torch.float32, device=device),
         correct=torch.tensor([bool(s.reward.correct) for s in samples], device=device),
         truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=device),
         engine_logprobs=engine_logprobs,
     )
+
+
+def micro_batches(lengths: list[int], rows: int, tokens: int = 0) -> list[Tensor]:
+    """Row indices [b] of each micro-batch of rows with `lengths` (real tokens each).
+
+    tokens = 0: consecutive chunks of `rows` rows. tokens > 0 (`micro_batch_tokens`, for the
+    packed forward, whose cost follows tokens, not rows): as few micro-batches as hold at most
+    `tokens` tokens and `rows` rows each, balanced by tokens (longest row first into the
+    lightest micro-batch), so no micro-batch is a long tail of its own; a row longer than the
+    budget gets a micro-batch alone. Indices are sorted within a micro-batch. The loss
+    normalisers are counted over the whole mini-batch, so the split changes no gradient.
+    """
+    n = len(lengths)
+    if tokens <= 0:
+        return [torch.arange(i, min(i + rows, n)) for i in range(0, n, rows)]
+    order = sorted(range(n), key=lambda i: -lengths[i])
+    k = max(-(-sum(min(n_i, tokens) for n_i in lengths) // tokens), -(-n // rows), 1)  # a lower bound
+    while True:  # k grows until longest-first placement fits (at most n micro-batches)
+        bins: list[list[int]] = [[] for _ in range(k)]
+        load = [0] * k
+        for i in order:
+            j = min(range(k), key=lambda b: (load[b], len(bins[b])))
+            if bins[j] and (load[j] + lengths[i] > tokens or len(bins[j]) >= rows):
+                break
+            bins[j].append(i)
+            load[j] += lengths[i]
+        else:
+            return [torch.tensor(sorted(b)) for b in bins if b]
+        k += 1

@@ -6,7 +6,8 @@ import argparse
 import shlex
 import sys
 
-PRESETS = "grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo, concise"
+PRESETS = ("grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo, tool, "
+           "concise")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,12 +5,18 @@ whose rewards are all equal; DAPO's dynamic sampling keeps only groups with mixe
 generates more batches (up to `filter.max_gen_batches`) until the step's groups are full.
 Every generated sample's reward is kept in `Rollout.rewards`, so that the step's logged
 accuracy is the policy's, not that of the groups the filters kept.
+
+Grading overlaps generation: the engine streams completions as rows finish (`Engine.stream`),
+and each prompt's group is graded in a background thread (the GradingPool's workers for
+symbolic answers) as soon as its last sample is out, while the other rows decode; only the
+grading left after the last completion is on the step's critical path (`grade_seconds`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -30,18 +36,33 @@ class Rollout:
     samples: list[Sample]  # the kept groups; rows of a group (`group_size`) are contiguous
     generated: list[Sample]  # every generated sample, kept or filtered out (the policy's accuracy, behaviour)
     gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
-    gen_seconds: float
+    gen_seconds: float  # the engine, with the grading that ran beside it
+    grade_seconds: float = 0.0  # grading left after the last completion (the critical path)
 
 
-def generate_and_score(engine, problems, cfg, seed, pool) -> list[Sample]:
-    """G completions per problem, graded; rows grouped per problem."""
+def generate_and_score(engine, problems, cfg, seed, pool, row_offset: int = 0) -> tuple[list[Sample], float, float]:
+    """G completions per problem, graded group by group beside the decoding; rows grouped per
+    problem, samples in order (row_offset: the global index of the first row, when this rank
+    generates a share of the step's prompts). Returns (samples, generation seconds, grading
+    seconds after it)."""
     prompts = [render_prompt(p, cfg.data.template, engine.tokenizer) for p in problems]
     params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                            max_new_tokens=cfg.max_new_tokens, seed=seed)
-    completions = engine.generate(prompts, params)
-    rows = [problems[c.prompt_index] for c in completions]
-    rewards = score_batch(rows, completions, cfg.reward, pool=pool)
-    return [Sample(p, c, r) for p, c, r in zip(rows, completions, rewards)]
+                            max_new_tokens=cfg.max_new_tokens, seed=seed, row_offset=row_offset)
+    start = time.perf_counter()
+    groups: dict[int, list] = {}  # prompt index -> its completions, as they finish
+    graded = {}  # prompt index -> Future of its group's rewards
+    with ThreadPoolExecutor(max_workers=1) as grader:
+        for c in engine.stream(prompts, params):
+            group = groups.setdefault(c.prompt_index, [])
+            group.append(c)
+            if len(group) == params.n:  # the group is complete: grade it while the rest decode
+                group.sort(key=lambda c: c.sample_index)
+                graded[c.prompt_index] = grader.submit(score_batch, [problems[c.prompt_index]] * len(group), group,
+                                                       cfg.reward, pool)
+        generated = time.perf_counter()
+        rewards = {i: future.result() for i, future in graded.items()}
+    samples = [Sample(problems[i], c, r) for i in sorted(groups) for c, r in zip(groups[i], rewards[i])]
+    return samples, generated - start, time.perf_counter() - generated
 
 
 def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
@@ -50,12 +71,15 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
     target = len(parallel.my_slice(list(range(cfg.prompts_per_step)), world))
     buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
     max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
-    start = time.perf_counter()
+    gen_seconds = grade_seconds = 0.0
     generated: list[Sample] = []
     for gen_batch in range(max_batches):
-        problems = parallel.my_slice(prompts_for(step, gen_batch), world)
-        seed = (cfg.seed * 1_000_003 + step * 1009 + gen_batch) * max(world.size, 1) + world.rank
-        samples = generate_and_score(engine, problems, cfg, seed, pool)
+        prompts = prompts_for(step, gen_batch)  # the global list, the same on every rank
+        first, end = parallel.my_range(len(prompts), world)
+        # Keyed by the global row, not the rank: the same samples for any number of ranks.
+        seed = cfg.seed * 1_000_003 + step * 1009 + gen_batch
+        samples, gen, grade = generate_and_score(engine, prompts[first:end], cfg, seed, pool, row_offset=first * G)
+        gen_seconds, grade_seconds = gen_seconds + gen, grade_seconds + grade
         generated += samples
         scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
         correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
@@ -69,4 +93,6 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
             break
     if cfg.filter.dynamic_sampling and not buffer.full:
         log.warning(buffer.give_up_message(max_batches))
-    return Rollout(buffer.rows, generated, gen_batch + 1, time.perf_counter() - start)
+    # Every rank's samples for the step's metrics (the update uses this rank's `buffer.rows`).
+    generated = parallel.gather_samples(generated, world)
+    return Rollout(buffer.rows, generated, gen_batch + 1, gen_seconds, grade_seconds)

@@ -198,13 +198,6 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
     raise ValueError(f"config key 'lr_schedule': unknown schedule {schedule!r} (constant, linear, cosine)")
 
 
-def make_optimizer(params, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    # fused: one kernel per parameter with no temporaries. The default per-tensor loop holds two
-    # parameter-sized temporaries: +1.07 GB at the step of a Qwen2.5-0.5B model (its 151,936 x 896
-    # embedding), and a 6x slower step on CPU (benchmarks/update_memory.py).
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.999), eps=1e-8, fused=True)
-
-
 class MetricsLog:
     """Appends one JSON object per step to metrics.jsonl, and a copy to the trackers `log_cfg`
     turns on (TensorBoard, W&B: pillion/train/trackers.py; none by default).

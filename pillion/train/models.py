@@ -4,6 +4,7 @@
     optimizer = make_optimizer(models.policy_params, ...)      # masters, adapters or weights
     attach_optimizers(models, optimizer, critic_optimizer)     # bf16: masters -> model per step
     ref_logp = reference_logprobs(models, batch, temperature, rows_per_pass)   # [B, T] or None
+    ref = reference_fn(models, device, temperature)    # per micro-batch: seqs -> [b, T] (update.py)
 
 The memory options, all applied from outside the model code:
 - `dtype=bfloat16`: bf16 compute over float32 master weights (precision.py).
@@ -87,12 +88,22 @@ def compute_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
-def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, checkpointing=None):
+def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, checkpointing=None, world=None,
+                   cpu_offload: bool = False):
     """(model, params to optimize, masters or None) for a policy or an SFT model.
 
     LoRA: the base in `dtype`, frozen, with float32 adapters. Full training in bf16: loaded in
     float32, then split into a bf16 model and its float32 masters. Otherwise the weights.
+    Several ranks: float32 weights sharded by FSDP2, computing in `dtype` (train/parallel.py).
     """
+    if world is not None and world.size > 1:
+        from pillion.train import parallel
+
+        model = load_model(model_dir, dtype=torch.float32, device=device)
+        if checkpointing is not None:
+            apply_activation_checkpointing(model, checkpointing.name, checkpointing.k)
+        model = parallel.shard(model, world, dtype, cpu_offload)
+        return model, list(model.parameters()), None
     if lora_cfg is not None and lora_cfg.rank > 0:
         model = load_model(model_dir, dtype=dtype, device=device)
         params, master = lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets), None
@@ -110,9 +121,9 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     from pillion.train import parallel
 
     dtype = compute_dtype(cfg.dtype)
-    policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing)
-    if world is not None:
-        policy = parallel.shard(policy, world)
+    world = world or parallel.World()
+    policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
+                                            cfg.fsdp.cpu_offload)
     models = Models(policy, params, policy_master=master)
     if cfg.loss.kl_coef > 0:
         if cfg.lora.rank > 0:
@@ -123,14 +134,18 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
             if offload and torch.cuda.is_available():
                 for p in ref.parameters():  # pinned: the per-step copy runs at full bus speed
                     p.data = p.data.pin_memory()
-            models.ref = ref.eval().requires_grad_(False)
+            ref = ref.eval().requires_grad_(False)
+            models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload)  # loaded in `dtype`
             models.ref_offloaded = cfg.ref.offload
     if cfg.adv.name == "gae":
         critic_device = device if cfg.critic.device == "auto" else torch.device(cfg.critic.device)
         critic = Critic(load_model(model_dir, dtype=torch.float32, device=critic_device))
-        models.critic_master = precision.master_weights(critic, dtype) if dtype != torch.float32 else None
-        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
+        sharded = world.size > 1  # FSDP2's float32 shards are the masters there
+        bf16_masters = dtype != torch.float32 and not sharded
+        models.critic_master = precision.master_weights(critic, dtype) if bf16_masters else None
         apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
+        critic = parallel.shard(critic, world, dtype if sharded else None, cfg.fsdp.cpu_offload)
+        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         models.critic = critic
     if models.ref is None and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
         models.initial = load_model(model_dir, dtype=dtype, device="cpu").eval().requires_grad_(False)
@@ -181,25 +196,28 @@ def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
     return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
 
 
-@torch.no_grad()
-def _logprobs(model, batch: SequenceBatch, temperature: float, rows_per_pass: int) -> torch.Tensor:
-    rows = torch.arange(batch.input_ids.shape[0])
-    parts = [response_logprobs(model, _rows(batch, rows[i : i + rows_per_pass]), temperature)[0]
-             for i in range(0, len(rows), rows_per_pass)]
-    return torch.cat(parts)  # [B, T]
+def reference_fn(models: Models, device, temperature: float):
+    """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
+    reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
+    with the function), or the reference itself."""
+    if models.lora_reference:
+        def adapters_off(seqs: SequenceBatch) -> torch.Tensor:
+            with torch.no_grad(), lora.adapters_disabled(models.policy):
+                return response_logprobs(models.policy, seqs, temperature)[0]
+        return adapters_off
+    if models.ref is None:
+        return None
+    ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
+    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature)[0])
 
 
 def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):
     """log pi_ref of the responses, [B, T] float32 on the batch's device; None without a reference."""
-    if models.lora_reference:
-        with lora.adapters_disabled(models.policy):
-            return _logprobs(models.policy, batch, temperature, rows_per_pass)
-    if models.ref is None:
+    fn = reference_fn(models, batch.input_ids.device, temperature)
+    if fn is None:
         return None
-    if models.ref_offloaded:
-        ref = device_copy(models.ref, batch.input_ids.device)  # freed when this pass ends
-        return _logprobs(ref, batch, temperature, rows_per_pass)
-    return _logprobs(models.ref, batch, temperature, rows_per_pass)
+    rows = torch.arange(batch.input_ids.shape[0])
+    return torch.cat([fn(_rows(batch, rows[i : i + rows_per_pass])) for i in range(0, len(rows), rows_per_pass)])
 
 
 def master_state(models: Models) -> dict:

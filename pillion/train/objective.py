@@ -17,6 +17,7 @@ import torch
 from pillion.algorithms import advantages as A
 from pillion.algorithms import filters
 from pillion.algorithms import losses as L
+from pillion.train import parallel
 from pillion.train.batch import TrainBatch
 
 GROUP_ADVANTAGES = {"grpo", "dr_grpo", "rloo", "raw", "raft"}  # one scalar per response
@@ -43,7 +44,7 @@ def sequence_kl(old_logp, ref_logp, mask) -> torch.Tensor:
     return L.kl(old_logp, ref_logp, "k1", mask).sum(-1)
 
 
-def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None):
+def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None, world=None):
     """Advantages [B, T] (and returns [B, T] for the critic when the advantage is GAE).
 
     scores [B] are the rewards of the responses, groups contiguous (cfg.group_size rows each).
@@ -77,8 +78,8 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None):
             _, returns = A.gae(token_rewards, values, mask, cfg.ppo.gamma, lam_critic)
         else:
             raise ValueError(f"config key 'adv': unknown advantage {name!r}")
-    if cfg.adv.whiten:
-        adv = A.whiten(adv, mask)
+    if cfg.adv.whiten:  # over the global batch: every rank's valid tokens (train/parallel.py)
+        adv = A.whiten(adv, mask) if world is None else parallel.whiten(adv, mask, world)
     return adv, returns
 
 

@@ -1,25 +1,58 @@
 """torch.distributed and FSDP2 for `torchrun`, applied from outside the model (STYLE rule 11).
 
-One process (the default) is world size 1 and every function here is the identity, so the
-loop calls them unconditionally and never branches on parallelism. The design for several
-ranks: each rank rolls out its slice of the step's prompts (whole groups, so advantages stay
-local), the loss normalisers are summed over ranks, and FSDP2 (`fully_shard`) shards the
-policy, the reference and the critic block by block and averages gradients.
+    torchrun --nproc_per_node=2 -m pillion train steps=20            # one node, two ranks (CPU: gloo)
+    torchrun --nproc_per_node=8 -m pillion train model=DIR device=cuda dtype=bfloat16   # nccl
 
-Not yet supported: under FSDP2 every forward all-gathers parameters, so the rollout engine
-(whose decode loop stops at a different step on each rank), rank-0-only evaluation and
-checkpointing would deadlock. They need full weights gathered for rollout and collective
-checkpoint/eval paths first; until then `init` refuses a world larger than one, with a clear
-error instead of a hang.
+One process (the default) is world size 1 and every function here is the identity, so the
+loop calls them unconditionally. With N ranks (docs/algorithms.md §1.1 for the normalisers):
+
+- data: every rank draws the same global list of `prompts_per_step` prompts (same seed) and
+  rolls out its contiguous share of whole groups (`my_range`); sampling randomness is keyed by
+  the GLOBAL row (`SamplingParams.row_offset`), so the same rows get the same samples at any N;
+- models: policy, reference and critic are sharded with `fully_shard`, block by block and then
+  the root, float32 parameters with a `MixedPrecisionPolicy` (compute in `dtype`, gradients
+  reduced in float32): FSDP2's float32 shards are the master weights, so `precision.py`'s
+  separate masters are not used. Loss normalisers are global sums (`sum_int`), each rank's loss
+  is its partial sum over the global count, and gradients are SUMMED over ranks (gradient
+  divide factor 1), so the update equals one process's on the same global batch;
+- rollout and evaluation: the engine reads weights directly (`Transformer.decode`), not
+  through `forward`, so `full_weights` all-gathers them once (`unshard`) around a whole
+  rollout or evaluation and frees them after; no collective runs inside the decode loop, which
+  stops at a different step on each rank. Peak: the shards plus one full copy of the weights in
+  `dtype` (2 bytes/parameter in bf16), the same as a forward of every block at once. The
+  alternative, a full-state-dict copy into a second, unsharded engine model, holds that copy
+  for the whole run (or re-allocates it every step) and copies it once more per step;
+- records: the step's generated samples are gathered (`gather_list`) so reward, accuracy and
+  behaviour metrics are global; per-rank numbers are averaged (`reduce_record`); rank 0 alone
+  writes files and prints (the others print only errors).
+
+A rank that dies brings the job down: torchrun's agent stops the others and names the failed
+rank; collectives time out after `fsdp.timeout_s`. Not supported with N > 1 (each refused by
+`init` with one line): LoRA, reference offload, a separate critic device, Muon/Dion, group
+filters (they leave ranks with different row counts, and every FSDP forward is collective),
+SRPO history resampling.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import logging
 import os
-from dataclasses import dataclass
+import sys
+import warnings
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
+
+from pillion.errors import UserError
+
+RENDEZVOUS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets with WORLD_SIZE
+
+
+class ParallelError(UserError):
+    """A run that cannot start on this many ranks; the message says what to change."""
 
 
 @dataclass
@@ -33,50 +66,266 @@ class World:
         return self.rank == 0
 
 
-def init() -> World:
-    """Join the process group when started by torchrun; otherwise a world of one."""
+def check(cfg, size: int) -> None:
+    """The config errors of an N-rank run (one line each); nothing here needs a process group."""
+    if size == 1:
+        return
+    batch = getattr(cfg, "prompts_per_step", None)
+    key = "prompts_per_step" if batch is not None else "batch_size"
+    batch = batch if batch is not None else cfg.batch_size
+    if batch % size:
+        raise ParallelError(f"config key '{key}': {batch} is not divisible by the {size} ranks (it is the global "
+                            f"batch; each rank takes {key}/{size})")
+    refused = {
+        "lora.rank": getattr(getattr(cfg, "lora", None), "rank", 0) > 0,
+        "ref.offload": getattr(getattr(cfg, "ref", None), "offload", False),
+        "critic.device": getattr(getattr(cfg, "critic", None), "device", "auto") != "auto",
+        "optim": cfg.optim.name != "adamw",
+        "filter.reject": getattr(getattr(cfg, "filter", None), "reject", "none") != "none",
+        "filter.dynamic_sampling": getattr(getattr(cfg, "filter", None), "dynamic_sampling", False),
+        "data.history_resampling": cfg.data.history_resampling,
+        # token-budget micro-batches may differ in number across ranks: FSDP2's per-forward
+        # collectives would then wait on a rank that has no forward left
+        "micro_batch_tokens": getattr(cfg, "micro_batch_tokens", 0) > 0,
+        "tool.max_calls": getattr(getattr(cfg, "tool", None), "max_calls", 0) > 0,
+    }
+    for key, bad in refused.items():
+        if bad:
+            raise ParallelError(f"config key '{key}' is not supported with several ranks (WORLD_SIZE={size}) yet; "
+                                "run it in one process (see pillion/train/parallel.py)")
+
+
+def init(cfg) -> World:
+    """Join the process group when started by torchrun (gloo on CPU, nccl on CUDA); else a world of
+    one. Checks the config first, so a bad run writes nothing."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size == 1:
         return World()
-    raise NotImplementedError(
-        f"pillion train runs in one process for now (WORLD_SIZE={size}): multi-GPU rollout and "
-        "checkpointing under FSDP2 are not implemented yet (see pillion/train/parallel.py)"
-    )
+    missing = [k for k in RENDEZVOUS if k not in os.environ]
+    if missing:
+        raise ParallelError(f"WORLD_SIZE={size} is set but {', '.join(missing)} are not: start several ranks with "
+                            f"`torchrun --nproc_per_node={size} -m pillion ...`, or unset WORLD_SIZE")
+    check(cfg, size)
+    world = World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]))
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if cfg.fsdp.cpu_offload and not cuda:  # FSDP2 offloads from an accelerator (pinned CPU memory)
+        raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
+                            "memory already)")
+    if cuda:
+        place(torch.device("cuda"), world)  # fewer GPUs than local ranks: one line, before joining
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.fsdp.timeout_s))
+    if not world.main:  # one voice: rank 0 prints and logs; the others keep stderr for errors only
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
+        os.environ["TQDM_DISABLE"] = "1"
+        logging.getLogger("pillion").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore")
+    return world
 
 
-def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None = None) -> torch.nn.Module:
-    """FSDP2: shard each transformer block, then the root (torchtitan's order). No-op alone."""
+def record(fn):
+    """torchelastic's `@record` under torchrun (which sets TORCHELASTIC_ERROR_FILE): a rank's
+    uncaught exception is written where the agent reads it, so the job's failure summary shows
+    it; the function itself otherwise."""
+    if "TORCHELASTIC_ERROR_FILE" not in os.environ:
+        return fn
+    from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
+
+    return elastic_record(fn)
+
+
+def place(device: torch.device, world: World) -> torch.device:
+    """This rank's device: cuda:LOCAL_RANK on CUDA (one GPU per rank), else `device`."""
+    if world.size == 1 or device.type != "cuda":
+        return device
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    count = torch.cuda.device_count()
+    if count < local:
+        raise ParallelError(f"config key 'device': cuda with {local} ranks on this node but it has {count} CUDA "
+                            f"device(s); start at most {count} ranks per node (torchrun --nproc_per_node)")
+    torch.cuda.set_device(world.local_rank)
+    return torch.device("cuda", world.local_rank)
+
+
+def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None = None,
+          cpu_offload: bool = False) -> torch.nn.Module:
+    """FSDP2: shard each transformer block, then the root (torchtitan's order). No-op alone.
+
+    `model` holds float32 parameters; param_dtype (bf16) is the compute dtype, gradients are
+    reduced in float32 and summed over ranks (each rank's loss is already divided by the global
+    count). cpu_offload keeps shards, gradients and optimizer state in CPU memory (FSDP2's
+    CPUOffloadPolicy; the optimizer step then runs on CPU). A critic's `values` is registered as
+    a forward method so that the root's weights are gathered around it as around `forward`.
+    """
     if world.size == 1:
         return model
-    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        FSDPModule,
+        MixedPrecisionPolicy,
+        OffloadPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
+    offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
     trunk = getattr(model, "trunk", model)  # the critic wraps a transformer
-    for block in trunk.model.layers:
-        fully_shard(block, mp_policy=policy)
-    fully_shard(model, mp_policy=policy)
+    for block in trunk.model.layers:  # activation checkpointing wrappers first, then FSDP (torchtitan)
+        fully_shard(block, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mp_policy=policy, offload_policy=offload)
+    if hasattr(model, "values"):
+        register_fsdp_forward_method(model, "values")
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.set_gradient_divide_factor(1.0)  # sum: the losses are divided by global counts
+            module.set_force_sum_reduction_for_comms(True)  # a plain SUM (gloo has no PREMUL_SUM)
     return model
+
+
+@contextlib.contextmanager
+def full_weights(model: torch.nn.Module, world: World):
+    """All-gather every shard of `model` (in its compute dtype) for the block, then free them:
+    the rollout engine and evaluation read the weights directly. The identity alone."""
+    if world.size == 1:
+        yield model
+        return
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for unit in units:  # unshard is not recursive; one all-gather per block and one for the root
+        unit.unshard()
+    try:
+        yield model
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
+def my_range(n: int, world: World) -> tuple[int, int]:
+    """[start, end) of this rank's contiguous share of n items (n divisible by the world size
+    for training batches; evaluation sets may leave the last ranks a smaller share)."""
+    per = -(-n // world.size)
+    return min(world.rank * per, n), min((world.rank + 1) * per, n)
 
 
 def my_slice(items: list, world: World) -> list:
     """This rank's share of a list (contiguous, so groups of one prompt stay together)."""
-    per = -(-len(items) // world.size)
-    return items[world.rank * per : (world.rank + 1) * per]
+    start, end = my_range(len(items), world)
+    return items[start:end]
+
+
+def _device() -> str:
+    return "cuda" if dist.get_backend() == "nccl" else "cpu"
 
 
 def sum_int(value: int, world: World) -> int:
     """Sum of an integer over ranks (loss normalisers: global token and sequence counts)."""
     if world.size == 1:
         return value
-    t = torch.tensor([value], dtype=torch.long, device="cuda" if torch.cuda.is_available() else "cpu")
+    t = torch.tensor([value], dtype=torch.long, device=_device())
     dist.all_reduce(t)
     return int(t.item())
 
 
+def sum_floats(values: dict[str, float], world: World) -> dict[str, float]:
+    """Sums over ranks of named floats, in one all-reduce (float64)."""
+    if world.size == 1 or not values:
+        return values
+    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_device())
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
 def mean_float(value: float, world: World) -> float:
     """Mean of a metric over ranks, for logging."""
+    return sum_floats({"x": value}, world)["x"] / world.size
+
+
+def reduce_record(record: dict, world: World, sums: tuple[str, ...] = ()) -> dict:
+    """A step's log record over ranks: keys in `sums` summed, other numbers averaged (they are
+    per-rank means over equally many rows, or global values already), the rest kept. All ranks
+    must hold the same keys (they run the same code on the same config)."""
     if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64, device="cuda" if torch.cuda.is_available() else "cpu")
-    dist.all_reduce(t)
-    return float(t.item()) / world.size
+        return record
+    numbers = {k: float(v) for k, v in record.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+    total = sum_floats(numbers, world)
+    out = dict(record)
+    for k, v in total.items():
+        value = v if k in sums else v / world.size
+        out[k] = int(round(value)) if isinstance(record[k], int) else value
+    return out
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, world: World, eps: float = 1e-8) -> torch.Tensor:
+    """`algorithms.advantages.whiten` with the mean and unbiased variance over the valid tokens of
+    every rank's rows (the global batch's), so that whitened advantages do not depend on N."""
+    from pillion.algorithms.advantages import whiten as whiten_local
+
+    if world.size == 1:
+        return whiten_local(values, mask, eps)
+    values, mask = values.detach().float(), mask.bool()  # [B, T]
+    values = torch.where(mask, values, torch.zeros_like(values))
+    totals = sum_floats({"sum": float(values.sum()), "count": float(mask.sum())}, world)
+    if totals["count"] <= 1:
+        return values
+    mean = totals["sum"] / totals["count"]
+    centered = torch.where(mask, values - mean, torch.zeros_like(values))  # [B, T]
+    var = sum_floats({"sq": float(centered.square().sum())}, world)["sq"] / (totals["count"] - 1)
+    return torch.where(mask, centered * torch.rsqrt(torch.tensor(var + eps)), torch.zeros_like(values))
+
+
+def gather_list(items: list, world: World) -> list:
+    """Every rank's list, concatenated in rank order (rank 0's first), on every rank."""
+    if world.size == 1:
+        return items
+    parts: list = [None] * world.size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+def gather_samples(samples: list, world: World) -> list:
+    """Every rank's samples (train.batch.Sample) in rank order, without their per-token log-probs
+    (the step's metrics need rewards, texts and lengths only)."""
+    if world.size == 1:
+        return samples
+    light = [replace(s, completion=replace(s.completion, logprobs=torch.empty(0))) for s in samples]
+    return gather_list(light, world)
+
+
+def barrier(world: World) -> None:
+    if world.size > 1:
+        dist.barrier()
+
+
+def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:
+    """`clip_grad_norm_` that also takes FSDP2's sharded (DTensor) gradients: the norm is
+    reduced over ranks into a plain tensor, the same number on every rank."""
+    from torch.distributed.tensor import DTensor
+
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if isinstance(norm, DTensor):
+        norm = norm.full_tensor()
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm
+
+
+class NoLog:
+    """What ranks other than 0 get instead of `common.MetricsLog`: writes nothing."""
+
+    def truncate_after(self, step: int) -> None:
+        pass
+
+    def write(self, record: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def close(world: World) -> None:
+    """Leave the process group at the end of a run (after the last collective)."""
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()

@@ -3,7 +3,8 @@
     pillion train                                     # the CPU default: tiny model, GRPO, eval before/after
     pillion train configs/dapo.yaml model=DIR         # one process: CPU or one GPU
     pillion train out=runs/ppo --resume               # continue a run (its saved config) from its last checkpoint
-    pillion train algo=grpo model=DIR device=cuda dtype=bfloat16    # one GPU (torchrun: not yet, see parallel.py)
+    pillion train algo=grpo model=DIR device=cuda dtype=bfloat16    # one GPU
+    torchrun --nproc_per_node=8 -m pillion train model=DIR device=cuda dtype=bfloat16   # 8 GPUs, FSDP2 (parallel.py)
 
 One step, top to bottom: sample prompts -> generate G completions each with pillion's engine
 -> grade them -> filter groups -> log-probs (old, reference) and values -> advantages ->
@@ -27,8 +28,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
-
 from pillion import config as config_lib
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
@@ -38,25 +37,23 @@ from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
-from pillion.model.sequences import response_logprobs
+from pillion.model.checkpoint import eos_token_ids, load_tokenizer
+from pillion.model.sequences import compile_training
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
-from pillion.train import common, parallel, state
+from pillion.rollout.tools import tool_metrics, tools_from_config
+from pillion.train import common, parallel, sharded, state
 from pillion.train.batch import Sample, make_batch
 from pillion.train.collect import rollout
 from pillion.train.models import (
     attach_optimizers,
     build_models,
     kl_probe,
-    load_master_state,
-    master_state,
     optimizer_target,
-    reference_logprobs,
 )
 from pillion.train.objective import advantages, loss_mask
 from pillion.train.optim import make_optimizer
-from pillion.train.update import no_grad_pass, update
+from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
 
@@ -83,20 +80,22 @@ def build_data(cfg, tokenizer, context: int):
     return pools, mixture, HistoryResampler(), stages, heldout
 
 
+@parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False, before: dict | None = None
           ) -> dict:
     """Run RL training as configured; returns the final report (also written to report.json).
     `before`: report entries of the starting model's evaluation, when the caller has them (phases.py)."""
     # ---- setup: world, models, optimizers, engine, data, grader; then the run folder ---------
-    world = parallel.init()
+    world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
     common.seed_everything(cfg.seed)
-    device = common.resolve_device(cfg.device)
+    device = parallel.place(common.resolve_device(cfg.device), world)  # cuda:LOCAL_RANK per rank
     model_dir = common.resolve_model(cfg.model)
-    dtype = getattr(torch, cfg.dtype)
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
+    if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
+        compile_training(models.policy)
     policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
     optimizer = make_optimizer(optimizer_target(policy, models.policy_params), cfg.optim, cfg.lr, cfg.weight_decay)
@@ -104,29 +103,28 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                   if critic else None)
     attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
-    engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn)
+    with parallel.full_weights(policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
+        engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn,
+                        tools=tools_from_config(cfg.tool))  # None unless tool.max_calls > 0
     pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, policy.cfg.max_position_embeddings)
-    common.create_run_dir(run_dir, overwrite)
-    state.clean_stale(run_dir)
-    state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
+    if world.main:  # one writer of the run folder; the other ranks wait for it
+        common.create_run_dir(run_dir, overwrite)
+        state.clean_stale(run_dir)
+        state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
+    parallel.barrier(world)
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
-    metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg))
+    metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
     if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (data/select.py)
-        pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
+        with parallel.full_weights(policy, world):  # every rank selects alike: same weights, same seeds
+            pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
         mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
     start, step, bad_streak = 0, 0, 0
 
     # ---- resume: weights, optimizer, RNG, sampler and history from the newest checkpoint ----
     checkpoint = state.latest(run_dir) if resume else None
     if checkpoint is not None:
-        saved = state.load_trainer_state(checkpoint)
-        policy.load_state_dict(load_model(checkpoint, dtype=dtype, device=device).state_dict())
-        optimizer.load_state_dict(saved["optimizer"])
-        if critic is not None:
-            critic.load_state_dict(saved["critic"])
-            critic_opt.load_state_dict(saved["critic_optimizer"])
-        load_master_state(models, saved.get("master"))
+        saved = sharded.resume(checkpoint, models, optimizer, critic_opt, world)  # saved at any number of ranks
         history.load_state_dict(saved["history"])
         for name, problems in pools.items():  # rebuild what history resampling left (data/history.py)
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
@@ -143,11 +141,12 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             mixture.set_weights(stage_at(stages, step)[1].sources)
         return mixture.sample(cfg.prompts_per_step)
 
-    def run_eval(tag: str) -> dict:  # {set name: result}
-        return evaluate_sets(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, pool=pool, tag=tag)
+    def run_eval(tag: str) -> dict:  # {set name: result}; each rank evaluates its share, all get the results
+        with parallel.full_weights(policy, world):
+            return evaluate_sets(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, pool, tag, world)
 
     try:
-        if start == 0 and world.main:
+        if start == 0:
             report.update(before or report_entries(run_eval("before RL"), "before"))
 
         # ---- the loop -------------------------------------------------------------------------
@@ -159,7 +158,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
 
             # 1. Rollout: prompts -> G completions each -> rewards, with the group filters applied.
             policy.eval()
-            ro = rollout(engine, prompts_for, cfg, step, pool, world)
+            with parallel.full_weights(policy, world):  # the engine reads whole weights: gathered once
+                ro = rollout(engine, prompts_for, cfg, step, pool, world)
             policy.train()
             if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
                 record_history(history, mixture, ro.samples, cfg.group_size)
@@ -170,7 +170,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                       "answered": sum(r.answer is not None for r in rewards) / max(len(rewards), 1),
                       "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
                       **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
-                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases)}
+                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
+                      **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
             if not ro.samples:
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
                 metrics.write({**record, "skipped_updates": 1})
@@ -180,20 +181,16 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
             batch = make_batch(ro.samples, engine.pad_id, device)
 
-            # 3. Old log-probs (only when a rollout feeds several updates), reference, values.
+            # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
+            #    reference log-probs (a KL term), values (a critic).
             on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
-            if not on_policy:
-                batch.old_logprobs = no_grad_pass(lambda b: response_logprobs(policy, b.seqs, cfg.temperature)[0],
-                                                  batch, cfg.micro_batch)
-            batch.ref_logprobs = reference_logprobs(models, batch.seqs, cfg.temperature, cfg.micro_batch)  # or None
-            if critic is not None:
-                batch.values = no_grad_pass(lambda b: critic.values(b.seqs), batch, cfg.micro_batch)
+            logprob_seconds = logprob_pass(models, critic, batch, cfg, need_old=not on_policy)
 
             # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
             #    needs the rollout policy's log-probs: the trainer's when computed, else the engine's.
             rollout_logprobs = batch.old_logprobs if batch.old_logprobs is not None else batch.engine_logprobs
             batch.advantages, batch.returns = advantages(cfg, batch.scores, batch.response_mask, rollout_logprobs,
-                                                         batch.ref_logprobs, batch.values)
+                                                         batch.ref_logprobs, batch.values, world)
             batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
 
             # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
@@ -210,14 +207,15 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                 "response_length": float(lengths.mean()),
                 "truncated": float(batch.truncated.float().mean()),
                 "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
-                "step_time": time.perf_counter() - t0,
                 "lr": optimizer.param_groups[0]["lr"],
             })
             if critic is not None:
                 record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns,
                                                                           batch.response_mask))
+            record.update(step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0))  # where time went
             bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
             record["bad_streak"] = bad_streak
+            record = parallel.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
             metrics.write(record)
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                             len=f"{record['response_length']:.0f}")
@@ -231,29 +229,26 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                                       f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
 
             # 7. Checkpoint and periodic evaluation.
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and world.main:
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
                 metrics.write({"step": step + 1, **eval_metrics(run_eval(f"step {step + 1}"))})
             # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
-            if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and world.main and not bad_streak:
-                state.save(run_dir, step + 1, policy, model_dir, {
-                    "optimizer": optimizer.state_dict(),
-                    "critic": critic.state_dict() if critic else None,
-                    "critic_optimizer": critic_opt.state_dict() if critic_opt else None,
+            if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and not bad_streak:
+                sharded.save(run_dir, step + 1, models, optimizer, critic_opt, model_dir, world, {
                     "mixture": mixture.state_dict(), "history": history.state_dict(), "report": report,
-                    "master": master_state(models),
                 }, recipe={"template": cfg.data.template, "answer_style": cfg.reward.answer_style})
             step += 1  # steps done, for an interrupt during the final evaluation
         bar.close()
 
         # ---- final evaluation and report --------------------------------------------------------
+        report.update(report_entries(run_eval("after RL"), "after"))
         if world.main:
-            report.update(report_entries(run_eval("after RL"), "after"))
             _write_report(run_dir, report)
     except KeyboardInterrupt:
         raise TrainingInterrupted(step, run_dir) from None
     finally:
         pool.close()
         metrics.close()
+        parallel.close(world)
     return report
 
 

@@ -2,12 +2,17 @@
 
     pillion sft data.sources='{gsm8k: data/gsm8k_train.jsonl}' model=DIR steps=2000
     pillion sft init=tiny steps=600 out=runs/sft-tiny      # a fresh tiny model on arithmetic
+    torchrun --nproc_per_node=2 -m pillion sft init=tiny   # two ranks: FSDP2, batch_size split (train/parallel.py)
 
 Each example is [prompt (rendered with data.template) | solution + EOS]; the loss is the mean
 negative log-likelihood over the solution tokens of the batch (token mean), so the prompt is
 context only. Published GRPO studies found that a light warm-up on long chain-of-thought
 decides how far RL can go; this is that step. The final model is written as a Hugging Face
 folder to OUT/final, and held-out pass@1 is measured before and after.
+
+With N ranks every rank draws the same global batch and trains on its contiguous share
+(`batch_size / N` examples); the token count of the loss is summed over ranks and FSDP2 sums
+the gradients, so the step equals one process's on the same batch.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import eos_token_ids, load_tokenizer, save_model, write_recipe
 from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine
-from pillion.train import common, precision, state
+from pillion.train import common, parallel, precision, sharded, state
 from pillion.train.models import compute_dtype, load_trainable
+from pillion.train.optim import make_optimizer
 
 
 def examples(problems, tokenizer, template: str, eos_id: int) -> list[tuple[list[int], list[int]]]:
@@ -54,15 +60,19 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
     return common.resolve_model(cfg.model)
 
 
+@parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     # The run folder is checked first and created only once config, model and data have loaded.
     run_dir = common.plan_run_dir(cfg.out, "sft", resume=False, overwrite=overwrite)
     common.seed_everything(cfg.seed)
-    device = common.resolve_device(cfg.device)
     with tempfile.TemporaryDirectory() as scratch:  # a fresh tiny model is built here, then kept
+        # Built before joining the process group: transformers then writes it on every rank.
         model_dir = initial_model(cfg, Path(scratch))
+        world = parallel.init(cfg)
+        device = parallel.place(common.resolve_device(cfg.device), world)
         # dtype=bfloat16: bf16 compute over float32 master weights, the optimizer's (train/precision.py).
-        model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device)
+        model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device, world=world,
+                                               cpu_offload=cfg.fsdp.cpu_offload)
         tokenizer = load_tokenizer(model_dir)
         budget = common.prompt_budget(cfg.data, model.cfg.max_position_embeddings, cfg.eval.max_new_tokens)
         pools, heldout = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
@@ -70,32 +80,40 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
             if missing := [p.id for p in problems if not p.solution]:
                 raise common.RunError(f"data source {name!r}: SFT needs worked solutions, and {len(missing)} "
                                       f"problems have none (first: {missing[0]})")
-        common.create_run_dir(run_dir, overwrite)
-        if cfg.init != "none":
-            model_dir = Path(shutil.copytree(model_dir, run_dir / "init"))
-    state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
+        if world.main:  # one writer; every rank built the same tiny model from the seed
+            common.create_run_dir(run_dir, overwrite)
+            if cfg.init != "none":
+                shutil.copytree(model_dir, run_dir / "init")
+            state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
+        parallel.barrier(world)
+        model_dir = run_dir / "init" if cfg.init != "none" else model_dir
     eos = eos_token_ids(model_dir, tokenizer)[0]
-    engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
+    with parallel.full_weights(model, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
+        engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
     mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    optimizer = common.make_optimizer(params, cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(params, None, cfg.lr, cfg.weight_decay)  # AdamW
     precision.sync_after_step(optimizer, master)
-    metrics = common.MetricsLog(run_dir)
+    metrics = common.MetricsLog(run_dir) if world.main else parallel.NoLog()
 
     bar = common.progress(cfg.steps, 0, "sft")
     for step in range(cfg.steps):
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
-        pairs = examples(mixture.sample(cfg.batch_size), tokenizer, cfg.data.template, eos)
+        # Every rank draws the same global batch and trains on its share of it.
+        problems = parallel.my_slice(mixture.sample(cfg.batch_size), world)
+        pairs = examples(problems, tokenizer, cfg.data.template, eos)
         batch = pack([p for p, _ in pairs], [r for _, r in pairs], engine.pad_id, device)
         logp, _ = response_logprobs(model, batch)  # [B, T]
-        loss = aggregate(-logp, batch.response_mask, "token_mean")  # mean NLL per solution token
+        tokens = parallel.sum_int(int(batch.response_mask.sum()), world)  # over every rank's rows
+        loss = aggregate(-logp, batch.response_mask, "token_mean", num_tokens=tokens)  # mean NLL per solution token
         loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+        norm = parallel.clip_grad_norm(params, cfg.grad_clip)
         if torch.isfinite(norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": float(loss.detach()), "grad_norm": float(norm),
+        record = {"step": step + 1, "loss": parallel.sum_floats({"loss": float(loss.detach())}, world)["loss"],
+                  "grad_norm": float(norm),
                   "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
         metrics.write(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}")
@@ -103,12 +121,17 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     bar.close()
 
     model.eval()
-    result = evaluate(engine, heldout, cfg.eval, cfg.data.template, progress=False)
+    with parallel.full_weights(model, world):  # each rank evaluates its share of the held-out set
+        result = evaluate(engine, heldout, cfg.eval, cfg.data.template, progress=False, world=world)
     final = run_dir / "final"
-    save_model(model, final, source=model_dir)
-    write_recipe(final, {"template": cfg.data.template})
+    whole = sharded.full_model(model, world) if world.size > 1 else model  # gathered on rank 0
     report = {"final_loss": record["loss"] if cfg.steps else None, "pass@1": result["pass@1"],
               "n_heldout": len(heldout), "model": str(final)}
-    state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
+    if world.main:
+        save_model(whole, final, source=model_dir)
+        write_recipe(final, {"template": cfg.data.template})
+        state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
     print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f}; model: {final}")
+    parallel.barrier(world)
+    parallel.close(world)
     return report

@@ -5,6 +5,9 @@
         pillion.json                                          template and answer style it was trained with
         trainer_state.pt                                      step, optimizer(s), RNG, data state,
                                                               critic weights, counters
+        dcp/                                                  several ranks: sharded models and optimizers
+                                                              (train/sharded.py; then trainer_state.pt
+                                                              holds no tensors of the models)
 
 A checkpoint is written into `step-N.tmp/`, every file is fsynced, and the folder is renamed to
 `step-N` (then the parent folder is fsynced): a process killed at any point leaves either the
@@ -101,6 +104,12 @@ def save(run_dir: Path, step: int, model, source: Path, trainer_state: dict[str,
     if recipe:
         write_recipe(tmp, recipe)
     torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+    return commit(run_dir, tmp, final, keep)
+
+
+def commit(run_dir: Path, tmp: Path, final: Path, keep: int = 2) -> Path:
+    """fsync a written `.tmp` checkpoint folder, rename it into place, prune older ones. (Several
+    ranks: rank 0 calls it once every rank's shards are written; train/sharded.py.)"""
     for path in tmp.iterdir():
         fsync_path(path)
     fsync_path(tmp)

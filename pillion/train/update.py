@@ -1,33 +1,75 @@
 """The policy (and critic) update over one rollout batch: ppo_epochs x mini_batches optimizer
 steps, micro-batched, with loss normalisers counted over the whole mini-batch (and over ranks)
-so that the result does not depend on the micro-batch size (docs/algorithms.md §5).
+so that the result does not depend on the micro-batch split (docs/algorithms.md §5).
+
+    logprob_pass(models, critic, batch, cfg, need_old)    # step 3: old, reference, values; no grad
+    stats = update(policy, optimizer, critic, critic_opt, cfg, batch, world)   # step 5
+
+Every forward is packed (model/sequences.py): a micro-batch's rows run end to end without
+padding, and with `micro_batch_tokens` micro-batches hold a token budget rather than a row
+count (`batch.micro_batches`), so long and short rows share forwards of even cost. The no-grad
+pass computes the old log-probs, the reference's and the critic's values over the same
+micro-batches, one after another per micro-batch, before the update. Both return their wall
+seconds for the step-time breakdown (`step_times`).
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 
 from pillion.algorithms import losses as L
 from pillion.model.sequences import response_logprobs
 from pillion.train import parallel
-from pillion.train.batch import TrainBatch
-from pillion.train.models import optimizer_params
+from pillion.train.batch import TrainBatch, micro_batches
+from pillion.train.models import optimizer_params, reference_fn
 from pillion.train.objective import Counts, actor_loss
 
+PHASES = ("generate", "grade", "logprobs", "update")  # metrics.jsonl: time_<phase>, time_other, step_time
 
-def chunks(rows: torch.Tensor, size: int) -> list[torch.Tensor]:
-    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+def split(batch: TrainBatch, index: torch.Tensor, cfg) -> list[torch.Tensor]:
+    """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget."""
+    lengths = batch.seqs.attention_mask[index].sum(-1).tolist()  # real tokens per row
+    return [index[m] for m in micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens)]
+
+
+def seconds_since(start: float, device) -> float:
+    """Wall seconds since `start`, after the device's queued work (CUDA is asynchronous)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
 
 
 @torch.no_grad()
-def no_grad_pass(fn, batch: TrainBatch, rows_per_pass: int) -> torch.Tensor:
-    """fn(micro-batch) -> [b, T], over the whole batch without grad: old/reference log-probs, values."""
-    return torch.cat([fn(batch.rows(r)) for r in chunks(torch.arange(batch.num_rows), rows_per_pass)])
+def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool) -> float:
+    """Fill batch.old_logprobs (when `need_old`: several updates per rollout, or TIS), the
+    reference's log-probs (a KL term) and the critic's values, in one no-grad pass over the
+    micro-batches; returns its wall seconds."""
+    start = time.perf_counter()
+    device = batch.response_mask.device
+    reference = reference_fn(models, device, cfg.temperature)  # None without a reference
+    fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature)[0]) if need_old else None,
+           "ref_logprobs": reference,
+           "values": critic.values if critic is not None else None}
+    fns = {k: fn for k, fn in fns.items() if fn is not None}
+    if fns:
+        parts = split(batch, torch.arange(batch.num_rows), cfg)
+        order = torch.argsort(torch.cat(parts))  # micro-batch order -> row order
+        outs: dict[str, list[torch.Tensor]] = {k: [] for k in fns}
+        for rows in parts:
+            seqs = batch.rows(rows).seqs
+            for k, fn in fns.items():
+                outs[k].append(fn(seqs))  # [b, T]
+        for k, parts_k in outs.items():
+            setattr(batch, k, torch.cat(parts_k)[order])  # [B, T]
+    return seconds_since(start, device)
 
 
 def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
     """Clip and step; skip (and clear) the update when the gradient is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    norm = parallel.clip_grad_norm(params, grad_clip)  # FSDP2: the norm over every rank's shards
     ok = bool(torch.isfinite(norm))
     if ok:
         optimizer.step()
@@ -37,18 +79,21 @@ def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
 
 def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world, train_policy=True) -> dict:
     """ppo_epochs x mini_batches optimizer steps over the rollout batch; returns the step's stats,
-    including how closely the engine's log-probs match the trainer's (first pass over each row)."""
+    including how closely the engine's log-probs match the trainer's (first pass over each row)
+    and the update's wall seconds (`time_update`)."""
+    start = time.perf_counter()
     stats: dict[str, list[float]] = {}
     sums = {"tokens": 0.0, "logprob_error": 0.0, "kl": 0.0}  # token-weighted, first epoch
     skipped = 0
+    size = -(-batch.num_rows // cfg.mini_batches)
     for epoch in range(cfg.ppo_epochs):
-        for mb in chunks(torch.arange(batch.num_rows), -(-batch.num_rows // cfg.mini_batches)):
+        for mb in [torch.arange(batch.num_rows)[i : i + size] for i in range(0, batch.num_rows, size)]:
             counts = Counts.of(batch.loss_mask[mb], batch.correct[mb], cfg.loss.agg,
                                cfg.loss.norm_len or cfg.max_new_tokens)
             counts.num_tokens = parallel.sum_int(counts.num_tokens, world)
             counts.num_seqs = parallel.sum_int(counts.num_seqs, world)
             counts.num_positive_tokens = parallel.sum_int(counts.num_positive_tokens, world)
-            for micro in chunks(mb, cfg.micro_batch):
+            for micro in split(batch, mb, cfg):
                 sub = batch.rows(micro)
                 if train_policy:
                     logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True)  # [b, T]
@@ -81,9 +126,23 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             if critic is not None:
                 _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
+    sums = parallel.sum_floats(sums, world)  # token-weighted over every rank's rows
     out = {k: sum(v) / len(v) for k, v in stats.items()}
     out["skipped_updates"] = skipped
     out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
     if batch.ref_logprobs is not None and sums["tokens"]:
         out["kl"] = sums["kl"] / sums["tokens"]
+    out["time_update"] = seconds_since(start, batch.response_mask.device)
     return out
+
+
+def step_times(record: dict, gen_seconds: float, grade_seconds: float, logprob_seconds: float, start: float) -> dict:
+    """The step-time breakdown for metrics.jsonl: time_generate (the engine, grading that ran
+    beside it included), time_grade (grading left after the last completion: the critical path),
+    time_logprobs (old/reference log-probs, values), time_update (from `record`), time_other
+    (the rest: batching, advantages, probes, logging) and step_time, all wall seconds."""
+    total = time.perf_counter() - start
+    times = {"time_generate": gen_seconds, "time_grade": grade_seconds, "time_logprobs": logprob_seconds,
+             "time_update": record.get("time_update", 0.0)}
+    times["time_other"] = max(0.0, total - sum(times.values()))
+    return {**times, "step_time": total}

@@ -12,13 +12,13 @@ from pillion.train import collect, phases, rl
 
 SMALL = ["prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=16", "data.heldout_size=8",
          "eval.k=1", "eval.max_new_tokens=24", "data.synthetic_size=400", "save_every=1"]
-# concise's selection on the small run: 2 problems the starting policy solves 1..3 times of 4
+# the selection on the small run: 2 problems the starting policy solves 1..3 times of 4
 SELECT = ["data.select.size=2", "data.select.k=4", "data.select.max_candidates=64"]
-TIMING = {"tokens_per_s", "step_time"}  # wall-clock fields differ between runs
+TIMING = {"tokens_per_s", "step_time"}  # wall-clock fields differ between runs (and every time_*)
 
 
 def metrics(run_dir):
-    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING and not k.startswith("time_")}
             for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
@@ -82,9 +82,9 @@ def test_select_picks_the_training_problems_and_resume_keeps_them(tmp_path, monk
     seen = []
     real = collect.generate_and_score
 
-    def recording(engine, problems, cfg, seed, pool):
+    def recording(engine, problems, cfg, seed, pool, **kwargs):
         seen.extend(p.id for p in problems)
-        return real(engine, problems, cfg, seed, pool)
+        return real(engine, problems, cfg, seed, pool, **kwargs)
 
     monkeypatch.setattr(collect, "generate_and_score", recording)
     args = ["algo=dr_grpo", "steps=2", *SMALL, *SELECT]  # no critic, no reference: the cheapest preset

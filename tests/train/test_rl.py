@@ -13,7 +13,8 @@ from pillion.train import update as rl_update
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "ppo", "vapo", "rloo", "reinforce_pp", "gspo", "raft", "raft_pp",
            "reinforce_rej", "srpo"]
-TIMING = {"tokens_per_s", "step_time"}  # wall-clock fields differ between runs
+TIMING = {"tokens_per_s", "step_time", "time_generate", "time_grade", "time_logprobs", "time_update",
+          "time_other"}  # wall-clock fields differ between runs
 
 
 def small(out, *overrides):

@@ -155,7 +155,8 @@ def test_offloaded_reference_gives_the_same_kl(tiny_checkpoint):
         for p in on_device.policy.parameters():
             p.add_(0.02 * torch.randn_like(p))
     batch = _batch()
-    logp = M._logprobs(on_device.policy, batch, 1.0, 8)
+    with torch.no_grad():
+        logp = response_logprobs(on_device.policy, batch, 1.0)[0]
     ref_a = M.reference_logprobs(on_device, batch, 1.0, 8)
     ref_b = M.reference_logprobs(offloaded, batch, 1.0, 1)  # and row by row
     mask = batch.response_mask.float()
@@ -174,9 +175,9 @@ def test_lora_reference_is_the_base_with_adapters_off(tiny_checkpoint):
         for p in models.policy_params:
             p.normal_(0, 0.1)
     batch = _batch()
-    base_logp = M._logprobs(load_model(path), batch, 1.0, 8)
+    base_logp = response_logprobs(load_model(path), batch, 1.0)[0].detach()
     torch.testing.assert_close(M.reference_logprobs(models, batch, 1.0, 8), base_logp, atol=1e-6, rtol=0)
-    assert (M._logprobs(models.policy, batch, 1.0, 8) - base_logp).abs().max() > 1e-3  # adapters back on
+    assert (response_logprobs(models.policy, batch, 1.0)[0].detach() - base_logp).abs().max() > 1e-3  # adapters back on
 
 
 def test_no_reference_without_kl_and_float16_is_refused(tiny_checkpoint):

@@ -8,7 +8,6 @@ import pytest
 import torch
 from torch import nn
 
-from pillion.train import common
 from pillion.train.optim import Chained, Dion, OptimConfig, dion_scale, dion_update, make_optimizer, split_params
 
 
@@ -58,7 +57,8 @@ def test_split_puts_only_block_matrices_on_the_orthonormal_optimizer(tied):
 def test_adamw_path_is_the_loops_optimizer():
     a, b = tiny_model(), tiny_model()
     ids = torch.randint(0, 32, (2, 6), generator=torch.Generator().manual_seed(1))
-    opt_a = common.make_optimizer(a.parameters(), 1e-2, 0.1)
+    # the loop's AdamW: betas (0.9, 0.999), eps 1e-8, fused (one kernel per parameter)
+    opt_a = torch.optim.AdamW(a.parameters(), lr=1e-2, weight_decay=0.1, betas=(0.9, 0.999), eps=1e-8, fused=True)
     opt_b = make_optimizer(b.parameters(), OptimConfig(name="adamw"), lr=1e-2, weight_decay=0.1)
     assert isinstance(opt_b, torch.optim.AdamW)
     for _ in range(3):

@@ -1,0 +1,276 @@
+"""The whole RL step, pillion beside TRL's GRPOTrainer, on CPU: median step time and the ratio.
+
+    python benchmarks/step_cpu.py                                    # all three workloads
+    python benchmarks/step_cpu.py --workloads tiny --steps 8
+    python benchmarks/step_cpu.py --trl-python /work/venv-trl/bin/python   # or $PILLION_TRL_PYTHON
+
+Workloads (GRPO, no KL term on either side, so neither runs a reference model; on-policy, one
+optimizer step per rollout; the same checkpoint folder, sizes and learning rate for both):
+
+  tiny      a random tiny Qwen2 (hidden 96, 3 layers), 8 prompts x 8 samples x 64 tokens, EOS
+            ignored (pillion: the engine's stop ids emptied; TRL: min_new_tokens = 64);
+  24m       a random 24M-parameter Qwen2 (hidden 512, 8 layers, 8 heads, 2 KV heads,
+            intermediate 1536), 4 prompts x 4 samples x 64 tokens, EOS ignored likewise;
+  longtail  the shipped tiny arithmetic model with max_new_tokens 384 and EOS honoured: most
+            answers stop within ~40 tokens, a few ramble to the cap. Also prints the padding
+            fraction of the update's tokens before packing ([B, P + T] padded rows) and after
+            (the packed forward holds the rows' real tokens only).
+
+Both run in their own process (pillion's `pillion.train.rl.train`, TRL's `GRPOTrainer.train`),
+held at the start of every step until this process says go, so that their steps alternate:
+pillion's step k, TRL's step k, pillion's step k + 1, ... A step's time runs from its go to the
+next step's start (generation, grading, the update, logging). The first step of each is a
+warm-up and not counted; the medians of the rest are printed with their ratio (TRL / pillion:
+above 1, pillion is faster), in wall seconds and in each process's CPU seconds (all threads;
+on a shared machine the steadier measure). Prompts: pillion samples its synthetic arithmetic
+pool (levels 1-2), TRL gets problems drawn from the same generator, rendered with the same
+template and scored by the same `pillion.rewards.score`. TRL is skipped when its interpreter
+cannot import trl and datasets. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+LR, TEMPLATE = 1e-5, "qa"
+# name -> (model spec or "default", prompts, samples, max_new_tokens, ignore EOS)
+WORKLOADS = {
+    "tiny": (dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256), 8, 8, 64, True),
+    "24m": (dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536), 4, 4, 64, True),
+    "longtail": ("default", 8, 8, 384, False),
+}
+
+
+def gate(info: dict | None = None) -> bool:
+    """Report the step that just ended (if any), say ready, and wait: True = go, False = stop."""
+    print("STEP " + json.dumps(info or {}), flush=True)
+    return sys.stdin.readline().strip() == "go"
+
+
+class Clock:
+    def __init__(self):
+        self.wall = self.cpu = None
+
+    def lap(self) -> dict:
+        now, cpu = time.perf_counter(), time.process_time()
+        out = {} if self.wall is None else {"wall": now - self.wall, "cpu": cpu - self.cpu}
+        self.wall, self.cpu = now, cpu
+        return out
+
+
+def pillion_child(args) -> None:
+    from pillion import config as C
+    from pillion.train import rl
+
+    model, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
+    clock, padding = Clock(), []
+    real_rollout, real_make_batch = rl.rollout, rl.make_batch
+
+    def gated_rollout(engine, *a, **k):
+        if ignore_eos:
+            engine.eos_ids = []  # every row runs to max_new_tokens, as TRL's min_new_tokens
+        info = clock.lap()
+        if padding:
+            info["padding"] = padding.pop()
+        if not gate(info):
+            raise SystemExit(0)
+        clock.lap()
+        return real_rollout(engine, *a, **k)
+
+    def measured_batch(samples_, *a, **k):
+        batch = real_make_batch(samples_, *a, **k)
+        real = float(batch.seqs.attention_mask.sum())
+        padding.append(1.0 - real / batch.seqs.attention_mask.numel())  # packed: 0, real tokens only
+        return batch
+
+    rl.rollout, rl.make_batch = gated_rollout, measured_batch
+    cfg = C.resolve(C.TrainConfig, overrides=[
+        f"model={args.model_dir}", f"out={args.out}", f"steps={args.steps + 1}", f"prompts_per_step={prompts}",
+        f"group_size={samples}", f"max_new_tokens={new}", f"lr={LR}", "loss.kl_coef=0", "micro_batch=1024",
+        f"data.template={TEMPLATE}", "data.heldout_size=1", "eval.k=1", "eval.max_new_tokens=1", "save_every=100000",
+        "data.synthetic_size=2000", *args.extra])
+    rl.train(cfg, overwrite=True)
+
+
+def trl_child(args) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pillion.data.synthetic import generate
+    from pillion.data.templates import render_prompt
+    from pillion.rewards import RewardConfig, score
+
+    _, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
+    problems = generate(prompts * (args.steps + 2), levels=(1, 2), seed=0)
+    by_question = {p.question: p for p in problems}
+    reward_cfg = RewardConfig(answer_style="boxed")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+
+    def reward(prompts, completions, question, completion_ids, **kwargs):
+        return [score(by_question[q], c, len(ids), reward_cfg).score
+                for q, c, ids in zip(question, completions, completion_ids)]
+
+    clock = Clock()
+
+    class Gate(TrainerCallback):
+        def on_step_begin(self, args_, state, control, **kwargs):
+            if not gate(clock.lap()):
+                raise SystemExit(0)
+            clock.lap()
+
+    dataset = Dataset.from_dict({"prompt": [render_prompt(p, TEMPLATE, tokenizer) for p in problems],
+                                 "question": [p.question for p in problems]})
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts * samples, num_generations=samples,
+                            max_completion_length=new, max_steps=args.steps + 1, learning_rate=LR, beta=0.0,
+                            temperature=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+                            disable_tqdm=True, seed=0, model_init_kwargs={"dtype": torch.float32},
+                            generation_kwargs={"min_new_tokens": new} if ignore_eos else None)
+        trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
+                              processing_class=tokenizer, callbacks=[Gate()])
+        trainer.train()
+
+
+def make_model(workload: str, folder: Path) -> Path:
+    from pillion.model.tiny import make_tiny_checkpoint
+    from pillion.train.common import resolve_model
+
+    spec = WORKLOADS[workload][0]
+    if spec == "default":
+        return Path(resolve_model("default"))
+    if not (folder / "config.json").exists():
+        make_tiny_checkpoint(folder, "qwen2", max_position_embeddings=1024, **spec)
+    return folder
+
+
+def child_env() -> dict:
+    return {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class Child:
+    """A gated child process: `step()` lets it run one step and returns what it reported."""
+
+    def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args):
+        cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workload", workload, "--model-dir",
+               str(model_dir), "--out", str(out), "--steps", str(args.steps), *sum([["--extra", e] for e in args.extra],
+                                                                                    [])]
+        self.log = open(out.with_suffix(f".{kind}.log"), "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
+                                     env=child_env())
+        self.ready = self._wait()
+
+    def _wait(self) -> dict | None:
+        for line in self.proc.stdout:
+            if line.startswith("STEP "):
+                return json.loads(line[5:])
+        return None  # exited: see the log
+
+    def step(self) -> dict | None:
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+        return self._wait()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("stop\n")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=600)
+        self.log.close()
+
+
+def trl_python(args) -> str | None:
+    python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
+    if not python:
+        return None
+    ok = subprocess.run([python, "-c", "import trl, datasets"], capture_output=True).returncode == 0
+    return python if ok else None
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def run_workload(name: str, args, trl: str | None, work: Path) -> None:
+    model_dir = make_model(name, work / f"model-{name}")
+    _, prompts, samples, new, ignore_eos = WORKLOADS[name]
+    print(f"\n{name}: {prompts} prompts x {samples} samples x {new} tokens{' (EOS ignored)' if ignore_eos else ''}, "
+          f"model {model_dir}", flush=True)
+    children = {"pillion": Child(sys.executable, "pillion", name, model_dir, work / f"{name}-pillion", args)}
+    if trl:
+        children["TRL"] = Child(trl, "trl", name, model_dir, work / f"{name}-trl", args)
+    times: dict[str, list[dict]] = {k: [] for k in children}
+    for _ in range(args.steps):  # alternating: one step of each in turn
+        for who, child in children.items():
+            report = child.step()
+            if report is None:
+                print(f"  {who} exited early; its log: {child.log.name}")
+                return
+            times[who].append(report)
+    for child in children.values():
+        child.stop()
+    counted = {who: rows[1:] for who, rows in times.items()}  # the first step is a warm-up
+    for who, rows in counted.items():
+        print(f"  {who:8s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
+              f"{median([r['cpu'] for r in rows]):.3f} s CPU  (steps: "
+              + ", ".join(f"{r['wall']:.2f}" for r in rows) + ")")
+    if "TRL" in counted:
+        wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted["pillion"]])
+        cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted["pillion"]])
+        print(f"  TRL / pillion: {wall:.2f}x wall, {cpu:.2f}x CPU")
+    metrics = work / f"{name}-pillion" / "metrics.jsonl"
+    if metrics.exists():  # pillion's own step-time breakdown (train/update.py step_times), medians
+        rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
+        phases = {p: median([r[p] for r in rows if p in r]) for p in ("time_generate", "time_grade", "time_logprobs",
+                                                                       "time_update")}
+        # time_other is not read: here it holds the wait at the gate, inside the step's clock
+        other = median([r["wall"] for r in counted["pillion"]]) - sum(phases.values())
+        print("  pillion phases (median s): " + ", ".join(f"{p[5:]} {v:.3f}" for p, v in phases.items())
+              + f", other {other:.3f}")
+    pads = [r["padding"] for r in times["pillion"] if "padding" in r]
+    if pads:
+        print(f"  update padding: {median(pads):.3f} of [B, P + T] before packing, 0.000 after (packed rows hold "
+              "only real tokens)")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--steps", type=int, default=5, help="steps of each, the first a warm-up")
+    p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
+    p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-step-cpu")
+    p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
+    p.add_argument("--child", choices=["pillion", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--workload", help=argparse.SUPPRESS)
+    p.add_argument("--model-dir", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        (pillion_child if args.child == "pillion" else trl_child)(args)
+        return 0
+    names = args.workloads.split(",")
+    unknown = [n for n in names if n not in WORKLOADS]
+    if unknown:
+        p.error(f"unknown workload(s) {unknown}; choose among {', '.join(WORKLOADS)}")
+    trl = trl_python(args)
+    if not trl:
+        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        run_workload(name, args, trl, args.work_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,226 @@
+"""The whole RL step on one GPU: step time by phase, update tokens/s and MFU, beside TRL's step.
+
+    python benchmarks/step_gpu.py                                   # skips without CUDA
+    python benchmarks/step_gpu.py --trl-python /path/to/python       # + TRL's GRPOTrainer on the same model
+    python benchmarks/step_gpu.py --smoke                            # the script's logic on CPU, tiny sizes
+
+A Qwen2.5-1.5B-shaped model (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960,
+vocabulary 151,936, tied embeddings), initialised at random by `transformers` and saved once
+in bf16 to --model-dir; pillion's byte-level tokenizer. GRPO without a KL term (no reference
+model), bf16 over float32 masters, 64 prompts x 8 samples x 512 tokens with EOS ignored (every
+row is 512 tokens: pillion's engine gets no stop ids, TRL min_new_tokens = 512), the compiled
+decode step and compiled training forward (`compile=true`), micro-batches of
+--micro-batch-tokens packed tokens. pillion runs `--steps` steps of `pillion.train.rl.train`;
+the first is a warm-up (compilation), the medians of the rest are printed per phase from its
+metrics.jsonl (generate, grade, log-probs, update, other).
+
+MFU of the update = 6 x parameters x update tokens (forward and backward of every matmul, the
+LM head included) + the attention's 12 x layers x hidden x sum over rows of length^2 / 2
+(causal), over time_update x the GPU's peak dense bf16 FLOP/s (--peak-tflops; by default 989 for
+H100/H200, 312 for A100). Target: >= 50%.
+
+TRL (when --trl-python imports trl and datasets): one warm-up and `--steps - 1` steps of
+GRPOTrainer on the same folder and workload (bf16, beta 0, its own generation), timed from
+step begin to step end, in a fresh process after pillion's has exited. Sized to finish in under
+5 minutes on one H100 without TRL; TRL's generation through `transformers` adds minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
+                  num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True)
+SMOKE = dict(vocab_size=320, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512, rope_theta=1e6, rms_norm_eps=1e-6,
+             tie_word_embeddings=True)
+PHASES = ("time_generate", "time_grade", "time_logprobs", "time_update", "time_other")
+LR = 1e-6
+
+
+def make_model(folder: Path, shape: dict) -> None:
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from pillion.model.tiny import make_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = make_tokenizer()
+    config = Qwen2Config(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
+    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+
+
+def pillion_run(args, work: Path) -> dict:
+    """`args.steps` steps of pillion's loop; the counted steps' phases, tokens and MFU inputs."""
+    import torch
+
+    from pillion import config as C
+    from pillion.model.checkpoint import load_model
+    from pillion.train import rl
+
+    real_rollout = rl.rollout
+    update_tokens: list[tuple[int, int]] = []  # per step: (real tokens, sum of length^2)
+    real_make_batch = rl.make_batch
+
+    def no_eos(engine, *a, **k):
+        engine.eos_ids = []  # fixed length: every row runs to max_new_tokens
+        return real_rollout(engine, *a, **k)
+
+    def counted(samples, *a, **k):
+        batch = real_make_batch(samples, *a, **k)
+        lengths = batch.seqs.attention_mask.sum(-1).float()  # [B]
+        update_tokens.append((int(lengths.sum()), int((lengths**2).sum())))
+        return batch
+
+    rl.rollout, rl.make_batch = no_eos, counted
+    out = work / "pillion-run"
+    cfg = C.resolve(C.TrainConfig, overrides=[
+        f"model={args.model_dir}", f"out={out}", f"steps={args.steps}", f"prompts_per_step={args.prompts}",
+        f"group_size={args.samples}", f"max_new_tokens={args.tokens}", f"lr={LR}", "loss.kl_coef=0",
+        f"device={args.device}", f"dtype={args.dtype}", f"compile={str(not args.smoke).lower()}",
+        "micro_batch=100000", f"micro_batch_tokens={args.micro_batch_tokens}", "data.template=qa",
+        "data.heldout_size=1", "eval.k=1", "eval.max_new_tokens=1", "save_every=100000",
+        "data.synthetic_size=2000"])
+    cfg.steps = args.steps
+    start = time.perf_counter()
+    rl.train(cfg, overwrite=True)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in rows if "time_update" in r][1:]  # the first step compiles
+    params = sum(p.numel() for p in load_model(args.model_dir, device="meta").parameters())
+    return {"rows": rows, "tokens": update_tokens[1:], "params": params, "seconds": time.perf_counter() - start,
+            "peak_memory": torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None}
+
+
+def trl_child(args) -> None:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    prompts = [f"Question: what is {i} + {i + 1}?\nAnswer:" for i in range(args.prompts * (args.steps + 1))]
+    times: list[float] = []
+
+    class Clock(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            torch.cuda.synchronize()
+            self.start = time.perf_counter()
+
+        def on_step_end(self, *a, **k):
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as out_dir:
+        config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=args.prompts * args.samples,
+                            num_generations=args.samples, max_completion_length=args.tokens, max_steps=args.steps,
+                            learning_rate=LR, beta=0.0, bf16=torch.cuda.is_available(),
+                            use_cpu=not torch.cuda.is_available(), report_to="none", save_strategy="no",
+                            logging_steps=1, disable_tqdm=True, seed=0, temperature=1.0,
+                            generation_kwargs={"min_new_tokens": args.tokens})
+        trainer = GRPOTrainer(model=str(args.model_dir), reward_funcs=lambda completions, **k: [0.0] * len(completions),
+                              args=config, train_dataset=Dataset.from_dict({"prompt": prompts}),
+                              processing_class=tokenizer, callbacks=[Clock()])
+        trainer.train()
+    print(json.dumps({"steps": times}), flush=True)
+
+
+def trl_python(args) -> str | None:
+    python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
+    if not python:
+        return None
+    ok = subprocess.run([python, "-c", "import trl, datasets"], capture_output=True).returncode == 0
+    return python if ok else None
+
+
+def peak_flops(args) -> float:
+    import torch
+
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    name = torch.cuda.get_device_name() if torch.cuda.is_available() else ""
+    return (312e12 if "A100" in name else 989e12)  # H100 / H200 SXM dense bf16
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-qwen2.5-1.5b-random")
+    p.add_argument("--steps", type=int, default=3, help="steps of each, the first a warm-up")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--samples", type=int, default=8)
+    p.add_argument("--tokens", type=int, default=512)
+    p.add_argument("--micro-batch-tokens", type=int, default=32768)
+    p.add_argument("--peak-tflops", type=float, help="the GPU's peak dense bf16 TFLOP/s (default: by its name)")
+    p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks this script, measures nothing")
+    p.add_argument("--child", choices=["trl"], help=argparse.SUPPRESS)
+    args = p.parse_args()
+    args.device, args.dtype = ("cpu", "float32") if args.smoke else ("cuda", "bfloat16")
+    if args.smoke:
+        args.model_dir = Path(tempfile.gettempdir()) / "pillion-step-gpu-smoke"
+        args.prompts, args.samples, args.tokens, args.micro_batch_tokens = 2, 2, 16, 64
+    if args.child:
+        trl_child(args)
+        return 0
+
+    import torch
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("step_gpu: CUDA is not available; skipping (run on a GPU machine, or --smoke to check the script)")
+        return 0
+    if not (args.model_dir / "config.json").exists():
+        print(f"writing a random Qwen2.5-1.5B-shaped model (bf16) to {args.model_dir} ...", flush=True)
+        make_model(args.model_dir, SMOKE if args.smoke else QWEN25_15B)
+    work = Path(tempfile.mkdtemp(prefix="pillion-step-gpu-"))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu (smoke)"
+    print(f"{device}: {args.prompts} prompts x {args.samples} samples x {args.tokens} tokens, {args.dtype}, "
+          f"micro-batches of {args.micro_batch_tokens} tokens, {args.steps} steps (first a warm-up)", flush=True)
+    ours = pillion_run(args, work)
+    rows = ours["rows"]
+    if not rows:
+        print("pillion: no counted step (use --steps >= 2)")
+        return 1
+    med = {k: statistics.median(r[k] for r in rows) for k in (*PHASES, "step_time")}
+    print("pillion median step {:.2f} s: ".format(med["step_time"])
+          + ", ".join(f"{k[5:]} {med[k]:.2f} s ({100 * med[k] / med['step_time']:.0f}%)" for k in PHASES))
+    tokens = statistics.median(t for t, _ in ours["tokens"])
+    squares = statistics.median(s for _, s in ours["tokens"])
+    cfg = QWEN25_15B if not args.smoke else SMOKE
+    flops = (6 * ours["params"] * tokens
+             + 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * squares / 2)  # forward + backward, causal
+    print(f"update: {tokens:.0f} tokens, {tokens / med['time_update']:.0f} tokens/s, "
+          f"MFU {100 * flops / med['time_update'] / peak_flops(args):.1f}% (target >= 50%)"
+          + (f"; peak memory {ours['peak_memory'] / 2**30:.1f} GiB" if ours["peak_memory"] else ""), flush=True)
+    trl = trl_python(args)
+    if not trl:
+        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
+        return 0
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
+    cmd = [trl, __file__, "--child", "trl", "--model-dir", str(args.model_dir), "--steps", str(args.steps),
+           "--prompts", str(args.prompts), "--samples", str(args.samples), "--tokens", str(args.tokens)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        print("TRL failed: " + " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:]))
+        return 0
+    theirs = json.loads(lines[-1])["steps"][1:]
+    if theirs:
+        trl_step = statistics.median(theirs)
+        print(f"TRL median step {trl_step:.2f} s; TRL / pillion {trl_step / med['step_time']:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

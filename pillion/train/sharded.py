@@ -1,0 +1,187 @@
+"""A run's checkpoints at any number of ranks: torch.distributed.checkpoint (DCP) for N > 1.
+
+    save(run_dir, step, models, optimizer, critic_opt, source, world, extra, recipe)   # every rank calls it
+    saved = resume(checkpoint, models, optimizer, critic_opt, world)                    # every rank calls it
+
+One process writes the format of `state.py` (a Hugging Face folder plus trainer_state.pt with
+the optimizer state). N ranks write, into the same `step-N.tmp` folder:
+
+    dcp/                      policy, optimizer (and critic, critic optimizer): each rank its
+                              shards, keyed by parameter name (FQN), fsynced by DCP's writer
+    config.json, model.safetensors, ...   the policy, consolidated by rank 0 from a full state
+                              dict (so `transformers` and `pillion eval` load it)
+    trainer_state.pt          rank 0: step, RNG, data state, report (no tensors of the models)
+
+and rank 0 renames the folder after every rank has finished its shards (a barrier), so a rank
+killed at any point leaves a `.tmp` folder that `latest` never returns (state.py). DCP saves
+tensors by name and reshards them at load, so a checkpoint saved at N ranks resumes at M: at
+M > 1 through FSDP2's state-dict API, at M = 1 by loading the named tensors straight into the
+model's parameters (or its float32 masters with dtype=bfloat16) and the optimizer's state
+(DCP reads without a process group in one process). A one-process checkpoint resumes in one
+process only.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pillion.model.checkpoint import CheckpointError, load_model, save_model, write_recipe
+from pillion.model.transformer import Transformer
+from pillion.train import parallel, state
+from pillion.train.models import Models, load_master_state, master_state
+
+WRAPPER_PREFIX = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper, not in names
+
+
+def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source: Path, world: parallel.World,
+         extra: dict[str, Any], recipe: dict[str, Any] | None = None) -> Path | None:
+    """Checkpoint `step` (every rank calls this); returns its folder on rank 0."""
+    if world.size == 1:
+        return state.save(run_dir, step, models.policy, source, {
+            **extra, "optimizer": optimizer.state_dict(),
+            "critic": models.critic.state_dict() if models.critic else None,
+            "critic_optimizer": critic_opt.state_dict() if critic_opt else None,
+            "master": master_state(models),
+        }, recipe=recipe)
+    import torch.distributed.checkpoint as dcp
+
+    final = state.checkpoint_dir(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if world.main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    parallel.barrier(world)
+    dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
+    full = full_model(models.policy, world)  # collective; the model on rank 0, None elsewhere
+    if world.main:
+        save_model(full, tmp, source=source)
+        if recipe:
+            write_recipe(tmp, recipe)
+        torch.save({**extra, "step": step, "world_size": world.size, "rng": state.rng_state()},
+                   tmp / "trainer_state.pt")
+        state.fsync_path(tmp / "dcp")
+        state.commit(run_dir, tmp, final)
+    parallel.barrier(world)  # no rank runs ahead of a checkpoint that is not in place yet
+    return final if world.main else None
+
+
+def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: parallel.World) -> dict[str, Any]:
+    """Load a checkpoint into the models and optimizers (every rank); returns its trainer state
+    (step, data state, report) with the RNG restored."""
+    saved = state.load_trainer_state(checkpoint)
+    if (checkpoint / "dcp").is_dir():
+        _load_distributed(checkpoint / "dcp", models, optimizer, critic_opt, world)
+        return saved
+    if world.size > 1:
+        raise CheckpointError(f"{checkpoint} was written by one process: resume it in one process (without "
+                              "torchrun), or start this run again at several ranks")
+    weight = models.policy.model.embed_tokens.weight  # in the compute dtype (also under LoRA)
+    models.policy.load_state_dict(load_model(checkpoint, dtype=weight.dtype, device=weight.device).state_dict())
+    optimizer.load_state_dict(saved["optimizer"])
+    if models.critic is not None:
+        models.critic.load_state_dict(saved["critic"])
+        critic_opt.load_state_dict(saved["critic_optimizer"])
+    load_master_state(models, saved.get("master"))
+    return saved
+
+
+def full_model(policy: nn.Module, world: parallel.World) -> Transformer | None:
+    """The whole policy as a plain CPU Transformer on rank 0 (None on the others), gathered from
+    its shards (a collective: every rank calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    full = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if not world.main:
+        return None
+    with torch.device("meta"):
+        model = Transformer(policy.cfg)
+    model.load_state_dict(full, strict=False, assign=True)
+    if policy.cfg.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    missing = [k for k, v in model.state_dict().items() if v.is_meta]
+    if missing:
+        raise CheckpointError(f"the gathered policy lacks {len(missing)} tensors (first: {missing[0]})")
+    model.reset_rope("cpu")
+    return model
+
+
+def _distributed_state(models: Models, optimizer, critic_opt) -> dict[str, Any]:
+    """Name-keyed sharded state of the models and optimizers (FSDP2's state-dict API)."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
+
+    out = {"policy": get_model_state_dict(models.policy),
+           "optimizer": get_optimizer_state_dict(models.policy, optimizer)}
+    if models.critic is not None:
+        out["critic"] = get_model_state_dict(models.critic)
+        out["critic_optimizer"] = get_optimizer_state_dict(models.critic, critic_opt)
+    return out
+
+
+def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world: parallel.World) -> None:
+    import torch.distributed.checkpoint as dcp
+
+    pairs = [("policy", "optimizer", models.policy, optimizer, models.policy_master)]
+    if models.critic is not None:
+        pairs.append(("critic", "critic_optimizer", models.critic, critic_opt, models.critic_master))
+    try:
+        if world.size > 1:
+            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+            target = _distributed_state(models, optimizer, critic_opt)
+            dcp.load(target, checkpoint_id=folder)
+            for model_key, opt_key, model, opt, _ in pairs:
+                set_model_state_dict(model, target[model_key])
+                set_optimizer_state_dict(model, opt, target[opt_key])
+            return
+        # One process: load the named tensors in place into the parameters (or masters) and the
+        # optimizer's state, which a zero step creates first.
+        target = {}
+        for model_key, opt_key, model, opt, master in pairs:
+            tensors = _trainable_by_name(model, master)
+            _create_optimizer_state(opt)
+            names = {id(t): name for name, t in tensors.items()}
+            target[model_key] = tensors
+            target[opt_key] = {"state": {names[id(p)]: opt.state[p]
+                                         for group in opt.param_groups for p in group["params"]}}
+        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+            warnings.simplefilter("ignore")
+            dcp.load(target, checkpoint_id=folder, no_dist=True)
+    except (RuntimeError, ValueError, KeyError) as e:  # a foreign or damaged folder: name it
+        raise CheckpointError(f"{folder}: cannot load the sharded checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    for *_, master in pairs:
+        if master is not None:
+            from pillion.train.precision import copy_to_model
+
+            copy_to_model(master)
+
+
+def _trainable_by_name(model: nn.Module, master) -> dict[str, torch.Tensor]:
+    """name -> the tensor the optimizer steps: the parameter, or its float32 master (bf16)."""
+    named = {id(p): name.replace(WRAPPER_PREFIX, "") for name, p in model.named_parameters()}
+    if master is not None:
+        return {named[id(p)]: m for p, m in zip(master.model_params, master.params)}
+    return {name.replace(WRAPPER_PREFIX, ""): p for name, p in model.named_parameters() if p.requires_grad}
+
+
+@torch.no_grad()
+def _create_optimizer_state(optimizer) -> None:
+    """An optimizer's state tensors (moments, step), created by one step at lr 0 on zero
+    gradients, so that DCP has tensors to load into; the parameters do not move."""
+    if all(p in optimizer.state for group in optimizer.param_groups for p in group["params"]):
+        return
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group, lr in zip(optimizer.param_groups, lrs):
+        group["lr"] = lr

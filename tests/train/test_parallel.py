@@ -1,0 +1,281 @@
+"""Several ranks (train/parallel.py, train/sharded.py) on CPU with gloo: the same metrics as one
+process on the same global batch, checkpoints that resume at another world size, a killed rank
+that brings the job down, and the bad inputs of an N-rank run.
+
+Ranks are started as torchrun starts them (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT in
+the environment of `python -m pillion ...` processes); the kill test uses torchrun itself, whose
+agent names the failed rank.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pillion import config as C
+from pillion.cli import main
+from pillion.train import parallel, rl, state
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMING = {"tokens_per_s", "step_time"}  # wall-clock fields
+# 4 prompts x 4 samples = 16 rows: 8 per rank at N=2; micro_batch=4 divides both, so the
+# micro-batches (and the per-micro-batch stats averaged into the log) are the same rows at N=1 and N=2.
+SMALL = ["prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=4", "data.heldout_size=8",
+         "eval.k=1", "eval.max_new_tokens=24", "eval.batch_prompts=3", "data.synthetic_size=400"]
+
+
+def _env(rank: int, size: int, port: int) -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "WORLD_SIZE": str(size),
+            "RANK": str(rank), "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(size),
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], size: int = 2) -> None:
+    """`python -m pillion ARGS` on `size` ranks; every rank must exit 0 (hang guard: 10 min)."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-m", "pillion", *args], env=_env(r, size, port), cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for r in range(size)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * size, "\n".join(outputs[::-1])[-4000:]
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same(a: list[dict], b: list[dict], rel: float = 1e-4) -> None:
+    """Same steps, same keys, every number within `rel` relative."""
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k in x:
+            assert y[k] == pytest.approx(x[k], rel=rel, abs=1e-9), (x["step"], k, x[k], y[k])
+
+
+def _copy_until(src: Path, dst: Path, step: int) -> None:
+    """A run folder as it was after checkpoint `step`: later checkpoints removed (metrics are
+    truncated by the resume itself)."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for folder in (dst / "checkpoints").iterdir():
+        if int(folder.name.split("-")[1]) > step:
+            shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="module")
+def grpo(tmp_path_factory):
+    """3 GRPO steps in one process and on 2 ranks (checkpoints at steps 2 and 3), then the
+    2-rank run resumed from step 2 at N=1 and at N=2."""
+    base = tmp_path_factory.mktemp("grpo")
+    args = ["steps=3", "save_every=2", *SMALL]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={base / 'one'}", *args]))
+    launch(["train", f"out={base / 'two'}", *args])
+    for n in (1, 2):
+        _copy_until(base / "two", base / f"resume{n}", 2)
+        if n == 1:
+            assert main(["train", f"out={base / 'resume1'}", "--resume"]) == 0
+        else:
+            launch(["train", f"out={base / 'resume2'}", "--resume"])
+    return base
+
+
+@pytest.mark.slow
+def test_two_ranks_log_what_one_process_logs(grpo):
+    """Reward, loss, grad_norm and every other logged number (wall-clock fields aside) of 3 GRPO
+    steps agree to 1e-4: same global batch, sampling keyed by the global row, normalisers
+    summed over ranks, gradients summed by FSDP2."""
+    one, two = rows(grpo / "one"), rows(grpo / "two")
+    assert_same(one, two)
+    assert {"reward", "pg_loss", "grad_norm", "kl_initial"} <= one[0].keys()
+    # A real comparison: rewards 0, 0.44, 0.75 and a step with a full-size (clipped) gradient.
+    assert len({r["reward"] for r in one}) == 3 and max(r["grad_norm"] for r in one) > 0.5
+    # Held-out evaluation: each rank sampled its share of every batch; the gathered result is one process's.
+    report_one, report_two = (json.loads((grpo / name / "report.json").read_text()) for name in ("one", "two"))
+    for key in ("pass@1", "mean_length", "truncated", "curve", "by_level"):
+        assert report_two["eval_before"][key] == report_one["eval_before"][key], key
+        assert report_two["eval_after"][key] == report_one["eval_after"][key], key
+    # The sharded checkpoint: DCP shards of both ranks, and the consolidated policy folder.
+    final = grpo / "two" / "checkpoints" / "step-000003"
+    assert sorted(p.name for p in (final / "dcp").glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    assert (final / "model.safetensors").is_file() and (grpo / "two" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_the_consolidated_policy_is_the_one_process_policy(grpo):
+    """Rank 0's Hugging Face folder, gathered from the shards, holds the weights one process
+    saved after the same 3 steps (transformers and `pillion eval` read this folder)."""
+    from pillion.model.checkpoint import load_model
+
+    one = load_model(grpo / "one" / "checkpoints" / "step-000003").state_dict()
+    two = load_model(grpo / "two" / "checkpoints" / "step-000003").state_dict()
+    assert one.keys() == two.keys()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n", [1, 2])
+def test_a_two_rank_checkpoint_resumes_at_one_and_two_ranks(grpo, n):
+    """Saved at N=2 after step 2, resumed at N: step 3 is the uninterrupted run's (weights,
+    optimizer moments and data state all came back, resharded)."""
+    assert_same(rows(grpo / "two"), rows(grpo / f"resume{n}"))
+
+
+@pytest.mark.slow
+def test_a_ppo_step_with_a_sharded_critic_matches_one_process(tmp_path):
+    """PPO: critic sharded too, values through its `values` method, whitened advantages over
+    the global batch, two epochs (old log-probs from a no-grad pass)."""
+    args = ["algo=ppo", "steps=1", "save_every=5", "max_new_tokens=40", *SMALL[:2], *SMALL[3:]]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'one'}", *args]))
+    launch(["train", f"out={tmp_path / 'two'}", *args])
+    one = rows(tmp_path / "one")
+    assert one[0]["value_loss"] > 0 and one[0]["reward"] > 0 and one[0]["grad_norm"] > 0
+    assert_same(one, rows(tmp_path / "two"))
+
+
+@pytest.mark.slow
+def test_three_sft_steps_match_one_process(tmp_path):
+    args = ["init=tiny", "steps=3", "batch_size=8", "data.heldout_size=6", "eval.k=1", "eval.max_new_tokens=8",
+            "data.synthetic_size=200", "tiny.hidden_size=64", "tiny.num_layers=2", "tiny.intermediate_size=128"]
+    assert main(["sft", f"out={tmp_path / 'one'}", *args]) == 0
+    launch(["sft", f"out={tmp_path / 'two'}", *args])
+    assert_same(rows(tmp_path / "one"), rows(tmp_path / "two"))
+    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+
+
+def _rank_pid(parent: int, rank: int) -> int | None:
+    """The pid of torchrun's worker with RANK=rank (a child of `parent`), if it runs yet."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent and f"RANK={rank}".encode() in env:
+            return int(entry.name)
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds torchrun's workers through /proc")
+def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pillion",
+           "train", f"out={out}", "steps=40", "save_every=1", *SMALL]
+    job = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        # Wait (a hang guard, not a timing assertion) for the first checkpoint, then SIGKILL rank 1.
+        deadline = time.monotonic() + 600
+        while state.latest(out) is None and job.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        victim = _rank_pid(job.pid, 1)
+        assert victim is not None and job.poll() is None, "the job ended before a checkpoint"
+        os.kill(victim, signal.SIGKILL)
+        output = job.communicate(timeout=60)[0]  # the other rank and the agent stop within 60 s
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output) and "SIGKILL" in output, output[-3000:]
+    last = state.latest(out)
+    assert last is not None and (last / "dcp").is_dir() and int(last.name.split("-")[1]) < 40
+    done = int(last.name.split("-")[1])
+    assert main(["train", f"out={out}", "--resume", f"steps={done + 1}"]) == 0  # one process takes over
+    assert [r["step"] for r in rows(out)] == list(range(1, done + 2))
+
+
+# ---- one process: the pieces, and the bad inputs -----------------------------------------------
+
+def test_row_offset_gives_a_share_of_a_call_the_samples_of_the_whole_call(tiny_checkpoint):
+    """What makes N ranks sample what one process samples: rows keyed by their global index."""
+    from pillion.model.checkpoint import load_model, load_tokenizer
+    from pillion.rollout.engine import Engine, SamplingParams
+
+    folder = tiny_checkpoint("qwen2")
+    engine = Engine(load_model(folder), load_tokenizer(folder), [0])
+    prompts = [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]]
+    whole = engine.generate(prompts, SamplingParams(n=3, max_new_tokens=6, seed=11))
+    shares = [engine.generate(prompts[a:b], SamplingParams(n=3, max_new_tokens=6, seed=11, row_offset=a * 3))
+              for a, b in ((0, 1), (1, 4))]
+    parts = [c for share in shares for c in share]
+    assert [c.ids for c in parts] == [c.ids for c in whole]
+    assert len({tuple(c.ids) for c in whole}) > 1  # the samples differ between rows
+    without = engine.generate(prompts[1:4], SamplingParams(n=3, max_new_tokens=6, seed=11))
+    assert [c.ids for c in without] != [c.ids for c in whole[3:]]  # the offset is what makes them equal
+
+
+def test_one_process_is_the_identity():
+    world = parallel.World()
+    assert parallel.my_range(8, world) == (0, 8) and parallel.sum_int(5, world) == 5
+    assert parallel.reduce_record({"step": 1, "reward": 0.5}, world) == {"step": 1, "reward": 0.5}
+    x, m = torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[1.0, 1.0, 0.0]])
+    # mean 1.5, unbiased var ((-.5)^2 + .5^2) / 1 = 0.5: (1 - 1.5) / sqrt(0.5) = -0.7071
+    torch.testing.assert_close(parallel.whiten(x, m, world), torch.tensor([[-0.70711, 0.70711, 0.0]]),
+                               rtol=0, atol=1e-4)
+
+
+def test_shares_of_a_batch_are_contiguous_and_cover_it():
+    shares = [parallel.my_range(10, parallel.World(r, 4)) for r in range(4)]
+    assert shares == [(0, 3), (3, 6), (6, 9), (9, 10)]  # ceil(10 / 4) = 3 each, the last one short
+    assert [parallel.my_range(2, parallel.World(r, 4)) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
+
+
+def _torchrun_env(monkeypatch, size=2):
+    for key, value in {"WORLD_SIZE": size, "RANK": 0, "LOCAL_RANK": 0, "LOCAL_WORLD_SIZE": size,
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": 1}.items():
+        monkeypatch.setenv(key, str(value))
+
+
+@pytest.mark.parametrize("case,message", [
+    ("no_group", r"WORLD_SIZE=2 is set but RANK, LOCAL_RANK, MASTER_ADDR, MASTER_PORT are not: start several "
+                 r"ranks with `torchrun --nproc_per_node=2"),
+    ("indivisible", r"config key 'prompts_per_step': 3 is not divisible by the 2 ranks"),
+    ("few_gpus", r"config key 'device': cuda with 2 ranks on this node but it has 1 CUDA device\(s\)"),
+    ("lora", r"config key 'lora.rank' is not supported with several ranks"),
+    ("offload", r"config key 'fsdp.cpu_offload': true needs device=cuda"),
+])
+def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, capsys, case, message):
+    """Each refused before any process group or file: exit 2, one line naming what to change."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for key in parallel.RENDEZVOUS:
+        monkeypatch.delenv(key, raising=False)
+    args = ["train", f"out={tmp_path / 'run'}", *SMALL]
+    if case != "no_group":
+        _torchrun_env(monkeypatch)
+    if case == "indivisible":
+        args.append("prompts_per_step=3")
+    if case == "few_gpus":
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+        args.append("device=cuda")
+    if case in ("lora", "offload"):
+        args.append("lora.rank=4" if case == "lora" else "fsdp.cpu_offload=true")
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert re.fullmatch(r"pillion train: " + message + r".*", err) and "\n" not in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sft_batch_size_must_divide_too(tmp_path, monkeypatch, capsys):
+    _torchrun_env(monkeypatch)
+    assert main(["sft", f"out={tmp_path / 'run'}", "init=tiny", "batch_size=5"]) == 2
+    assert "config key 'batch_size': 5 is not divisible by the 2 ranks" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,125 @@
+"""The fast RL step: token-budget micro-batches, the update's invariance to them, the one
+no-grad pass, grading overlapped with generation, and the step-time breakdown."""
+
+import threading
+
+import pytest
+import torch
+
+from pillion import config as C
+from pillion.data.problem import Problem
+from pillion.eval.report import write_report
+from pillion.model.checkpoint import load_model
+from pillion.model.sequences import pack, response_logprobs
+from pillion.rollout.engine import Completion
+from pillion.train import collect
+from pillion.train import models as M
+from pillion.train.batch import TrainBatch, micro_batches
+from pillion.train.parallel import World
+from pillion.train.update import logprob_pass, step_times, update
+
+
+def test_micro_batches_by_rows_and_by_balanced_token_budget():
+    assert [m.tolist() for m in micro_batches([5, 5, 5, 5, 5], rows=2)] == [[0, 1], [2, 3], [4]]
+    # 30 tokens, budget 15 -> 2 micro-batches; longest first into the lighter one:
+    # 10 -> a, 8 -> b, 7 -> b (15), 3 -> a (13), 2 -> a (15): a = rows {0, 1, 3}, b = rows {2, 4}.
+    assert [m.tolist() for m in micro_batches([10, 3, 7, 2, 8], rows=128, tokens=15)] == [[0, 1, 3], [2, 4]]
+    # A row over the budget runs alone; the row cap still holds: 4 rows of 1 token, 2 rows each.
+    assert [m.tolist() for m in micro_batches([20, 4, 4], rows=128, tokens=10)] == [[0], [1, 2]]
+    assert sorted(len(m) for m in micro_batches([1, 1, 1, 1], rows=2, tokens=100)) == [2, 2]
+
+
+def _train_batch(seed=0, n=6):
+    g = torch.Generator().manual_seed(seed)
+    prompts = [torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n)]
+    responses = [torch.randint(0, 256, (int(torch.randint(1, 25, (1,), generator=g)),), generator=g).tolist()
+                 for _ in range(n)]
+    seqs = pack(prompts, responses, pad_id=0)
+    mask = seqs.response_mask.float()  # [B, T]
+    return TrainBatch(seqs=seqs, response_mask=mask, scores=torch.rand(n, generator=g),
+                      correct=torch.rand(n, generator=g) > 0.5, truncated=torch.zeros(n, dtype=torch.bool),
+                      engine_logprobs=torch.zeros_like(mask), advantages=torch.randn(mask.shape, generator=g) * mask,
+                      loss_mask=mask)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
+def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_checkpoint, agg):
+    """Same gradient, so the same weights after the optimizer step, whatever the split."""
+    after = []
+    for extra in (["micro_batch=128"], ["micro_batch=128", "micro_batch_tokens=40"], ["micro_batch=2"]):
+        cfg = C.resolve(C.TrainConfig, overrides=[f"loss.agg={agg}", "loss.kl_coef=0", "lr=1e-2", *extra])
+        policy = load_model(tiny_checkpoint())
+        optimizer = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+        stats = update(policy, optimizer, None, None, cfg, _train_batch(), World())
+        assert stats["skipped_updates"] == 0 and stats["time_update"] >= 0
+        after.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+    torch.testing.assert_close(after[1], after[0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(after[2], after[0], atol=1e-6, rtol=1e-5)
+
+
+def test_one_no_grad_pass_gives_old_and_reference_logprobs_in_row_order(tiny_checkpoint):
+    cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=30", "temperature=0.8"])
+    models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
+    batch = _train_batch(1, n=7)
+    assert logprob_pass(models, None, batch, cfg, need_old=True) >= 0
+    torch.testing.assert_close(batch.old_logprobs, response_logprobs(models.policy, batch.seqs, 0.8)[0].detach())
+    torch.testing.assert_close(batch.ref_logprobs, response_logprobs(models.ref, batch.seqs, 0.8)[0])
+    fresh = _train_batch(1, n=7)
+    logprob_pass(models, None, fresh, cfg, need_old=False)  # on-policy: the update's forward is pi_old
+    assert fresh.old_logprobs is None and fresh.ref_logprobs is not None
+
+
+class FakeEngine:
+    """Streams 2 prompts x 2 samples, finishing prompt 1's group first; before the last
+    completion it waits (up to 60 s, a deadlock guard, not a timing) until a group has been graded."""
+
+    tokenizer = None
+
+    def __init__(self):
+        self.graded = threading.Event()
+        self.waited = None
+
+    def stream(self, prompts, params):
+        order = [(1, 1), (1, 0), (0, 1), (0, 0)]
+        for k, (p, s) in enumerate(order):
+            if k == len(order) - 1:
+                self.waited = self.graded.wait(timeout=60)
+            yield Completion([1], [2, 3], f"\\boxed{{{p + s}}}", torch.zeros(2), "stop", p, s)
+
+
+def test_groups_are_graded_while_the_rest_decode_and_come_back_in_order(monkeypatch):
+    engine = FakeEngine()
+    real = collect.score_batch
+
+    def scoring(problems, completions, cfg, pool=None):
+        out = real(problems, completions, cfg, pool=pool)
+        engine.graded.set()
+        return out
+
+    monkeypatch.setattr(collect, "render_prompt", lambda problem, template, tokenizer: problem.question)
+    monkeypatch.setattr(collect, "score_batch", scoring)
+    cfg = C.resolve(C.TrainConfig, overrides=["group_size=2"])
+    problems = [Problem(id=str(i), question=f"q{i}", answer="1") for i in range(2)]
+    samples, gen_seconds, grade_seconds = collect.generate_and_score(engine, problems, cfg, 0, None)
+    assert engine.waited  # prompt 1's group was graded before the last completion came out
+    # Rows prompt-major, samples in order; the answer p + s is right (= 1) for (0, 1) and (1, 0).
+    assert [(s.completion.prompt_index, s.completion.sample_index) for s in samples] == [(0, 0), (0, 1), (1, 0),
+                                                                                           (1, 1)]
+    assert [bool(s.reward.correct) for s in samples] == [False, True, True, False]
+    assert gen_seconds >= 0 and grade_seconds >= 0
+
+
+def test_step_time_breakdown_and_its_report_table(tmp_path):
+    times = step_times({"time_update": 0.5}, 2.0, 0.25, 0.75, start=0.0)
+    # other = step - (2 + 0.25 + 0.75 + 0.5) = step - 3.5; step = perf_counter() - 0 here
+    assert times["time_other"] == pytest.approx(times["step_time"] - 3.5)
+    rows = [{"step": 1, "time_generate": 2.0, "time_grade": 0.0, "time_logprobs": 1.0, "time_update": 1.0,
+             "time_other": 0.0},
+            {"step": 2, "time_generate": 4.0, "time_grade": 1.0, "time_logprobs": 1.0, "time_update": 3.0,
+             "time_other": 0.0}]
+    (tmp_path / "metrics.jsonl").write_text("\n".join(__import__("json").dumps(r) for r in rows) + "\n")
+    report = write_report(tmp_path).read_text()
+    # means: generate 3, grade 0.5, log-probs 1, update 2, other 0 -> step 6.5; generate 3/6.5 = 46%
+    assert "## Where the step time goes" in report
+    assert "| generate (grading beside it) | 3 | 46% |" in report and "| step | 6.5 | 100% |" in report
