@@ -28,7 +28,9 @@ import tempfile
 import time
 from pathlib import Path
 
-TIMING = {"tokens_per_s", "step_time"}
+from pillion.train.update import TIMING_FIELDS
+
+TIMING = TIMING_FIELDS
 
 
 def config(steps: int) -> list[str]:

@@ -28,6 +28,11 @@ from pillion.train.objective import Counts, actor_loss
 
 PHASES = ("generate", "grade", "logprobs", "update")  # metrics.jsonl: time_<phase>, time_other, step_time
 
+# Wall-clock fields of a step's metrics record: the only ones that differ between two runs of
+# the same config and seed (resume, fault and multi-rank tests compare all the others).
+TIMING_FIELDS = frozenset({"tokens_per_s", "step_time", "time_generate", "time_grade", "time_logprobs",
+                           "time_update", "time_other"})
+
 
 def split(batch: TrainBatch, index: torch.Tensor, cfg) -> list[torch.Tensor]:
     """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget."""

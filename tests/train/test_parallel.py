@@ -23,9 +23,10 @@ import torch
 from pillion import config as C
 from pillion.cli import main
 from pillion.train import parallel, rl, state
+from pillion.train.update import TIMING_FIELDS
 
 ROOT = Path(__file__).resolve().parents[2]
-TIMING = {"tokens_per_s", "step_time"}  # wall-clock fields
+TIMING = TIMING_FIELDS  # wall-clock fields
 # 4 prompts x 4 samples = 16 rows: 8 per rank at N=2; micro_batch=4 divides both, so the
 # micro-batches (and the per-micro-batch stats averaged into the log) are the same rows at N=1 and N=2.
 SMALL = ["prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=4", "data.heldout_size=8",

@@ -10,11 +10,11 @@ from pillion import config as C
 from pillion.cli import main
 from pillion.train import rl
 from pillion.train import update as rl_update
+from pillion.train.update import TIMING_FIELDS
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "ppo", "vapo", "rloo", "reinforce_pp", "gspo", "raft", "raft_pp",
            "reinforce_rej", "srpo"]
-TIMING = {"tokens_per_s", "step_time", "time_generate", "time_grade", "time_logprobs", "time_update",
-          "time_other"}  # wall-clock fields differ between runs
+TIMING = TIMING_FIELDS  # wall-clock fields differ between runs
 
 
 def small(out, *overrides):

@@ -9,10 +9,11 @@ import torch
 from pillion import config as C
 from pillion.cli import main
 from pillion.train import rl, state
+from pillion.train.update import TIMING_FIELDS
 
 SMALL = ["steps=4", "save_every=2", "prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=8",
          "data.heldout_size=4", "eval.k=1", "eval.max_new_tokens=16", "data.synthetic_size=400"]
-TIMING = {"tokens_per_s", "step_time"}
+TIMING = TIMING_FIELDS
 
 
 class Killed(BaseException):

@@ -28,9 +28,9 @@ def test_srpo_runs_math_then_math_and_code_and_reports_both_sets(tmp_path, monke
     kinds_per_step = []
     real = collect.generate_and_score
 
-    def recording(engine, problems, cfg, seed, pool):
+    def recording(engine, problems, cfg, seed, pool, **kwargs):
         kinds_per_step.append({p.kind for p in problems})
-        return real(engine, problems, cfg, seed, pool)
+        return real(engine, problems, cfg, seed, pool, **kwargs)
 
     monkeypatch.setattr(collect, "generate_and_score", recording)
     cfg = C.resolve(C.TrainConfig, overrides=[
