@@ -123,3 +123,21 @@ def test_unknown_architecture_and_missing_field_are_named(tiny_checkpoint, tmp_p
 def test_missing_weights_and_config(tmp_path):
     with pytest.raises(CheckpointError, match="config.json not found"):
         load_model(tmp_path)
+
+
+def test_loaded_weights_are_copies_not_views_of_the_file(tiny_checkpoint, tmp_path):
+    """A tensor already in the right dtype is copied out of the file's memory map: overwriting the
+    file in place afterwards changes nothing in the model (a view of a private map would show the
+    new bytes of every page not yet written to), and no map stays resident beside the model."""
+    src = tmp_path / "ckpt"
+    shutil.copytree(tiny_checkpoint("qwen2"), src)
+    model = load_model(src)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weights = src / "model.safetensors"
+    header = 8 + int.from_bytes(weights.read_bytes()[:8], "little")
+    with open(weights, "r+b") as f:  # zero every tensor's bytes, same size, same inode
+        f.seek(header)
+        f.write(bytes(weights.stat().st_size - header))
+    assert load_model(src).model.norm.weight.abs().sum() == 0  # the file did change
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
