@@ -190,8 +190,8 @@ def load_model(
 
     Tensors are read one at a time and copied into place on the target device in the target
     dtype, so loading holds the model once plus one tensor: never a second (e.g. float32 CPU)
-    copy of the whole model, and nothing left mapped from the file once it returns. A PEFT adapter folder (adapter_config.json, no config.json) loads
-    its base model with the adapters on.
+    copy of the whole model, and nothing left mapped from the file once it returns. A PEFT
+    adapter folder (adapter_config.json, no config.json) loads its base model with the adapters on.
     """
     path = Path(path)
     if (path / ADAPTER_CONFIG).exists() and not (path / "config.json").exists():
