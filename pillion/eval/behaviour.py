@@ -25,8 +25,9 @@ unbiased for this reverse KL on tokens sampled from pi_theta; here the tokens co
 engine, so both are slightly off-policy, as the in-loss KL is). Presets without a reference
 model (kl_coef 0: DAPO, SRPO, VAPO, ...) otherwise show no drift at all. Rows are taken evenly
 spaced over the batch (so every part of it, not only the first groups), and the cost is two
-no-grad forwards of `rows` rows every `kl_probe_every` steps, plus one frozen copy of the
-initial weights (the reference model itself when the run has one).
+no-grad forwards of `rows` rows every `kl_probe_every` steps, against the reference model when
+the run has one, else the initial weights read again from their folder for the probe and freed
+after it (`train/models.py: kl_probe`), so no second copy is held between probes.
 """
 
 from __future__ import annotations

@@ -53,7 +53,10 @@ class Models:
     critic_params: list[nn.Parameter] = field(default_factory=list)
     policy_master: precision.MasterWeights | None = None
     critic_master: precision.MasterWeights | None = None
-    initial: Transformer | None = None  # frozen CPU copy for the KL probe when there is no reference
+    # The KL probe's initial policy when there is no reference: read from this folder at each probe
+    # and freed after it, so no second copy of the model is held between probes.
+    initial_dir: Path | None = None
+    initial_dtype: torch.dtype | None = None
 
 
 def optimizer_target(module: nn.Module | None, params: list[nn.Parameter]):
@@ -148,20 +151,26 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
         models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         models.critic = critic
     if models.ref is None and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
-        models.initial = load_model(model_dir, dtype=dtype, device="cpu").eval().requires_grad_(False)
+        models.initial_dir, models.initial_dtype = Path(model_dir), dtype
     return models
 
 
 def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int) -> dict[str, float]:
     """`behaviour.kl_probe_*`: KL(policy || initial policy) on `rows` rows of the step's batch,
-    against the reference when there is one, else the CPU copy; {} with LoRA (its initial policy
-    is the adapters-off policy, which the probe does not switch to)."""
-    initial = models.ref if models.ref is not None else models.initial
-    if initial is None:
-        return {}
+    against the reference when there is one, else the starting model read again from its folder
+    (loaded one tensor at a time to the batch's device, freed when the probe ends: a 0.5B model
+    would otherwise hold 2 GB more for the whole run); {} with LoRA (its initial policy is the
+    adapters-off policy, which the probe does not switch to)."""
     device = batch.input_ids.device
-    if next(initial.parameters()).device != device:
-        initial = device_copy(initial, device)  # freed when the probe ends
+    if models.ref is not None:
+        initial = models.ref
+        if next(initial.parameters()).device != device:
+            initial = device_copy(initial, device)  # freed when the probe ends
+    elif models.initial_dir is not None:
+        initial = load_model(models.initial_dir, dtype=models.initial_dtype, device=device)
+        initial.eval().requires_grad_(False)
+    else:
+        return {}
     return kl_to_initial(models.policy, initial, batch, temperature, rows)
 
 

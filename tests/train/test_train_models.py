@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,6 +189,28 @@ def test_no_reference_without_kl_and_float16_is_refused(tiny_checkpoint):
         M.build_models(_cfg("dtype=float16"), path, torch.device("cpu"))
     with pytest.raises(ValueError, match="activation_checkpointing"):
         M.apply_activation_checkpointing(load_model(path), "layers")
+
+
+def test_kl_probe_without_a_reference_reads_the_starting_model_again(tiny_checkpoint):
+    """No second copy of the model is held between probes (a 0.5B policy would hold 2 GB more):
+    the probe reads the starting folder; 0 before any update, then the KL to those weights."""
+    from pillion.eval.behaviour import kl_to_initial
+
+    path = tiny_checkpoint("qwen2")
+    models = M.build_models(C.TrainConfig(), path, torch.device("cpu"))  # grpo's KL off: no reference
+    assert models.ref is None and models.initial_dir == Path(path)
+    assert not any(isinstance(v, nn.Module) for v in vars(models).values() if v is not models.policy)
+    batch = _batch()
+    assert M.kl_probe(models, batch, 1.0, 8)["kl_initial"] == pytest.approx(0.0, abs=1e-7)
+    with torch.no_grad():
+        for p in models.policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    probed = M.kl_probe(models, batch, 1.0, 8)
+    expected = kl_to_initial(models.policy, load_model(path), batch, 1.0, 8)
+    assert probed["kl_initial"] > 1e-4 and probed == pytest.approx(expected, rel=1e-6, abs=1e-9)
+    never = C.TrainConfig()
+    never.behaviour.kl_probe_every = 0
+    assert M.kl_probe(M.build_models(never, path, torch.device("cpu")), batch, 1.0, 8) == {}
 
 
 @pytest.mark.gpu
