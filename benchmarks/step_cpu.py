@@ -82,6 +82,8 @@ def set_threads(args) -> None:
 
 def pillion_child(args) -> None:
     set_threads(args)
+    import torch
+
     from pillion import config as C
     from pillion.train import rl
 
@@ -92,7 +94,7 @@ def pillion_child(args) -> None:
     def gated_rollout(engine, *a, **k):
         if ignore_eos:
             engine.eos_ids = []  # every row runs to max_new_tokens, as TRL's min_new_tokens
-        info = clock.lap()
+        info = {**clock.lap(), "threads": torch.get_num_threads()}
         if padding:
             info["padding"] = padding.pop()
         if not gate(info):
@@ -140,7 +142,7 @@ def trl_child(args) -> None:
 
     class Gate(TrainerCallback):
         def on_step_begin(self, args_, state, control, **kwargs):
-            if not gate(clock.lap()):
+            if not gate({**clock.lap(), "threads": torch.get_num_threads()}):
                 raise SystemExit(0)
             clock.lap()
 
@@ -239,7 +241,7 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
     for who, rows in counted.items():
         print(f"  {who:8s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
               f"{median([r['cpu'] for r in rows]):.3f} s CPU  (steps: "
-              + ", ".join(f"{r['wall']:.2f}" for r in rows) + ")")
+              + ", ".join(f"{r['wall']:.2f}" for r in rows) + f"; {rows[-1].get('threads', '?')} thread(s))")
     if "TRL" in counted:
         wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted["pillion"]])
         cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted["pillion"]])
