@@ -3,6 +3,7 @@
     python benchmarks/step_cpu.py                                    # all three workloads
     python benchmarks/step_cpu.py --workloads tiny --steps 8
     python benchmarks/step_cpu.py --trl-python /work/venv-trl/bin/python   # or $PILLION_TRL_PYTHON
+    python benchmarks/step_cpu.py --threads 1     # both sides on one intra-op thread
 
 Workloads (GRPO, no KL term on either side, so neither runs a reference model; on-policy, one
 optimizer step per rollout; the same checkpoint folder, sizes and learning rate for both):
@@ -26,6 +27,11 @@ on a shared machine the steadier measure). Prompts: pillion samples its syntheti
 pool (levels 1-2), TRL gets problems drawn from the same generator, rendered with the same
 template and scored by the same `pillion.rewards.score`. TRL is skipped when its interpreter
 cannot import trl and datasets. Nothing is downloaded.
+
+`--threads N` sets torch's intra-op threads in both processes alike (default: torch's own, one
+per core). On a machine shared with other work, tiny models run much faster on one thread on
+either side (a busy core stalls the other thread at every op's barrier), so the ratio under
+load depends on it: compare both settings.
 """
 
 from __future__ import annotations
@@ -67,7 +73,17 @@ class Clock:
         return out
 
 
+def set_threads(args) -> None:
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
 def pillion_child(args) -> None:
+    set_threads(args)
+    import torch
+
     from pillion import config as C
     from pillion.train import rl
 
@@ -78,7 +94,7 @@ def pillion_child(args) -> None:
     def gated_rollout(engine, *a, **k):
         if ignore_eos:
             engine.eos_ids = []  # every row runs to max_new_tokens, as TRL's min_new_tokens
-        info = clock.lap()
+        info = {**clock.lap(), "threads": torch.get_num_threads()}
         if padding:
             info["padding"] = padding.pop()
         if not gate(info):
@@ -102,6 +118,7 @@ def pillion_child(args) -> None:
 
 
 def trl_child(args) -> None:
+    set_threads(args)
     import torch
     from datasets import Dataset
     from transformers import AutoTokenizer, TrainerCallback
@@ -125,7 +142,7 @@ def trl_child(args) -> None:
 
     class Gate(TrainerCallback):
         def on_step_begin(self, args_, state, control, **kwargs):
-            if not gate(clock.lap()):
+            if not gate({**clock.lap(), "threads": torch.get_num_threads()}):
                 raise SystemExit(0)
             clock.lap()
 
@@ -164,8 +181,8 @@ class Child:
 
     def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args):
         cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workload", workload, "--model-dir",
-               str(model_dir), "--out", str(out), "--steps", str(args.steps), *sum([["--extra", e] for e in args.extra],
-                                                                                    [])]
+               str(model_dir), "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
+               *sum([["--extra", e] for e in args.extra], [])]
         self.log = open(out.with_suffix(f".{kind}.log"), "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=child_env())
@@ -224,7 +241,7 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
     for who, rows in counted.items():
         print(f"  {who:8s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
               f"{median([r['cpu'] for r in rows]):.3f} s CPU  (steps: "
-              + ", ".join(f"{r['wall']:.2f}" for r in rows) + ")")
+              + ", ".join(f"{r['wall']:.2f}" for r in rows) + f"; {rows[-1].get('threads', '?')} thread(s))")
     if "TRL" in counted:
         wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted["pillion"]])
         cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted["pillion"]])
@@ -250,6 +267,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=5, help="steps of each, the first a warm-up")
     p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-step-cpu")
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
     p.add_argument("--child", choices=["pillion", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
@@ -264,6 +282,7 @@ def main() -> int:
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose among {', '.join(WORKLOADS)}")
     trl = trl_python(args)
+    print(f"threads: {args.threads or 'torch default'} on both sides; load average {os.getloadavg()[0]:.1f}")
     if not trl:
         print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
