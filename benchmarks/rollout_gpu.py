@@ -66,9 +66,10 @@ def build_models(shape: dict, device: str, dtype: torch.dtype):
         model = Transformer(cfg)
     shapes = {k: v.shape for k, v in model.state_dict().items()}
     state = {k: torch.empty(s, dtype=dtype, device=device) for k, s in shapes.items() if k != "lm_head.weight"}
+    hf_state = hf.state_dict()
     for hf_key, (key, rows, _) in hf_layout(cfg, shapes).items():
         if hf_key != "lm_head.weight":
-            state[key][rows].copy_(hf.state_dict()[hf_key])  # fused projections filled part by part
+            state[key][rows].copy_(hf_state[hf_key])  # fused projections filled part by part
     model.load_state_dict(state, strict=False, assign=True)
     model.lm_head.weight = model.model.embed_tokens.weight  # tied
     model.reset_rope(device)

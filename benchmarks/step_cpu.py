@@ -46,6 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_env import trl_python  # benchmarks/trl_env.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 LR, TEMPLATE = 1e-5, "qa"
 # name -> (model spec or "default", prompts, samples, max_new_tokens, ignore EOS)
@@ -205,14 +207,6 @@ class Child:
             self.proc.stdin.flush()
             self.proc.wait(timeout=600)
         self.log.close()
-
-
-def trl_python(args) -> str | None:
-    python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
-    if not python:
-        return None
-    ok = subprocess.run([python, "-c", "import trl, datasets"], capture_output=True).returncode == 0
-    return python if ok else None
 
 
 def median(values: list[float]) -> float:

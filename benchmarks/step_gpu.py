@@ -37,6 +37,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_env import trl_python  # benchmarks/trl_env.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 QWEN25_15B = dict(vocab_size=151936, hidden_size=1536, intermediate_size=8960, num_hidden_layers=28,
                   num_attention_heads=12, num_key_value_heads=2, max_position_embeddings=4096, rope_theta=1e6,
@@ -134,14 +136,6 @@ def trl_child(args) -> None:
                               processing_class=tokenizer, callbacks=[Clock()])
         trainer.train()
     print(json.dumps({"steps": times}), flush=True)
-
-
-def trl_python(args) -> str | None:
-    python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
-    if not python:
-        return None
-    ok = subprocess.run([python, "-c", "import trl, datasets"], capture_output=True).returncode == 0
-    return python if ok else None
 
 
 def peak_flops(args) -> float:

@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from trl_env import trl_python  # benchmarks/trl_env.py (the script's folder is on sys.path)
+
 ROOT = Path(__file__).resolve().parent.parent
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
@@ -214,14 +216,6 @@ def run_child(python: str, kind: str, setting: str, args) -> dict:
     return json.loads(lines[-1])
 
 
-def trl_python(args) -> str | None:
-    python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
-    if not python:
-        return None
-    ok = subprocess.run([python, "-c", "import trl, peft, datasets"], capture_output=True).returncode == 0
-    return python if ok else None
-
-
 def gib(n: float | None) -> str:
     return "-" if n is None else f"{n / 2**30:.2f}"
 
@@ -261,7 +255,7 @@ def main() -> int:
         # In a process of its own: building the model takes memory this process should not keep.
         subprocess.run([sys.executable, __file__, "--child", "make", "--model-dir", str(args.model_dir),
                         "--layers", str(args.layers)], check=True, env=child_env())
-    trl = trl_python(args)
+    trl = trl_python(args, ("trl", "peft", "datasets"))
     cuda = args.device.startswith("cuda")
     metric = "torch.cuda.max_memory_allocated" if cuda else "peak RSS"
     print(f"one GRPO update, {ROWS} x ({PROMPT} + {RESPONSE}) tokens, {args.layers} layers, "
