@@ -340,12 +340,12 @@ class LayerWeights:
     """One block's tensors, as the engine's fast path reads them (`Transformer.decode_weights`)."""
 
     input_norm: torch.Tensor  # [hidden]
-    qkv: torch.Tensor  # [(H + 2 KV) * D, hidden]
+    qkv_t: torch.Tensor  # [hidden, (H + 2 KV) * D]
     qkv_bias: torch.Tensor | None  # [(H + 2 KV) * D] (Qwen2) or None
-    o_t: torch.Tensor  # [H * D, hidden] (transposed view: what the residual addmm takes)
+    o_t: torch.Tensor  # [H * D, hidden]
     post_norm: torch.Tensor  # [hidden]
-    gate_up: torch.Tensor  # [2 * intermediate, hidden]
-    down_t: torch.Tensor  # [intermediate, hidden] (transposed view)
+    gate_up_t: torch.Tensor  # [hidden, 2 * intermediate]
+    down_t: torch.Tensor  # [intermediate, hidden]
     q_norm: torch.Tensor | None  # [D] (Qwen3) or None
     k_norm: torch.Tensor | None  # [D] (Qwen3) or None
 
@@ -355,7 +355,7 @@ class DecodeWeights:
     layers: list[LayerWeights]
     embedding: torch.Tensor  # [V, hidden]
     final_norm: torch.Tensor  # [hidden]
-    lm_head: torch.Tensor  # [V, hidden]
+    lm_head_t: torch.Tensor  # [hidden, V]
 
 
 def _weight(linear: nn.Linear) -> torch.Tensor:
@@ -403,28 +403,33 @@ class Transformer(nn.Module):
             x = block(x, cos, sin, attn_mask)
         return self.model.norm(x)
 
-    def decode_weights(self) -> DecodeWeights:
+    def decode_weights(self, contiguous: bool = False) -> DecodeWeights:
         """The tensors `decode` and `extend` read, gathered once per rollout instead of once per step.
 
-        Every projection is read through `_weight`. Plain weights are the parameters themselves,
-        so in-place optimizer updates show through; a LoRA projection gives its merged weight,
+        Every projection is read through `_weight`, transposed ([in, out]: `x @ w_t`, the same
+        matmul as F.linear). By default as views: plain weights are the parameters themselves, so
+        in-place optimizer updates show through; a LoRA projection gives its merged weight,
         formed here, so gather after each optimizer step (the engine gathers once per call).
+        `contiguous`: copies laid out [in, out] (one more copy of the weights while they live).
+        On CPU a decode-sized matmul reads them 1.5-2.5x faster than a transposed view (measured,
+        [16, 512] @ [512, 3072]: 328 us against 540 us), as the engine uses them there.
         """
+        t = (lambda w: w.t().contiguous()) if contiguous else (lambda w: w.t())
         layers = []
         for block in self.model.layers:
             attn, mlp = block.self_attn, block.mlp
             layers.append(LayerWeights(
                 input_norm=block.input_layernorm.weight,
-                qkv=_weight(attn.qkv_proj),
+                qkv_t=t(_weight(attn.qkv_proj)),
                 qkv_bias=attn.qkv_proj.bias,
-                o_t=_weight(attn.o_proj).t(),
+                o_t=t(_weight(attn.o_proj)),
                 post_norm=block.post_attention_layernorm.weight,
-                gate_up=_weight(mlp.gate_up_proj),
-                down_t=_weight(mlp.down_proj).t(),
+                gate_up_t=t(_weight(mlp.gate_up_proj)),
+                down_t=t(_weight(mlp.down_proj)),
                 q_norm=attn.q_norm.weight if self.cfg.qk_norm else None,
                 k_norm=attn.k_norm.weight if self.cfg.qk_norm else None,
             ))
-        return DecodeWeights(layers, self.model.embed_tokens.weight, self.model.norm.weight, _weight(self.lm_head))
+        return DecodeWeights(layers, self.model.embed_tokens.weight, self.model.norm.weight, t(_weight(self.lm_head)))
 
     def decode(self, tokens, positions, key_bias, cache: KVCache, weights: DecodeWeights | None = None, rope=None,
                far=None):
@@ -451,7 +456,7 @@ class Transformer(nn.Module):
         rope = rope_table(self.inv_freq, cache.max_len, weights.embedding.dtype) if rope is None else rope
         x = F.embedding(tokens, weights.embedding)  # [A, hidden]
         x = self._blocks(x, positions[:, None], None, key_bias, cache, weights, rope, far)
-        return F.linear(rms_norm(x, weights.final_norm, self.cfg.rms_norm_eps), weights.lm_head).float()
+        return (rms_norm(x, weights.final_norm, self.cfg.rms_norm_eps) @ weights.lm_head_t).float()
 
     def extend(self, tokens, positions, rows, span: int, cache: KVCache, weights: DecodeWeights | None = None,
                rope=None) -> None:
@@ -486,7 +491,9 @@ class Transformer(nn.Module):
         cos, sin = rot[:, :, :1], rot[:, :, 1:]  # [A, L, 1, D]: broadcast over heads
         at = (torch.arange(A, device=x.device) if rows is None else rows)[:, None]  # [A, 1] cache row of each token
         for i, w in enumerate(weights.layers):
-            qkv = F.linear(rms_norm(x, w.input_norm, eps), w.qkv, w.qkv_bias).view(A, L, h + 2 * kv, d)
+            normed = rms_norm(x, w.input_norm, eps)
+            qkv = normed @ w.qkv_t if w.qkv_bias is None else torch.addmm(w.qkv_bias, normed, w.qkv_t)
+            qkv = qkv.view(A, L, h + 2 * kv, d)
             if w.q_norm is not None:
                 qk = torch.cat((rms_norm(qkv[:, :, :h], w.q_norm, eps), rms_norm(qkv[:, :, h : h + kv], w.k_norm, eps)),
                                dim=2)
@@ -518,7 +525,7 @@ class Transformer(nn.Module):
             if L > 1:
                 out = out.view(A, kv, g, L, d).permute(0, 3, 1, 2, 4)
             x = residual_linear(x, out.reshape(A * L, h * d), w.o_t)
-            gate, up = F.linear(rms_norm(x, w.post_norm, eps), w.gate_up).chunk(2, dim=-1)
+            gate, up = (rms_norm(x, w.post_norm, eps) @ w.gate_up_t).chunk(2, dim=-1)
             x = residual_linear(x, F.silu(gate) * up, w.down_t)
         return x
 

@@ -154,14 +154,22 @@ def test_extend_and_decode_equal_one_full_pass(tiny_checkpoint, family):
 
 def test_decode_weights_are_named_records_of_the_parameters(tiny_checkpoint):
     """The fast path reads the parameters themselves (optimizer updates show through), one named
-    record per layer; Qwen2 has q|k|v biases and no QK norm, Qwen3 the reverse."""
+    record per layer; Qwen2 has q|k|v biases and no QK norm, Qwen3 the reverse. `contiguous`
+    (the engine on CPU): [in, out] copies of the same values (the engine tests check its log-probs
+    against the trainer's with them)."""
     for family, bias, qk_norm in (("qwen2", True, False), ("qwen3", False, True)):
         model = load_model(tiny_checkpoint(family))
         weights = model.decode_weights()
         assert len(weights.layers) == model.cfg.num_layers
         layer, block = weights.layers[1], model.model.layers[1]
-        assert layer.qkv is block.self_attn.qkv_proj.weight
-        assert layer.down_t.data_ptr() == block.mlp.down_proj.weight.data_ptr()  # a view, not a copy
+        assert layer.qkv_t.data_ptr() == block.self_attn.qkv_proj.weight.data_ptr()  # a view, not a copy
+        assert layer.down_t.data_ptr() == block.mlp.down_proj.weight.data_ptr()
         assert layer.down_t.shape == (model.cfg.intermediate_size, model.cfg.hidden_size)
         assert (layer.qkv_bias is not None) == bias and (layer.q_norm is not None) == qk_norm
-        assert weights.lm_head is model.lm_head.weight and weights.embedding is model.model.embed_tokens.weight
+        assert weights.lm_head_t.data_ptr() == model.lm_head.weight.data_ptr()
+        assert weights.embedding is model.model.embed_tokens.weight
+        copies = model.decode_weights(contiguous=True)
+        for view, copy in [(layer.qkv_t, copies.layers[1].qkv_t), (layer.gate_up_t, copies.layers[1].gate_up_t),
+                           (weights.lm_head_t, copies.lm_head_t)]:
+            assert copy.is_contiguous() and not view.is_contiguous() and copy.data_ptr() != view.data_ptr()
+            assert torch.equal(copy, view)

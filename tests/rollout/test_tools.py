@@ -37,8 +37,8 @@ class ScriptedModel:
         self.lm_head = SimpleNamespace(weight=torch.zeros(1))
         self.inv_freq = torch.ones(1)
 
-    def decode_weights(self):
-        return SimpleNamespace(layers=[], lm_head=self.lm_head.weight)
+    def decode_weights(self, contiguous=False):
+        return SimpleNamespace(layers=[], lm_head_t=self.lm_head.weight)
 
     def extend(self, tokens, positions, rows, span, cache, weights=None, rope=None):
         for row, ids, cols in zip(rows.tolist(), tokens, positions):

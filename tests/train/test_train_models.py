@@ -79,7 +79,7 @@ def test_bf16_policy_has_float32_masters_and_tied_weights_once(tiny_checkpoint):
     for p, m, ref in zip(model.parameters(), params, reference.parameters()):
         assert p.dtype == torch.bfloat16 and m.dtype == torch.float32
         assert torch.equal(m, ref) and torch.equal(p, ref.to(torch.bfloat16))
-    assert model.decode_weights().layers[0].qkv.dtype == torch.bfloat16  # the engine reads bf16
+    assert model.decode_weights().layers[0].qkv_t.dtype == torch.bfloat16  # the engine reads bf16
     assert model.inv_freq.dtype == torch.float32
 
 
