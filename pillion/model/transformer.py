@@ -292,7 +292,8 @@ def causal_key_bias(positions: torch.Tensor, span: int, kv_heads: int, group: in
 
 
 def residual_linear(x: torch.Tensor, a: torch.Tensor, weight_t: torch.Tensor) -> torch.Tensor:
-    """x + a @ weight_t, weight_t the transposed weight (a view): in one addmm call in float32
+    """x + a @ weight_t, weight_t the weight laid out [in, out] (a transposed view of the parameter,
+    or the engine's contiguous copy on CPU, `decode_weights`): in one addmm call in float32
     (other dtypes round the matmul first, as HF's linear does: the same mm call)."""
     if x.dtype == torch.float32:
         return torch.addmm(x, a, weight_t)
