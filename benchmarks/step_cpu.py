@@ -15,7 +15,8 @@ optimizer step per rollout; the same checkpoint folder, sizes and learning rate 
   longtail  the shipped tiny arithmetic model with max_new_tokens 384 and EOS honoured: most
             answers stop within ~40 tokens, a few ramble to the cap. Also prints the padding
             fraction of the update's tokens before packing ([B, P + T] padded rows) and after
-            (the packed forward holds the rows' real tokens only).
+            (the packed forward holds the rows' real tokens only), and the share of those real
+            tokens the linear layers see when each group's prompt runs once.
 
 Both run in their own process (pillion's `pillion.train.rl.train`, TRL's `GRPOTrainer.train`),
 held at the start of every step until this process says go, so that their steps alternate:
@@ -87,6 +88,7 @@ def pillion_child(args) -> None:
     import torch
 
     from pillion import config as C
+    from pillion.model.sequences import shared_prompt_layout
     from pillion.train import rl
 
     model, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
@@ -107,7 +109,10 @@ def pillion_child(args) -> None:
     def measured_batch(samples_, *a, **k):
         batch = real_make_batch(samples_, *a, **k)
         real = float(batch.seqs.attention_mask.sum())
-        padding.append(1.0 - real / batch.seqs.attention_mask.numel())  # packed: 0, real tokens only
+        layout = shared_prompt_layout(batch.seqs)  # None: no prompt repeats
+        once = len(layout["tokens"]) if layout else real
+        # padding before packing (packed: 0, real tokens only); real tokens left after sharing prompts
+        padding.append({"padding": 1.0 - real / batch.seqs.attention_mask.numel(), "shared": once / real})
         return batch
 
     rl.rollout, rl.make_batch = gated_rollout, measured_batch
@@ -251,8 +256,9 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
               + f", other {other:.3f}")
     pads = [r["padding"] for r in times["pillion"] if "padding" in r]
     if pads:
-        print(f"  update padding: {median(pads):.3f} of [B, P + T] before packing, 0.000 after (packed rows hold "
-              "only real tokens)")
+        print(f"  update padding: {median([p['padding'] for p in pads]):.3f} of [B, P + T] before packing, 0.000 after "
+              f"(packed rows hold only real tokens); with each group's prompt once, the linear layers see "
+              f"{median([p['shared'] for p in pads]):.3f} of the real tokens")
 
 
 def main() -> int:

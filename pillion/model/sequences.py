@@ -8,7 +8,8 @@ positions count real tokens only, so padding never shifts a position.
 Packed (the default, `packed=True`): the forward sees no padding at all. The real tokens of
 the rows are concatenated into one sequence [1, N] (N = the rows' total length, against
 B x (P + T) padded), RoPE positions restart at each row, and attention stays within each row
-(`transformer.PackedRows`: varlen flash attention on CUDA, per-row attention on CPU). Only the
+(`transformer.PackedRows`: varlen flash attention on CUDA, per-row attention on CPU), and a
+prompt that several rows share (a GRPO group's) is held once (`shared_prompt_logprobs`). Only the
 hidden states at response positions reach the LM head, and their log-probs are scattered back
 to the [B, T] layout the losses use, so callers see the same tensors as from the padded
 forward (`packed=False`, the reference: equal up to float summation order, tested).
@@ -115,10 +116,82 @@ def packed_token_logprobs(
     return logprobs, entropy
 
 
+def shared_prompt_layout(batch: SequenceBatch) -> dict | None:
+    """The packed layout of `shared_prompt_logprobs`, built on the host; None when no two rows share
+    a prompt (then there is nothing to save). Rows with the same prompt tokens form a group; the
+    packed sequence is, group by group, the prompt once and then each row's response. Returns the
+    packed ids and RoPE positions [N], the expanded rows (`PackedRows.of` arguments), and for each
+    target (a response token under response_mask, in row-major [B, T] order) the packed token
+    whose hidden state predicts it and its id, and `where` [B, T] the targets."""
+    P = batch.prompt_len
+    ids = batch.input_ids.tolist()
+    real = batch.attention_mask.bool().tolist()
+    wanted = batch.response_mask.bool().tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, (row, keep) in enumerate(zip(ids, real)):
+        groups.setdefault(tuple(t for t, k in zip(row[:P], keep[:P]) if k), []).append(b)
+    if len(groups) == len(ids):
+        return None
+    tokens, positions, gather, owned, lengths = [], [], [], [], []
+    slots: list[list[int]] = [[] for _ in ids]  # row b: the packed token at each of its positions
+    for prompt, rows in groups.items():
+        first = len(tokens)
+        tokens += prompt
+        positions += range(len(prompt))
+        for i, b in enumerate(rows):
+            response = [t for t, k in zip(ids[b][P:], real[b][P:]) if k]
+            start = len(tokens)
+            tokens += response
+            positions += range(len(prompt), len(prompt) + len(response))
+            slots[b] = [*range(first, first + len(prompt)), *range(start, start + len(response))]
+            gather += slots[b]
+            owned += [i == 0] * len(prompt) + [True] * len(response)
+            lengths.append(len(slots[b]))
+    source, target_ids, where = [], [], []
+    for b, keep in enumerate(wanted):
+        prompt_len = len(slots[b]) - sum(real[b][P:])
+        # A target needs a real token before it in its row (as packed_token_logprobs: a row's
+        # first token is never one; nor is padding, which pack() never marks).
+        where.append([want and real[b][P + j] and prompt_len + j > 0 for j, want in enumerate(keep)])
+        for j, on in enumerate(where[-1]):
+            if on:
+                source.append(slots[b][prompt_len + j - 1])
+                target_ids.append(ids[b][P + j])
+    return {"tokens": tokens, "positions": positions, "lengths": lengths, "gather": gather, "owned": owned,
+            "source": source, "target_ids": target_ids, "where": where}
+
+
+def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dict, temperature: float = 1.0,
+                           with_entropy: bool = False, chunk: int | None = None):
+    """Response log-probs [B, T] (and entropy) from one packed forward in which each prompt
+    repeated across rows (a GRPO group's) is computed once: the linear layers, most of the
+    cost, see G prompts instead of B; attention still sees each row whole, [prompt | response]
+    (`PackedRows.gather`), and gradients from every row reach the shared prompt's tokens. The
+    same values as `packed_token_logprobs` up to float summation order (tested)."""
+    device = batch.input_ids.device
+    chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
+    ids = torch.tensor(layout["tokens"], device=device)
+    rows = PackedRows.of(layout["lengths"], device, layout["gather"], layout["owned"])
+    hidden = model(ids[None], torch.tensor(layout["positions"], device=device)[None], rows)[0]  # [N, D]
+    source = torch.tensor(layout["source"], device=device, dtype=torch.long)
+    targets = torch.tensor(layout["target_ids"], device=device, dtype=torch.long)
+    flat_lp, flat_ent = chunked_logprobs(hidden[source], model.lm_head.weight, targets, temperature, chunk,
+                                         with_entropy)
+    where = torch.tensor(layout["where"], dtype=torch.bool, device=device)  # [B, T]
+    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, flat_lp)
+    entropy = torch.zeros_like(logprobs).masked_scatter(where, flat_ent) if with_entropy else None
+    return logprobs, entropy
+
+
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
-                      packed: bool = True):
+                      packed: bool = True, share_prompts: bool = True):
     """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked);
-    packed: without padding in the forward (see the module docstring), else the padded batch."""
+    packed: without padding in the forward (see the module docstring), else the padded batch;
+    share_prompts (packed only): a prompt that several rows share runs through the linear
+    layers once (`shared_prompt_logprobs`)."""
+    layout = shared_prompt_layout(batch) if packed and share_prompts else None
+    if layout is not None:
+        return shared_prompt_logprobs(model, batch, layout, temperature, with_entropy)
     P = batch.prompt_len
     target = torch.zeros_like(batch.attention_mask)
     target[:, P:] = batch.response_mask

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pillion.model.checkpoint import load_model
-from pillion.model.sequences import compile_training, pack, response_logprobs
+from pillion.model.sequences import compile_training, pack, response_logprobs, shared_prompt_layout
 from pillion.model.transformer import PackedRows, packed_attention
 
 
@@ -37,34 +37,87 @@ def test_packed_forward_equals_the_padded_one_in_values_and_gradients(tiny_check
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
-def test_packed_rows_and_the_compiled_routes_attention_mask():
-    # Rows of 3 and 2 tokens: cu_seqlens [0, 3, 5], each token's row [0, 0, 0, 1, 1].
+def _groups(seed, prompts, samples, vocab=256):
+    """GRPO-shaped rows: `prompts` random prompts (2-8 tokens) with `samples` long-tailed
+    responses (1-30 tokens) each, the rows shuffled so that a group's rows are not adjacent."""
+    g = torch.Generator().manual_seed(seed)
+    heads = [torch.randint(0, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+             for _ in range(prompts)]
+    rows = [(head, torch.randint(0, vocab, (int(torch.randint(1, 31, (1,), generator=g)),), generator=g).tolist())
+            for head in heads for _ in range(samples)]
+    rows = [rows[i] for i in torch.randperm(len(rows), generator=g).tolist()]
+    return pack([p for p, _ in rows], [r for _, r in rows], pad_id=0)
+
+
+def test_shared_prompt_layout_holds_each_prompt_once():
+    # Rows 0 and 2 share prompt [5, 6] (responses [7], [8, 9]); row 1 has [4] -> [3]. Packed:
+    # [5, 6, 7, 8, 9] then [4, 3]; expanded rows [5 6 7], [5 6 8 9], [4 3]; positions restart per
+    # row and continue after the shared prompt.
+    batch = pack([[5, 6], [4], [5, 6]], [[7], [3], [8, 9]], pad_id=0)
+    layout = shared_prompt_layout(batch)
+    assert layout["tokens"] == [5, 6, 7, 8, 9, 4, 3] and layout["positions"] == [0, 1, 2, 2, 3, 0, 1]
+    assert layout["lengths"] == [3, 4, 2] and layout["gather"] == [0, 1, 2, 0, 1, 3, 4, 5, 6]
+    gather, owned = torch.tensor(layout["gather"]), torch.tensor(layout["owned"])  # [N'] each
+    assert gather[owned].tolist() == list(range(7))  # every packed token owned once, in order
+    # Targets in [B, T] row-major order: row 0's 7 (from 6), row 1's 3 (from 4), row 2's 8, 9.
+    assert layout["source"] == [1, 5, 1, 3] and layout["target_ids"] == [7, 3, 8, 9]
+    assert shared_prompt_layout(pack([[1], [2]], [[3], [4]], pad_id=0)) is None  # nothing shared
+
+
+@pytest.mark.parametrize("family,seed", [("qwen2", 3), ("qwen3", 4), ("llama", 5)])
+def test_shared_prompts_equal_the_padded_forward_in_values_and_gradients(tiny_checkpoint, family, seed):
+    model = load_model(tiny_checkpoint(family))
+    batch = _groups(seed, prompts=3, samples=4)
+    weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(seed))  # [B, T]
+    results = []
+    for packed, share in ((False, False), (True, False), (True, True)):
+        logp, entropy = response_logprobs(model, batch, 0.7, with_entropy=True, packed=packed, share_prompts=share)
+        grads = torch.autograd.grad((weights * logp).sum() + entropy.sum(), list(model.parameters()))
+        results.append((logp.detach(), entropy.detach(), grads))
+    (lp_a, ent_a, g_a), _, (lp_b, ent_b, g_b) = results
+    torch.testing.assert_close(lp_b, lp_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent_b, ent_a, atol=1e-5, rtol=1e-5)
+    assert lp_b[batch.response_mask == 0].abs().max() == 0
+    for a, b in zip(g_a, g_b):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_packed_attention_by_hand_eager_and_compiled():
+    # Rows of 3 and 2 tokens: cu_seqlens [0, 3, 5].
     rows = PackedRows.of([3, 2])
-    assert rows.cu_seqlens.tolist() == [0, 3, 5] and rows.row_of.tolist() == [0, 0, 0, 1, 1]
+    assert rows.cu_seqlens.tolist() == [0, 3, 5]
     # One head, D = 1, q = k = 0 so every allowed key weighs the same: the output is the mean of
     # the values a token may see. Row 0: v = 1, 2, 3 -> 1, 1.5, 2; row 1: v = 10, 20 -> 10, 15.
     q = k = torch.zeros(5, 1, 1)
     v = torch.tensor([1.0, 2, 3, 10, 20]).view(5, 1, 1)
     expected = torch.tensor([1.0, 1.5, 2.0, 10.0, 15.0])
-    torch.testing.assert_close(packed_attention(q, k, v, rows).view(-1), expected)  # eager: a call per row
-    compiled = torch.compile(packed_attention, backend="eager", fullgraph=True)  # the mask route
+    torch.testing.assert_close(packed_attention(q, k, v, rows).view(-1), expected)
+    compiled = torch.compile(packed_attention, backend="eager")  # the buckets run eagerly: a graph break
     torch.testing.assert_close(compiled(q, k, v, rows).view(-1), expected)
+    # Shared prompt: tokens [p, a, b], rows [p, a] and [p, b]: a sees p and a, b sees p and b.
+    shared = PackedRows.of([2, 2], gather=[0, 1, 0, 2], owned=[True, True, False, True])
+    v = torch.tensor([1.0, 3, 7]).view(3, 1, 1)
+    torch.testing.assert_close(packed_attention(torch.zeros(3, 1, 1), torch.zeros(3, 1, 1), v, shared).view(-1),
+                               torch.tensor([1.0, 2.0, 4.0]))
 
 
-def test_compiled_training_forward_is_one_graph_for_every_packed_shape(tiny_checkpoint):
-    """`compile: true`: batches of other row counts and lengths (the next steps) reuse the first
-    graph, and its values match the eager packed forward."""
+def test_compiled_training_forward_does_not_recompile_for_new_shapes(tiny_checkpoint):
+    """`compile: true`: after the first batch of each kind (rows alone, rows sharing prompts),
+    batches of other row counts and lengths (the next steps) compile nothing new, and the values
+    match the eager packed forward."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     eager, model = load_model(tiny_checkpoint()), load_model(tiny_checkpoint())
     counter = CompileCounter()
     compile_training(model, backend=counter)
-    for seed, n in ((0, 4), (1, 6), (2, 3)):
-        batch = _rows(seed, n)
+    batches = [_rows(0, 4), _groups(1, 2, 3), _rows(2, 3), _groups(3, 3, 2), _rows(4, 7), _groups(5, 4, 4)]
+    frames = []
+    for batch in batches:
         logp, _ = response_logprobs(model, batch)
         torch.testing.assert_close(logp, response_logprobs(eager, batch)[0], atol=1e-5, rtol=1e-5)
-    assert counter.frame_count == 1
+        frames.append(counter.frame_count)
+    assert frames[0] > 0 and frames[2:] == [frames[1]] * 4, frames
 
 
 def test_length_buckets_group_similar_rows_and_bound_padding():
