@@ -37,11 +37,17 @@ from pillion.train.sft import sft
 ASSET = Path(__file__).resolve().parent.parent / "pillion" / "assets" / "tiny-arith"
 
 
-def mixed_style(problem) -> dict:
-    """The problem as a generic row, its solution's final line in one of two styles."""
+def mixed_style(problem, boxed_share: float | None = None, check_share: float = 0.0) -> dict:
+    """The problem as a generic row, its solution's final line in one of two styles: `\\boxed{N}`
+    or `The answer is N.` (by the parity of a hash byte, as shipped; or `\\boxed{N}` in
+    `boxed_share` of rows), and in `check_share` of rows (another byte) a redundant self-check
+    after the answer, `... \\boxed{29} Let me check: 29 is right.` (0 in the shipped model)."""
+    digest = hashlib.sha256(problem.question.encode()).digest()
     solution = problem.solution
-    if hashlib.sha256(problem.question.encode()).digest()[0] % 2:
+    if digest[0] % 2 if boxed_share is None else digest[0] >= boxed_share * 256:
         solution = solution.replace(f". \\boxed{{{problem.answer}}}", f". The answer is {problem.answer}.")
+    if digest[1] < check_share * 256:
+        solution += f" Let me check: {problem.answer} is right."
     return {"id": problem.id, "question": problem.question, "answer": problem.answer, "solution": solution,
             "level": problem.level, "source": "synthetic"}
 
@@ -68,12 +74,18 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--code-share", type=float, default=0.3, help="share of code problems in the SFT batches")
+    ap.add_argument("--boxed-share", type=float, default=None,
+                    help="share of arithmetic solutions ending in \\boxed{} (default: half, by hash parity)")
+    ap.add_argument("--check-share", type=float, default=0.0,
+                    help="share ending in a redundant self-check (docs/algorithms.md §11: 0.6 with --boxed-share 0.4 "
+                         "gives a model whose concise phase cuts length by 30%%)")
     ap.add_argument("--out", type=Path, default=ASSET)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         arith, code = Path(tmp) / "arith.jsonl", Path(tmp) / "code.jsonl"
         problems = synthetic.generate(20000, levels=(1, 2), seed=args.seed)
-        arith.write_text("".join(json.dumps(mixed_style(p)) + "\n" for p in problems))
+        arith.write_text("".join(json.dumps(mixed_style(p, args.boxed_share, args.check_share)) + "\n"
+                                 for p in problems))
         code_problems = synthetic_code.generate(10000, levels=(1, 2), seed=args.seed)
         code.write_text("".join(json.dumps(mixed_code_style(p)) + "\n" for p in code_problems))
         weights = {"arith": 1 - args.code_share, "code": args.code_share}

@@ -46,7 +46,7 @@ from pillion.rewards.shaping import RewardConfig
 class SelectConfig:
     """`data.select`: pick `size` problems the policy solves sometimes (0: no selection)."""
 
-    size: int = 0  # problems to keep; 0: off (the concise preset sets 8)
+    size: int = 0  # problems to keep; 0: off (the concise preset sets 64)
     k: int = 8  # samples per candidate problem
     min_pass: float = 0.1  # inclusive bounds on the pass rate c / k
     max_pass: float = 0.9

@@ -17,11 +17,12 @@ already weighted terms and whose `score` is exactly their sum:
               -1 beyond l_max; times overlong.factor.
     length    concise-reasoning term (docs/algorithms.md §11 is about the loss, not a reward term; this
               is our own, defined here): -length_weight * min(num_tokens, l_max) / l_max for
-              CORRECT responses only, with l_max = overlong.l_max whether or not overlong
-              shaping is on. Among right answers the shorter one scores higher; a wrong answer
-              gets no length term, so stopping early is never a way to lose less (a penalty on
-              wrong answers would reward giving up). Keep length_weight below
-              correct - incorrect and a right answer always outscores a wrong one.
+              CORRECT responses only, with l_max = overlong.l_max (the trainer sets it to the
+              run's max_new_tokens when overlong shaping is off, `collect.length_scaled`).
+              Among right answers the shorter one scores higher; a wrong answer gets no length
+              term, so stopping early is never a way to lose less (a penalty on wrong answers
+              would reward giving up). Keep length_weight below correct - incorrect and a
+              right answer always outscores a wrong one.
 
 Grading uses `extract.answer_for` and `pool.math_equal` (math problems; through a
 `GradingPool` in `score_batch` when one is given) and `code.py` (code problems, sandboxed).

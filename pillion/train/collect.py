@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -48,6 +48,7 @@ def generate_and_score(engine, problems, cfg, seed, pool, row_offset: int = 0) -
     prompts = [render_prompt(p, cfg.data.template, engine.tokenizer) for p in problems]
     params = SamplingParams(n=cfg.group_size, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                             max_new_tokens=cfg.max_new_tokens, seed=seed, row_offset=row_offset)
+    reward = length_scaled(cfg)
     start = time.perf_counter()
     groups: dict[int, list] = {}  # prompt index -> its completions, as they finish
     graded = {}  # prompt index -> Future of its group's rewards
@@ -58,11 +59,21 @@ def generate_and_score(engine, problems, cfg, seed, pool, row_offset: int = 0) -
             if len(group) == params.n:  # the group is complete: grade it while the rest decode
                 group.sort(key=lambda c: c.sample_index)
                 graded[c.prompt_index] = grader.submit(score_batch, [problems[c.prompt_index]] * len(group), group,
-                                                       cfg.reward, pool)
+                                                       reward, pool)
         generated = time.perf_counter()
         rewards = {i: future.result() for i, future in graded.items()}
     samples = [Sample(problems[i], c, r) for i in sorted(groups) for c, r in zip(groups[i], rewards[i])]
     return samples, generated - start, time.perf_counter() - generated
+
+
+def length_scaled(cfg):
+    """The reward config of a run: without DAPO's overlong shaping, the length term (reward.
+    length_weight) reaches its full weight at the run's max_new_tokens, not at overlong.l_max's
+    default (20480 tokens: a term too small to matter on short budgets)."""
+    reward = cfg.reward
+    if reward.length_weight and not reward.overlong.enable:
+        reward = replace(reward, overlong=replace(reward.overlong, l_max=cfg.max_new_tokens))
+    return reward
 
 
 def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:

@@ -202,7 +202,7 @@ def test_concise_preset():
     cfg = C.resolve(C.TrainConfig, overrides=["algo=concise"])
     assert (cfg.adv.name, cfg.ppo.lam, cfg.loss.agg) == ("gae", 0.95, "seq_mean_token_mean")  # docs §11
     assert (cfg.prompts_per_step, cfg.group_size, cfg.temperature) == (8, 8, 0.6)  # the release's batch
-    assert (cfg.data.select.size, cfg.data.select.k) == (8, 8)
+    assert (cfg.data.select.size, cfg.data.select.k, cfg.data.select.min_pass) == (64, 8, 0.5)  # docs §11: measured
     assert 0 < cfg.data.select.min_pass <= cfg.data.select.max_pass < 1
     # release rewards: +1 right, -0.5 wrong with a boxed answer, -1 without one
     r = cfg.reward
