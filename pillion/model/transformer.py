@@ -154,8 +154,8 @@ class PackedRows:
     With `gather` (`sequences.shared_prompt_logprobs`), rows that share a prompt hold it once: the
     N packed tokens are each prompt once followed by its rows' responses, and attention runs over
     the rows expanded, [prompt | response] each (N' >= N tokens, `gather` [N'] the packed token in
-    each slot); `lengths` and `cu_seqlens` then describe the expanded rows. `owned` [N']
-    lists one slot per packed token (a prompt's slots in its first row; given to `of` as an [N'] mask),
+    each slot); `lengths` and `cu_seqlens` then describe the expanded rows. `owned` [N] holds each
+    packed token's one slot (a prompt's slots in its first row; `of` takes it as an [N'] mask),
     laid out so that gather[owned] = 0..N-1: the linear layers see every token once, attention
     every row whole.
     """
