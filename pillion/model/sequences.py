@@ -184,11 +184,11 @@ def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dic
 
 
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
-                      packed: bool = True, share_prompts: bool = True):
+                      packed: bool = True, share_prompts: bool = False):
     """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked);
     packed: without padding in the forward (see the module docstring), else the padded batch;
-    share_prompts (packed only): a prompt that several rows share runs through the linear
-    layers once (`shared_prompt_logprobs`)."""
+    share_prompts (packed only; the trainer's `share_prompts` key): a prompt that several rows
+    share runs through the linear layers once (`shared_prompt_logprobs`)."""
     layout = shared_prompt_layout(batch) if packed and share_prompts else None
     if layout is not None:
         return shared_prompt_logprobs(model, batch, layout, temperature, with_entropy)

@@ -205,19 +205,19 @@ def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
     return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
 
 
-def reference_fn(models: Models, device, temperature: float):
+def reference_fn(models: Models, device, temperature: float, share_prompts: bool = False):
     """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
     reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
     with the function), or the reference itself."""
     if models.lora_reference:
         def adapters_off(seqs: SequenceBatch) -> torch.Tensor:
             with torch.no_grad(), lora.adapters_disabled(models.policy):
-                return response_logprobs(models.policy, seqs, temperature)[0]
+                return response_logprobs(models.policy, seqs, temperature, share_prompts=share_prompts)[0]
         return adapters_off
     if models.ref is None:
         return None
     ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
-    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature)[0])
+    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature, share_prompts=share_prompts)[0])
 
 
 def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):

@@ -54,8 +54,9 @@ def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool) -> floa
     micro-batches; returns its wall seconds."""
     start = time.perf_counter()
     device = batch.response_mask.device
-    reference = reference_fn(models, device, cfg.temperature)  # None without a reference
-    fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature)[0]) if need_old else None,
+    reference = reference_fn(models, device, cfg.temperature, cfg.share_prompts)  # None without a reference
+    fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature,
+                                                        share_prompts=cfg.share_prompts)[0]) if need_old else None,
            "ref_logprobs": reference,
            "values": critic.values if critic is not None else None}
     fns = {k: fn for k, fn in fns.items() if fn is not None}
@@ -101,7 +102,8 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             for micro in split(batch, mb, cfg):
                 sub = batch.rows(micro)
                 if train_policy:
-                    logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True)  # [b, T]
+                    logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True,
+                                                      share_prompts=cfg.share_prompts)  # [b, T]
                     # On-policy (one update per rollout) the first forward is pi_old: ratio exactly 1.
                     old = sub.old_logprobs if sub.old_logprobs is not None else logp.detach()
                     if epoch == 0:  # the rollout policy as the trainer sees it, against the engine's
