@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from pillion.model.logprobs import chunked_logprobs
-from pillion.model.transformer import PackedRows, Transformer, causal_padding_mask, padding_positions
+from pillion.model.transformer import PackedRows, Transformer, causal_padding_mask, padding_positions, take_rows
 
 # float32 logits per chunk (128 MiB): a chunk holds two buffers of this size, so a large
 # vocabulary costs a bounded, small amount, not [tokens, vocab].
@@ -109,8 +109,8 @@ def packed_token_logprobs(
     hidden = model(ids[None], positions[keep][None], rows)[0]  # [N, D]
     target = target_mask.bool() & keep & (positions > 0)  # [B, L]
     select = target[keep][1:]  # [N - 1]: packed token j predicts token j + 1 of the same row
-    flat_lp, flat_ent = chunked_logprobs(hidden[:-1][select], model.lm_head.weight, ids[1:][select], temperature,
-                                         chunk, with_entropy)  # [n]
+    flat_lp, flat_ent = chunked_logprobs(take_rows(hidden, select.nonzero().view(-1)), model.lm_head.weight,
+                                         ids[1:][select], temperature, chunk, with_entropy)  # [n]
     logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(target, flat_lp)
     entropy = torch.zeros_like(logprobs).masked_scatter(target, flat_ent) if with_entropy else None
     return logprobs, entropy
@@ -175,7 +175,7 @@ def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dic
     hidden = model(ids[None], torch.tensor(layout["positions"], device=device)[None], rows)[0]  # [N, D]
     source = torch.tensor(layout["source"], device=device, dtype=torch.long)
     targets = torch.tensor(layout["target_ids"], device=device, dtype=torch.long)
-    flat_lp, flat_ent = chunked_logprobs(hidden[source], model.lm_head.weight, targets, temperature, chunk,
+    flat_lp, flat_ent = chunked_logprobs(take_rows(hidden, source), model.lm_head.weight, targets, temperature, chunk,
                                          with_entropy)
     where = torch.tensor(layout["where"], dtype=torch.bool, device=device)  # [B, T]
     logprobs = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, flat_lp)

@@ -18,7 +18,7 @@ Families differ only in switches on `ModelConfig`: QKV bias (Qwen2), per-head QK
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -164,6 +164,7 @@ class PackedRows:
     cu_seqlens: torch.Tensor  # [B + 1] int32: row b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
     gather: torch.Tensor | None = None  # [N'] long: shared prompts, see above
     owned: torch.Tensor | None = None  # [N] long: the slot of each packed token
+    slots: Any = field(default=None, repr=False)  # the CPU route's BucketSlots, built on first use
 
     @staticmethod
     def of(lengths: list[int], device=None, gather: list[int] | None = None, owned: list[bool] | None = None
@@ -186,39 +187,93 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Pa
       still see no padding). Under torch.compile (`compile: true`) this part runs eagerly, a
       graph break (`bucketed_attention`), and the graphs around it fuse the norms, RoPE and MLP.
     """
+    if not q.is_cuda:
+        return bucketed_attention(q, k, v, rows)
     if rows.gather is not None:  # shared prompts: attend over the expanded rows, keep one output per token
-        return row_attention(q[rows.gather], k[rows.gather], v[rows.gather], rows)[rows.owned]
-    return row_attention(q, k, v, rows)
+        q, k, v = (take_rows(x, rows.gather) for x in (q, k, v))
+        return take_rows(varlen_attention(q, k, v, rows), rows.owned)
+    return varlen_attention(q, k, v, rows)
 
 
-def row_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
-    """`packed_attention` over rows laid end to end as `rows` describes them (the expanded rows
-    when prompts are shared): q [N, H, D], k, v [N, KV, D] -> [N, H, D]."""
-    if q.is_cuda:
-        from torch.nn.attention.varlen import varlen_attn
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
+    """The CUDA route of `packed_attention`, over rows laid end to end as `rows` describes them
+    (the expanded rows when prompts are shared): q [N, H, D], k, v [N, KV, D] -> [N, H, D]."""
+    from torch.nn.attention.varlen import varlen_attn
 
-        longest = max(rows.lengths)
-        return varlen_attn(q, k, v, rows.cu_seqlens, rows.cu_seqlens, longest, longest, window_size=(-1, 0),
-                           enable_gqa=q.shape[1] != k.shape[1])
-    return bucketed_attention(q, k, v, rows)
+    longest = max(rows.lengths)
+    return varlen_attn(q, k, v, rows.cu_seqlens, rows.cu_seqlens, longest, longest, window_size=(-1, 0),
+                       enable_gqa=q.shape[1] != k.shape[1])
 
 
 @torch.compiler.disable
 def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
-    """The CPU route of `row_attention`. Kept out of compiled graphs: its buckets are host-side
-    Python over the rows' lengths, which would specialise a graph on every step's lengths. The
-    alternative inside a graph, one attention over a block-diagonal [N, N] mask, measured 6.5x
-    slower than eager for the tiny model's update (1.70 s against 0.26 s, 5.3k tokens); with this
-    break the compiled forward and backward take 0.21 s."""
-    h, kv = q.shape[1], k.shape[1]
-    q, k, v = q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1)  # [heads, N, D]
-    outs, where = [], []
-    for index, valid in length_buckets(rows.lengths, q.device):  # [b, Lb] token of each slot, real or not
-        qb, kb, vb = (x[:, index].transpose(0, 1) for x in (q, k, v))  # [b, heads, Lb, D]
-        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=index.shape[1] > 1, enable_gqa=h != kv)
-        outs.append(out.transpose(0, 1)[:, valid])  # [H, n_b, D]: the bucket's real tokens
-        where.append(index[valid])
-    return torch.cat(outs, dim=1)[:, torch.argsort(torch.cat(where))].transpose(0, 1)  # [N, H, D]
+    """The CPU route of `packed_attention`. Each of q, k, v is gathered once into the buckets'
+    slots (`BucketSlots`: shared prompts are repeated there, padding slots copy some token and
+    their outputs are never read), one fused attention runs per bucket, and one gather takes each
+    token's output back from its slot. Gathers only (`take_rows`), no scatter in the forward.
+
+    Kept out of compiled graphs: its buckets are host-side Python over the rows' lengths, which
+    would specialise a graph on every step's lengths. The alternative inside a graph, one
+    attention over a block-diagonal [N, N] mask, measured 6.5x slower than eager for the tiny
+    model's update (1.70 s against 0.26 s, 5.3k tokens); with this break the compiled forward and
+    backward take 0.21 s."""
+    h, kv, d = q.shape[1], k.shape[1], q.shape[2]
+    slots = BucketSlots.of(rows, q.device)
+    sizes = [b * width for b, width in slots.shapes]
+    # Split, not sliced: a slice's backward writes into a zeroed copy of the whole input, a split's is one cat.
+    qs, ks, vs = (take_rows(x, slots.source).split(sizes) for x in (q, k, v))  # per bucket [b * Lb, heads, D]
+    outs = []
+    for (b, width), qb, kb, vb in zip(slots.shapes, qs, ks, vs):
+        qb, kb, vb = (x.view(b, width, x.shape[1], d).transpose(1, 2) for x in (qb, kb, vb))  # [b, heads, Lb, D]
+        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=width > 1, enable_gqa=h != kv)  # [b, H, Lb, D]
+        outs.append(out.transpose(1, 2).reshape(b * width, h, d))
+    return take_rows(torch.cat(outs) if len(outs) > 1 else outs[0], slots.slot)  # [N, H, D]
+
+
+@dataclass
+class BucketSlots:
+    """Where `bucketed_attention` puts each token: the buckets of `length_buckets` laid end to
+    end, S slots in all (bucket j is b_j rows x Lb_j slots, row-major). Built on the host once per
+    `PackedRows` (every layer reuses it)."""
+
+    shapes: list[tuple[int, int]]  # (rows b, width Lb) of each bucket
+    source: torch.Tensor  # [S] long: the packed token each slot holds (padding slots: any token)
+    slot: torch.Tensor  # [N] long: the slot whose output is each packed token's
+
+    @staticmethod
+    def of(rows: PackedRows, device=None) -> BucketSlots:
+        if rows.slots is None:
+            buckets = length_buckets(rows.lengths)
+            index = torch.cat([i.reshape(-1) for i, _ in buckets])  # [S] expanded token of each slot
+            valid = torch.cat([ok.reshape(-1) for _, ok in buckets])
+            expanded = torch.empty(sum(rows.lengths), dtype=torch.long)
+            expanded[index[valid]] = valid.nonzero().view(-1)  # the slot of each expanded token
+            source, slot = index, expanded
+            if rows.gather is not None:  # a packed token's slots: every row it is in; its output: its owned one
+                source, slot = rows.gather.cpu()[index], expanded[rows.owned.cpu()]
+            rows.slots = BucketSlots([tuple(i.shape) for i, _ in buckets], source.to(device), slot.to(device))
+        return rows.slots
+
+
+class _TakeRows(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(index)
+        ctx.num_rows = x.shape[0]
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (index,) = ctx.saved_tensors
+        return grad.new_zeros((ctx.num_rows, *grad.shape[1:])).index_add_(0, index, grad), None
+
+
+def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """x[index] for a long index along dim 0, with a backward that sums the gradients of repeated
+    rows by `index_add_` rather than autograd's accumulating `index_put_` (on CPU, rows of 192
+    floats, 5k of them: 0.45 ms against 3.8 ms at two threads, measured; the packed update makes
+    some 40 such gathers a step)."""
+    return _TakeRows.apply(x, index)
 
 
 def length_buckets(lengths: list[int], device=None, slack: float = 1.25) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -267,17 +322,16 @@ class Attention(nn.Module):
         cfg = self.cfg
         h, kv = cfg.num_heads, cfg.num_kv_heads
         qkv = self.qkv_proj(x).view(bsz, length, h + 2 * kv, cfg.head_dim)  # [B, L, heads, D]
+        # split rather than slices: a slice's backward zero-fills the whole input's shape, a split's is one cat
+        qk, v = qkv.split((h + kv, kv), dim=2)
         if cfg.qk_norm:
-            qk = torch.cat((self.q_norm(qkv[:, :, :h]), self.k_norm(qkv[:, :, h : h + kv])), dim=2)
-        else:
-            qk = qkv[:, :, : h + kv]
-        qk = apply_rope(qk, cos, sin)  # q and k rotated together
-        q = qk[:, :, :h].transpose(1, 2)  # [B, H, L, D]
-        k = qk[:, :, h:].transpose(1, 2)  # [B, KV, L, D]
-        v = qkv[:, :, h + kv :].transpose(1, 2)
+            q, k = qk.split((h, kv), dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
+        q, k = apply_rope(qk, cos, sin).split((h, kv), dim=2)  # q and k rotated together
         if isinstance(attn_mask, PackedRows):  # rows concatenated without padding: [1, N, ...]
-            out = packed_attention(qk[0, :, :h], qk[0, :, h:], qkv[0, :, h + kv :], attn_mask)  # [N, H, D]
+            out = packed_attention(q[0], k[0], v[0], attn_mask)  # [N, H, D]
             return self.o_proj(out.reshape(bsz, length, h * cfg.head_dim))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, L, D]
         # No mask means no padding: plain causal attention.
         out = F.scaled_dot_product_attention(
             q, k, v, attn_mask=attn_mask, is_causal=attn_mask is None and length > 1, enable_gqa=h != kv

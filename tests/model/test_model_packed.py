@@ -128,3 +128,59 @@ def test_length_buckets_group_similar_rows_and_bound_padding():
     (index_a, valid_a), (index_b, valid_b) = length_buckets([2, 10, 3, 9])
     assert index_a.tolist() == [[0, 1, 0], [12, 13, 14]] and valid_a.tolist() == [[True, True, False], [True] * 3]
     assert index_b[:, :2].tolist() == [[15, 16], [2, 3]] and valid_b.sum(-1).tolist() == [9, 10]
+
+
+def test_take_rows_is_indexing_with_repeated_rows_summed_in_the_backward():
+    from pillion.model.transformer import take_rows
+
+    # x = [1, 2, 3] (one column), index [2, 0, 2] -> [3, 1, 3]; loss 1 * 3 + 10 * 1 + 100 * 3: the
+    # gradient of x is [10, 0, 1 + 100].
+    x = torch.tensor([[1.0], [2.0], [3.0]], requires_grad=True)
+    out = take_rows(x, torch.tensor([2, 0, 2]))
+    assert out.view(-1).tolist() == [3.0, 1.0, 3.0]
+    (out.view(-1) * torch.tensor([1.0, 10.0, 100.0])).sum().backward()
+    assert x.grad.view(-1).tolist() == [10.0, 0.0, 101.0]
+    # Against autograd's own indexing, rows of [heads, D] and many repeats.
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(50, 3, 4, generator=g, requires_grad=True)
+    index, weight = torch.randint(0, 50, (200,), generator=g), torch.randn(200, 3, 4, generator=g)
+    ours = torch.autograd.grad((take_rows(x, index) * weight).sum(), x)[0]
+    torch.testing.assert_close(ours, torch.autograd.grad((x[index] * weight).sum(), x)[0])
+
+
+def test_bucket_slots_hold_every_token_once_and_read_each_output_from_its_own_slot():
+    from pillion.model.transformer import BucketSlots
+
+    # Rows of 2, 10, 3, 9 tokens (see the length_buckets test): buckets of 2 x 3 and 2 x 10 slots;
+    # the slot each token's output is read from holds that token.
+    rows = PackedRows.of([2, 10, 3, 9])
+    slots = BucketSlots.of(rows)
+    assert slots.shapes == [(2, 3), (2, 10)] and len(slots.source) == 26
+    assert slots.source[slots.slot].tolist() == list(range(24))
+    assert slots.source[:6].tolist() == [0, 1, 0, 12, 13, 14]  # row 0 padded by one slot, then row 2
+    assert BucketSlots.of(rows) is slots  # built once per PackedRows, reused by every layer
+    # Shared prompt: tokens [p, a, b], expanded rows [p, a], [p, b]: p sits in both rows' slots,
+    # and its output is read from its owned slot (row 0's).
+    shared = PackedRows.of([2, 2], gather=[0, 1, 0, 2], owned=[True, True, False, True])
+    slots = BucketSlots.of(shared)
+    assert slots.shapes == [(2, 2)] and slots.source.tolist() == [0, 1, 0, 2] and slots.slot.tolist() == [0, 1, 3]
+
+
+def test_shared_prompt_gradients_are_bitwise_repeatable_on_two_threads(tiny_checkpoint):
+    """The shared prompts' gradients sum over the rows that hold them. Autograd's backward of
+    indexing does that with an accumulating index_put_, which on CPU with two or more threads
+    adds in a different order from run to run (a resumed run then differed from a straight one in
+    the last bits); `take_rows` adds with index_add_, in one order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        model = load_model(tiny_checkpoint())
+        batch = _groups(3, 8, 8)
+        grads = []
+        for _ in range(4):
+            logp, entropy = response_logprobs(model, batch, with_entropy=True, share_prompts=True)
+            grads.append(torch.autograd.grad(logp.sum() + entropy.sum(), list(model.parameters())))
+        for other in grads[1:]:
+            assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+    finally:
+        torch.set_num_threads(threads)
