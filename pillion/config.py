@@ -197,10 +197,9 @@ class TrainConfig:
     max_bad_steps: int = 3  # non-finite updates in a row before the run stops
     grading_workers: int = 1
     compile: bool = False  # torch.compile the rollout decode step and the training forward (long runs)
-    # Packed forwards run a prompt shared by a group's rows once (model/sequences.py). Off by default:
-    # on CPU it is 1.18-1.24x faster per forward+backward, but a resumed run's metrics then differed
-    # from an uninterrupted one's in the last float bits (tests/train/test_concise.py, not yet explained).
-    share_prompts: bool = False
+    # Packed forwards run a prompt shared by a group's rows once (model/sequences.py); false: each
+    # row's prompt runs in full (the same values up to float summation order)
+    share_prompts: bool = True
     adv: AdvConfig = field(default_factory=AdvConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)

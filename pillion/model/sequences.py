@@ -184,7 +184,7 @@ def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dic
 
 
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
-                      packed: bool = True, share_prompts: bool = False):
+                      packed: bool = True, share_prompts: bool = True):
     """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked);
     packed: without padding in the forward (see the module docstring), else the padded batch;
     share_prompts (packed only; the trainer's `share_prompts` key): a prompt that several rows

@@ -205,7 +205,7 @@ def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
     return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
 
 
-def reference_fn(models: Models, device, temperature: float, share_prompts: bool = False):
+def reference_fn(models: Models, device, temperature: float, share_prompts: bool = True):
     """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
     reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
     with the function), or the reference itself."""

@@ -58,6 +58,35 @@ def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_chec
     torch.testing.assert_close(after[2], after[0], atol=1e-6, rtol=1e-5)
 
 
+def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(tiny_checkpoint, monkeypatch):
+    """`share_prompts` (default on): the update, old log-probs and the reference all take the
+    shared-prompt forward when rows repeat a prompt, none does when it is off, and the weights
+    after the step are the same either way (float summation order only)."""
+    from pillion.model import sequences
+
+    calls = []
+    real = sequences.shared_prompt_logprobs
+    monkeypatch.setattr(sequences, "shared_prompt_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    base = _train_batch(2, n=8)
+    ids = base.seqs  # rows 2k and 2k + 1 get the same prompt: four groups of two
+    seqs = pack([[5 + k, 6, 7] for k in range(4) for _ in range(2)],
+                [row[ids.prompt_len:][mask.bool()].tolist() for row, mask in zip(ids.input_ids, ids.response_mask)],
+                pad_id=0)
+    after = []
+    for share in ("true", "false"):
+        calls.clear()
+        cfg = C.resolve(C.TrainConfig, overrides=[f"share_prompts={share}", "lr=1e-2", "loss.kl_coef=0"])
+        models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
+        batch = _train_batch(2, n=8)
+        batch.seqs = seqs
+        logprob_pass(models, None, batch, cfg, need_old=True)  # old log-probs and the reference: two calls
+        optimizer = torch.optim.SGD(models.policy.parameters(), lr=cfg.lr)
+        update(models.policy, optimizer, None, None, cfg, batch, World())  # one micro-batch: one more
+        assert len(calls) == (3 if share == "true" else 0)
+        after.append(torch.cat([p.detach().flatten() for p in models.policy.parameters()]))
+    torch.testing.assert_close(after[0], after[1], atol=1e-6, rtol=1e-5)
+
+
 def test_one_no_grad_pass_gives_old_and_reference_logprobs_in_row_order(tiny_checkpoint):
     cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=30", "temperature=0.8"])
     models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
