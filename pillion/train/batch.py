@@ -88,30 +88,64 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> Trai
     )
 
 
-def micro_batches(lengths: list[int], rows: int, tokens: int = 0) -> list[Tensor]:
+def micro_batches(lengths: list[int], rows: int, tokens: int = 0,
+                  groups: list[tuple[list[int], int]] | None = None) -> list[Tensor]:
     """Row indices [b] of each micro-batch of rows with `lengths` (real tokens each).
 
     tokens = 0: consecutive chunks of `rows` rows. tokens > 0 (`micro_batch_tokens`, for the
     packed forward, whose cost follows tokens, not rows): as few micro-batches as hold at most
-    `tokens` tokens and `rows` rows each, balanced by tokens (longest row first into the
-    lightest micro-batch), so no micro-batch is a long tail of its own; a row longer than the
-    budget gets a micro-batch alone. Indices are sorted within a micro-batch. The loss
-    normalisers are counted over the whole mini-batch, so the split changes no gradient.
+    `tokens` tokens and `rows` rows each, balanced by tokens (longest first into the lightest
+    micro-batch), so no micro-batch is a long tail of its own; a row longer than the budget gets
+    a micro-batch alone. Indices are sorted within a micro-batch. The loss normalisers are
+    counted over the whole mini-batch, so the split changes no gradient.
+
+    groups (with tokens > 0; `share_prompts`): (rows, shared) for rows that share their first
+    `shared` tokens (a GRPO group's prompt), which the shared-prompt forward holds once. A group
+    is placed whole and costs its prompt once; one over the budget (or the row cap) is cut into
+    pieces that fit, each costing the prompt once. Without groups a token-balanced split spreads
+    a group's rows over the micro-batches and little is shared.
     """
     n = len(lengths)
     if tokens <= 0:
         return [torch.arange(i, min(i + rows, n)) for i in range(0, n, rows)]
-    order = sorted(range(n), key=lambda i: -lengths[i])
-    k = max(-(-sum(min(n_i, tokens) for n_i in lengths) // tokens), -(-n // rows), 1)  # a lower bound
-    while True:  # k grows until longest-first placement fits (at most n micro-batches)
+    units = [([i], lengths[i]) for i in range(n)] if groups is None else [
+        piece for members, shared in groups for piece in _pieces(members, shared, lengths, rows, tokens)]
+    units.sort(key=lambda unit: -unit[1])
+    k = max(-(-sum(min(cost, tokens) for _, cost in units) // tokens), -(-n // rows), 1)  # a lower bound
+    while True:  # k grows until longest-first placement fits (at most one micro-batch per unit)
         bins: list[list[int]] = [[] for _ in range(k)]
         load = [0] * k
-        for i in order:
+        for members, cost in units:
             j = min(range(k), key=lambda b: (load[b], len(bins[b])))
-            if bins[j] and (load[j] + lengths[i] > tokens or len(bins[j]) >= rows):
+            if bins[j] and (load[j] + cost > tokens or len(bins[j]) + len(members) > rows):
                 break
-            bins[j].append(i)
-            load[j] += lengths[i]
+            bins[j] += members
+            load[j] += cost
         else:
             return [torch.tensor(sorted(b)) for b in bins if b]
         k += 1
+
+
+def _pieces(members: list[int], shared: int, lengths: list[int], rows: int, tokens: int):
+    """A group's rows as (rows, tokens) pieces within the budget, longest rows first; a piece
+    costs the shared prompt once and each row's own tokens."""
+    pieces, piece, cost = [], [], shared
+    for i in sorted(members, key=lambda i: -lengths[i]):
+        own = lengths[i] - shared
+        if piece and (cost + own > tokens or len(piece) >= rows):
+            pieces.append((piece, cost))
+            piece, cost = [], shared
+        piece.append(i)
+        cost += own
+    return pieces + [(piece, cost)]
+
+
+def prompt_groups(seqs: SequenceBatch, index: Tensor) -> list[tuple[list[int], int]]:
+    """`micro_batches`' groups for the rows `index` of `seqs` (positions into `index`): rows with
+    the same prompt tokens, and the prompt's length."""
+    P = seqs.prompt_len
+    ids, real = seqs.input_ids[index, :P].tolist(), seqs.attention_mask[index, :P].bool().tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, (row, keep) in enumerate(zip(ids, real)):
+        groups.setdefault(tuple(t for t, k in zip(row, keep) if k), []).append(b)
+    return [(members, len(prompt)) for prompt, members in groups.items()]

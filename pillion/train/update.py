@@ -22,7 +22,7 @@ import torch
 from pillion.algorithms import losses as L
 from pillion.model.sequences import response_logprobs
 from pillion.train import parallel
-from pillion.train.batch import TrainBatch, micro_batches
+from pillion.train.batch import TrainBatch, micro_batches, prompt_groups
 from pillion.train.models import optimizer_params, reference_fn
 from pillion.train.objective import Counts, actor_loss
 
@@ -37,7 +37,8 @@ TIMING_FIELDS = frozenset({"tokens_per_s", "step_time", "time_generate", "time_g
 def split(batch: TrainBatch, index: torch.Tensor, cfg) -> list[torch.Tensor]:
     """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget."""
     lengths = batch.seqs.attention_mask[index].sum(-1).tolist()  # real tokens per row
-    return [index[m] for m in micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens)]
+    groups = prompt_groups(batch.seqs, index) if cfg.share_prompts and cfg.micro_batch_tokens > 0 else None
+    return [index[m] for m in micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens, groups)]
 
 
 def seconds_since(start: float, device) -> float:

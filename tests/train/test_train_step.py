@@ -17,6 +17,7 @@ from pillion.train import models as M
 from pillion.train.batch import TrainBatch, micro_batches
 from pillion.train.parallel import World
 from pillion.train.update import logprob_pass, step_times, update
+from pillion.train.update import split as update_split
 
 
 def test_micro_batches_by_rows_and_by_balanced_token_budget():
@@ -27,6 +28,26 @@ def test_micro_batches_by_rows_and_by_balanced_token_budget():
     # A row over the budget runs alone; the row cap still holds: 4 rows of 1 token, 2 rows each.
     assert [m.tolist() for m in micro_batches([20, 4, 4], rows=128, tokens=10)] == [[0], [1, 2]]
     assert sorted(len(m) for m in micro_batches([1, 1, 1, 1], rows=2, tokens=100)) == [2, 2]
+
+
+def test_token_budget_micro_batches_keep_a_prompt_group_together():
+    """With share_prompts a group's prompt runs once, so a group is placed whole (cost: prompt
+    once) where it fits, and cut into pieces that fit where it does not."""
+    # Rows 0-2 share a 4-token prompt (10 tokens each: cost 4 + 3 x 6 = 22), rows 3-4 a 2-token
+    # one (6 each: 2 + 2 x 4 = 10). Budget 25: the groups go to two micro-batches, whole.
+    groups = [([0, 1, 2], 4), ([3, 4], 2)]
+    assert [m.tolist() for m in micro_batches([10, 10, 10, 6, 6], rows=128, tokens=25, groups=groups)] == [
+        [0, 1, 2], [3, 4]]
+    # Without groups the balanced split spreads the first group: 10 -> a, 10 -> b, 10 -> a, 6 -> b, 6 -> b.
+    assert [m.tolist() for m in micro_batches([10, 10, 10, 6, 6], rows=128, tokens=25)] == [[0, 2], [1, 3, 4]]
+    # Budget 20: the 22-token group does not fit whole; longest rows first, rows 0 and 1 cost
+    # 4 + 6 + 6 = 16 and row 2 would make 22, so it is cut into [0, 1] (16) and [2] (10); the other
+    # group (10) joins the lighter micro-batch: 10 + 10 = 20.
+    assert [m.tolist() for m in micro_batches([10, 10, 10, 6, 6], rows=128, tokens=20, groups=groups)] == [
+        [0, 1], [2, 3, 4]]
+    # The row cap cuts a group as well: 2 rows at most, so three micro-batches.
+    assert [m.tolist() for m in micro_batches([10, 10, 10, 6, 6], rows=2, tokens=100, groups=groups)] == [
+        [0, 1], [2], [3, 4]]
 
 
 def _train_batch(seed=0, n=6):
@@ -73,18 +94,26 @@ def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(ti
                 [row[ids.prompt_len:][mask.bool()].tolist() for row, mask in zip(ids.input_ids, ids.response_mask)],
                 pad_id=0)
     after = []
-    for share in ("true", "false"):
+    for share, budget in (("true", 0), ("false", 0), ("true", 40)):
         calls.clear()
-        cfg = C.resolve(C.TrainConfig, overrides=[f"share_prompts={share}", "lr=1e-2", "loss.kl_coef=0"])
+        cfg = C.resolve(C.TrainConfig, overrides=[f"share_prompts={share}", f"micro_batch_tokens={budget}", "lr=1e-2",
+                                                  "loss.kl_coef=0"])
         models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
         batch = _train_batch(2, n=8)
         batch.seqs = seqs
         logprob_pass(models, None, batch, cfg, need_old=True)  # old log-probs and the reference: two calls
         optimizer = torch.optim.SGD(models.policy.parameters(), lr=cfg.lr)
         update(models.policy, optimizer, None, None, cfg, batch, World())  # one micro-batch: one more
-        assert len(calls) == (3 if share == "true" else 0)
+        if budget:  # token-budget micro-batches keep each group whole: every forward shares
+            parts = update_split(batch, torch.arange(8), cfg)
+            assert len(parts) > 1 and len(calls) == 3 * len(parts)
+            for m in parts:  # every prompt (its first token 5 + k) present in a micro-batch with both its rows
+                assert sorted(seqs.input_ids[m, 0].tolist()) == sorted(2 * list(set(seqs.input_ids[m, 0].tolist())))
+        else:
+            assert len(calls) == (3 if share == "true" else 0)
         after.append(torch.cat([p.detach().flatten() for p in models.policy.parameters()]))
     torch.testing.assert_close(after[0], after[1], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(after[2], after[1], atol=1e-6, rtol=1e-5)
 
 
 def test_one_no_grad_pass_gives_old_and_reference_logprobs_in_row_order(tiny_checkpoint):
