@@ -102,6 +102,17 @@ def packed_token_logprobs(
     is never a target (nothing of its own row precedes it).
     """
     chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
+    states, targets, target = _packed_states(model, input_ids, attention_mask, target_mask)
+    flat_lp, flat_ent = chunked_logprobs(states, model.lm_head.weight, targets, temperature, chunk, with_entropy)  # [n]
+    logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(target, flat_lp)
+    entropy = torch.zeros_like(logprobs).masked_scatter(target, flat_ent) if with_entropy else None
+    return logprobs, entropy
+
+
+def _packed_states(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   target_mask: torch.Tensor):
+    """The packed forward of `packed_token_logprobs`: (the hidden states [n, D] that predict the
+    targets, the targets' ids [n], `target` [B, L] bool where they are, row-major)."""
     keep = attention_mask.bool()  # [B, L]: row-major order of the real tokens = packed order
     positions = padding_positions(attention_mask)  # [B, L]: 0 at each row's first real token
     ids = input_ids[keep]  # [N]
@@ -109,11 +120,7 @@ def packed_token_logprobs(
     hidden = model(ids[None], positions[keep][None], rows)[0]  # [N, D]
     target = target_mask.bool() & keep & (positions > 0)  # [B, L]
     select = target[keep][1:]  # [N - 1]: packed token j predicts token j + 1 of the same row
-    flat_lp, flat_ent = chunked_logprobs(take_rows(hidden, select.nonzero().view(-1)), model.lm_head.weight,
-                                         ids[1:][select], temperature, chunk, with_entropy)  # [n]
-    logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(target, flat_lp)
-    entropy = torch.zeros_like(logprobs).masked_scatter(target, flat_ent) if with_entropy else None
-    return logprobs, entropy
+    return take_rows(hidden, select.nonzero().view(-1)), ids[1:][select], target
 
 
 def shared_prompt_layout(batch: SequenceBatch) -> dict | None:
@@ -170,17 +177,37 @@ def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dic
     same values as `packed_token_logprobs` up to float summation order (tested)."""
     device = batch.input_ids.device
     chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
+    states, where = _shared_states(model, layout, device)
+    targets = torch.tensor(layout["target_ids"], device=device, dtype=torch.long)
+    flat_lp, flat_ent = chunked_logprobs(states, model.lm_head.weight, targets, temperature, chunk, with_entropy)
+    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, flat_lp)
+    entropy = torch.zeros_like(logprobs).masked_scatter(where, flat_ent) if with_entropy else None
+    return logprobs, entropy
+
+
+def _shared_states(model: Transformer, layout: dict, device):
+    """The forward of `shared_prompt_logprobs`: (the hidden states [n, D] that predict the
+    layout's targets, `where` [B, T] bool where they are, row-major)."""
     ids = torch.tensor(layout["tokens"], device=device)
     rows = PackedRows.of(layout["lengths"], device, layout["gather"], layout["owned"])
     hidden = model(ids[None], torch.tensor(layout["positions"], device=device)[None], rows)[0]  # [N, D]
     source = torch.tensor(layout["source"], device=device, dtype=torch.long)
-    targets = torch.tensor(layout["target_ids"], device=device, dtype=torch.long)
-    flat_lp, flat_ent = chunked_logprobs(take_rows(hidden, source), model.lm_head.weight, targets, temperature, chunk,
-                                         with_entropy)
-    where = torch.tensor(layout["where"], dtype=torch.bool, device=device)  # [B, T]
-    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, flat_lp)
-    entropy = torch.zeros_like(logprobs).masked_scatter(where, flat_ent) if with_entropy else None
-    return logprobs, entropy
+    return take_rows(hidden, source), torch.tensor(layout["where"], dtype=torch.bool, device=device)
+
+
+def response_states(model: Transformer, batch: SequenceBatch, share_prompts: bool = True):
+    """The state before each response token, as the critic reads it (`Critic.values`): (hidden
+    states [n, D] of the positions whose logits predict the response tokens, `where` [B, T] bool
+    marking those tokens, row-major). One packed forward without padding, each shared prompt
+    once (as `response_logprobs`)."""
+    layout = shared_prompt_layout(batch) if share_prompts else None
+    if layout is not None:
+        return _shared_states(model, layout, batch.input_ids.device)
+    P = batch.prompt_len
+    target = torch.zeros_like(batch.attention_mask)
+    target[:, P:] = batch.response_mask
+    states, _, where = _packed_states(model, batch.input_ids, batch.attention_mask, target)
+    return states, where[:, P:]
 
 
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,

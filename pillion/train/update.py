@@ -59,7 +59,7 @@ def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool) -> floa
     fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature,
                                                         share_prompts=cfg.share_prompts)[0]) if need_old else None,
            "ref_logprobs": reference,
-           "values": critic.values if critic is not None else None}
+           "values": (lambda s: critic.values(s, share_prompts=cfg.share_prompts)) if critic is not None else None}
     fns = {k: fn for k, fn in fns.items() if fn is not None}
     if fns:
         parts = split(batch, torch.arange(batch.num_rows), cfg)
@@ -121,7 +121,7 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
                     for k, v in st.items():
                         stats.setdefault(k, []).append(v)
                 if critic is not None:
-                    values = critic.values(sub.seqs)  # [b, T]
+                    values = critic.values(sub.seqs, share_prompts=cfg.share_prompts)  # [b, T]
                     vloss, vst = L.value_loss(values, sub.values, sub.returns, sub.loss_mask, cfg.ppo.value_clip,
                                               "token_mean", num_tokens=counts.num_tokens)
                     (cfg.ppo.vf_coef * vloss).backward()

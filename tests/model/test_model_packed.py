@@ -184,3 +184,28 @@ def test_shared_prompt_gradients_are_bitwise_repeatable_on_two_threads(tiny_chec
             assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
     finally:
         torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("share", [True, False])
+def test_critic_values_packed_equal_the_padded_ones_in_values_and_gradients(tiny_checkpoint, share):
+    """The critic reads the state before each response token; packed (and with shared prompts)
+    it reads the same states as from the padded batch, and its gradients are the same."""
+    from pillion.model.critic import Critic
+
+    critic = Critic(load_model(tiny_checkpoint()))
+    torch.nn.init.normal_(critic.value_head.weight, generator=torch.Generator().manual_seed(0))  # not the zero init
+    batch = _groups(4, 3, 3)
+    weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(1))  # [B, T]
+    results = []
+    for packed in (False, True):
+        values = critic.values(batch, packed=packed, share_prompts=share)  # [B, T]
+        # allow_unused: the trunk's LM head plays no part in the values
+        grads = torch.autograd.grad((weights * values).sum(), list(critic.parameters()), allow_unused=True)
+        results.append((values.detach(), grads))
+    (v_pad, g_pad), (v_packed, g_packed) = results
+    assert v_pad.abs().max() > 0.1 and v_pad[batch.response_mask == 0].abs().max() == 0
+    torch.testing.assert_close(v_packed, v_pad, atol=1e-5, rtol=1e-5)
+    assert [g is None for g in g_pad] == [g is None for g in g_packed] and sum(g is not None for g in g_pad) > 10
+    for a, b in zip(g_pad, g_packed):
+        if a is not None:
+            torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
