@@ -18,11 +18,14 @@ optimizer step per rollout; the same checkpoint folder, sizes and learning rate 
             (the packed forward holds the rows' real tokens only), and the share of those real
             tokens the linear layers see when each group's prompt runs once.
 
-Both run in their own process (pillion's `pillion.train.rl.train`, TRL's `GRPOTrainer.train`),
-held at the start of every step until this process says go, so that their steps alternate:
-pillion's step k, TRL's step k, pillion's step k + 1, ... A step's time runs from its go to the
-next step's start (generation, grading, the update, logging). The first step of each is a
-warm-up and not counted; the medians of the rest are printed with their ratio (TRL / pillion:
+Three processes per workload: pillion as configured (eager), pillion with `compile=true` (the
+decode step and the training forward/backward through torch.compile; its first step, not
+counted, compiles for ~0.5-1 min; `--eager-only` skips it) and TRL, each in its own process
+(pillion's `pillion.train.rl.train`, TRL's `GRPOTrainer.train`), held at the start of every
+step until this process says go, so that their steps alternate: pillion's step k, pillion+
+compile's step k, TRL's step k, pillion's step k + 1, ... A step's time runs from its go to
+the next step's start (generation, grading, the update, logging). The first step of each is a
+warm-up and not counted; the medians of the rest are printed with the ratios (TRL / pillion:
 above 1, pillion is faster), in wall seconds and in each process's CPU seconds (all threads;
 on a shared machine the steadier measure). Prompts: pillion samples its synthetic arithmetic
 pool (levels 1-2), TRL gets problems drawn from the same generator, rendered with the same
@@ -186,10 +189,10 @@ def child_env() -> dict:
 class Child:
     """A gated child process: `step()` lets it run one step and returns what it reported."""
 
-    def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args):
+    def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args, extra=()):
         cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workload", workload, "--model-dir",
                str(model_dir), "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
-               *sum([["--extra", e] for e in args.extra], [])]
+               *sum([["--extra", e] for e in [*args.extra, *extra]], [])]
         self.log = open(out.with_suffix(f".{kind}.log"), "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
                                      env=child_env())
@@ -223,7 +226,11 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
     _, prompts, samples, new, ignore_eos = WORKLOADS[name]
     print(f"\n{name}: {prompts} prompts x {samples} samples x {new} tokens{' (EOS ignored)' if ignore_eos else ''}, "
           f"model {model_dir}", flush=True)
-    children = {"pillion": Child(sys.executable, "pillion", name, model_dir, work / f"{name}-pillion", args)}
+    outs = {"pillion": work / f"{name}-pillion", "pillion+compile": work / f"{name}-pillion-compiled"}
+    children = {"pillion": Child(sys.executable, "pillion", name, model_dir, outs["pillion"], args)}
+    if not args.eager_only:
+        children["pillion+compile"] = Child(sys.executable, "pillion", name, model_dir, outs["pillion+compile"], args,
+                                            ["compile=true"])
     if trl:
         children["TRL"] = Child(trl, "trl", name, model_dir, work / f"{name}-trl", args)
     times: dict[str, list[dict]] = {k: [] for k in children}
@@ -238,22 +245,24 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
         child.stop()
     counted = {who: rows[1:] for who, rows in times.items()}  # the first step is a warm-up
     for who, rows in counted.items():
-        print(f"  {who:8s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
+        print(f"  {who:15s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
               f"{median([r['cpu'] for r in rows]):.3f} s CPU  (steps: "
               + ", ".join(f"{r['wall']:.2f}" for r in rows) + f"; {rows[-1].get('threads', '?')} thread(s))")
-    if "TRL" in counted:
-        wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted["pillion"]])
-        cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted["pillion"]])
-        print(f"  TRL / pillion: {wall:.2f}x wall, {cpu:.2f}x CPU")
-    metrics = work / f"{name}-pillion" / "metrics.jsonl"
-    if metrics.exists():  # pillion's own step-time breakdown (train/update.py step_times), medians
-        rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
-        phases = {p: median([r[p] for r in rows if p in r]) for p in ("time_generate", "time_grade", "time_logprobs",
-                                                                       "time_update")}
-        # time_other is not read: here it holds the wait at the gate, inside the step's clock
-        other = median([r["wall"] for r in counted["pillion"]]) - sum(phases.values())
-        print("  pillion phases (median s): " + ", ".join(f"{p[5:]} {v:.3f}" for p, v in phases.items())
-              + f", other {other:.3f}")
+    for who in [w for w in counted if w.startswith("pillion")]:
+        if "TRL" in counted:
+            wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted[who]])
+            cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted[who]])
+            print(f"  TRL / {who}: {wall:.2f}x wall, {cpu:.2f}x CPU")
+    for who in [w for w in counted if w.startswith("pillion")]:
+        metrics = outs[who] / "metrics.jsonl"
+        if metrics.exists():  # pillion's own step-time breakdown (train/update.py step_times), medians
+            rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]
+            phases = {p: median([r[p] for r in rows if p in r]) for p in ("time_generate", "time_grade",
+                                                                           "time_logprobs", "time_update")}
+            # time_other is not read: here it holds the wait at the gate, inside the step's clock
+            other = median([r["wall"] for r in counted[who]]) - sum(phases.values())
+            print(f"  {who} phases (median s): " + ", ".join(f"{p[5:]} {v:.3f}" for p, v in phases.items())
+                  + f", other {other:.3f}")
     pads = [r["padding"] for r in times["pillion"] if "padding" in r]
     if pads:
         print(f"  update padding: {median([p['padding'] for p in pads]):.3f} of [B, P + T] before packing, 0.000 after "
@@ -269,6 +278,8 @@ def main() -> int:
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-step-cpu")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
+    p.add_argument("--eager-only", action="store_true",
+                   help="skip the third process, pillion with compile=true (its first step compiles for ~0.5-1 min)")
     p.add_argument("--child", choices=["pillion", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
