@@ -184,11 +184,20 @@ def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: Pa
     - CUDA: varlen flash attention over `cu_seqlens` (no mask, no padding, one kernel);
     - CPU: rows of similar length gathered into a few right-padded buckets (`length_buckets`),
       one fused causal `scaled_dot_product_attention` each (the linear layers, most of the cost,
-      still see no padding). Under torch.compile (`compile: true`) this part runs eagerly, a
-      graph break (`bucketed_attention`), and the graphs around it fuse the norms, RoPE and MLP.
+      still see no padding).
+    Under torch.compile (`compile: true`) either route runs eagerly, a graph break
+    (`varlen_route`, `bucketed_attention`), and the graphs around it fuse the norms, RoPE and MLP.
     """
-    if not q.is_cuda:
-        return bucketed_attention(q, k, v, rows)
+    if q.is_cuda:
+        return varlen_route(q, k, v, rows)
+    return bucketed_attention(q, k, v, rows)
+
+
+@torch.compiler.disable
+def varlen_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
+    """The CUDA route of `packed_attention`. Kept out of compiled graphs, as the CPU route is:
+    `varlen_attn` takes the longest row as a Python int, on which a graph would specialise and
+    compile again as the rows' lengths change from step to step."""
     if rows.gather is not None:  # shared prompts: attend over the expanded rows, keep one output per token
         q, k, v = (take_rows(x, rows.gather) for x in (q, k, v))
         return take_rows(varlen_attention(q, k, v, rows), rows.owned)

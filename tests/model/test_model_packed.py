@@ -209,3 +209,31 @@ def test_critic_values_packed_equal_the_padded_ones_in_values_and_gradients(tiny
     for a, b in zip(g_pad, g_packed):
         if a is not None:
             torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+def test_the_cuda_route_stays_out_of_compiled_graphs(monkeypatch):
+    """`varlen_route` (CUDA) reads the longest row as a Python int for `varlen_attn`; inside a
+    compiled graph that would specialise the graph on it. Here the varlen kernel is stood in for
+    by the CPU route, and rows of new lengths and counts compile nothing new."""
+    from torch._dynamo.testing import CompileCounter
+
+    from pillion.model import transformer
+
+    def stand_in(q, k, v, rows):
+        assert isinstance(max(rows.lengths), int)  # what varlen_attn gets
+        return transformer.bucketed_attention(q, k, v, rows)
+
+    monkeypatch.setattr(transformer, "varlen_attention", stand_in)
+    torch._dynamo.reset()
+    counter = CompileCounter()
+    compiled = torch.compile(lambda q, k, v, rows: transformer.varlen_route(q * 2, k, v, rows) + 1, backend=counter,
+                             dynamic=True)
+    frames = []
+    for lengths in ([3, 2], [5, 1, 4], [7, 7], [2, 9, 1, 3]):
+        n = sum(lengths)
+        q, k, v = torch.randn(n, 2, 4), torch.randn(n, 1, 4), torch.randn(n, 1, 4)
+        rows = PackedRows.of(lengths)
+        expected = packed_attention(q * 2, k, v, PackedRows.of(lengths)) + 1
+        torch.testing.assert_close(compiled(q, k, v, rows), expected)
+        frames.append(counter.frame_count)
+    assert frames[0] > 0 and frames[1:] == [frames[0]] * 3, frames
