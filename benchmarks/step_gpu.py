@@ -14,10 +14,12 @@ decode step and compiled training forward (`compile=true`), micro-batches of
 the first is a warm-up (compilation), the medians of the rest are printed per phase from its
 metrics.jsonl (generate, grade, log-probs, update, other).
 
-MFU of the update = 6 x parameters x update tokens (forward and backward of every matmul, the
-LM head included) + the attention's 12 x layers x hidden x sum over rows of length^2 / 2
-(causal), over time_update x the GPU's peak dense bf16 FLOP/s (--peak-tflops; by default 989 for
-H100/H200, 312 for A100). Target: >= 50%.
+MFU of the update = the FLOPs it does, over time_update x the GPU's peak dense bf16 FLOP/s
+(--peak-tflops; by default 989 for H100/H200, 312 for A100). FLOPs, forward and backward (3 x
+the forward's 2 per multiply-add): 6 x the non-embedding parameters x the tokens the linear
+layers see (each group's prompt once, `share_prompts`), 6 x vocabulary x hidden x the scored
+response tokens (the LM head runs at those only), and the attention's 12 x layers x hidden x
+sum over rows of length^2 / 2 (causal; every row attends over its whole prompt). Target: >= 50%.
 
 TRL (when --trl-python imports trl and datasets): one warm-up and `--steps - 1` steps of
 GRPOTrainer on the same folder and workload (bf16, beta 0, its own generation), timed from
@@ -70,10 +72,11 @@ def pillion_run(args, work: Path) -> dict:
 
     from pillion import config as C
     from pillion.model.checkpoint import load_model
+    from pillion.model.sequences import shared_prompt_layout
     from pillion.train import rl
 
     real_rollout = rl.rollout
-    update_tokens: list[tuple[int, int]] = []  # per step: (real tokens, sum of length^2)
+    update_tokens: list[tuple[int, int, int]] = []  # per step: (linear-layer tokens, scored tokens, sum of length^2)
     real_make_batch = rl.make_batch
 
     def no_eos(engine, *a, **k):
@@ -83,7 +86,9 @@ def pillion_run(args, work: Path) -> dict:
     def counted(samples, *a, **k):
         batch = real_make_batch(samples, *a, **k)
         lengths = batch.seqs.attention_mask.sum(-1).float()  # [B]
-        update_tokens.append((int(lengths.sum()), int((lengths**2).sum())))
+        layout = shared_prompt_layout(batch.seqs)  # None: no prompt repeats
+        linear = len(layout["tokens"]) if layout else int(lengths.sum())
+        update_tokens.append((linear, int(batch.seqs.response_mask.sum()), int((lengths**2).sum())))
         return batch
 
     rl.rollout, rl.make_batch = no_eos, counted
@@ -188,12 +193,14 @@ def main() -> int:
     med = {k: statistics.median(r[k] for r in rows) for k in (*PHASES, "step_time")}
     print("pillion median step {:.2f} s: ".format(med["step_time"])
           + ", ".join(f"{k[5:]} {med[k]:.2f} s ({100 * med[k] / med['step_time']:.0f}%)" for k in PHASES))
-    tokens = statistics.median(t for t, _ in ours["tokens"])
-    squares = statistics.median(s for _, s in ours["tokens"])
+    tokens, scored, squares = (statistics.median(step[i] for step in ours["tokens"]) for i in range(3))
     cfg = QWEN25_15B if not args.smoke else SMOKE
-    flops = (6 * ours["params"] * tokens
+    head = cfg["vocab_size"] * cfg["hidden_size"]  # the LM head (tied: also the embedding, counted once)
+    body = ours["params"] - head * (1 if cfg["tie_word_embeddings"] else 2)
+    flops = (6 * body * tokens + 6 * head * scored
              + 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * squares / 2)  # forward + backward, causal
-    print(f"update: {tokens:.0f} tokens, {tokens / med['time_update']:.0f} tokens/s, "
+    print(f"update: {tokens:.0f} tokens through the linear layers ({scored:.0f} scored), "
+          f"{tokens / med['time_update']:.0f} tokens/s, "
           f"MFU {100 * flops / med['time_update'] / peak_flops(args):.1f}% (target >= 50%)"
           + (f"; peak memory {ours['peak_memory'] / 2**30:.1f} GiB" if ours["peak_memory"] else ""), flush=True)
     trl = trl_python(args)
