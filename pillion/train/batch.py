@@ -126,6 +126,26 @@ def micro_batches(lengths: list[int], rows: int, tokens: int = 0,
         k += 1
 
 
+def even_out(parts: list[Tensor], lengths: list[int], count: int) -> list[Tensor]:
+    """`parts` (micro-batches of rows with `lengths`) made `count` in number by halving the
+    heaviest micro-batch of two or more rows, its rows longest first into the lighter half: with
+    several ranks every rank must run as many forwards as the others (FSDP2 gathers the weights
+    in each), and token budgets give ranks different counts."""
+    parts = list(parts)
+    while len(parts) < count:
+        splittable = [j for j, part in enumerate(parts) if len(part) > 1]
+        if not splittable:
+            raise ValueError(f"{sum(len(p) for p in parts)} rows cannot make {count} micro-batches")
+        j = max(splittable, key=lambda j: sum(lengths[i] for i in parts[j].tolist()))
+        halves, load = ([], []), [0, 0]
+        for i in sorted(parts[j].tolist(), key=lambda i: -lengths[i]):
+            h = 0 if load[0] <= load[1] else 1
+            halves[h].append(i)
+            load[h] += lengths[i]
+        parts[j : j + 1] = [torch.tensor(sorted(half)) for half in halves]
+    return parts
+
+
 def _pieces(members: list[int], shared: int, lengths: list[int], rows: int, tokens: int):
     """A group's rows as (rows, tokens) pieces within the budget, longest rows first; a piece
     costs the shared prompt once and each row's own tokens."""

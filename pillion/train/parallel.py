@@ -84,9 +84,6 @@ def check(cfg, size: int) -> None:
         "filter.reject": getattr(getattr(cfg, "filter", None), "reject", "none") != "none",
         "filter.dynamic_sampling": getattr(getattr(cfg, "filter", None), "dynamic_sampling", False),
         "data.history_resampling": cfg.data.history_resampling,
-        # token-budget micro-batches may differ in number across ranks: FSDP2's per-forward
-        # collectives would then wait on a rank that has no forward left
-        "micro_batch_tokens": getattr(cfg, "micro_batch_tokens", 0) > 0,
         "tool.max_calls": getattr(getattr(cfg, "tool", None), "max_calls", 0) > 0,
     }
     for key, bad in refused.items():
@@ -225,6 +222,15 @@ def sum_int(value: int, world: World) -> int:
         return value
     t = torch.tensor([value], dtype=torch.long, device=_device())
     dist.all_reduce(t)
+    return int(t.item())
+
+
+def max_int(value: int, world: World) -> int:
+    """The largest of an integer over ranks (micro-batch counts, which FSDP2 needs equal)."""
+    if world.size == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.long, device=_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return int(t.item())
 
 

@@ -184,7 +184,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
             #    reference log-probs (a KL term), values (a critic).
             on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
-            logprob_seconds = logprob_pass(models, critic, batch, cfg, need_old=not on_policy)
+            logprob_seconds = logprob_pass(models, critic, batch, cfg, need_old=not on_policy, world=world)
 
             # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
             #    needs the rollout policy's log-probs: the trainer's when computed, else the engine's.

@@ -22,7 +22,7 @@ import torch
 from pillion.algorithms import losses as L
 from pillion.model.sequences import response_logprobs
 from pillion.train import parallel
-from pillion.train.batch import TrainBatch, micro_batches, prompt_groups
+from pillion.train.batch import TrainBatch, even_out, micro_batches, prompt_groups
 from pillion.train.models import optimizer_params, reference_fn
 from pillion.train.objective import Counts, actor_loss
 
@@ -34,11 +34,20 @@ TIMING_FIELDS = frozenset({"tokens_per_s", "step_time", "time_generate", "time_g
                            "time_update", "time_other"})
 
 
-def split(batch: TrainBatch, index: torch.Tensor, cfg) -> list[torch.Tensor]:
-    """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget."""
+# Logged losses that each micro-batch holds a share of (normalised by the mini-batch's global counts):
+# summed over micro-batches and ranks into the optimizer step's loss, then averaged over steps.
+PARTS = ("pg_loss", "kl_loss", "value_loss")
+
+
+def split(batch: TrainBatch, index: torch.Tensor, cfg, world=None) -> list[torch.Tensor]:
+    """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget;
+    with several ranks as many on every rank (the most any rank needs: `even_out`)."""
     lengths = batch.seqs.attention_mask[index].sum(-1).tolist()  # real tokens per row
     groups = prompt_groups(batch.seqs, index) if cfg.share_prompts and cfg.micro_batch_tokens > 0 else None
-    return [index[m] for m in micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens, groups)]
+    parts = micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens, groups)
+    if world is not None and world.size > 1 and cfg.micro_batch_tokens > 0:
+        parts = even_out(parts, lengths, parallel.max_int(len(parts), world))
+    return [index[m] for m in parts]
 
 
 def seconds_since(start: float, device) -> float:
@@ -49,7 +58,7 @@ def seconds_since(start: float, device) -> float:
 
 
 @torch.no_grad()
-def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool) -> float:
+def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool, world=None) -> float:
     """Fill batch.old_logprobs (when `need_old`: several updates per rollout, or TIS), the
     reference's log-probs (a KL term) and the critic's values, in one no-grad pass over the
     micro-batches; returns its wall seconds."""
@@ -62,7 +71,7 @@ def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool) -> floa
            "values": (lambda s: critic.values(s, share_prompts=cfg.share_prompts)) if critic is not None else None}
     fns = {k: fn for k, fn in fns.items() if fn is not None}
     if fns:
-        parts = split(batch, torch.arange(batch.num_rows), cfg)
+        parts = split(batch, torch.arange(batch.num_rows), cfg, world)
         order = torch.argsort(torch.cat(parts))  # micro-batch order -> row order
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in fns}
         for rows in parts:
@@ -100,7 +109,8 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             counts.num_tokens = parallel.sum_int(counts.num_tokens, world)
             counts.num_seqs = parallel.sum_int(counts.num_seqs, world)
             counts.num_positive_tokens = parallel.sum_int(counts.num_positive_tokens, world)
-            for micro in split(batch, mb, cfg):
+            shares: dict[str, float] = {}  # PARTS: the micro-batches' shares of this optimizer step's losses
+            for micro in split(batch, mb, cfg, world):
                 sub = batch.rows(micro)
                 if train_policy:
                     logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True,
@@ -119,14 +129,19 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
                     loss.backward()
                     st["entropy"] = float(L.aggregate(entropy.detach(), sub.loss_mask, "token_mean"))
                     for k, v in st.items():
-                        stats.setdefault(k, []).append(v)
+                        if k in PARTS:
+                            shares[k] = shares.get(k, 0.0) + v
+                        else:
+                            stats.setdefault(k, []).append(v)
                 if critic is not None:
                     values = critic.values(sub.seqs, share_prompts=cfg.share_prompts)  # [b, T]
                     vloss, vst = L.value_loss(values, sub.values, sub.returns, sub.loss_mask, cfg.ppo.value_clip,
                                               "token_mean", num_tokens=counts.num_tokens)
                     (cfg.ppo.vf_coef * vloss).backward()
-                    stats.setdefault("value_loss", []).append(float(vloss.detach()))
+                    shares["value_loss"] = shares.get("value_loss", 0.0) + float(vloss.detach())
                     stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
+            for k, v in shares.items():
+                stats.setdefault(k, []).append(v)
             if train_policy:
                 norm, ok = optimizer_step(optimizer_params(optimizer), optimizer, cfg.grad_clip)
                 stats.setdefault("grad_norm", []).append(norm)
@@ -135,7 +150,8 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
                 _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
     sums = parallel.sum_floats(sums, world)  # token-weighted over every rank's rows
-    out = {k: sum(v) / len(v) for k, v in stats.items()}
+    out = {k: sum(v) / len(v) for k, v in stats.items()}  # means over optimizer steps (losses) or micro-batches
+    out.update(parallel.sum_floats({k: out[k] for k in PARTS if k in out}, world))  # every rank's share of the loss
     out["skipped_updates"] = skipped
     out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
     if batch.ref_logprobs is not None and sums["tokens"]:

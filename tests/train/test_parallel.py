@@ -280,3 +280,54 @@ def test_sft_batch_size_must_divide_too(tmp_path, monkeypatch, capsys):
     assert main(["sft", f"out={tmp_path / 'run'}", "init=tiny", "batch_size=5"]) == 2
     assert "config key 'batch_size': 5 is not divisible by the 2 ranks" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_token_budget_micro_batches_on_two_ranks_match_one_process(tmp_path):
+    """micro_batch_tokens with two ranks: each rank splits its rows by the budget, the ranks even
+    out their micro-batch counts (FSDP2 gathers the weights in every forward, on every rank at
+    once), and the steps' losses, gradient norms and weights are one process's."""
+    args = ["steps=2", "save_every=2", "micro_batch_tokens=70", *SMALL]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'one'}", *args]))
+    launch(["train", f"out={tmp_path / 'two'}", *args])
+    keys = ("reward", "pg_loss", "kl_loss", "grad_norm", "kl", "response_length")
+    one, two = ([{k: r[k] for k in keys} for r in rows(tmp_path / name)] for name in ("one", "two"))
+    assert one[1]["grad_norm"] > 0 and one[1]["reward"] != one[0]["reward"]
+    for a, b in zip(one, two):
+        assert b == pytest.approx(a, rel=1e-4, abs=1e-9)
+    from pillion.model.checkpoint import load_model
+
+    w1, w2 = (load_model(tmp_path / name / "checkpoints" / "step-000002").state_dict() for name in ("one", "two"))
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
+
+
+_SPLIT = """
+import json, sys, types, torch
+from pillion import config as C
+from pillion.model.sequences import pack
+from pillion.train import parallel
+from pillion.train.update import split
+
+cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=60", "share_prompts=false"])
+world = parallel.init(cfg)
+# 6 rows of a 2-token prompt and a response of 12 tokens (rank 0: four rows fit in 60) or 40 (rank 1: one)
+n = 12 if world.rank == 0 else 40
+batch = types.SimpleNamespace(seqs=pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0))
+parts = [m.tolist() for m in split(batch, torch.arange(6), cfg, world)]
+print("PARTS", json.dumps(parts), file=sys.stderr)  # stderr: rank 1's stdout is closed
+parallel.close(world)
+"""
+
+
+def test_ranks_run_as_many_token_budget_micro_batches_as_the_rank_that_needs_most():
+    """Rank 0's budget gives 2 micro-batches, rank 1's 6; FSDP2 needs a forward on every rank at
+    once, so rank 0 halves its heaviest micro-batch until it has 6 too."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _SPLIT], env=_env(r, 2, port), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    parts = [json.loads(next(line[6:] for line in err.splitlines() if line.startswith("PARTS "))) for _, err in outs]
+    assert sorted(parts[1]) == [[i] for i in range(6)]  # 42 tokens a row: one per micro-batch
+    assert len(parts[0]) == 6 and sorted(i for part in parts[0] for i in part) == list(range(6))

@@ -146,6 +146,8 @@ def test_train_cli_rejects_bad_keys(capsys):
 # pin real ones; seed 2 gives zero gradients in steps 1-2); two mini-batches per step make the second optimizer step
 # off-policy, so the ratio, clipping and policy-loss terms are exercised, not only their
 # on-policy values.
+# pg_loss and kl_loss are each optimizer step's loss (its micro-batches' shares summed), averaged
+# over the step's two optimizer steps.
 
 PINNED_ARGS = ["steps=3", "prompts_per_step=8", "group_size=4", "max_new_tokens=24", "micro_batch=8",
                "mini_batches=2", "lr=3e-4", "data.heldout_size=8", "eval.k=1", "eval.max_new_tokens=24",
@@ -154,10 +156,10 @@ PINNED_ARGS = ["steps=3", "prompts_per_step=8", "group_size=4", "max_new_tokens=
 PINNED = [
     {"reward": 0.25, "accuracy": 0.25, "pg_loss": 0.0, "kl_loss": 0.0, "entropy": 0.0680995499715209,
      "grad_norm": 0.0, "clipfrac": 0.0, "ratio_max": 1.0, "response_length": 22.75, "kl": 0.0},
-    {"reward": 0.59375, "accuracy": 0.59375, "pg_loss": 9.313225746154785e-10, "kl_loss": 0.0002732336724875495,
+    {"reward": 0.59375, "accuracy": 0.59375, "pg_loss": 1.862645149230957e-09, "kl_loss": 0.0005464640853460878,
      "entropy": 0.04589514690451324, "grad_norm": 1.0087153143249452, "clipfrac": 0.0,
      "ratio_max": 1.1596277356147766, "response_length": 20.3125, "kl": 0.0},
-    {"reward": 0.15625, "accuracy": 0.15625, "pg_loss": -0.0002783108502626419, "kl_loss": 0.002099505414662417,
+    {"reward": 0.15625, "accuracy": 0.15625, "pg_loss": -0.0005566217005252838, "kl_loss": 0.004199016999336891,
      "entropy": 0.0580849451944232, "grad_norm": 0.023559759370982647, "clipfrac": 0.001336898421868682,
      "ratio_max": 1.1778805553913116, "response_length": 22.96875, "kl": 0.003930493069987476},
 ]

@@ -50,6 +50,24 @@ def test_token_budget_micro_batches_keep_a_prompt_group_together():
         [0, 1], [2], [3, 4]]
 
 
+def test_even_out_halves_the_heaviest_micro_batch_until_ranks_agree():
+    """With several ranks each must run as many forwards as the others (FSDP2 gathers weights in
+    each): a rank whose budget gave fewer micro-batches halves its heaviest one, longest rows first
+    into the lighter half."""
+    from pillion.train.batch import even_out
+
+    lengths = [10, 3, 7, 2, 8]
+    parts = [torch.tensor([0, 2, 4]), torch.tensor([1, 3])]  # 25 and 5 tokens
+    # Need 3: halve the heavier [0, 2, 4], longest first: 10 -> a, 8 -> b, 7 -> b (its 8 < a's 10).
+    out = [m.tolist() for m in even_out(parts, lengths, 3)]
+    assert out == [[0], [2, 4], [1, 3]]
+    # Need 5 of 5 rows: every row alone.
+    assert sorted(m.tolist() for m in even_out(parts, lengths, 5)) == [[0], [1], [2], [3], [4]]
+    assert [m.tolist() for m in even_out(parts, lengths, 2)] == [[0, 2, 4], [1, 3]]  # enough already
+    with pytest.raises(ValueError, match="5 rows cannot make 6 micro-batches"):
+        even_out(parts, lengths, 6)
+
+
 def _train_batch(seed=0, n=6):
     g = torch.Generator().manual_seed(seed)
     prompts = [torch.randint(0, 256, (int(torch.randint(2, 7, (1,), generator=g)),), generator=g).tolist()
@@ -66,8 +84,9 @@ def _train_batch(seed=0, n=6):
 
 @pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean"])
 def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_checkpoint, agg):
-    """Same gradient, so the same weights after the optimizer step, whatever the split."""
-    after = []
+    """Same gradient, so the same weights after the optimizer step, whatever the split; the logged
+    policy loss is the step's loss whatever the split (the micro-batches' shares summed)."""
+    after, losses = [], []
     for extra in (["micro_batch=128"], ["micro_batch=128", "micro_batch_tokens=40"], ["micro_batch=2"]):
         cfg = C.resolve(C.TrainConfig, overrides=[f"loss.agg={agg}", "loss.kl_coef=0", "lr=1e-2", *extra])
         policy = load_model(tiny_checkpoint())
@@ -75,6 +94,9 @@ def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_chec
         stats = update(policy, optimizer, None, None, cfg, _train_batch(), World())
         assert stats["skipped_updates"] == 0 and stats["time_update"] >= 0
         after.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
+        losses.append(stats["pg_loss"])
+    assert abs(losses[0]) > 1e-3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    assert losses[2] == pytest.approx(losses[0], rel=1e-5)  # 3 micro-batches of 2 rows: not a third of it
     torch.testing.assert_close(after[1], after[0], atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(after[2], after[0], atol=1e-6, rtol=1e-5)
 
