@@ -9,6 +9,8 @@ loop calls them unconditionally. With N ranks (docs/algorithms.md §1.1 for the 
 - data: every rank draws the same global list of `prompts_per_step` prompts (same seed) and
   rolls out its contiguous share of whole groups (`my_range`); sampling randomness is keyed by
   the GLOBAL row (`SamplingParams.row_offset`), so the same rows get the same samples at any N;
+  before the update whole groups move between ranks so that each holds about as many tokens
+  (`balance_groups`), and with `micro_batch_tokens` ranks run as many micro-batches each;
 - models: policy, reference and critic are sharded with `fully_shard`, block by block and then
   the root, float32 parameters with a `MixedPrecisionPolicy` (compute in `dtype`, gradients
   reduced in float32): FSDP2's float32 shards are the master weights, so `precision.py`'s
@@ -298,6 +300,42 @@ def gather_samples(samples: list, world: World) -> list:
         return samples
     light = [replace(s, completion=replace(s.completion, logprobs=torch.empty(0))) for s in samples]
     return gather_list(light, world)
+
+
+def balanced_groups(costs: list[int], size: int) -> list[list[int]]:
+    """Which groups each of `size` ranks holds: as many each (len(costs) divides by size), their
+    costs balanced (heaviest group first, to the lightest rank with room; ties to the lower
+    group and rank), each rank's groups in their original order."""
+    per = len(costs) // size
+    ranks: list[list[int]] = [[] for _ in range(size)]
+    load = [0] * size
+    for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
+        r = min((r for r in range(size) if len(ranks[r]) < per), key=lambda r: (load[r], r))
+        ranks[r].append(i)
+        load[r] += costs[i]
+    return [sorted(r) for r in ranks]
+
+
+def balance_groups(samples: list, group_size: int, world: World) -> list:
+    """This rank's samples after whole groups move between ranks so that every rank updates on
+    about as many tokens (`balanced_groups`; each keeps its number of groups). Each step rolls out
+    a contiguous share of the groups, and a long tail on one rank would hold every other rank at
+    each FSDP2 collective of the update. The update is the same wherever a group lies (loss
+    normalisers are global sums, gradients are summed). Groups move only when that lowers the
+    heaviest rank's tokens; otherwise only the costs are gathered."""
+    if world.size == 1 or not samples:
+        return samples
+    mine = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
+    costs = gather_list([sum(len(s.completion.prompt_ids) + len(s.completion.ids) for s in g) for g in mine], world)
+    if len(costs) % world.size:
+        return samples  # unequal shares (no group filter runs with several ranks, so not expected)
+    assignment = balanced_groups(costs, world.size)
+    per = len(costs) // world.size
+    if max(sum(costs[i] for i in a) for a in assignment) >= max(sum(costs[r * per : (r + 1) * per])
+                                                               for r in range(world.size)):
+        return samples  # the contiguous shares are as even: nothing moves
+    everything = gather_list(samples, world)  # rank order: global group order
+    return [s for i in assignment[world.rank] for s in everything[i * group_size : (i + 1) * group_size]]
 
 
 def barrier(world: World) -> None:

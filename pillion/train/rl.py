@@ -179,7 +179,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                 continue
 
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
-            batch = make_batch(ro.samples, engine.pad_id, device)
+            #    With several ranks, whole groups first move so that ranks hold about as many tokens.
+            batch = make_batch(parallel.balance_groups(ro.samples, cfg.group_size, world), engine.pad_id, device)
 
             # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
             #    reference log-probs (a KL term), values (a critic).

@@ -331,3 +331,40 @@ def test_ranks_run_as_many_token_budget_micro_batches_as_the_rank_that_needs_mos
     parts = [json.loads(next(line[6:] for line in err.splitlines() if line.startswith("PARTS "))) for _, err in outs]
     assert sorted(parts[1]) == [[i] for i in range(6)]  # 42 tokens a row: one per micro-batch
     assert len(parts[0]) == 6 and sorted(i for part in parts[0] for i in part) == list(range(6))
+
+
+def test_balanced_groups_by_hand():
+    # Costs 10, 9, 1, 1 on two ranks, two groups each: 10 -> rank 0, 9 -> rank 1, 1 -> rank 1 (9 < 10),
+    # the last 1 -> rank 0 (rank 1 is full): loads 11 and 10, where the contiguous shares are 19 and 2.
+    assert parallel.balanced_groups([10, 9, 1, 1], 2) == [[0, 3], [1, 2]]
+    assert parallel.balanced_groups([4, 3, 2, 1, 1, 1], 3) == [[0, 5], [1, 4], [2, 3]]  # loads 5, 4, 3
+    assert parallel.balanced_groups([3, 1, 2], 1) == [[0, 1, 2]]
+
+
+_BALANCE = """
+import json, sys, types
+from pillion import config as C
+from pillion.train import parallel
+
+world = parallel.init(C.resolve(C.TrainConfig, overrides=[]))
+# Two groups of two samples per rank, a sample n tokens (1 prompt + n - 1 response): group costs
+# 10 and 8 on rank 0, 2 and 2 on rank 1 (global groups 0, 1, 2, 3).
+sizes = [[5, 4], [1, 1]][world.rank]
+samples = [types.SimpleNamespace(completion=types.SimpleNamespace(prompt_ids=[1], ids=[2] * (n - 1)),
+                                 tag=f"{world.rank}.{g}.{j}") for g, n in enumerate(sizes) for j in range(2)]
+kept = parallel.balance_groups(samples, 2, world)
+print("KEPT", json.dumps([s.tag for s in kept]), file=sys.stderr)
+parallel.close(world)
+"""
+
+
+def test_whole_groups_move_between_ranks_to_even_their_tokens():
+    """Contiguous shares hold 18 and 4 tokens; after `balance_groups` rank 0 holds groups 0 and 3
+    (12), rank 1 groups 1 and 2 (10), each group whole and in its original order."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", _BALANCE], env=_env(r, 2, port), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    kept = [json.loads(next(line[5:] for line in err.splitlines() if line.startswith("KEPT "))) for _, err in outs]
+    assert kept == [["0.0.0", "0.0.1", "1.1.0", "1.1.1"], ["0.1.0", "0.1.1", "1.0.0", "1.0.1"]]
