@@ -323,7 +323,7 @@ def balance_groups(samples: list, group_size: int, world: World) -> list:
     each FSDP2 collective of the update. The update is the same wherever a group lies (loss
     normalisers are global sums, gradients are summed). Groups move only when that lowers the
     heaviest rank's tokens; otherwise only the costs are gathered."""
-    if world.size == 1 or not samples:
+    if world.size == 1:
         return samples
     mine = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
     costs = gather_list([sum(len(s.completion.prompt_ids) + len(s.completion.ids) for s in g) for g in mine], world)
