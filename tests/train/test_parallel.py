@@ -302,6 +302,17 @@ def test_token_budget_micro_batches_on_two_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(w2[k], w1[k], rtol=1e-4, atol=1e-6)
 
 
+def ranks_say(script: str) -> list:
+    """Run `script` (python -c) as two gloo ranks; what each printed to stderr on a line `SAYS
+    <json>` (stderr: a non-zero rank's stdout is closed by parallel.init)."""
+    port = _free_port()
+    procs = [subprocess.Popen([sys.executable, "-c", script], env=_env(r, 2, port), cwd=ROOT, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    return [json.loads(next(line[5:] for line in err.splitlines() if line.startswith("SAYS "))) for _, err in outs]
+
+
 _SPLIT = """
 import json, sys, types, torch
 from pillion import config as C
@@ -315,7 +326,7 @@ world = parallel.init(cfg)
 n = 12 if world.rank == 0 else 40
 batch = types.SimpleNamespace(seqs=pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0))
 parts = [m.tolist() for m in split(batch, torch.arange(6), cfg, world)]
-print("PARTS", json.dumps(parts), file=sys.stderr)  # stderr: rank 1's stdout is closed
+print("SAYS", json.dumps(parts), file=sys.stderr)
 parallel.close(world)
 """
 
@@ -323,12 +334,7 @@ parallel.close(world)
 def test_ranks_run_as_many_token_budget_micro_batches_as_the_rank_that_needs_most():
     """Rank 0's budget gives 2 micro-batches, rank 1's 6; FSDP2 needs a forward on every rank at
     once, so rank 0 halves its heaviest micro-batch until it has 6 too."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", _SPLIT], env=_env(r, 2, port), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    parts = [json.loads(next(line[6:] for line in err.splitlines() if line.startswith("PARTS "))) for _, err in outs]
+    parts = ranks_say(_SPLIT)
     assert sorted(parts[1]) == [[i] for i in range(6)]  # 42 tokens a row: one per micro-batch
     assert len(parts[0]) == 6 and sorted(i for part in parts[0] for i in part) == list(range(6))
 
@@ -353,7 +359,7 @@ sizes = [[5, 4], [1, 1]][world.rank]
 samples = [types.SimpleNamespace(completion=types.SimpleNamespace(prompt_ids=[1], ids=[2] * (n - 1)),
                                  tag=f"{world.rank}.{g}.{j}") for g, n in enumerate(sizes) for j in range(2)]
 kept = parallel.balance_groups(samples, 2, world)
-print("KEPT", json.dumps([s.tag for s in kept]), file=sys.stderr)
+print("SAYS", json.dumps([s.tag for s in kept]), file=sys.stderr)
 parallel.close(world)
 """
 
@@ -361,10 +367,5 @@ parallel.close(world)
 def test_whole_groups_move_between_ranks_to_even_their_tokens():
     """Contiguous shares hold 18 and 4 tokens; after `balance_groups` rank 0 holds groups 0 and 3
     (12), rank 1 groups 1 and 2 (10), each group whole and in its original order."""
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, "-c", _BALANCE], env=_env(r, 2, port), cwd=ROOT, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for r in range(2)]
-    outs = [p.communicate(timeout=300) for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
-    kept = [json.loads(next(line[5:] for line in err.splitlines() if line.startswith("KEPT "))) for _, err in outs]
+    kept = ranks_say(_BALANCE)
     assert kept == [["0.0.0", "0.0.1", "1.1.0", "1.1.1"], ["0.1.0", "0.1.1", "1.0.0", "1.0.1"]]
