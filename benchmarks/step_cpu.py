@@ -248,12 +248,13 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
         print(f"  {who:15s} median step {median([r['wall'] for r in rows]):.3f} s wall, "
               f"{median([r['cpu'] for r in rows]):.3f} s CPU  (steps: "
               + ", ".join(f"{r['wall']:.2f}" for r in rows) + f"; {rows[-1].get('threads', '?')} thread(s))")
-    for who in [w for w in counted if w.startswith("pillion")]:
+    ours = [who for who in counted if who.startswith("pillion")]
+    for who in ours:
         if "TRL" in counted:
             wall = median([r["wall"] for r in counted["TRL"]]) / median([r["wall"] for r in counted[who]])
             cpu = median([r["cpu"] for r in counted["TRL"]]) / median([r["cpu"] for r in counted[who]])
             print(f"  TRL / {who}: {wall:.2f}x wall, {cpu:.2f}x CPU")
-    for who in [w for w in counted if w.startswith("pillion")]:
+    for who in ours:
         metrics = outs[who] / "metrics.jsonl"
         if metrics.exists():  # pillion's own step-time breakdown (train/update.py step_times), medians
             rows = [json.loads(line) for line in metrics.read_text().splitlines()][1:]

@@ -123,6 +123,25 @@ def _packed_states(model: Transformer, input_ids: torch.Tensor, attention_mask: 
     return take_rows(hidden, select.nonzero().view(-1)), ids[1:][select], target
 
 
+def same_prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
+                     ) -> dict[tuple[int, ...], list[int]]:
+    """Rows [B, P + T] grouped by their prompt tokens (left padding left out): prompt -> its rows,
+    in the order each prompt first appears (a GRPO group's rows share one)."""
+    ids = input_ids[:, :prompt_len].tolist()
+    real = attention_mask[:, :prompt_len].bool().tolist()
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for b, (row, keep) in enumerate(zip(ids, real)):
+        groups.setdefault(tuple(t for t, k in zip(row, keep) if k), []).append(b)
+    return groups
+
+
+def response_targets(batch: SequenceBatch) -> torch.Tensor:
+    """[B, P + T]: 1 on the response tokens (the positions whose log-probs are scored)."""
+    target = torch.zeros_like(batch.attention_mask)
+    target[:, batch.prompt_len :] = batch.response_mask
+    return target
+
+
 def shared_prompt_layout(batch: SequenceBatch) -> dict | None:
     """The packed layout of `shared_prompt_logprobs`, built on the host; None when no two rows share
     a prompt (then there is nothing to save). Rows with the same prompt tokens form a group; the
@@ -134,9 +153,7 @@ def shared_prompt_layout(batch: SequenceBatch) -> dict | None:
     ids = batch.input_ids.tolist()
     real = batch.attention_mask.bool().tolist()
     wanted = batch.response_mask.bool().tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, (row, keep) in enumerate(zip(ids, real)):
-        groups.setdefault(tuple(t for t, k in zip(row[:P], keep[:P]) if k), []).append(b)
+    groups = same_prompt_rows(batch.input_ids, batch.attention_mask, P)
     if len(groups) == len(ids):
         return None
     tokens, positions, gather, owned, lengths = [], [], [], [], []
@@ -203,11 +220,8 @@ def response_states(model: Transformer, batch: SequenceBatch, share_prompts: boo
     layout = shared_prompt_layout(batch) if share_prompts else None
     if layout is not None:
         return _shared_states(model, layout, batch.input_ids.device)
-    P = batch.prompt_len
-    target = torch.zeros_like(batch.attention_mask)
-    target[:, P:] = batch.response_mask
-    states, _, where = _packed_states(model, batch.input_ids, batch.attention_mask, target)
-    return states, where[:, P:]
+    states, _, where = _packed_states(model, batch.input_ids, batch.attention_mask, response_targets(batch))
+    return states, where[:, batch.prompt_len :]
 
 
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
@@ -220,10 +234,9 @@ def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: flo
     if layout is not None:
         return shared_prompt_logprobs(model, batch, layout, temperature, with_entropy)
     P = batch.prompt_len
-    target = torch.zeros_like(batch.attention_mask)
-    target[:, P:] = batch.response_mask
     fn = packed_token_logprobs if packed else token_logprobs
-    logprobs, entropy = fn(model, batch.input_ids, batch.attention_mask, target, temperature, with_entropy)
+    logprobs, entropy = fn(model, batch.input_ids, batch.attention_mask, response_targets(batch), temperature,
+                           with_entropy)
     return logprobs[:, P:], (entropy[:, P:] if entropy is not None else None)
 
 

@@ -285,7 +285,7 @@ def take_rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return _TakeRows.apply(x, index)
 
 
-def length_buckets(lengths: list[int], device=None, slack: float = 1.25) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def length_buckets(lengths: list[int], slack: float = 1.25) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Rows grouped by length for the CPU route of `packed_attention`: each bucket is (index [b, Lb]:
     the packed position of each row's token t, valid [b, Lb]: t < the row's length), rows right-padded
     to the bucket's longest. Rows are taken shortest first and a bucket closes before its padded size
@@ -309,7 +309,7 @@ def length_buckets(lengths: list[int], device=None, slack: float = 1.25) -> list
         t = torch.arange(width)
         valid = t[None] < torch.tensor([lengths[i] for i in group])[:, None]  # [b, Lb]
         index = torch.tensor([starts[i] for i in group])[:, None] + t[None]  # [b, Lb]
-        buckets.append((index.masked_fill(~valid, 0).to(device), valid.to(device)))
+        buckets.append((index.masked_fill(~valid, 0), valid))  # on the host: `BucketSlots` moves what it keeps
     return buckets
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from pillion.data.problem import Problem
-from pillion.model.sequences import SequenceBatch, pack
+from pillion.model.sequences import SequenceBatch, pack, same_prompt_rows
 from pillion.rewards import RewardResult
 from pillion.rollout.engine import Completion
 
@@ -163,9 +163,5 @@ def _pieces(members: list[int], shared: int, lengths: list[int], rows: int, toke
 def prompt_groups(seqs: SequenceBatch, index: Tensor) -> list[tuple[list[int], int]]:
     """`micro_batches`' groups for the rows `index` of `seqs` (positions into `index`): rows with
     the same prompt tokens, and the prompt's length."""
-    P = seqs.prompt_len
-    ids, real = seqs.input_ids[index, :P].tolist(), seqs.attention_mask[index, :P].bool().tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, (row, keep) in enumerate(zip(ids, real)):
-        groups.setdefault(tuple(t for t, k in zip(row, keep) if k), []).append(b)
+    groups = same_prompt_rows(seqs.input_ids[index], seqs.attention_mask[index], seqs.prompt_len)
     return [(members, len(prompt)) for prompt, members in groups.items()]
