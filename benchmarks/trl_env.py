@@ -15,5 +15,8 @@ def trl_python(args, modules: tuple[str, ...] = ("trl", "datasets")) -> str | No
     python = args.trl_python or os.environ.get("PILLION_TRL_PYTHON")
     if not python:
         return None
-    ok = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True).returncode == 0
+    try:
+        ok = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True).returncode == 0
+    except OSError:  # no such interpreter: skipped like one without trl
+        ok = False
     return python if ok else None
