@@ -173,6 +173,9 @@ class TrainConfig:
     out: str | None = None  # run directory; default runs/<time>-<algo>
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    # CPU intra-op threads: auto counts the cores other work leaves free (one for tiny models;
+    # pillion/threads.py); a number sets it
+    threads: int | Literal["auto"] = "auto"
     dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = 60  # the CPU default: ~1.5 min of GRPO on 2 cores
     prompts_per_step: int = 32
@@ -242,6 +245,7 @@ class SFTConfig:
     out: str | None = None
     seed: int = 0
     device: str = "auto"
+    threads: int | Literal["auto"] = "auto"  # CPU intra-op threads, as TrainConfig.threads
     dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = 500
     batch_size: int = 64
@@ -265,6 +269,17 @@ def _fields(obj) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(obj)}
 
 
+def _describe(annotation: Any) -> str:
+    """A type annotation as a user reads it: `int | Literal["auto"]` -> "an int or auto"."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin is Literal:
+        return ", ".join(map(str, typing.get_args(annotation)))
+    name = getattr(origin or annotation, "__name__", str(annotation))
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
+
+
 def _check_type(key: str, value: Any, annotation: Any) -> Any:
     """Return value converted to the field's type, or raise ConfigError naming the key."""
     origin = typing.get_origin(annotation)
@@ -279,7 +294,7 @@ def _check_type(key: str, value: Any, annotation: Any) -> Any:
                 return _check_type(key, value, option)
             except ConfigError:
                 pass
-        raise ConfigError(f"config key '{key}': {value!r} is not {annotation}")
+        raise ConfigError(f"config key '{key}': {value!r} is not {_describe(annotation)}")
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value in choices and not isinstance(value, bool):
@@ -432,6 +447,7 @@ def validate(cfg) -> None:
 
     _require(re.fullmatch(r"auto|cpu|cuda(:\d+)?", cfg.device) is not None, "device", cfg.device,
              "auto, cpu, cuda or cuda:N", "is not a device")
+    _require(cfg.threads == "auto" or cfg.threads >= 1, "threads", cfg.threads, "auto or >= 1")
     for key in ("steps", "eval.k", "eval.max_new_tokens", "eval.batch_prompts"):
         at_least(key, 1)
     for key in ("warmup_steps", "weight_decay", "data.heldout_size", "eval.temperature"):

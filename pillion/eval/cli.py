@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16"],
                         help="weights dtype (default: as stored)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    parser.add_argument("--threads", default="auto", type=_threads,
+                        help="CPU intra-op threads: a number, or auto (default): the cores other work leaves free, "
+                             "one for tiny models")
     parser.add_argument("--out", default=None,
                         help="output folder for eval.json and eval.md (default: runs/eval-<model name>-<data name>)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON, and nothing else, on stdout")
@@ -86,6 +89,12 @@ def default_out(model: str, data: str) -> Path:
     model_name = Path(model).resolve().name
     data_name = data.replace(":", "-") if data.startswith(SYNTHETIC_PREFIX) else Path(data).stem
     return Path("runs") / f"eval-{model_name}-{data_name}"
+
+
+def _threads(value: str) -> int | str:
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value if value == "auto" else int(value)
+    raise argparse.ArgumentTypeError(f"expected auto or a number >= 1, got {value!r}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,13 +128,18 @@ def run(args: argparse.Namespace) -> int:
     if not problems:
         print(f"pillion eval: no problems in {args.data}", file=sys.stderr)
         return 2
+    from pillion import threads
+    from pillion.train.common import parameter_count
+
+    chosen = threads.apply(threads.choose(args.threads, torch.device(device), parameter_count(model)))
     engine = Engine(model, tokenizer, eos_token_ids(args.model, tokenizer))
     cfg = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k, max_new_tokens=args.max_new_tokens,
                      seed=args.seed, batch_prompts=args.batch_prompts)
-    print(f"pillion eval: {len(problems)} problems x {cfg.k} samples, {args.model} on {device}", file=sys.stderr)
+    print(f"pillion eval: {len(problems)} problems x {cfg.k} samples, {args.model} on {device}, "
+          f"{chosen.line()}", file=sys.stderr)
     result = evaluate(engine, problems, cfg, template=template, reward_cfg=reward_cfg)
     result = {**result, "model": str(args.model), "data": args.data, "answer_style": reward_cfg.answer_style,
-              **model_record(args.model)}
+              "threads": chosen.threads, **model_record(args.model)}
 
     out = Path(args.out) if args.out else default_out(args.model, args.data)
     out.mkdir(parents=True, exist_ok=True)

@@ -42,6 +42,11 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def parameter_count(model: torch.nn.Module) -> int:
+    """Parameters of the whole model (a rank's FSDP2 shards are counted at their full size)."""
+    return sum(p.numel() for p in model.parameters())
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 from pillion import config as config_lib
+from pillion import threads
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
@@ -94,6 +95,10 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
+    # CPU threads: the cores other work leaves free, or one for a tiny model (pillion/threads.py);
+    # chosen before the grading workers start, so that they do not count as other work.
+    chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(models.policy)))
+    print(chosen.line())
     if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
         compile_training(models.policy)
     policy, critic = models.policy, models.critic
@@ -130,9 +135,14 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
         mixture.load_state_dict(saved["mixture"])
         start, report = saved["step"], saved["report"]
+        if cfg.threads == "auto" and report.get("threads", chosen.threads) != chosen.threads:
+            # the run's count from its start: another count may sum floats in another order
+            chosen = threads.apply(threads.ThreadChoice(report["threads"], "auto, as the run started with"))
+            print(chosen.line())
         print(f"resumed from {checkpoint} at step {start}")
     elif resume:
         print(f"no checkpoint yet in {run_dir}: starting it again from step 0")
+    report["threads"] = chosen.threads
     if resume:
         metrics.truncate_after(start)
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from pillion import config as config_lib
+from pillion import threads
 from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
@@ -73,6 +74,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         # dtype=bfloat16: bf16 compute over float32 master weights, the optimizer's (train/precision.py).
         model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device, world=world,
                                                cpu_offload=cfg.fsdp.cpu_offload)
+        chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(model)))
+        print(chosen.line())
         tokenizer = load_tokenizer(model_dir)
         budget = common.prompt_budget(cfg.data, model.cfg.max_position_embeddings, cfg.eval.max_new_tokens)
         pools, heldout = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
@@ -126,7 +129,7 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     final = run_dir / "final"
     whole = sharded.full_model(model, world) if world.size > 1 else model  # gathered on rank 0
     report = {"final_loss": record["loss"] if cfg.steps else None, "pass@1": result["pass@1"],
-              "n_heldout": len(heldout), "model": str(final)}
+              "n_heldout": len(heldout), "model": str(final), "threads": chosen.threads}
     if world.main:
         save_model(whole, final, source=model_dir)
         write_recipe(final, {"template": cfg.data.template})
