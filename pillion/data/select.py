@@ -37,8 +37,8 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pillion.data.problem import Problem
 from pillion.eval.evaluate import EvalConfig, sample_and_grade
+from pillion.problem import Problem
 from pillion.rewards.shaping import RewardConfig
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # algo=tool (pillion/rollout/tools.py): the markers the engine runs code on.

@@ -55,10 +55,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt, resolve_template
 from pillion.eval.behaviour import DEFAULT_PHRASES, behaviour_metrics
 from pillion.eval.passk import pass_at_k
+from pillion.problem import Problem
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 

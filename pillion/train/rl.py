@@ -33,13 +33,13 @@ from pillion import threads
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
-from pillion.data.problem import Problem
 from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
 from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
+from pillion.problem import Problem
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pillion.cli import main
-from pillion.data import Problem, read, render_prompt
+from pillion.data import read, render_prompt
 from pillion.data.select import SelectConfig, difficulty_level, gold_issue, pass_counts, select_problems
 from pillion.eval.evaluate import EvalConfig
+from pillion.problem import Problem
 from pillion.rewards import RewardConfig
 from pillion.rollout.engine import Completion
 

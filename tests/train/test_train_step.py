@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from pillion import config as C
-from pillion.data.problem import Problem
 from pillion.eval.report import write_report
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs
+from pillion.problem import Problem
 from pillion.rollout.engine import Completion
 from pillion.train import collect
 from pillion.train import models as M
