@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 
 from pillion import config as config_lib
-from pillion import threads
+from pillion import ranks, threads
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
@@ -116,7 +116,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
         common.create_run_dir(run_dir, overwrite)
         state.clean_stale(run_dir)
         state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
-    parallel.barrier(world)
+    ranks.barrier(world)
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
@@ -226,7 +226,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             record.update(step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0))  # where time went
             bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
             record["bad_streak"] = bad_streak
-            record = parallel.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
+            record = ranks.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
             metrics.write(record)
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                             len=f"{record['response_length']:.0f}")
