@@ -33,10 +33,10 @@ from pillion import ranks, threads
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
-from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
+from pillion.eval.select import select_training_pool
 from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
 from pillion.problem import Problem
@@ -120,7 +120,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
-    if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (data/select.py)
+    if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
         with parallel.full_weights(policy, world):  # every rank selects alike: same weights, same seeds
             pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
         mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
