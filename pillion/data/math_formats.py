@@ -52,6 +52,14 @@ def _parse_gsm8k(row: Any, n: int, source: str) -> Problem:
                    source=source, meta=rows.meta(row, ("question", "answer")))
 
 
+def _answer(row: dict) -> str:
+    """The `answer` field as the gold, stripped; without one the row lacks an answer (it is not malformed)."""
+    gold = rows.text(row, "answer", required=False)
+    if gold is None:
+        raise rows.RowError("answer", "missing or empty", missing_answer=True)
+    return gold.strip()
+
+
 def _solution_and_boxed_gold(row: dict) -> tuple[str, str]:
     """(solution, gold) for formats whose gold is the last \\boxed{} of the solution."""
     solution = rows.text(row, "solution")
@@ -76,12 +84,10 @@ def _parse_math(row: Any, n: int, source: str) -> Problem:
 def _parse_math500(row: Any, n: int, source: str) -> Problem:
     row = rows.as_dict(row)
     question = rows.text(row, "problem")
-    gold = rows.text(row, "answer", required=False)
-    if gold is None:
-        raise rows.RowError("answer", "missing or empty", missing_answer=True)
+    gold = _answer(row)
     uid = rows.text(row, "unique_id", required=False)
     return Problem(id=rows.pid(source, uid if uid is not None else n), question=question,
-                   answer=gold.strip(), solution=rows.text(row, "solution", required=False),
+                   answer=gold, solution=rows.text(row, "solution", required=False),
                    source=source, level=rows.level(row),
                    meta=rows.meta(row, ("problem", "answer", "solution", "level")))
 
@@ -125,12 +131,10 @@ def _parse_orz(row: Any, n: int, source: str) -> Problem:
 def _parse_aime(row: Any, n: int, source: str) -> Problem:
     row = rows.as_dict(row)
     question = rows.text(row, "problem") if "problem" in row else rows.text(row, "question")
-    gold = rows.text(row, "answer", required=False)
-    if gold is None:
-        raise rows.RowError("answer", "missing or empty", missing_answer=True)
+    gold = _answer(row)
     uid = rows.text(row, "id", required=False)
     return Problem(id=rows.pid(source, uid if uid is not None else n), question=question,
-                   answer=gold.strip(), solution=rows.text(row, "solution", required=False),
+                   answer=gold, solution=rows.text(row, "solution", required=False),
                    source=source, meta=rows.meta(row, ("problem", "question", "answer", "solution")))
 
 
