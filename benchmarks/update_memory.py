@@ -85,11 +85,11 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
 
     from pillion import config as C
     from pillion.model.sequences import pack
+    from pillion.ranks import World
     from pillion.train.batch import TrainBatch
     from pillion.train.models import attach_optimizers, build_models
     from pillion.train.objective import advantages
     from pillion.train.optim import make_optimizer
-    from pillion.train.parallel import World
     from pillion.train.update import update
 
     device = torch.device(device_name)

@@ -28,10 +28,10 @@ from typing import Any, Literal
 
 import yaml
 
-from pillion.data.select import SelectConfig
 from pillion.errors import UserError
 from pillion.eval.behaviour import BehaviourConfig
-from pillion.eval.evaluate import EvalConfig
+from pillion.eval.samples import EvalConfig
+from pillion.eval.select import SelectConfig
 from pillion.rewards.shaping import RewardConfig
 from pillion.train.optim import OptimConfig
 from pillion.train.trackers import LogConfig

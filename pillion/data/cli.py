@@ -9,7 +9,7 @@ so one bad row does not hide the rest of the report.
 
 difficulty measures each problem's pass rate under a model (k samples, graded as the trainer
 grades) and writes the problems to a JSON-lines file in the `generic` format with `level` set
-from the pass rate (pillion.data.select: level 1 always solved ... bins + 2 never solved) and
+from the pass rate (pillion.eval.select: level 1 always solved ... bins + 2 never solved) and
 `pass_rate`, `correct`, `k` added; the original level, if any, is kept as `original_level`.
 The same pass drops, and counts, the rows without a gold answer and those whose gold the grader
 cannot parse (SRPO's cleaning). Sampling defaults are `pillion train`'s (template qa,
@@ -129,12 +129,11 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     """Pass rates and levels for every problem with a gradable gold; see the module docstring."""
     import torch
 
-    from pillion.config import TrainConfig
-    from pillion.data.select import difficulty_level, gold_issue, pass_counts
-    from pillion.data.templates import resolve_template
-    from pillion.eval.evaluate import EvalConfig
+    from pillion.data.templates import ANSWER_STYLE, resolve_template
+    from pillion.eval.samples import EvalConfig
+    from pillion.eval.select import difficulty_level, gold_issue, pass_counts
     from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
-    from pillion.rewards import GradingPool
+    from pillion.rewards import GradingPool, RewardConfig
     from pillion.rollout.engine import Engine
 
     if args.k < 1 or args.bins < 1 or args.max_new_tokens < 1 or args.batch_prompts < 1:
@@ -172,9 +171,10 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     sampling = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k,
                           max_new_tokens=args.max_new_tokens, seed=args.seed, batch_prompts=args.batch_prompts)
     start = time.perf_counter()
-    pool = GradingPool(workers=1, timeout=TrainConfig().reward.timeout)
+    reward_cfg = RewardConfig(answer_style=ANSWER_STYLE)  # graded as the trainer grades
+    pool = GradingPool(workers=1, timeout=reward_cfg.timeout)
     try:
-        counts = pass_counts(engine, kept, sampling, args.template, TrainConfig().reward, pool=pool, progress=True)
+        counts = pass_counts(engine, kept, sampling, args.template, reward_cfg, pool=pool, progress=True)
     finally:
         pool.close()
     seconds = time.perf_counter() - start

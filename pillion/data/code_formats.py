@@ -41,11 +41,10 @@ import io
 import json
 import pickle
 import zlib
-from collections.abc import Callable
 from typing import Any
 
-from pillion.data.formats import _as_dict, _meta, _pid, _RowError, _text
-from pillion.data.problem import Problem
+from pillion.data import rows
+from pillion.problem import Problem
 
 CODE_FORMATS = ("humaneval", "mbpp", "apps", "codecontests", "livecodebench")
 
@@ -87,7 +86,7 @@ def _decoded(value: Any, field: str) -> Any:
             return json.loads(inner)
     except (ValueError, zlib.error, pickle.UnpicklingError, EOFError, json.JSONDecodeError):
         pass
-    raise _RowError(field, "not JSON (nor base64(zlib(pickle(JSON))))")
+    raise rows.RowError(field, "not JSON (nor base64(zlib(pickle(JSON))))")
 
 
 class _StringOnlyUnpickler(pickle.Unpickler):
@@ -103,14 +102,14 @@ def _lines(value: Any, field: str) -> str:
         return value
     if isinstance(value, list) and all(isinstance(v, str) for v in value):
         return "\n".join(value)
-    raise _RowError(field, f"expected a string or a list of lines, got {type(value).__name__}")
+    raise rows.RowError(field, f"expected a string or a list of lines, got {type(value).__name__}")
 
 
 def _stdio_tests(inputs: Any, outputs: Any, field: str) -> list[dict[str, str]]:
     if not isinstance(inputs, list) or not isinstance(outputs, list):
-        raise _RowError(field, "expected lists of inputs and outputs")
+        raise rows.RowError(field, "expected lists of inputs and outputs")
     if len(inputs) != len(outputs):
-        raise _RowError(field, f"{len(inputs)} inputs but {len(outputs)} outputs")
+        raise rows.RowError(field, f"{len(inputs)} inputs but {len(outputs)} outputs")
     return [{"input": _lines(i, field), "output": _lines(o, field)} for i, o in zip(inputs, outputs)]
 
 
@@ -144,79 +143,79 @@ def _level(value: Any, table: dict[str, int]) -> int | None:
 
 
 def _parse_humaneval(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
-    prompt, test, entry = _text(row, "prompt"), _text(row, "test"), _text(row, "entry_point")
+    row = rows.as_dict(row)
+    prompt, test, entry = rows.text(row, "prompt"), rows.text(row, "test"), rows.text(row, "entry_point")
     if not entry.isidentifier():
-        raise _RowError("entry_point", f"not a Python name: {entry!r}")
-    canonical = _text(row, "canonical_solution", required=False)
-    uid = _text(row, "task_id", required=False)
-    meta = _meta(row, ("prompt", "test", "task_id"))
+        raise rows.RowError("entry_point", f"not a Python name: {entry!r}")
+    canonical = rows.text(row, "canonical_solution", required=False)
+    uid = rows.text(row, "task_id", required=False)
+    meta = rows.meta(row, ("prompt", "test", "task_id"))
     meta["code_prefix"] = prompt
-    return Problem(id=_pid(source, uid if uid is not None else n), question=prompt, answer="",
+    return Problem(id=rows.pid(source, uid if uid is not None else n), question=prompt, answer="",
                    solution=_fenced(prompt + canonical) if canonical else None, source=source, kind="code",
                    tests=[f"{test}\n\ncheck({entry})\n"], meta=meta)
 
 
 def _parse_mbpp(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
+    row = rows.as_dict(row)
     key = "text" if "text" in row else "prompt"
-    text = _text(row, key)
+    text = rows.text(row, key)
     asserts = row.get("test_list")
     if not isinstance(asserts, list) or not asserts or not all(isinstance(t, str) and t.strip() for t in asserts):
-        raise _RowError("test_list", "expected a non-empty list of assert statements")
+        raise rows.RowError("test_list", "expected a non-empty list of assert statements")
     setup = row.get("test_setup_code") or ""
     imports = row.get("test_imports") or []
     if not isinstance(setup, str) or not isinstance(imports, list):
-        raise _RowError("test_setup_code", "expected a string (and test_imports a list)")
+        raise rows.RowError("test_setup_code", "expected a string (and test_imports a list)")
     before = "\n".join([*imports, setup]).strip()
     tests = [f"{before}\n{t}" if before else t for t in asserts]
     question = f"{text}\nYour code should pass these tests:\n" + "\n".join(asserts)
-    code = _text(row, "code", required=False)
-    uid = _text(row, "task_id", required=False)
-    return Problem(id=_pid(source, uid if uid is not None else n), question=question, answer="",
+    code = rows.text(row, "code", required=False)
+    uid = rows.text(row, "task_id", required=False)
+    return Problem(id=rows.pid(source, uid if uid is not None else n), question=question, answer="",
                    solution=_fenced(code) if code else None, source=source, kind="code", tests=tests,
-                   meta=_meta(row, (key, "test_list", "code", "task_id")))
+                   meta=rows.meta(row, (key, "test_list", "code", "task_id")))
 
 
 def _parse_apps(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
+    row = rows.as_dict(row)
     key = "question" if "question" in row else "problem"
-    question = _text(row, key)
+    question = rows.text(row, key)
     spec = _decoded(row.get("input_output"), "input_output")
     if not isinstance(spec, dict):
-        raise _RowError("input_output", "expected an object with inputs and outputs")
+        raise rows.RowError("input_output", "expected an object with inputs and outputs")
     starter = row.get("starter_code") or ""
     if spec.get("fn_name"):
         inputs, outputs = spec.get("inputs"), spec.get("outputs")
         if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) != len(outputs):
-            raise _RowError("input_output", "expected equally long lists of inputs and outputs")
+            raise rows.RowError("input_output", "expected equally long lists of inputs and outputs")
         call = _call(str(spec["fn_name"]), starter)
         tests: list[Any] = [_call_test(call, i, o, unwrap=True) for i, o in zip(inputs, outputs)]
     else:
         tests = _stdio_tests(spec.get("inputs"), spec.get("outputs"), "input_output")
     if not tests:
-        raise _RowError("input_output", "no tests")
+        raise rows.RowError("input_output", "no tests")
     solutions = _decoded(row.get("solutions"), "solutions") if row.get("solutions") else []
     solution = solutions[0] if isinstance(solutions, list) and solutions and isinstance(solutions[0], str) else None
     level = _level(row.get("difficulty"), {**_LEVELS, **_TACO_LEVELS})  # TACO's upper-case names first
     uid = row.get("problem_id", row.get("id"))
-    return Problem(id=_pid(source, uid if uid is not None else n), question=_with_starter(question, starter),
+    return Problem(id=rows.pid(source, uid if uid is not None else n), question=_with_starter(question, starter),
                    answer="", solution=_fenced(solution) if solution else None, source=source, level=level,
                    kind="code", tests=tests,
-                   meta=_meta(row, (key, "input_output", "solutions", "problem_id", "id")))
+                   meta=rows.meta(row, (key, "input_output", "solutions", "problem_id", "id")))
 
 
 def _parse_codecontests(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
-    question = _text(row, "description")
+    row = rows.as_dict(row)
+    question = rows.text(row, "description")
     tests: list[Any] = []
     for field in ("public_tests", "private_tests"):
         value = _decoded(row.get(field), field) if row.get(field) is not None else {"input": [], "output": []}
         if not isinstance(value, dict):
-            raise _RowError(field, "expected an object with input and output lists")
+            raise rows.RowError(field, "expected an object with input and output lists")
         tests += _stdio_tests(value.get("input"), value.get("output"), field)
     if not tests:
-        raise _RowError("public_tests", "no tests (public and private are both empty)")
+        raise rows.RowError("public_tests", "no tests (public and private are both empty)")
     solution = None
     solutions = row.get("solutions")
     if isinstance(solutions, dict):  # {"language": [...], "solution": [...]}; 3 is PYTHON3
@@ -224,53 +223,53 @@ def _parse_codecontests(row: Any, n: int, source: str) -> Problem:
             if language == 3 and isinstance(code, str):
                 solution = code
                 break
-    meta = _meta(row, ("description", "public_tests", "private_tests", "generated_tests", "solutions",
+    meta = rows.meta(row, ("description", "public_tests", "private_tests", "generated_tests", "solutions",
                        "incorrect_solutions", "name"))
     generated = row.get("generated_tests")
     if isinstance(generated, dict) and isinstance(generated.get("input"), list):
         meta["generated_tests_unused"] = len(generated["input"])
-    name = _text(row, "name", required=False)
-    return Problem(id=_pid(source, name if name is not None else n), question=question, answer="",
+    name = rows.text(row, "name", required=False)
+    return Problem(id=rows.pid(source, name if name is not None else n), question=question, answer="",
                    solution=_fenced(solution) if solution else None, source=source, kind="code", tests=tests,
                    meta=meta)
 
 
 def _parse_livecodebench(row: Any, n: int, source: str) -> Problem:
-    row = _as_dict(row)
-    question = _text(row, "question_content")
+    row = rows.as_dict(row)
+    question = rows.text(row, "question_content")
     starter = row.get("starter_code") or ""
     metadata = _decoded(row.get("metadata"), "metadata") if row.get("metadata") else {}
     tests: list[Any] = []
     for field in ("public_test_cases", "private_test_cases"):
         cases = _decoded(row.get(field), field) if row.get(field) else []
         if not isinstance(cases, list):
-            raise _RowError(field, "expected a list of test cases")
+            raise rows.RowError(field, "expected a list of test cases")
         for case in cases:
             if not isinstance(case, dict) or not isinstance(case.get("input"), str) \
                     or not isinstance(case.get("output"), str):
-                raise _RowError(field, "a test case needs string fields input and output")
+                raise rows.RowError(field, "a test case needs string fields input and output")
             if case.get("testtype") == "functional":
                 fn_name = metadata.get("func_name") if isinstance(metadata, dict) else None
                 if not fn_name:
-                    raise _RowError("metadata", "functional tests need metadata.func_name")
+                    raise rows.RowError("metadata", "functional tests need metadata.func_name")
                 try:
                     args = [json.loads(line) for line in case["input"].split("\n") if line.strip()]
                     expected = json.loads(case["output"])
                 except json.JSONDecodeError:
-                    raise _RowError(field, "a functional test's input or output is not JSON") from None
+                    raise rows.RowError(field, "a functional test's input or output is not JSON") from None
                 tests.append(_call_test(_call(fn_name, starter), args, expected, unwrap=False))
             else:
                 tests.append({"input": case["input"], "output": case["output"]})
     if not tests:
-        raise _RowError("public_test_cases", "no tests")
-    uid = _text(row, "question_id", required=False)
-    return Problem(id=_pid(source, uid if uid is not None else n), question=_with_starter(question, starter),
+        raise rows.RowError("public_test_cases", "no tests")
+    uid = rows.text(row, "question_id", required=False)
+    return Problem(id=rows.pid(source, uid if uid is not None else n), question=_with_starter(question, starter),
                    answer="", source=source, level=_level(row.get("difficulty"), _LEVELS), kind="code",
-                   tests=tests, meta=_meta(row, ("question_content", "public_test_cases", "private_test_cases",
+                   tests=tests, meta=rows.meta(row, ("question_content", "public_test_cases", "private_test_cases",
                                                  "question_id")))
 
 
-CODE_PARSERS: dict[str, Callable[[Any, int, str], Problem]] = {
+CODE_PARSERS: dict[str, rows.Parser] = {
     "humaneval": _parse_humaneval, "mbpp": _parse_mbpp, "apps": _parse_apps,
     "codecontests": _parse_codecontests, "livecodebench": _parse_livecodebench,
 }

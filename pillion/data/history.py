@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 
 class HistoryResampler:

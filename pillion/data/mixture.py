@@ -22,7 +22,7 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 
 def _key(level: int | None) -> str:

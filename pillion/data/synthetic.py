@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 LEVELS = (1, 2, 3, 4, 5)
 TEST_FRACTION = 0.1  # share of the question space that belongs to the held-out split

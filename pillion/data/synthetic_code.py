@@ -31,8 +31,8 @@ import functools
 import hashlib
 import random
 
-from pillion.data.problem import Problem
 from pillion.data.synthetic import distinct_draws
+from pillion.problem import Problem
 
 LEVELS = (1, 2, 3)
 NUM_TESTS = 3

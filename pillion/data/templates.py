@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 BOXED_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 # algo=tool (pillion/rollout/tools.py): the markers the engine runs code on.
@@ -53,6 +53,9 @@ CODE_TEMPLATES: dict[str, str] = {
 }
 
 CHAT_TEMPLATE_NAME = "chat"
+# How a grader finds the final answer in completions to these templates (`RewardConfig.answer_style`):
+# the math templates ask for \boxed{}, and the synthetic solutions "qa" models learn end in one.
+ANSWER_STYLE = "boxed"
 
 
 def resolve_template(template: str, kind: str = "math") -> str:

@@ -25,7 +25,7 @@ import json
 import sys
 from pathlib import Path
 
-from pillion.eval.evaluate import EvalConfig
+from pillion.eval.samples import EvalConfig
 
 SYNTHETIC_PREFIX = "synthetic:"
 
@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
 
     from pillion.data.templates import resolve_template
     from pillion.errors import UserError
-    from pillion.eval.evaluate import evaluate, markdown_table, model_record
+    from pillion.eval.evaluate import evaluate
+    from pillion.eval.provenance import model_record
+    from pillion.eval.report import markdown_table
     from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, read_recipe, resolve_model
     from pillion.rewards import RewardConfig
     from pillion.rewards.extract import STYLES

@@ -1,4 +1,5 @@
-"""A run directory's report: plots of the logged metrics and a markdown summary.
+"""A run directory's report: plots of the logged metrics and a markdown summary; and the markdown
+table of one evaluation result (`markdown_table`, also `pillion eval`'s eval.md).
 
     from pillion.eval.report import write_report
     write_report("runs/grpo")               # -> runs/grpo/report.md, runs/grpo/plots/*.png
@@ -232,10 +233,66 @@ def _step_time_table(series: dict[str, list[tuple[int, float]]]) -> list[str]:
     return [*lines, f"| step | {total:.3g} | 100% |"]
 
 
+def markdown_table(result: dict[str, Any]) -> str:
+    """Overall, per-level and (when there is more than one) per-subject rows, plus the protocol."""
+    k = result["k"]
+
+    def row(name: str, group: dict[str, Any]) -> str:
+        at_k = f" {100 * group['pass@k']:.1f} |" if k > 1 else ""  # with k = 1, pass@k is pass@1
+        return f"| {name} | {group['n']} | {100 * group['pass@1']:.1f} |{at_k}"
+
+    header = f"| group | n | pass@1 (%) |{f' pass@{k} (%) |' if k > 1 else ''}"
+    lines = [header, "|---|---:|---:|" + ("---:|" if k > 1 else ""), row("all", result)]
+    lines += [row(f"level {key}", group) for key, group in result.get("by_level", {}).items()]
+    subjects = result.get("by_subject", {})
+    if len(subjects) > 1:
+        lines += [row(name, group) for name, group in subjects.items()]
+    lines.append("")
+    lines.append(f"k={k} samples per problem, temperature {result['temperature']}, top-p {result['top_p']}, "
+                 f"max {result['max_new_tokens']} new tokens, seed {result['seed']}; "
+                 f"mean length {result['mean_length']:.1f} tokens.")
+    lines += [line for line in _record_lines(result) if line]
+    return "\n".join(lines) + "\n"
+
+
+def _record_lines(result: dict[str, Any]) -> list[str]:
+    """The interval, behaviour and provenance lines under the table (each when recorded)."""
+    lines = []
+    if "pass@1_ci95" in result:
+        low, high = result["pass@1_ci95"]
+        ci = result.get("ci", {})
+        lines.append(f"pass@1 {100 * result['pass@1']:.1f}%, 95% CI [{100 * low:.1f}, {100 * high:.1f}] "
+                     f"({ci.get('method', 'bootstrap')}, {ci.get('resamples', '?')} resamples, seed "
+                     f"{ci.get('seed', '?')}); binomial standard error {100 * result['pass@1_se']:.1f} points.")
+    behaviour = result.get("behaviour") or {}
+    if behaviour:  # each part only when recorded (report.json may come from an older run)
+        parts = []
+        if "reflection_rate" in behaviour:
+            parts.append(f"reflection phrases in {100 * behaviour['reflection_rate']:.1f}% of samples")
+        if "reflection_count" in behaviour:
+            parts.append(f"{behaviour['reflection_count']:.2f} reflection phrases per sample")
+        for key, label in (("response_length_correct", "correct"), ("response_length_incorrect", "incorrect")):
+            if key in behaviour:
+                parts.append(f"mean length {label} {behaviour[key]:.1f}")
+        if parts:
+            lines.append("Behaviour: " + "; ".join(parts) + ".")
+    provenance = []
+    if "num_prompts" in result:
+        provenance.append(f"{result['num_prompts']} prompts")
+    if "template" in result:
+        provenance.append(f"template {result['template']!r}")
+    if result.get("model_hash"):
+        provenance.append(f"model {result['model_hash'][:19]}")
+    found = {k: v for k, v in (result.get("versions") or {}).items() if v}
+    if found:
+        provenance.append(", ".join(f"{k} {v}" for k, v in found.items()))
+    if provenance:
+        lines.append("Records: " + "; ".join(provenance) + ".")
+    return lines
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
-    from pillion.eval.evaluate import markdown_table
-
     run_dir = Path(run_dir)
     series, skipped = read_metrics(run_dir / "metrics.jsonl")
     plots = plot_groups(series, run_dir / "plots") if series else {}

@@ -396,3 +396,17 @@ def imaginary_unit(question: str | None) -> bool:
     if not question or "imaginary" in question.lower():
         return True
     return not _INDEX_I.search(question)
+
+
+def graded_in_process(answer: str) -> bool:
+    """Whether the grader compares a normalised answer without sympy: a number, a word answer,
+    a choice letter, or a tuple, interval, set or matrix of numbers (`fast_equal`'s cases)."""
+    if parse_number(answer) is not None or _text_form(answer) is not None or _CHOICE.match(answer):
+        return True
+    kind, _, elements = parse_structure(answer)
+    return kind != "single" and all(parse_number(e) is not None for e in elements)
+
+
+def safe_for_sympy(answer: str) -> bool:
+    """Whether a normalised answer passes the gate before the symbolic worker (length, alphabet)."""
+    return _is_safe_for_sympy(answer)

@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of
 from pillion.rewards.extract import all_answers, answer_for
 from pillion.rewards.math import imaginary_unit

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from pillion.data.problem import Problem
 from pillion.model.sequences import SequenceBatch, pack, same_prompt_rows
+from pillion.problem import Problem
 from pillion.rewards import RewardResult
 from pillion.rollout.engine import Completion
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from pillion import ranks
 from pillion.algorithms import filters
 from pillion.data.templates import render_prompt
 from pillion.rewards import score_batch
@@ -79,14 +80,14 @@ def length_scaled(cfg):
 def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
     """Sample, generate and grade one step's groups, applying Reinforce-Rej / DAPO filters."""
     G = cfg.group_size
-    target = len(parallel.my_slice(list(range(cfg.prompts_per_step)), world))
+    target = len(ranks.my_slice(list(range(cfg.prompts_per_step)), world))
     buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
     max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
     gen_seconds = grade_seconds = 0.0
     generated: list[Sample] = []
     for gen_batch in range(max_batches):
         prompts = prompts_for(step, gen_batch)  # the global list, the same on every rank
-        first, end = parallel.my_range(len(prompts), world)
+        first, end = ranks.my_range(len(prompts), world)
         # Keyed by the global row, not the rank: the same samples for any number of ranks.
         seed = cfg.seed * 1_000_003 + step * 1009 + gen_batch
         samples, gen, grade = generate_and_score(engine, prompts[first:end], cfg, seed, pool, row_offset=first * G)

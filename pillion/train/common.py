@@ -18,10 +18,10 @@ from pathlib import Path
 import torch
 
 from pillion.data import read, synthetic, synthetic_code
-from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt
 from pillion.errors import UserError
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
+from pillion.problem import Problem
 from pillion.train import trackers
 
 log = logging.getLogger("pillion.train")

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
+from pillion import ranks
 from pillion.eval.behaviour import kl_to_initial
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
@@ -124,7 +125,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     from pillion.train import parallel
 
     dtype = compute_dtype(cfg.dtype)
-    world = world or parallel.World()
+    world = world or ranks.World()
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
                                             cfg.fsdp.cpu_offload)
     models = Models(policy, params, policy_master=master)

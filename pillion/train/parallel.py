@@ -1,10 +1,14 @@
-"""torch.distributed and FSDP2 for `torchrun`, applied from outside the model (STYLE rule 11).
+"""torch.distributed and FSDP2 for `torchrun`, applied from outside the model, in one place: the
+model code is unchanged and the loop never branches on the number of ranks.
 
     torchrun --nproc_per_node=2 -m pillion train steps=20            # one node, two ranks (CPU: gloo)
     torchrun --nproc_per_node=8 -m pillion train model=DIR device=cuda dtype=bfloat16   # nccl
 
 One process (the default) is world size 1 and every function here is the identity, so the
-loop calls them unconditionally. With N ranks (docs/algorithms.md §1.1 for the normalisers):
+loop calls them unconditionally. The rank primitives that evaluation shares (`World`, a rank's
+share `my_range`, `sum_int`, `gather_list`, `reduce_record`, ...) are in `pillion/ranks.py`;
+this module joins the process group, shards models and gathers the training records. With N
+ranks (docs/algorithms.md §1.1 for the normalisers):
 
 - data: every rank draws the same global list of `prompts_per_step` prompts (same seed) and
   rolls out its contiguous share of whole groups (`my_range`); sampling randomness is keyed by
@@ -43,29 +47,19 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
 from pillion.errors import UserError
+from pillion.ranks import World, gather_list, sum_floats
 
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets with WORLD_SIZE
 
 
 class ParallelError(UserError):
     """A run that cannot start on this many ranks; the message says what to change."""
-
-
-@dataclass
-class World:
-    rank: int = 0
-    size: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def check(cfg, size: int) -> None:
@@ -201,71 +195,6 @@ def full_weights(model: torch.nn.Module, world: World):
             unit.reshard()
 
 
-def my_range(n: int, world: World) -> tuple[int, int]:
-    """[start, end) of this rank's contiguous share of n items (n divisible by the world size
-    for training batches; evaluation sets may leave the last ranks a smaller share)."""
-    per = -(-n // world.size)
-    return min(world.rank * per, n), min((world.rank + 1) * per, n)
-
-
-def my_slice(items: list, world: World) -> list:
-    """This rank's share of a list (contiguous, so groups of one prompt stay together)."""
-    start, end = my_range(len(items), world)
-    return items[start:end]
-
-
-def _device() -> str:
-    return "cuda" if dist.get_backend() == "nccl" else "cpu"
-
-
-def sum_int(value: int, world: World) -> int:
-    """Sum of an integer over ranks (loss normalisers: global token and sequence counts)."""
-    if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=_device())
-    dist.all_reduce(t)
-    return int(t.item())
-
-
-def max_int(value: int, world: World) -> int:
-    """The largest of an integer over ranks (micro-batch counts, which FSDP2 needs equal)."""
-    if world.size == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.long, device=_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return int(t.item())
-
-
-def sum_floats(values: dict[str, float], world: World) -> dict[str, float]:
-    """Sums over ranks of named floats, in one all-reduce (float64)."""
-    if world.size == 1 or not values:
-        return values
-    t = torch.tensor(list(values.values()), dtype=torch.float64, device=_device())
-    dist.all_reduce(t)
-    return dict(zip(values, t.tolist()))
-
-
-def mean_float(value: float, world: World) -> float:
-    """Mean of a metric over ranks, for logging."""
-    return sum_floats({"x": value}, world)["x"] / world.size
-
-
-def reduce_record(record: dict, world: World, sums: tuple[str, ...] = ()) -> dict:
-    """A step's log record over ranks: keys in `sums` summed, other numbers averaged (they are
-    per-rank means over equally many rows, or global values already), the rest kept. All ranks
-    must hold the same keys (they run the same code on the same config)."""
-    if world.size == 1:
-        return record
-    numbers = {k: float(v) for k, v in record.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
-    total = sum_floats(numbers, world)
-    out = dict(record)
-    for k, v in total.items():
-        value = v if k in sums else v / world.size
-        out[k] = int(round(value)) if isinstance(record[k], int) else value
-    return out
-
-
 def whiten(values: torch.Tensor, mask: torch.Tensor, world: World, eps: float = 1e-8) -> torch.Tensor:
     """`algorithms.advantages.whiten` with the mean and unbiased variance over the valid tokens of
     every rank's rows (the global batch's), so that whitened advantages do not depend on N."""
@@ -282,15 +211,6 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, world: World, eps: float = 
     centered = torch.where(mask, values - mean, torch.zeros_like(values))  # [B, T]
     var = sum_floats({"sq": float(centered.square().sum())}, world)["sq"] / (totals["count"] - 1)
     return torch.where(mask, centered * torch.rsqrt(torch.tensor(var + eps)), torch.zeros_like(values))
-
-
-def gather_list(items: list, world: World) -> list:
-    """Every rank's list, concatenated in rank order (rank 0's first), on every rank."""
-    if world.size == 1:
-        return items
-    parts: list = [None] * world.size
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
 
 
 def gather_samples(samples: list, world: World) -> list:
@@ -336,11 +256,6 @@ def balance_groups(samples: list, group_size: int, world: World) -> list:
         return samples  # the contiguous shares are as even: nothing moves
     everything = gather_list(samples, world)  # rank order: global group order
     return [s for i in assignment[world.rank] for s in everything[i * group_size : (i + 1) * group_size]]
-
-
-def barrier(world: World) -> None:
-    if world.size > 1:
-        dist.barrier()
 
 
 def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:

@@ -29,17 +29,17 @@ import time
 from pathlib import Path
 
 from pillion import config as config_lib
-from pillion import threads
+from pillion import ranks, threads
 from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, parse_stages, stage_at
 from pillion.data.mixture import Mixture
-from pillion.data.problem import Problem
-from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
+from pillion.eval.select import select_training_pool
 from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
+from pillion.problem import Problem
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config
@@ -116,11 +116,11 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
         common.create_run_dir(run_dir, overwrite)
         state.clean_stale(run_dir)
         state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
-    parallel.barrier(world)
+    ranks.barrier(world)
     pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
-    if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (data/select.py)
+    if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
         with parallel.full_weights(policy, world):  # every rank selects alike: same weights, same seeds
             pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
         mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
@@ -226,7 +226,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             record.update(step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0))  # where time went
             bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
             record["bad_streak"] = bad_streak
-            record = parallel.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
+            record = ranks.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
             metrics.write(record)
             bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                             len=f"{record['response_length']:.0f}")

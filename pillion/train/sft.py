@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from pillion import config as config_lib
-from pillion import threads
+from pillion import ranks, threads
 from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
@@ -88,7 +88,7 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
             if cfg.init != "none":
                 shutil.copytree(model_dir, run_dir / "init")
             state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
-        parallel.barrier(world)
+        ranks.barrier(world)
         model_dir = run_dir / "init" if cfg.init != "none" else model_dir
     eos = eos_token_ids(model_dir, tokenizer)[0]
     with parallel.full_weights(model, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
@@ -104,18 +104,18 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
         # Every rank draws the same global batch and trains on its share of it.
-        problems = parallel.my_slice(mixture.sample(cfg.batch_size), world)
+        problems = ranks.my_slice(mixture.sample(cfg.batch_size), world)
         pairs = examples(problems, tokenizer, cfg.data.template, eos)
         batch = pack([p for p, _ in pairs], [r for _, r in pairs], engine.pad_id, device)
         logp, _ = response_logprobs(model, batch)  # [B, T]
-        tokens = parallel.sum_int(int(batch.response_mask.sum()), world)  # over every rank's rows
+        tokens = ranks.sum_int(int(batch.response_mask.sum()), world)  # over every rank's rows
         loss = aggregate(-logp, batch.response_mask, "token_mean", num_tokens=tokens)  # mean NLL per solution token
         loss.backward()
         norm = parallel.clip_grad_norm(params, cfg.grad_clip)
         if torch.isfinite(norm):
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": parallel.sum_floats({"loss": float(loss.detach())}, world)["loss"],
+        record = {"step": step + 1, "loss": ranks.sum_floats({"loss": float(loss.detach())}, world)["loss"],
                   "grad_norm": float(norm),
                   "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
         metrics.write(record)
@@ -135,6 +135,6 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         write_recipe(final, {"template": cfg.data.template})
         state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
     print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f}; model: {final}")
-    parallel.barrier(world)
+    ranks.barrier(world)
     parallel.close(world)
     return report

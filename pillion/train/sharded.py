@@ -31,15 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from pillion import ranks
 from pillion.model.checkpoint import CheckpointError, load_model, save_model, write_recipe
 from pillion.model.transformer import Transformer
-from pillion.train import parallel, state
+from pillion.train import state
 from pillion.train.models import Models, load_master_state, master_state
 
 WRAPPER_PREFIX = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper, not in names
 
 
-def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source: Path, world: parallel.World,
+def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source: Path, world: ranks.World,
          extra: dict[str, Any], recipe: dict[str, Any] | None = None) -> Path | None:
     """Checkpoint `step` (every rank calls this); returns its folder on rank 0."""
     if world.size == 1:
@@ -56,7 +57,7 @@ def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source
     if world.main:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    parallel.barrier(world)
+    ranks.barrier(world)
     dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
     full = full_model(models.policy, world)  # collective; the model on rank 0, None elsewhere
     if world.main:
@@ -67,11 +68,11 @@ def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source
                    tmp / "trainer_state.pt")
         state.fsync_path(tmp / "dcp")
         state.commit(run_dir, tmp, final)
-    parallel.barrier(world)  # no rank runs ahead of a checkpoint that is not in place yet
+    ranks.barrier(world)  # no rank runs ahead of a checkpoint that is not in place yet
     return final if world.main else None
 
 
-def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: parallel.World) -> dict[str, Any]:
+def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: ranks.World) -> dict[str, Any]:
     """Load a checkpoint into the models and optimizers (every rank); returns its trainer state
     (step, data state, report) with the RNG restored."""
     saved = state.load_trainer_state(checkpoint)
@@ -91,7 +92,7 @@ def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: paral
     return saved
 
 
-def full_model(policy: nn.Module, world: parallel.World) -> Transformer | None:
+def full_model(policy: nn.Module, world: ranks.World) -> Transformer | None:
     """The whole policy as a plain CPU Transformer on rank 0 (None on the others), gathered from
     its shards (a collective: every rank calls it)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -123,7 +124,7 @@ def _distributed_state(models: Models, optimizer, critic_opt) -> dict[str, Any]:
     return out
 
 
-def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world: parallel.World) -> None:
+def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world: ranks.World) -> None:
     import torch.distributed.checkpoint as dcp
 
     pairs = [("policy", "optimizer", models.policy, optimizer, models.policy_master)]

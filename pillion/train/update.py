@@ -19,6 +19,7 @@ import time
 
 import torch
 
+from pillion import ranks
 from pillion.algorithms import losses as L
 from pillion.model.sequences import response_logprobs
 from pillion.train import parallel
@@ -46,7 +47,7 @@ def split(batch: TrainBatch, index: torch.Tensor, cfg, world=None) -> list[torch
     groups = prompt_groups(batch.seqs, index) if cfg.share_prompts and cfg.micro_batch_tokens > 0 else None
     parts = micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens, groups)
     if world is not None and world.size > 1 and cfg.micro_batch_tokens > 0:
-        parts = even_out(parts, lengths, parallel.max_int(len(parts), world))
+        parts = even_out(parts, lengths, ranks.max_int(len(parts), world))
     return [index[m] for m in parts]
 
 
@@ -106,9 +107,9 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
         for mb in [torch.arange(batch.num_rows)[i : i + size] for i in range(0, batch.num_rows, size)]:
             counts = Counts.of(batch.loss_mask[mb], batch.correct[mb], cfg.loss.agg,
                                cfg.loss.norm_len or cfg.max_new_tokens)
-            counts.num_tokens = parallel.sum_int(counts.num_tokens, world)
-            counts.num_seqs = parallel.sum_int(counts.num_seqs, world)
-            counts.num_positive_tokens = parallel.sum_int(counts.num_positive_tokens, world)
+            counts.num_tokens = ranks.sum_int(counts.num_tokens, world)
+            counts.num_seqs = ranks.sum_int(counts.num_seqs, world)
+            counts.num_positive_tokens = ranks.sum_int(counts.num_positive_tokens, world)
             shares: dict[str, float] = {}  # PARTS: the micro-batches' shares of this optimizer step's losses
             for micro in split(batch, mb, cfg, world):
                 sub = batch.rows(micro)
@@ -149,9 +150,9 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             if critic is not None:
                 _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
                 skipped += not ok
-    sums = parallel.sum_floats(sums, world)  # token-weighted over every rank's rows
+    sums = ranks.sum_floats(sums, world)  # token-weighted over every rank's rows
     out = {k: sum(v) / len(v) for k, v in stats.items()}  # means over optimizer steps (losses) or micro-batches
-    out.update(parallel.sum_floats({k: out[k] for k in PARTS if k in out}, world))  # every rank's share of the loss
+    out.update(ranks.sum_floats({k: out[k] for k in PARTS if k in out}, world))  # every rank's share of the loss
     out["skipped_updates"] = skipped
     out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
     if batch.ref_logprobs is not None and sums["tokens"]:

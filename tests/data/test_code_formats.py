@@ -8,7 +8,7 @@ import zlib
 import pytest
 
 from pillion.data.code_formats import CODE_FORMATS, detect_code_format
-from pillion.data.formats import FORMATS, DataError, _parsers, read, read_with_report
+from pillion.data.formats import FORMATS, PARSERS, DataError, read, read_with_report
 from pillion.rewards.code import SandboxLimits, code_reward
 
 LIMITS = SandboxLimits(wall_s=5.0, cpu_s=2, memory_mb=512)
@@ -83,7 +83,7 @@ def write(tmp_path, name, rows):
 
 
 def test_every_code_format_is_a_read_format():
-    assert set(CODE_FORMATS) <= set(FORMATS) and set(FORMATS) == set(_parsers())
+    assert set(CODE_FORMATS) <= set(FORMATS) and set(FORMATS) == set(PARSERS)
 
 
 @pytest.mark.parametrize("rows, fmt", [(HUMANEVAL, "humaneval"), (MBPP, "mbpp"), (APPS, "apps"), (TACO, "apps"),

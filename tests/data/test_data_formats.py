@@ -5,7 +5,8 @@ import logging
 
 import pytest
 
-from pillion.data.formats import DataError, _last_boxed, detect_format, read, read_with_report
+from pillion.data.formats import DataError, detect_format, read, read_with_report
+from pillion.rewards.extract import last_boxed
 
 GSM8K = [
     {"question": "Ann has 3 apples and buys 2. How many?", "answer": "3+2=<<3+2=5>>5\n#### 5"},
@@ -222,12 +223,12 @@ def test_hub_id_without_datasets_is_a_clear_error(monkeypatch):
 
 
 def test_last_boxed():
-    assert _last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
-    assert _last_boxed("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"  # escaped braces are still braces
-    assert _last_boxed("$\\fbox{12}$") == "12"
-    assert _last_boxed("$\\boxed 5$.") == "5"
-    assert _last_boxed("\\boxed{unclosed") is None
-    assert _last_boxed("no box") is None
+    assert last_boxed("a \\boxed{1} b \\boxed{\\frac{1}{2}} c") == "\\frac{1}{2}"
+    assert last_boxed("\\boxed{\\{1,2\\}}") == "\\{1,2\\}"  # escaped braces are still braces
+    assert last_boxed("$\\fbox{12}$") == "12"
+    assert last_boxed("$\\boxed 5$.") == "5"
+    assert last_boxed("\\boxed{unclosed") is None
+    assert last_boxed("no box") is None
 
 
 MINERVA = [  # the Minerva OCW-courses layout (Qwen2.5-Math's minerva_math/test.jsonl)

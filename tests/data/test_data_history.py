@@ -6,7 +6,7 @@ import pytest
 
 from pillion.data.history import HistoryResampler, Stage, parse_stages, stage_at
 from pillion.data.mixture import Mixture
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 
 def problems(*names):

@@ -6,7 +6,7 @@ from collections import Counter
 import pytest
 
 from pillion.data.mixture import Mixture
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 
 
 def pool(name, n, levels=(None,)):

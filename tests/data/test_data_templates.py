@@ -2,8 +2,8 @@
 
 import pytest
 
-from pillion.data.problem import Problem
 from pillion.data.templates import TEMPLATES, render_prompt, resolve_template
+from pillion.problem import Problem
 
 PROBLEM = Problem(id="t/1", question="What is 3+5?", answer="8")
 

@@ -6,8 +6,10 @@ import json
 import torch
 
 from pillion.cli import main
-from pillion.data import Problem, render_prompt, synthetic_code
-from pillion.eval.evaluate import EvalConfig, eval_metrics, evaluate, evaluate_sets, report_entries
+from pillion.data import render_prompt, synthetic_code
+from pillion.eval.evaluate import eval_metrics, evaluate, evaluate_sets, report_entries
+from pillion.eval.samples import EvalConfig
+from pillion.problem import Problem
 from pillion.rollout.engine import Completion
 
 

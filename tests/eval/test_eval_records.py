@@ -13,7 +13,8 @@ import torch
 
 import pillion
 from pillion.cli import main
-from pillion.eval.evaluate import interval, model_record, versions
+from pillion.eval.passk import interval
+from pillion.eval.provenance import model_record, versions
 
 
 def test_standard_error_by_hand():

@@ -288,7 +288,7 @@ def pillion_verdicts(category: str, pool) -> list[bool]:
     """pillion's grader: extraction in the fallback style, then `math_equal`, via `score_batch`."""
     from types import SimpleNamespace
 
-    from pillion.data.problem import Problem
+    from pillion.problem import Problem
     from pillion.rewards import RewardConfig, score_batch
 
     cases = rows(category)

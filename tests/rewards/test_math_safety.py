@@ -15,7 +15,7 @@ import types
 
 import pytest
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 from pillion.rewards import GradingPool, RewardConfig, grade_batch, math_equal, score
 from pillion.rewards import pool as pool_module
 from pillion.rewards.math import _is_safe_for_sympy, prepare

@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 from pillion.rewards import GradingPool, OverlongConfig, RewardConfig, RewardResult, score, score_batch
 from pillion.rewards.shaping import format_ok, length_term, overlong_penalty
 

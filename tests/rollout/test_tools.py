@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from pillion import config as C
-from pillion.data.problem import Problem
 from pillion.model.tiny import make_tokenizer
+from pillion.problem import Problem
 from pillion.rewards import RewardResult
 from pillion.rewards.code import SandboxLimits
 from pillion.rollout.engine import Engine, SamplingParams

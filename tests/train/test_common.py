@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from pillion.data.problem import Problem
 from pillion.model.tiny import make_tokenizer
+from pillion.problem import Problem
 from pillion.train import common
 from pillion.train.common import RunError
 

@@ -41,7 +41,7 @@ def test_stage_entries_are_checked_when_the_config_resolves(stages, message):
 
 
 def test_the_length_term_spans_the_generation_budget_without_overlong_shaping():
-    from pillion.data.problem import Problem
+    from pillion.problem import Problem
     from pillion.rewards import score
 
     problem = Problem(id="p", question="What is 2+2?", answer="4")

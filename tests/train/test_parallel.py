@@ -21,6 +21,7 @@ import pytest
 import torch
 
 from pillion import config as C
+from pillion import ranks
 from pillion.cli import main
 from pillion.train import parallel, rl, state
 from pillion.train.update import TIMING_FIELDS
@@ -225,9 +226,9 @@ def test_row_offset_gives_a_share_of_a_call_the_samples_of_the_whole_call(tiny_c
 
 
 def test_one_process_is_the_identity():
-    world = parallel.World()
-    assert parallel.my_range(8, world) == (0, 8) and parallel.sum_int(5, world) == 5
-    assert parallel.reduce_record({"step": 1, "reward": 0.5}, world) == {"step": 1, "reward": 0.5}
+    world = ranks.World()
+    assert ranks.my_range(8, world) == (0, 8) and ranks.sum_int(5, world) == 5
+    assert ranks.reduce_record({"step": 1, "reward": 0.5}, world) == {"step": 1, "reward": 0.5}
     x, m = torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[1.0, 1.0, 0.0]])
     # mean 1.5, unbiased var ((-.5)^2 + .5^2) / 1 = 0.5: (1 - 1.5) / sqrt(0.5) = -0.7071
     torch.testing.assert_close(parallel.whiten(x, m, world), torch.tensor([[-0.70711, 0.70711, 0.0]]),
@@ -235,9 +236,9 @@ def test_one_process_is_the_identity():
 
 
 def test_shares_of_a_batch_are_contiguous_and_cover_it():
-    shares = [parallel.my_range(10, parallel.World(r, 4)) for r in range(4)]
+    shares = [ranks.my_range(10, ranks.World(r, 4)) for r in range(4)]
     assert shares == [(0, 3), (3, 6), (6, 9), (9, 10)]  # ceil(10 / 4) = 3 each, the last one short
-    assert [parallel.my_range(2, parallel.World(r, 4)) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    assert [ranks.my_range(2, ranks.World(r, 4)) for r in range(4)] == [(0, 1), (1, 2), (2, 2), (2, 2)]
 
 
 def _torchrun_env(monkeypatch, size=2):

@@ -6,8 +6,8 @@ from transformers import AutoModelForCausalLM
 
 from pillion import config as C
 from pillion.cli import main
-from pillion.data.problem import Problem
 from pillion.model.tiny import make_tokenizer
+from pillion.problem import Problem
 from pillion.train.sft import examples
 
 

@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from pillion import config as C
-from pillion.data.problem import Problem
 from pillion.eval.report import write_report
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs
+from pillion.problem import Problem
+from pillion.ranks import World
 from pillion.rollout.engine import Completion
 from pillion.train import collect
 from pillion.train import models as M
 from pillion.train.batch import TrainBatch, micro_batches
-from pillion.train.parallel import World
 from pillion.train.update import logprob_pass, step_times, update
 from pillion.train.update import split as update_split
 

@@ -6,7 +6,7 @@
     chosen, stats = select_problems(engine, pool, SelectConfig(size=8), sampling, template, reward_cfg)
 
 Pass rates are measured, not guessed: k samples per problem from the engine, graded by
-`pillion.rewards` exactly as the trainer grades them (`pillion.eval.evaluate.sample_and_grade`).
+`pillion.rewards` exactly as the trainer grades them (`pillion.eval.samples.sample_and_grade`).
 
 Levels (`difficulty_level`). With c correct of k, level 1 is "always solved" (c = k), the last
 level bins + 2 is "never solved" (c = 0), and the open interval in between is cut into `bins`
@@ -37,8 +37,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from pillion.data.problem import Problem
-from pillion.eval.evaluate import EvalConfig, sample_and_grade
+from pillion.errors import UserError
+from pillion.eval.samples import EvalConfig, sample_and_grade
+from pillion.problem import Problem
+from pillion.rewards.math import graded_in_process, safe_for_sympy
+from pillion.rewards.normalize import normalize_answer
 from pillion.rewards.shaping import RewardConfig
 
 
@@ -66,27 +69,14 @@ def difficulty_level(correct: int, k: int, bins: int = 3) -> int:
 
 def gold_issue(gold: str | None) -> str | None:
     """Why the grader cannot use this gold answer, or None when it can (module docstring)."""
-    # The grader's own tests of what it reads in-process (private names of rewards/math.py).
-    from pillion.rewards.math import (
-        _CHOICE,
-        _is_safe_for_sympy,
-        _text_form,
-        normalize_answer,
-        parse_number,
-        parse_structure,
-    )
-
     if gold is None or not str(gold).strip():
         return "no gold answer"
     norm = normalize_answer(str(gold))
     if not norm:
         return "the gold answer is empty after normalisation"
-    if parse_number(norm) is not None or _text_form(norm) is not None or _CHOICE.match(norm):
-        return None  # a number, a word answer or a choice letter: graded in-process
-    kind, _, elements = parse_structure(norm)
-    if kind != "single" and all(parse_number(e) is not None for e in elements):
-        return None  # numeric tuple, interval, set or matrix
-    if not _is_safe_for_sympy(norm):
+    if graded_in_process(norm):
+        return None  # a number, a word answer, a choice letter, or a numeric tuple, interval, set or matrix
+    if not safe_for_sympy(norm):
         return "the gold answer has characters or a length the grader only compares as a string"
     from math_verify import LatexExtractionConfig, parse
 
@@ -157,8 +147,6 @@ def select_training_pool(engine, pools: dict[str, list[Problem]], cfg, pool=None
     before the checkpoint loads, so the same seeds pick the same problems (the mixture's pool
     fingerprint in the checkpoint refuses a resume onto others).
     """
-    from pillion.errors import UserError
-
     select = cfg.data.select
     candidates = [p for name in sorted(pools) for p in pools[name]]
     per_call = max(1, cfg.eval.batch_prompts * cfg.eval.k // select.k)  # an evaluation's rows per engine call

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from pillion.cli import main
-from pillion.data import Problem, read, render_prompt
-from pillion.data.select import SelectConfig, difficulty_level, gold_issue, pass_counts, select_problems
-from pillion.eval.evaluate import EvalConfig
+from pillion.data import read, render_prompt
+from pillion.eval.samples import EvalConfig
+from pillion.eval.select import SelectConfig, difficulty_level, gold_issue, pass_counts, select_problems
+from pillion.problem import Problem
 from pillion.rewards import RewardConfig
 from pillion.rollout.engine import Completion
 
@@ -136,7 +137,7 @@ def _fixture(tmp_path):
 
 
 def test_difficulty_command_writes_levels(tmp_path, tiny_checkpoint, capsys, monkeypatch):
-    import pillion.data.select as select
+    import pillion.eval.select as select
 
     monkeypatch.setattr(select, "pass_counts", lambda engine, problems, *a, **k: [8, 3, 0][:len(problems)])
     out = tmp_path / "levels.jsonl"
@@ -179,7 +180,7 @@ def test_difficulty_command_errors(tmp_path, capsys):
 
 def test_difficulty_file_trains_by_level_through_the_config(tmp_path, tiny_checkpoint, monkeypatch):
     """difficulty file -> data.sources + data.level_weights -> the RL loop's mixture."""
-    import pillion.data.select as select
+    import pillion.eval.select as select
     from pillion import config as C
     from pillion.train.rl import build_data
 
