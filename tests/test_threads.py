@@ -86,10 +86,11 @@ def test_threads_key_is_checked(tmp_path):
     assert config_lib.resolve(config_lib.SFTConfig, None, ["threads=2"], preset_key=None).threads == 2
 
 
-def test_a_run_prints_and_records_its_choice(tiny_checkpoint, tmp_path, capsys):
+def test_a_run_prints_and_records_its_choice(tiny_checkpoint, tmp_path, capsys, monkeypatch):
     from pillion import config as config_lib
     from pillion.train.rl import train
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
         cfg = config_lib.resolve(config_lib.TrainConfig, None, [
