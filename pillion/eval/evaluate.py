@@ -59,6 +59,7 @@ from pillion.data.problem import Problem
 from pillion.data.templates import render_prompt, resolve_template
 from pillion.eval.behaviour import DEFAULT_PHRASES, behaviour_metrics
 from pillion.eval.passk import pass_at_k
+from pillion.fields import bounded, free
 from pillion.rewards.shaping import RewardConfig, score_batch
 from pillion.rollout.engine import SamplingParams
 
@@ -71,12 +72,12 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")  # files hashed with c
 class EvalConfig:
     """Evaluation sampling; the trainer embeds this as `eval.*` in its typed config."""
 
-    temperature: float = 0.7  # MATH-500 protocol (docs/algorithms.md §14)
-    top_p: float = 0.95
-    k: int = 4  # samples per problem
-    max_new_tokens: int = 1024
-    seed: int = 0
-    batch_prompts: int = 64  # prompts per engine.generate call
+    temperature: float = bounded(0.7, low=0)  # MATH-500 protocol (docs/algorithms.md §14); 0: greedy
+    top_p: float = bounded(0.95, low=0, high=1, open="low")
+    k: int = bounded(4, low=1)  # samples per problem
+    max_new_tokens: int = bounded(1024, low=1)
+    seed: int = free(0)
+    batch_prompts: int = bounded(64, low=1)  # prompts per engine.generate call
 
 
 def _level_key(level: int | None) -> str:

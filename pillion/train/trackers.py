@@ -28,12 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pillion.fields import free
+
 WANDB_MODES = ("online", "offline", "disabled")
 
 
 @dataclass
 class WandbConfig:
-    project: str | None = None  # None: no W&B run
+    project: str | None = free(None)  # None: no W&B run
     mode: Literal["online", "offline", "disabled"] = "online"  # offline: no network; sync later
 
 
