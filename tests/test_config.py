@@ -3,6 +3,7 @@
 import dataclasses
 import re
 import typing
+from pathlib import Path
 
 import pytest
 import yaml
@@ -169,6 +170,19 @@ def test_flag_surface_is_guarded():
     assert len(_keys(C.TrainConfig())) == 118, sorted(_keys(C.TrainConfig()))
     assert sorted(_keys(C.TrainConfig())) == TRAIN_KEYS
     assert sorted(_keys(C.SFTConfig())) == SFT_KEYS
+
+
+def test_the_key_table_of_algorithms_md_names_only_keys_that_exist():
+    """docs/algorithms.md §0 lists the knobs by name; a renamed or removed key fails here."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "algorithms.md").read_text()
+    table = text.split("Config keys used in this file", 1)[1].split("```text", 1)[1].split("```", 1)[0]
+    keys = []
+    for prefix, inner in re.findall(r"([a-z_]+(?:\.[a-z_]+)*)\.\{(.*?)\}(?=\s|$)", table, flags=re.M):
+        keys += [f"{prefix}.{name}" for name in re.findall(r"([a-z_]+) \(", inner)]
+    table = re.sub(r"[a-z_.]+\.\{.*?\}(?=\s|$)", "", table, flags=re.M)
+    keys += re.findall(r"(?<![\w.])([a-z_]+(?:\.[a-z_]+)*) \((?!§)", table)
+    assert {"ppo.lam", "reward.overlong.l_cache", "data.select.max_candidates", "eval.max_new_tokens"} <= set(keys)
+    assert len(keys) >= 60 and sorted(set(keys) - set(TRAIN_KEYS)) == []
 
 
 # ---------------------------------------------------------------------------------------------
