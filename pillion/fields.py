@@ -81,7 +81,8 @@ def checked(default: Any, check: Callable[[Any, Any], None], *, note: str = "", 
 
 
 def free(default: Any, *, aka: str | tuple = (), ranks: Literal["any", "split", "one"] = "any") -> Any:
-    """Any value of the type: a name or path checked where it is used, a seed, a reward value."""
+    """Any value of the type: a name or path checked where it is used, a seed, a reward value
+    (or a bool or Literal, whose type says it all, that needs only `aka=` or `ranks=`)."""
     aka = (aka,) if isinstance(aka, str) else tuple(aka)
     return _field(default, Spec(aka=aka, ranks=ranks))
 
