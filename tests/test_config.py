@@ -2,6 +2,7 @@
 
 import dataclasses
 import re
+import sys
 import typing
 from pathlib import Path
 
@@ -214,9 +215,9 @@ def test_every_leaf_declares_its_values(command):
                                    "reward.overlong.l_cache", "reward.overlong.factor")} == {"range"}
         assert kinds["critic.device"] == kinds["device"] == "check"
     assert sorted(k for k, kind in kinds.items() if kind == "free") == sorted(
-        {"train": ["data.heldout", "eval.seed", "log.wandb.project", "model", "out", "reward.correct",
-                   "reward.format_weight", "reward.incorrect", "seed", "tool.start"],
-         "sft": ["data.heldout", "eval.seed", "log.wandb.project", "model", "out", "seed"]}[command])
+        {"train": ["data.heldout", "eval.seed", "model", "out", "reward.correct", "reward.format_weight",
+                   "reward.incorrect", "seed", "tool.start"],
+         "sft": ["data.heldout", "eval.seed", "model", "out", "seed"]}[command])
 
 
 def test_the_walk_refuses_a_leaf_that_declares_nothing():
@@ -333,6 +334,19 @@ def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, me
     assert not (tmp_path / "run").exists()
 
 
+def test_a_tracker_that_cannot_be_imported_is_a_config_error(monkeypatch):
+    """Before any run folder exists, not as an ImportError traceback after it was created."""
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails as if not installed
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    with pytest.raises(C.ConfigError, match=r"^config key 'log.tensorboard': needs the tensorboard package: "
+                                            r"pip install 'pillion\[tensorboard\]'$"):
+        C.resolve(C.SFTConfig, overrides=["log.tensorboard=true"], preset_key=None)
+    with pytest.raises(C.ConfigError, match=r"^config key 'log.wandb.project': needs the wandb package"):
+        C.resolve(C.TrainConfig, overrides=["log.wandb.project=p"])
+    off = C.resolve(C.TrainConfig, overrides=["log.tensorboard=false", "log.wandb.project=null"])
+    assert off.log.wandb.project is None and not off.log.tensorboard
+
+
 def test_validate_checks_a_config_changed_in_code():
     cfg = C.resolve(C.TrainConfig)
     cfg.lora.rank = -1
@@ -389,7 +403,7 @@ def test_print_config_round_trips(preset, capsys):
 
 
 def test_sft_config_round_trips():
-    cfg = C.resolve(C.SFTConfig, overrides=["optim=muon", "log.tensorboard=true", "data.level_weights={2: 1}"],
+    cfg = C.resolve(C.SFTConfig, overrides=["optim=muon", "log.wandb.mode=offline", "data.level_weights={2: 1}"],
                     preset_key=None)
     assert C.from_dict(C.SFTConfig, yaml.safe_load(C.dumps(cfg))) == cfg
 
