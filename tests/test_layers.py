@@ -18,8 +18,10 @@ from pillion.cli import COMMANDS
 PACKAGE = Path(pillion.__file__).resolve().parent
 
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
-    # The records and rank primitives every layer uses; the error every user mistake raises.
-    ("ground", ("pillion", "pillion.errors", "pillion.problem", "pillion.ranks", "pillion.threads")),
+    # The records and rank primitives every layer uses; the error every user mistake raises; config
+    # fields that declare their ranges and the generic resolver (they know no group).
+    ("ground", ("pillion", "pillion.errors", "pillion.problem", "pillion.ranks", "pillion.threads", "pillion.fields",
+                "pillion.resolver")),
     # Pure functions on records and tensors: grading and the RL formulas.
     ("rewards and algorithms", ("pillion.rewards", "pillion.algorithms")),
     # Problems from files and curricula; the model and its checkpoints.

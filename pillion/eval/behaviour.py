@@ -34,9 +34,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
+
+from pillion.fields import ConfigError, bounded, checked
 
 DEFAULT_PHRASES = (
     "wait", "let me check", "check again", "let me verify", "verify", "double-check", "double check",
@@ -44,13 +46,20 @@ DEFAULT_PHRASES = (
 )
 
 
+def _phrases(phrases: list[str], behaviour: BehaviourConfig) -> None:
+    try:
+        phrase_pattern(phrases)
+    except ValueError as e:  # the message names the key
+        raise ConfigError(f"config key {e}") from None
+
+
 @dataclass
 class BehaviourConfig:
     """`behaviour.*` in the trainer config."""
 
-    phrases: list[str] = field(default_factory=lambda: list(DEFAULT_PHRASES))
-    kl_probe_every: int = 10  # steps between KL-to-initial probes; 0: never
-    kl_probe_rows: int = 16  # rows of the step's batch the probe scores
+    phrases: list[str] = checked(list(DEFAULT_PHRASES), _phrases)
+    kl_probe_every: int = bounded(10, low=0, note="0: off")  # steps between KL-to-initial probes; 0: never
+    kl_probe_rows: int = bounded(16, low=1)  # rows of the step's batch the probe scores
 
 
 def phrase_pattern(phrases: Sequence[str]) -> re.Pattern:

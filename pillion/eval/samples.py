@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from tqdm import tqdm
 
 from pillion.data.templates import render_prompt
+from pillion.fields import bounded, free
 from pillion.problem import Problem
 from pillion.ranks import World, gather_list, my_range
 from pillion.rewards.shaping import RewardConfig, score_batch
@@ -34,12 +35,12 @@ from pillion.rollout.engine import SamplingParams
 class EvalConfig:
     """Evaluation sampling; the trainer embeds this as `eval.*` in its typed config."""
 
-    temperature: float = 0.7  # MATH-500 protocol (docs/algorithms.md §14)
-    top_p: float = 0.95
-    k: int = 4  # samples per problem
-    max_new_tokens: int = 1024
-    seed: int = 0
-    batch_prompts: int = 64  # prompts per engine.generate call
+    temperature: float = bounded(0.7, low=0)  # MATH-500 protocol (docs/algorithms.md §14); 0: greedy
+    top_p: float = bounded(0.95, low=0, high=1, open="low")
+    k: int = bounded(4, low=1)  # samples per problem
+    max_new_tokens: int = bounded(1024, low=1)
+    seed: int = free(0)
+    batch_prompts: int = bounded(64, low=1)  # prompts per engine.generate call
 
 
 @dataclass

@@ -39,21 +39,27 @@ from typing import Any
 
 from pillion.errors import UserError
 from pillion.eval.samples import EvalConfig, sample_and_grade
+from pillion.fields import bounded, reject
 from pillion.problem import Problem
 from pillion.rewards.math import graded_in_process, safe_for_sympy
 from pillion.rewards.normalize import normalize_answer
 from pillion.rewards.shaping import RewardConfig
 
 
+def _at_most_max_pass(min_pass: float, select: SelectConfig) -> None:
+    if min_pass > select.max_pass:
+        raise reject(min_pass, "is above data.select.max_pass", f"min_pass <= max_pass ({select.max_pass})")
+
+
 @dataclass
 class SelectConfig:
     """`data.select`: pick `size` problems the policy solves sometimes (0: no selection)."""
 
-    size: int = 0  # problems to keep; 0: off (the concise preset sets 64)
-    k: int = 8  # samples per candidate problem
-    min_pass: float = 0.1  # inclusive bounds on the pass rate c / k
-    max_pass: float = 0.9
-    max_candidates: int = 512  # candidates tried at most (k samples each)
+    size: int = bounded(0, low=0, note="0: no selection")  # problems to keep; 0: off (the concise preset sets 64)
+    k: int = bounded(8, low=1)  # samples per candidate problem
+    min_pass: float = bounded(0.1, low=0, high=1, check=_at_most_max_pass)  # inclusive bounds on the pass rate c / k
+    max_pass: float = bounded(0.9, low=0, high=1)
+    max_candidates: int = bounded(512, low=1)  # candidates tried at most (k samples each)
 
 
 def difficulty_level(correct: int, k: int, bins: int = 3) -> int:

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from pillion.fields import bounded, checked, reject
 
 # pillion linear (under a block) -> the Hugging Face projections it holds, in output-row order.
 PARTS = {
@@ -41,6 +44,22 @@ PARTS = {
     "mlp.down_proj": ("down_proj",),
 }
 TARGETS = tuple(name for names in PARTS.values() for name in names)
+
+
+def _targets(targets: list[str], lora: LoraConfig) -> None:
+    unknown = [t for t in targets if t not in TARGETS]
+    if unknown or not targets:
+        raise reject(unknown or targets, "not among the projections", ", ".join(TARGETS))
+
+
+@dataclass
+class LoraConfig:
+    """`lora.*` of the trainer config: adapters on the projections; rank 0 trains every weight."""
+
+    rank: int = bounded(0, low=0, note="0: no adapters", ranks="one")
+    alpha: float = bounded(32.0, low=0, open="low")  # adapter output scaled by alpha / rank, as PEFT
+    # Hugging Face projection names; pillion's fused q|k|v and gate|up take one adapter per name.
+    targets: list[str] = checked(list(TARGETS), _targets)
 
 
 def part_rows(cfg, path: str) -> list[int]:

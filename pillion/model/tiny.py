@@ -8,7 +8,11 @@ made here is an independent reference for pillion's loader.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+
+from pillion.fields import bounded, reject
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHAT_TEMPLATE = (
@@ -33,6 +37,30 @@ def make_tokenizer():
         pad_token="<|endoftext|>",
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def _heads_divide_hidden(num_heads: int, tiny: TinyModelConfig) -> None:
+    if tiny.hidden_size % num_heads or (tiny.hidden_size // num_heads) % 2:
+        raise reject(num_heads, f"does not split tiny.hidden_size={tiny.hidden_size} into even head sizes",
+                     "a divisor of hidden_size that leaves an even head size (rotary embeddings rotate pairs)")
+
+
+def _kv_heads_divide_heads(num_kv_heads: int, tiny: TinyModelConfig) -> None:
+    if tiny.num_heads % num_kv_heads:
+        raise reject(num_kv_heads, f"does not divide tiny.num_heads={tiny.num_heads}", "a divisor of num_heads")
+
+
+@dataclass
+class TinyModelConfig:
+    """Sizes of a fresh random model (`sft init=tiny`), built by `make_tiny_checkpoint`."""
+
+    family: Literal["llama", "qwen2", "qwen3"] = "qwen2"
+    hidden_size: int = bounded(128, low=1)
+    num_layers: int = bounded(4, low=1)
+    num_heads: int = bounded(4, low=1, check=_heads_divide_hidden)
+    num_kv_heads: int = bounded(2, low=1, check=_kv_heads_divide_heads)
+    intermediate_size: int = bounded(384, low=1)
+    tie_word_embeddings: bool = True
 
 
 FAMILY_DEFAULTS = {

@@ -40,9 +40,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from pillion.fields import bounded, checked, free, reject
 from pillion.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of
-from pillion.rewards.extract import all_answers, answer_for
+from pillion.rewards.extract import STYLES, all_answers, answer_for
 from pillion.rewards.math import imaginary_unit
 from pillion.rewards.pool import GradingPool, math_equal
 
@@ -57,26 +58,38 @@ class RewardResult:
     answer: str | None = None  # the final answer graded (the program for code); None if none
 
 
+def _cache_within_max(l_cache: int, overlong: OverlongConfig) -> None:
+    if l_cache > overlong.l_max:
+        raise reject(l_cache, "is longer than reward.overlong.l_max", f"<= l_max ({overlong.l_max})")
+
+
+def _answer_style(style: str, reward: RewardConfig) -> None:
+    if style not in STYLES:
+        raise reject(style, "is not an answer style", f"one of {', '.join(STYLES)}")
+
+
 @dataclass
 class OverlongConfig:
+    """DAPO's soft overlong punishment (`overlong_penalty`); the sizes are in response tokens."""
+
     enable: bool = False
-    l_max: int = 20480
-    l_cache: int = 4096
-    factor: float = 1.0
+    l_max: int = bounded(20480, low=1)
+    l_cache: int = bounded(4096, low=0, check=_cache_within_max)  # the ramp before l_max; 0: a step at l_max
+    factor: float = bounded(1.0, low=0)
 
 
 @dataclass
 class RewardConfig:
-    correct: float = 1.0
-    incorrect: float = 0.0
-    format_weight: float = 0.0
+    correct: float = free(1.0)
+    incorrect: float = free(0.0)
+    format_weight: float = free(0.0)
     think_tags: bool = False
-    length_weight: float = 0.0  # concise-reasoning term, see the module docstring
+    length_weight: float = bounded(0.0, low=0)  # concise-reasoning term, see the module docstring
     overlong: OverlongConfig = field(default_factory=OverlongConfig)
     # extract.STYLES. "fallback" reads any way a model may answer (the default of
     # extract_answer and of `pillion eval`); training sets a strict style (TrainConfig: "boxed").
-    answer_style: str = "fallback"
-    timeout: float = 5.0  # seconds per math comparison; wall clock per code run
+    answer_style: str = checked("fallback", _answer_style)
+    timeout: float = bounded(5.0, low=0, open="low")  # seconds per math comparison; wall clock per code run
     code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
 
 

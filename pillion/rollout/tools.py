@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pillion.fields import bounded, checked, free, reject
 from pillion.rewards.code import SandboxLimits, run_program
 
 # Run as the sandboxed program: the model's code in a fresh namespace; an exception becomes the
@@ -54,6 +55,28 @@ except BaseException as error:
     print(type(error).__name__ + ":", error)
     raise
 '''
+
+
+def _end_marker(end: str, tool: ToolConfig) -> None:
+    if not end:
+        raise reject(end, "is empty", "a marker the model writes to run its code")
+
+
+def _output_frame(output: str, tool: ToolConfig) -> None:
+    if output.count("{output}") != 1:
+        raise reject(output, "is not a frame for the output", "text with {output} once")
+
+
+@dataclass
+class ToolConfig:
+    """`tool.*` of the trainer config: Python tool calls inside rollouts; max_calls 0: no tools."""
+
+    max_calls: int = bounded(0, low=0, note="0: no tools", ranks="one")  # per sample
+    start: str = free("```python")  # a call's code follows the last start marker ...
+    end: str = checked("```output", _end_marker)  # ... and is run when the model writes the end marker
+    output: str = checked("\n{output}\n```\n", _output_frame)  # appended after the end marker (context only)
+    max_output_tokens: int = bounded(64, low=1)
+    timeout: float = bounded(5.0, low=0, open="low")  # seconds per call (wall clock; CPU seconds likewise, rounded up)
 
 
 @dataclass
@@ -91,7 +114,7 @@ class RowTools:
     spans: list[tuple[int, int]] = field(default_factory=list)  # [start, end) of each output in the response
 
 
-def tools_from_config(cfg) -> Tools | None:
+def tools_from_config(cfg: ToolConfig) -> Tools | None:
     """`Tools` from the `tool.*` config keys; None when tool.max_calls is 0 (no tools)."""
     if cfg.max_calls == 0:
         return None

@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import random
+import re
 import shutil
 import sys
 import time
@@ -20,6 +21,7 @@ import torch
 from pillion.data import read, synthetic, synthetic_code
 from pillion.data.templates import render_prompt
 from pillion.errors import UserError
+from pillion.fields import reject
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
 from pillion.problem import Problem
 from pillion.train import trackers
@@ -29,6 +31,15 @@ log = logging.getLogger("pillion.train")
 
 class RunError(UserError):
     """A user mistake about the run itself (its folder, its device); the message says what to do."""
+
+
+DEVICE_NAMES = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def check_device(name: str, group=None) -> None:
+    """A `device` key's value (the config check; `resolve_device` asks the machine at run time)."""
+    if DEVICE_NAMES.fullmatch(name) is None:
+        raise reject(name, "is not a device", "auto, cpu, cuda or cuda:N")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,14 +34,34 @@ from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoi
 
 from pillion import ranks
 from pillion.eval.behaviour import kl_to_initial
+from pillion.fields import bounded, checked, free
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
 from pillion.model.critic import Critic
 from pillion.model.sequences import SequenceBatch, response_logprobs
 from pillion.model.transformer import Transformer
 from pillion.train import precision
+from pillion.train.common import check_device
 
 CHECKPOINTING = ("none", "blocks", "every_k")
+
+
+@dataclass
+class RefConfig:
+    offload: bool = free(False, ranks="one")  # the reference on CPU, copied to the device for its one pass per step
+
+
+@dataclass
+class CriticConfig:
+    device: str = checked("auto", check_device, ranks="one")  # auto: the policy's device; or cpu | cuda | cuda:1 ...
+
+
+@dataclass
+class CheckpointingConfig:
+    """Activation checkpointing of transformer blocks (recompute in backward, non-reentrant)."""
+
+    name: Literal["none", "blocks", "every_k"] = "none"  # blocks: every block; every_k: blocks 0, k, 2k, ...
+    k: int = bounded(2, low=1)
 
 
 @dataclass

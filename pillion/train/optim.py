@@ -60,6 +60,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from pillion.fields import bounded, free
+
 ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPS = 1e-8
 OPTIMIZERS = ("adamw", "muon", "dion")
@@ -70,9 +72,10 @@ LR_SCALES = ("match_rms_adamw", "paper")
 class OptimConfig:
     """`optim.*` in the trainer and SFT configs; `optim=muon` sets the name."""
 
-    name: Literal["adamw", "muon", "dion"] = "adamw"
-    momentum: float = 0.95  # muon / dion momentum (Dion's mu)
-    rank_fraction: float = 1.0  # dion: r = ceil(rank_fraction * min(m, n)); the paper also runs 1/4, 1/16
+    name: Literal["adamw", "muon", "dion"] = free("adamw", ranks="one")
+    momentum: float = bounded(0.95, low=0, high=1, open="high")  # muon / dion momentum (Dion's mu)
+    # dion: r = ceil(rank_fraction * min(m, n)); the paper also runs 1/4, 1/16
+    rank_fraction: float = bounded(1.0, low=0, high=1, open="low")
     lr_scale: Literal["match_rms_adamw", "paper"] = "match_rms_adamw"  # muon / dion update scale
 
 

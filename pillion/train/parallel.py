@@ -47,12 +47,13 @@ import logging
 import os
 import sys
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import torch
 import torch.distributed as dist
 
 from pillion.errors import UserError
+from pillion.fields import bounded, leaves
 from pillion.ranks import World, gather_list, sum_floats
 
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets with WORLD_SIZE
@@ -62,30 +63,34 @@ class ParallelError(UserError):
     """A run that cannot start on this many ranks; the message says what to change."""
 
 
+@dataclass
+class FsdpConfig:
+    """Several ranks under torchrun (this module); ignored in one process."""
+
+    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (CUDA): shards, gradients, optimizer state in CPU memory
+    timeout_s: int = bounded(1800, low=1)  # a collective waiting longer (a rank stuck or gone) fails the job
+
+
 def check(cfg, size: int) -> None:
-    """The config errors of an N-rank run (one line each); nothing here needs a process group."""
+    """The config errors of an N-rank run (one line each); nothing here needs a process group.
+
+    Each key declares beside its field how it meets several ranks (`ranks=`, pillion/fields.py),
+    so this holds for any config (train, sft) and for keys added later: a global batch
+    ("split": prompts_per_step, batch_size) is divided among the ranks, and a feature that runs
+    in one process only ("one": lora.rank, ref.offload, critic.device, optim.name,
+    filter.reject, filter.dynamic_sampling, data.history_resampling, tool.max_calls) is refused
+    at any value but its default."""
     if size == 1:
         return
-    batch = getattr(cfg, "prompts_per_step", None)
-    key = "prompts_per_step" if batch is not None else "batch_size"
-    batch = batch if batch is not None else cfg.batch_size
-    if batch % size:
-        raise ParallelError(f"config key '{key}': {batch} is not divisible by the {size} ranks (it is the global "
-                            f"batch; each rank takes {key}/{size})")
-    refused = {
-        "lora.rank": getattr(getattr(cfg, "lora", None), "rank", 0) > 0,
-        "ref.offload": getattr(getattr(cfg, "ref", None), "offload", False),
-        "critic.device": getattr(getattr(cfg, "critic", None), "device", "auto") != "auto",
-        "optim": cfg.optim.name != "adamw",
-        "filter.reject": getattr(getattr(cfg, "filter", None), "reject", "none") != "none",
-        "filter.dynamic_sampling": getattr(getattr(cfg, "filter", None), "dynamic_sampling", False),
-        "data.history_resampling": cfg.data.history_resampling,
-        "tool.max_calls": getattr(getattr(cfg, "tool", None), "max_calls", 0) > 0,
-    }
-    for key, bad in refused.items():
-        if bad:
-            raise ParallelError(f"config key '{key}' is not supported with several ranks (WORLD_SIZE={size}) yet; "
-                                "run it in one process (see pillion/train/parallel.py)")
+    declared = [leaf for leaf in leaves(cfg) if leaf.spec is not None]
+    for leaf in declared:
+        if leaf.spec.ranks == "split" and leaf.value % size:
+            raise ParallelError(f"config key '{leaf.key}': {leaf.value} is not divisible by the {size} ranks (it is "
+                                f"the global batch; each rank takes {leaf.key}/{size})")
+    for leaf in declared:
+        if leaf.spec.ranks == "one" and leaf.value != leaf.default:
+            raise ParallelError(f"config key '{leaf.key}' is not supported with several ranks (WORLD_SIZE={size}) "
+                                "yet; run it in one process (see pillion/train/parallel.py)")
 
 
 def init(cfg) -> World:

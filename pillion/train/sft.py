@@ -35,7 +35,7 @@ from pillion.model.checkpoint import eos_token_ids, load_tokenizer, save_model, 
 from pillion.model.sequences import pack, response_logprobs
 from pillion.rollout.engine import Engine
 from pillion.train import common, parallel, precision, sharded, state
-from pillion.train.models import compute_dtype, load_trainable
+from pillion.train.models import compute_dtype, load_trainable, optimizer_target
 from pillion.train.optim import make_optimizer
 
 
@@ -93,35 +93,39 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
     eos = eos_token_ids(model_dir, tokenizer)[0]
     with parallel.full_weights(model, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
         engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
-    mixture = Mixture(pools, weights=cfg.data.weights, seed=cfg.seed)
-    optimizer = make_optimizer(params, None, cfg.lr, cfg.weight_decay)  # AdamW
+    mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
+    # optim=muon | dion get the model itself, to find its hidden matrices (train/models.py optimizer_target)
+    optimizer = make_optimizer(optimizer_target(model, params), cfg.optim, cfg.lr, cfg.weight_decay)
     precision.sync_after_step(optimizer, master)
-    metrics = common.MetricsLog(run_dir) if world.main else parallel.NoLog()
-
+    # metrics.jsonl, and a copy to the trackers log.* turns on (train/trackers.py)
+    metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     bar = common.progress(cfg.steps, 0, "sft")
-    for step in range(cfg.steps):
-        t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
-        # Every rank draws the same global batch and trains on its share of it.
-        problems = ranks.my_slice(mixture.sample(cfg.batch_size), world)
-        pairs = examples(problems, tokenizer, cfg.data.template, eos)
-        batch = pack([p for p, _ in pairs], [r for _, r in pairs], engine.pad_id, device)
-        logp, _ = response_logprobs(model, batch)  # [B, T]
-        tokens = ranks.sum_int(int(batch.response_mask.sum()), world)  # over every rank's rows
-        loss = aggregate(-logp, batch.response_mask, "token_mean", num_tokens=tokens)  # mean NLL per solution token
-        loss.backward()
-        norm = parallel.clip_grad_norm(params, cfg.grad_clip)
-        if torch.isfinite(norm):
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        record = {"step": step + 1, "loss": ranks.sum_floats({"loss": float(loss.detach())}, world)["loss"],
-                  "grad_norm": float(norm),
-                  "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
-        metrics.write(record)
-        bar.set_postfix(loss=f"{record['loss']:.3f}")
-        bar.update(1)
-    bar.close()
+    try:
+        for step in range(cfg.steps):
+            t0 = time.perf_counter()
+            for group in optimizer.param_groups:
+                group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+            # Every rank draws the same global batch and trains on its share of it.
+            problems = ranks.my_slice(mixture.sample(cfg.batch_size), world)
+            pairs = examples(problems, tokenizer, cfg.data.template, eos)
+            batch = pack([p for p, _ in pairs], [r for _, r in pairs], engine.pad_id, device)
+            logp, _ = response_logprobs(model, batch)  # [B, T]
+            tokens = ranks.sum_int(int(batch.response_mask.sum()), world)  # over every rank's rows
+            loss = aggregate(-logp, batch.response_mask, "token_mean", num_tokens=tokens)  # mean NLL per solution token
+            loss.backward()
+            norm = parallel.clip_grad_norm(params, cfg.grad_clip)
+            if torch.isfinite(norm):
+                optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            record = {"step": step + 1, "loss": ranks.sum_floats({"loss": float(loss.detach())}, world)["loss"],
+                      "grad_norm": float(norm),
+                      "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
+            metrics.write(record)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+            bar.update(1)
+    finally:
+        bar.close()
+        metrics.close()
 
     model.eval()
     with parallel.full_weights(model, world):  # each rank evaluates its share of the held-out set

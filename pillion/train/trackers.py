@@ -22,18 +22,35 @@ the loop truncates on resume, stays complete).
 
 from __future__ import annotations
 
+import importlib
 import math
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from pillion.fields import checked
+
 WANDB_MODES = ("online", "offline", "disabled")
+
+
+def _needs(module: str, extra: str):
+    """A config check: the tracker a value turns on can be imported (at resolution, before any
+    run folder exists), else one line naming the extra to install."""
+
+    def check(value, group) -> None:
+        if value:
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise ValueError(f"needs the {extra} package: pip install 'pillion[{extra}]'") from None
+
+    return check
 
 
 @dataclass
 class WandbConfig:
-    project: str | None = None  # None: no W&B run
+    project: str | None = checked(None, _needs("wandb", "wandb"))  # None: no W&B run
     mode: Literal["online", "offline", "disabled"] = "online"  # offline: no network; sync later
 
 
@@ -41,7 +58,7 @@ class WandbConfig:
 class LogConfig:
     """`log.*` in the trainer and SFT configs."""
 
-    tensorboard: bool = False  # event files in RUN_DIR/tb
+    tensorboard: bool = checked(False, _needs("torch.utils.tensorboard", "tensorboard"))  # event files in RUN_DIR/tb
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
