@@ -109,8 +109,9 @@ def test_final_group_and_answer_for():
 
 def test_all_answers_counts_candidates():
     assert all_answers("\\boxed{1} \\boxed{2}") == ["1", "2"]
-    assert all_answers("nothing") == []
+    assert all_answers("nothing to say") == []
     assert all_answers("nothing", "auto") == []
+    assert all_answers("nothing") == ["nothing"]  # one word alone is a bare answer ("Evelyn")
 
 
 def test_last_boxed_reads_reference_solutions():
