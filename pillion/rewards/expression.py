@@ -4,9 +4,9 @@ r"""Whether a text is one mathematical expression: a recogniser for bare answers
 that answers are written in, and says whether all of it is one expression, with nothing
 around it: `\dfrac43`, `\left( 3, \tfrac{\pi}{2} \right)`, `- q + p`, `1,\!248`, `\text{(C)}`,
 `x = 5`, `3 \sqrt5`, `(3, 4]`, `3 < \lambda \le 4`, `\begin{pmatrix} 1 \\ 2 \end{pmatrix}`,
-`18 \text{ dollars}`. Prose is not: a word that is neither a function name, a unit after a
-quantity, a short product of variables (`xy`), nor "and"/"or" between values ends the parse,
-as do characters that math does not use (`?`, `"`, `#`, `@`, letters of other scripts).
+`18 \text{ dollars}`, `18 dollars`. Prose is not: a word that is neither a function name, a
+unit, a short product of variables (`xy`), nor "and"/"or" between values ends the parse, as
+do characters that math does not use (`?`, `"`, `#`, `@`, letters of other scripts).
 
 Grammar (LL(1), one token of look-ahead, no backtracking):
 
@@ -69,11 +69,12 @@ _PLAIN_FUNCTIONS = set("sqrt sin cos tan cot sec csc log exp abs arcsin arccos a
 _PROSE = set("a an am as at be by do go he if in is it me my no of on or so to up us we the and for but not are "
              "was can has had its our you all any get got let see use may one two six ten yes now how why who "
              "out set try".split())
-_UNITS = set("cm mm km m kg g mg lb lbs oz ft in yd mi mph kmh ml l s sec min h hr hrs cent cents dollar dollars "
-             "euro euros unit units degree degrees meter meters metre metres inch inches foot feet yard yards "
-             "mile miles gram grams kilogram kilograms pound pounds ounce ounces second seconds minute minutes "
-             "hour hours day days week weeks month months year years liter liters litre litres gallon gallons "
-             "cup cups square sq cubic percent radians radian".split())
+# Words of four letters or more that may stand in an answer (shorter ones, "cm", "kg", are
+# accepted as products of letters unless they are English words).
+_UNITS = set("cent cents dollar dollars euro euros unit units degree degrees meter meters metre metres inch inches "
+             "foot feet yard yards mile miles gram grams kilogram kilograms pound pounds ounce ounces second "
+             "seconds minute minutes hour hours days week weeks month months year years liter liters litre litres "
+             "gallon gallons cups square cubic percent radians radian".split())
 
 
 class _NotExpression(Exception):
