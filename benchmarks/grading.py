@@ -87,6 +87,8 @@ DEGENERATE = {
     "answer: x20k": "answer: " * 20_000,
     "$ x100k": "$" * 100_001,
     "digits 100 kB": "1 " * 50_000,
+    "one expression 100 kB": "1+" * 50_000 + "1",
+    "prose 100 kB": "so " * 33_000 + "7",
 }
 
 

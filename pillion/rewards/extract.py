@@ -14,10 +14,18 @@ string (normalisation is `math.py`'s job), or None when there is none. Styles:
 - "auto":      the first of boxed, tags, gsm8k, answer_is that finds anything (explicit
                markers only: what a prompt asks a model to write).
 - "fallback":  the default here and of `pillion eval`, for models that were not told how to
-               answer: the first that finds anything of boxed, tags, gsm8k, answer_is, a bold
-               span (`**73**`), the last LaTeX math span ($...$, \\(...\\), \\[...\\]), the last
-               number. Training keeps a strict style (`reward.answer_style`, default "boxed"),
-               so that a reward is never paid for a number that merely ends the text.
+               answer: the first that finds anything of boxed, tags, gsm8k, answer_is, the
+               whole text when it is a bare answer, a bold span (`**73**`), the last LaTeX math
+               span ($...$, \\(...\\), \\[...\\]), the last number of the prose. Training keeps
+               a strict style (`reward.answer_style`, default "boxed"), so that a reward is
+               never paid for a number that merely ends the text.
+
+A bare answer is a text that is, all of it, one mathematical expression (`\\dfrac43`,
+`- q + p`, `1,\\!248`, `x = 5`, `\\text{(C)}`; perhaps inside one pair of math delimiters, with a
+closing period) or one word ("Evelyn"): `expression.is_expression` decides it by parsing.
+Such a text is graded whole: its last number (`56` of `\\dfrac{3}{56}`, `366` of `\\sqrt{366}`)
+is a part of the answer, not the answer. In prose, the last number is never one inside a
+LaTeX command's argument, a fraction, a root, an exponent or a subscript.
 
 Reasoning is not an answer: in every style, when the text has `</think>`, only what follows
 the last `</think>` is searched, and a `<think>` that is never closed leaves no answer.
@@ -29,15 +37,18 @@ $x=-2$". `answer_for(text, gold)` uses the whole group when the gold has several
 and the last member when the gold is one value; an earlier box separated by other text is a
 draft either way.
 
-Everything here is plain string scanning or regexes without nested quantifiers, so a 100 kB
-completion is scanned in linear time.
+Everything here is plain string scanning, regexes without nested quantifiers, and the
+recogniser of `expression.py` (each token read once, nesting bounded, prose refused at its
+first word), so a 100 kB completion is scanned in linear time.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from itertools import accumulate
 
+from pillion.rewards.expression import is_expression
 from pillion.rewards.math import several_values
 
 STYLES = ("fallback", "auto", "boxed", "gsm8k", "answer_is", "tags")
@@ -62,7 +73,12 @@ _SENTENCE_END = re.compile(r"[.;!?](?:\s|$)|[。！？\n]")
 _BOLD = re.compile(r"\*\*([^*\n]{1,200})\*\*")
 # A number: a decimal comma ("2,74", not in a list "1,2,3"), or thousands commas and a point.
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?(?:(?<![\d.,])\d+,(?:\d{1,2}|\d{4,})(?![,\d])"
-                     r"|(?<![\d.])\d+(?:,\d{3})*(?:\.\d+)?(?:/\d+)?)")
+                     r"|(?<![\d.])\d+(?:(?:,|\{,\}|,\\!\s?|\\,)\d{3})*(?:\.\d+)?(?:/\d+)?)")
+# What puts a number in an argument when it comes right before it: a script, a command
+# that takes arguments (`\frac43`, `\sqrt5`, `x^2`, `a_1`).
+_ARGUMENT_BEFORE = re.compile(r"(?:[\^_]|\\[a-zA-Z]+)\s*$")
+# A brace group that is an argument: after a command, a script, another argument or `]`.
+_ARGUMENT_OPENS = re.compile(r"(?:\\[a-zA-Z]+|[\^_}\]])\s*$")
 _LEADING_WORDS = re.compile(r"^(?:[a-z]+,?\s+){1,3}(?=[-\d$\\(])")  # up to 3 lowercase words before the value
 _VERB = re.compile(r"\s(?:is|are|was|equals|est|es|ist|è|é|是|为)\s+", re.IGNORECASE)
 _NUMBER_THEN_WORDS = re.compile(r"^(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?)\s+(?!(?:and|or)\b)[a-zA-Z].*$", re.DOTALL)
@@ -253,8 +269,39 @@ def _math_answers(text: str) -> list[str]:
     return [content.strip() for _, _, content in _math_spans(text)]
 
 
+def _in_arguments(text: str) -> list[int] | None:
+    """For each position, how many argument brace groups (`\\frac{..}{..}`, `^{..}`,
+    `\\sqrt{..}`, `\\text{..}`) hold it; None when the text has no braces. One pass."""
+    if "{" not in text:
+        return None
+    delta = [0] * (len(text) + 1)
+    for start, end in _matching_braces(text).items():
+        if _ARGUMENT_OPENS.search(text[max(0, start - 24) : start]):
+            delta[start] += 1
+            delta[end] -= 1
+    return list(accumulate(delta))
+
+
 def _number_answers(text: str) -> list[str]:
-    return [m.group(0) for m in _NUMBER.finditer(text)]
+    """The numbers of the prose, none of them inside an argument (module docstring)."""
+    inside = _in_arguments(text)
+    return [m.group(0) for m in _NUMBER.finditer(text) if not (inside and inside[m.start()])
+            and not _ARGUMENT_BEFORE.search(text[max(0, m.start() - 24) : m.start()])]
+
+
+def _whole_answers(text: str) -> list[str]:
+    """The whole text when it is a bare answer: one expression or one word (module docstring)."""
+    s = text.strip()
+    if s.endswith(".") and not s.endswith("\\."):
+        s = s[:-1].rstrip()
+    for opener, closer in (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]")):
+        inner = s[len(opener) : -len(closer)]
+        if len(s) > len(opener) + len(closer) and s.startswith(opener) and s.endswith(closer) and "$" not in inner:
+            s = inner.strip()
+            break
+    if re.fullmatch(r"[A-Za-z][A-Za-z'\-]{0,39}", s) or is_expression(s):
+        return [s]
+    return []
 
 
 _FINDERS = {
@@ -262,13 +309,14 @@ _FINDERS = {
     "tags": _tag_answers,
     "gsm8k": _gsm8k_answers,
     "answer_is": _answer_is_answers,
+    "whole": _whole_answers,
     "bold": _bold_answers,
     "math": _math_answers,
     "number": _number_answers,
 }
 _ORDER = {
     "auto": ("boxed", "tags", "gsm8k", "answer_is"),
-    "fallback": ("boxed", "tags", "gsm8k", "answer_is", "bold", "math", "number"),
+    "fallback": ("boxed", "tags", "gsm8k", "answer_is", "whole", "bold", "math", "number"),
 }
 
 

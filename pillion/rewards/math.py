@@ -9,9 +9,18 @@ processes, no sympy, no state. Every GSM8K and AIME gold and most MATH golds are
 numbers, so a prediction written as a number is graded here, in microseconds.
 
 Before comparing, `align` drops a leading `x =` / `x \\in` from the side that has one when
-the other has none (per element: "x_1 = a, x_2 = b" is "a, b"; "7 \\times 6 = 42" is 42), and
-reads a decimal comma as a point when the gold is one number and the comma is not a
-thousands separator ("1,22" is 1.22, "1,222" is 1222).
+the other has none (per element: "x_1 = a, x_2 = b" is "a, b"), or from both when both open
+with the same one ("x \\in [-2,7)" against "x \\in [-2,7]" compares the intervals, ends
+included). A prediction may end a chain of equalities with its value ("7 \\times 6 = 42",
+"A = \\pi r^2 = 25\\pi"). An equation that assigns nothing ("5x - 7y + 11z + 4 = 0") is never
+equal to a value: not to its side "0", not to its left side. A decimal comma is read as a
+point when the gold is one number and the comma is not a thousands separator ("1,22" is
+1.22, "1,222" is 1222).
+
+An inequality in any variable name ("3 < \\lambda \\le 4", "x_1 > 3", "-x < -5") equals the
+interval it denotes (`normalize.py`); given the question (`prepare(..., question)`), only
+when its variable is one of the question's, and never an inequality in another variable
+than the gold's.
 
 Numbers: integers, decimals, fractions, mixed numbers (`3\\frac{1}{2}` is 7/2), scientific
 notation (`1.5e3`, `1.5\\times10^{3}`; never Euler's e), repeating decimals
@@ -28,14 +37,14 @@ Precision rule (here and in `symbolic.py`), asymmetric in gold and prediction:
   for \\pi.)
 - Percent: "50%" equals 50 and equals 0.5 (when exactly one side carries the % sign).
 
-Structures: `\\{..\\}` sets and bare comma lists ("1, 2": all solutions of a "find all") are
-sets: order free, repeats ignored ("\\{1, 2, 2\\}" is "\\{1, 2\\}"); `(a, b)`, `[a, b]`,
-`[a, b)`, `(a, b]` (tuples, points, intervals) are compared in order AND with the same bracket
-at each end; matrices (pmatrix, bmatrix, array) by shape and entry by entry, each entry under
-the precision rule; a union of intervals as a set of intervals; a single value never equals a
-list (one root of a "find all" is not the answer). Choice letters: a gold "C" or "(C)"
-matches the first standalone letter of the prediction ("(C) 42", "for sure C, not A"). Words:
-a gold with a word of 3+ letters ("Monday", "\\text{odd}") is compared as lowercase text
+Structures: `\\{..\\}` sets and bare comma (or semicolon) lists ("1, 2", "1; 2": all solutions
+of a "find all") are sets: order free, repeats ignored ("\\{1, 2, 2\\}" is "\\{1, 2\\}");
+`(a, b)`, `[a, b]`, `[a, b)`, `(a, b]` (tuples, points, intervals) are compared in order AND with
+the same bracket at each end; matrices (pmatrix, bmatrix, array) by shape and entry by entry,
+each entry under the precision rule; a union of intervals as a set of intervals; a single value
+never equals a list (one root of a "find all" is not the answer). Choice letters: a gold "C" or
+"(C)" matches the first standalone letter of the prediction ("(C) 42", "for sure C, not A").
+Words: a gold with a word of 3+ letters ("Monday", "\\text{odd}") is compared as lowercase text
 in-process and never handed to sympy, which would read "Monday" as a product of symbols equal
 to "dynamo".
 
@@ -53,12 +62,20 @@ from decimal import Decimal
 from fractions import Fraction
 
 from pillion.rewards.exact import MAX_EXPONENT, Value, decimal_value, exact_value, rational
-from pillion.rewards.normalize import _balanced, normalize_answer, split_top_level
+from pillion.rewards.normalize import (
+    THOUSANDS,
+    VARIABLE,
+    _balanced,
+    inequality_variable,
+    normalize_answer,
+    split_top_level,
+)
 
 MAX_SYMBOLIC_CHARS = 400  # longer answers are compared as strings only
 RELATIVE_TOLERANCE = Fraction(1, 10**6)  # a decimal prediction against an exact gold
-_VARIABLE_NAME = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
-_ASSIGN = re.compile(r"^[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\s*(?:=|\\in(?![a-zA-Z]))\s*")  # "x =", "x_1 =", "x \\in"
+_ASSIGN = re.compile(r"^(" + VARIABLE.pattern + r")\s*(=|\\in(?![a-zA-Z]))\s*")  # "x =", "x_1 =", "\\lambda \\in"
+_IN = re.compile(r"\\in(?![a-zA-Z])")  # membership, not \\infty
+_FUNCTION_NAME = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?\([a-zA-Z, ]*\)")  # f(x), g(a,b)
 
 # ---------------------------------------------------------------------------------------------
 # Exact numbers (fast path)
@@ -306,10 +323,42 @@ def _choice_letter(pred: str) -> str | None:
     return m.group(1) if m else None
 
 
-def _strip_assignments(s: str) -> str:
-    """Per element, the value after the last "=" or a leading "x \\in": "x_1=1,x_2=-2" ->
-    "1,-2"; "y=2x+3" -> "2x+3"; "7\\times6=42" -> "42"; "x\\in[-2,7]" -> "[-2,7]"."""
-    return ",".join(e.rsplit("=", 1)[-1] if "=" in e else _ASSIGN.sub("", e, count=1) for e in split_top_level(s))
+def _assigned_value(element: str, pred: bool) -> str | None:
+    """The value one element assigns: "x=3" -> "3", "f(x)=2x+3" -> "2x+3", "x\\in[-2,7]" ->
+    "[-2,7]"; for a prediction also the last side of a chain whose first side is a name
+    ("A=\\pi r^2=25\\pi") or whose earlier sides are arithmetic ("7\\times6=42"). None when the
+    element is an equation of another kind ("5x-7y+11z+4=0"): its sides are not its value."""
+    if "=" not in element:
+        m = _ASSIGN.match(element)
+        return element[m.end() :] if m else element
+    first, *middle, last = element.split("=")
+    first = first.strip()
+    named = bool(VARIABLE.fullmatch(first) or _FUNCTION_NAME.fullmatch(first))
+    if named and (pred or not middle):
+        return last
+    arithmetic = all(not re.search(r"[a-zA-Z]", re.sub(r"\\(?:frac|sqrt|times|cdot|div|pi)(?![a-zA-Z])", "", side))
+                     for side in [first, *middle])
+    return last if pred and arithmetic else None
+
+
+def _strip_assignments(s: str, pred: bool) -> str | None:
+    """Per element, the value it assigns (`_assigned_value`): "x_1=1,x_2=-2" -> "1,-2";
+    "y=2x+3" -> "2x+3"; "x=10,080" -> "10080" (one prefix before a thousands-separated number).
+    None when an element is an equation that assigns nothing."""
+    m = _ASSIGN.match(s)
+    if m and m.group(2) == "=" and "=" not in s[m.end() :] and THOUSANDS.match(s[m.end() :]):
+        return s[m.end() :].replace(",", "")
+    values = [_assigned_value(e, pred) for e in split_top_level(s)]
+    return None if None in values else ",".join(values)
+
+
+def _same_prefix(pred: str, gold: str) -> str | None:
+    """The "x =" / "x \\in" prefix both answers open with, when each is one element."""
+    m, n = _ASSIGN.match(pred), _ASSIGN.match(gold)
+    if m and n and m.group(1) == n.group(1) and m.group(2) == n.group(2) and "=" not in pred[m.end() :] \
+            and "=" not in gold[n.end() :]:
+        return m.group(0)
+    return None
 
 
 def _as_point(pred: str, gold: str) -> str | None:
@@ -321,7 +370,7 @@ def _as_point(pred: str, gold: str) -> str | None:
         return None
     pairs = [p.split("=", 1) for p in parts]
     names = [name.strip() for name, *_ in pairs]
-    if any(len(pair) != 2 or not _VARIABLE_NAME.fullmatch(name) for pair, name in zip(pairs, names)):
+    if any(len(pair) != 2 or not VARIABLE.fullmatch(name) for pair, name in zip(pairs, names)):
         return None
     if len(set(names)) != len(names):
         return None
@@ -330,13 +379,16 @@ def _as_point(pred: str, gold: str) -> str | None:
 
 def align(pred: str, gold: str, decimal_comma: bool = True) -> tuple[str, str]:
     """Drop `x =` / `x \\in` prefixes from the side that has them when the other side has
-    none, and read a decimal comma ("1,22") as a point when the gold is one number and
-    `decimal_comma` (the prediction had no space after a comma: "1, 22" is a list)."""
-    if ("=" in pred) != ("=" in gold) or ("\\in" in pred) != ("\\in" in gold):
-        if "=" in pred or "\\in" in pred:
-            pred = _as_point(pred, gold) or _strip_assignments(pred)
+    none, or from both when both have the same one (`_strip_assignments`); an equation that
+    assigns nothing stays whole. Read a decimal comma ("1,22") as a point when the gold is one
+    number and `decimal_comma` (the prediction had no space after a comma: "1, 22" is a list)."""
+    if (prefix := _same_prefix(pred, gold)) is not None:
+        pred, gold = pred[len(prefix) :], gold[_ASSIGN.match(gold).end() :]
+    elif ("=" in pred) != ("=" in gold) or bool(_IN.search(pred)) != bool(_IN.search(gold)):
+        if "=" in pred or _IN.search(pred):
+            pred = _as_point(pred, gold) or _strip_assignments(pred, True) or pred
         else:
-            gold = _strip_assignments(gold)
+            gold = _strip_assignments(gold, False) or gold
     if (decimal_comma and re.fullmatch(r"-?(?:\d+,(?:\d{1,2}|\d{4,})|0,\d+|\d{4,},\d+)%?", pred)
             and parse_number(gold) is not None):
         pred = pred.replace(",", ".")
@@ -353,6 +405,9 @@ def fast_equal(pred: str, gold: str) -> bool | None:
     # Multiple choice: a gold letter decides alone (never a sympy symbol).
     if choice := _CHOICE.match(gold):
         return _choice_letter(pred) == choice.group(1)
+    # An equation that assigns nothing is never equal to a value: not to one of its sides.
+    if ("=" in pred) != ("=" in gold):
+        return False
     # Plain text: compared as words, case-free; a text gold never reaches sympy.
     if (gold_text := _text_form(gold)) is not None:
         pred_text = _text_form(pred)
@@ -375,16 +430,35 @@ def _is_safe_for_sympy(s: str) -> bool:
     return len(s) <= MAX_SYMBOLIC_CHARS and "__" not in s and bool(_SAFE_CHARS.fullmatch(s))
 
 
-def prepare(pred: str | None, gold: str | None) -> tuple[bool | None, str, str]:
+def prepare(pred: str | None, gold: str | None, question: str | None = None) -> tuple[bool | None, str, str]:
     """(in-process verdict or None, normalised pred, normalised gold) as the symbolic worker
-    should receive them."""
+    should receive them. With the `question`, an inequality stands for its interval only in a
+    variable of the question (`variable_of_question`)."""
     if pred is None or gold is None:
         return False, "", ""
+    if (variable := inequality_variable(str(pred))) is not None:
+        gold_variable = inequality_variable(str(gold))
+        if gold_variable not in (None, variable) or (
+                gold_variable is None and question is not None and not variable_of_question(variable, question)):
+            return False, "", ""
     p, g = align(normalize_answer(str(pred)), normalize_answer(str(gold)), not re.search(r",\s", str(pred)))
     verdict = fast_equal(p, g)
     if verdict is None and not (_is_safe_for_sympy(p) and _is_safe_for_sympy(g)):
         verdict = False
     return verdict, p, g
+
+
+_QUESTION_MATH = re.compile(r"\$\$?([^$]+)\$\$?|\\\((.+?)\\\)|\\\[(.+?)\\\]", re.DOTALL)
+
+
+def variable_of_question(variable: str, question: str) -> bool:
+    """Whether `variable` ("x", "x_1", "\\lambda") is a name in the question's math: "3 < \\lambda
+    \\le 4" answers "find the values of $\\lambda$", not a question about x. A question without
+    math delimiters (a placeholder, a word problem) has nothing to check against: True."""
+    spans = [next(filter(None, m.groups())) for m in _QUESTION_MATH.finditer(question)]
+    name = re.sub(r"_\{(\w+)\}", r"_\1", variable)
+    pattern = re.compile(r"(?<![a-zA-Z\\])" + re.escape(name) + r"(?![a-zA-Z])")
+    return not spans or any(pattern.search(re.sub(r"_\{(\w+)\}", r"_\1", span)) for span in spans)
 
 
 _INDEX_I = re.compile(r"_\{?i\b|(?<![\\a-zA-Z])i\s*=\s*[0-9a-z]|\bfor (?:each|all|every) \$?i\b|\\sum_\{?i")

@@ -7,9 +7,13 @@ its value: math delimiters, `\\left`/`\\right`, spacing commands, `\\dfrac`/`\\t
 and a list of plain unit words, thousands separators (`1,234`, `1{,}234`, `1\\,234`,
 `11,\\! 111`, `1 000`; only when the whole answer is such a number, so the list `1, 234`
 stays a list), a trailing backslash, mixed numbers (`3 1/2` means 7/2), relations (`\\geq` =
-`>=` = `≥`, `\\lt`, `\\neq` = `!=`), a one-variable inequality as an interval ("0 < x < 12.5"
-is (0, 12.5), "x < 3" is (-\\infty, 3), "x < -1 or x > 2" a union), `a \\pm b` as the two
-values a+b, a-b, "and"/"or" between values as a list comma, plain-text math as LaTeX
+`>=` = `≥`, `\\lt`, `\\neq` = `!=`), a one-variable inequality as an interval, in any variable
+name (a Latin or Greek letter, perhaps with a subscript), written upwards, downwards,
+rearranged or negated ("0 < x < 12.5" is (0, 12.5), "x < 3" and "3 > x" are (-\\infty, 3),
+"-x < -5" is (5, \\infty), "3 < \\lambda \\le 4" is (3, 4], "x < -1 or x > 2" a union),
+`a \\pm b` as the two values a+b, a-b, "and"/"or" between values and ";" between members as
+a list comma (in "1,5; 2,25" the commas are decimal commas), `2{,}5` as 2.5 (`{,}` before
+exactly three digits is a thousands separator), plain-text math as LaTeX
 ("pi/2", "sqrt(2)", "exp(16)", "x**2", "inf"), and a whole answer that is a number word
 ("five", "twenty", "hundred"). Pure string work: regexes without nested
 quantifiers over at most a few hundred characters; never `eval`.
@@ -48,7 +52,8 @@ _TEXT_CMD = re.compile(r"\\(?:text|textbf|textit|textrm|mathrm|mathbf|mbox|opera
 _FRAC_SHORT = re.compile(r"\\frac\s*(\d)\s*(\d)")
 _FRAC_HALF_SHORT = re.compile(r"\\frac\s*\{([^{}]*)\}\s*(\d)")
 _SQRT_SHORT = re.compile(r"\\sqrt\s*(\d+|[a-zA-Z])")
-_THOUSANDS = re.compile(r"^[-+]?(?!0,)\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
+THOUSANDS = re.compile(  # a whole answer that is one number with thousands commas: 1,234.5
+    r"^[-+]?(?!0,)\d{1,3}(?:,\d{3})+(?:\.\d+)?%?$")
 _SPACE_THOUSANDS = re.compile(r"^[-+]?\d{1,3}(?: \d{3})+(?:\.\d+)?%?$")
 _MIXED_PLAIN = re.compile(r"^([-+]?\d+)\s+(\d+)\s*/\s*(\d+)$")
 _FUNCTION_WORDS = re.compile(r"(?<![\\a-zA-Z])(ln|log|sin|cos|tan|sec|csc|cot|arcsin|arccos|arctan)(?=\s*\()")
@@ -112,7 +117,10 @@ def normalize_answer(s: str) -> str:
     s = re.sub(r"\\(?:left|right)(?![a-zA-Z])|\\displaystyle|\\!", "", s)
     s = re.sub(r"\\[;: ]|~|\\q?quad(?![a-zA-Z])", " ", s)
     s = re.sub(r"\\[bB]igg?[lr]?(?![a-zA-Z])", "", s)
-    s = s.replace("{,}", "").replace("\\,", "")  # 1{,}000 and 1\,000 are thousands separators
+    # 1{,}000 and 1\,000 are thousands separators; 2{,}5 (not three digits after it) a decimal comma.
+    if "{,}" in s:
+        s = re.sub(r"(?<=\d)\{,\}(?=\d(?!\d\d(?!\d)))", ".", s).replace("{,}", "")
+    s = s.replace("\\,", "")
     while s.startswith("\\boxed{") and s.endswith("}"):
         s = s[len("\\boxed{") : -1].strip()
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
@@ -135,12 +143,14 @@ def normalize_answer(s: str) -> str:
             s = m.group("num")
         if re.search(r"\d", s):  # "3 and 5", "3 or 5": a list of answers
             s = re.sub(r"\s+(?:and|or)\s+", ",", s)
+        if ";" in s:
+            s = _semicolon_list(s)
     s = s.strip().rstrip(".").rstrip("\\").strip()
     s = _plain_math(s)
     mixed = _MIXED_PLAIN.match(s)
     if mixed:
         s = f"{mixed.group(1)}\\frac{{{mixed.group(2)}}}{{{mixed.group(3)}}}"
-    if _THOUSANDS.match(s):
+    if THOUSANDS.match(s):
         s = s.replace(",", "")
     elif _SPACE_THOUSANDS.match(s):
         s = s.replace(" ", "")
@@ -151,6 +161,21 @@ def normalize_answer(s: str) -> str:
         s = re.sub(r"\s+", "", re.sub(r"(\\[a-zA-Z]+)\s+(?=[a-zA-Z])", "\\1\x01", s)).replace("\x01", " ")
     s = _SET_NAMES.get(s) or _SET_NAMES.get(s.lower()) or _interval(s) or _plus_minus(s) or s
     return s.replace("\x00", "\\\\")
+
+
+_DECIMAL_COMMA = re.compile(r"-?\d+,(?:\d{1,2}|\d{4,})%?")
+
+
+def _semicolon_list(s: str) -> str:
+    """"1; 2; 3" and "\\{1; 2\\}" are lists written with semicolons: commas between the members,
+    and a comma inside a member that is not a thousands separator is a decimal comma
+    ("1,5; 2,25" is 1.5 and 2.25)."""
+    braces = s.startswith("\\{") and s.endswith("\\}")
+    parts = split_top_level(s[2:-2] if braces else s, ";")
+    if len(parts) < 2 or not all(parts):
+        return s
+    joined = ",".join(p.replace(",", ".") if _DECIMAL_COMMA.fullmatch(p) else p for p in parts)
+    return "\\{" + joined + "\\}" if braces else joined
 
 
 def _text_command(m: re.Match, s: str) -> str:
@@ -166,41 +191,79 @@ def _text_command(m: re.Match, s: str) -> str:
 
 
 _REL_SPLIT = re.compile(r"\s*(<|>|\\le(?![a-zA-Z])|\\ge(?![a-zA-Z]))\s*")
-_VARIABLE = re.compile(r"[a-zA-Z](?:_\{?[a-zA-Z0-9]+\}?)?")
+_GREEK = ("alpha beta gamma delta epsilon varepsilon zeta eta theta vartheta iota kappa lambda mu nu xi rho sigma "
+         "tau upsilon phi varphi chi psi omega").split()
+# A variable name: a Latin letter or a Greek letter command, perhaps with a subscript (x_1, t_{12}).
+VARIABLE = re.compile(r"(?:[a-zA-Z]|\\(?:" + "|".join(_GREEK) + r")(?![a-zA-Z]))(?:_\{?[a-zA-Z0-9]+\}?)?")
+_GREEK_COMMAND = re.compile(r"\\(?:" + "|".join(_GREEK) + r")(?![a-zA-Z])")
 
 
 def _is_bound(s: str) -> bool:
-    """A number-like interval end: no variable letters outside commands (\\pi, \\sqrt, \\infty)."""
-    return bool(s) and not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s)) and "=" not in s
+    """A number-like interval end: no variable letters outside commands (\\pi, \\sqrt, \\infty),
+    no Greek letter (a variable), no "="."""
+    return (bool(s) and not re.search(r"[a-zA-Z]", re.sub(r"\\[a-zA-Z]+", "", s)) and "=" not in s
+            and not _GREEK_COMMAND.search(s))
+
+
+def _negated(s: str) -> str:
+    """-s as a string: "-3" -> "3", "\\infty" -> "-\\infty", "2-\\sqrt{3}" -> "-(2-\\sqrt{3})"."""
+    if s == "0":
+        return s
+    if s.startswith("-") and not _top_level_sign(s[1:]):
+        return s[1:]
+    return "-(" + s + ")" if _top_level_sign(" " + s.lstrip("+")) else "-" + s.lstrip("+")
+
+
+_FLIP = {"<": ">", "\\le": "\\ge", ">": "<", "\\ge": "\\le"}
 
 
 def _inequality(s: str) -> tuple[str, str] | None:
-    """(variable, interval) of a one-variable inequality: "0<x<12.5" -> ("x", "(0,12.5)"),
-    "x\\ge 3" -> ("x", "[3,\\infty)"); None for anything else."""
+    """(variable, interval) of a one-variable inequality in any variable name (x, t, x_1,
+    \\lambda): "0<x<12.5" -> ("x", "(0,12.5)"), "x\\ge 3" -> ("x", "[3,\\infty)"); its
+    rearranged ("3 < x") and negated ("-x < -3") forms too; None for anything else."""
     if len(s) > 200 or not re.search(r"[<>]|\\[lg]e", s):
         return None
     parts = [p.strip() for p in _REL_SPLIT.split(s.strip())]
-    flip = {"<": ">", "\\le": "\\ge", ">": "<", "\\ge": "\\le"}
+    if len(parts) not in (3, 5):
+        return None
+    negative = [i for i in range(0, len(parts), 2) if parts[i].startswith("-") and VARIABLE.fullmatch(parts[i][1:])]
+    if len(negative) == 1:  # -x < -3 is x > 3: every side negated, every relation turned
+        parts = [_negated(p) if i % 2 == 0 and i != negative[0] else _FLIP[p] if i % 2 else p[1:]
+                 for i, p in enumerate(parts)]
     opening = {"<": "(", "\\le": "["}
     closing = {"<": ")", "\\le": "]"}
     if len(parts) == 3:
         left, op, right = parts
-        if _VARIABLE.fullmatch(right) and _is_bound(left):  # 3 < x is x > 3
-            left, op, right = right, flip[op], left
-        if not (_VARIABLE.fullmatch(left) and _is_bound(right)):
+        if VARIABLE.fullmatch(right) and _is_bound(left):  # 3 < x is x > 3
+            left, op, right = right, _FLIP[op], left
+        if not (VARIABLE.fullmatch(left) and _is_bound(right)):
             return None
         if op in closing:  # x < b
             return left, "(-\\infty," + right + closing[op]
-        return left, opening[flip[op]] + right + ",\\infty)"  # x > a
-    if len(parts) == 5:
-        a, op1, var, op2, b = parts
-        if not (_VARIABLE.fullmatch(var) and _is_bound(a) and _is_bound(b)):
-            return None
-        if op1 not in closing and op2 not in closing:  # b > x > a, written downwards
-            a, b, op1, op2 = b, a, flip[op2], flip[op1]
-        if op1 in closing and op2 in closing:
-            return var, opening[op1] + a + "," + b + closing[op2]
+        return left, opening[_FLIP[op]] + right + ",\\infty)"  # x > a
+    a, op1, var, op2, b = parts
+    if not (VARIABLE.fullmatch(var) and _is_bound(a) and _is_bound(b)):
+        return None
+    if op1 not in closing and op2 not in closing:  # b > x > a, written downwards
+        a, b, op1, op2 = b, a, _FLIP[op2], _FLIP[op1]
+    if op1 in closing and op2 in closing:
+        return var, opening[op1] + a + "," + b + closing[op2]
     return None
+
+
+_ANY_INEQUALITY = re.compile(r"[<>≤≥]|\\[lg](?:eq?|eqslant|t)(?![a-zA-Z])")
+
+
+def inequality_variable(s: str) -> str | None:
+    """The variable of `s` when `s` (normalised) is a one-variable inequality or a union of
+    them ("x < -1 or x > 2"), else None."""
+    if not _ANY_INEQUALITY.search(s):
+        return None
+    for pattern, new in _RELATIONS:
+        s = pattern.sub(lambda _m, new=new: new, s)
+    s = re.sub(r"\\(?:left|right)(?![a-zA-Z])|\$", "", s.replace("≤", "\\le ").replace("≥", "\\ge "))
+    found = [_inequality(p) for p in re.split(r"\s+or\s+|\\text\{\s*or\s*\}", s)]
+    return found[0][0] if all(found) and len({f[0] for f in found}) == 1 else None
 
 
 def _interval(s: str) -> str | None:

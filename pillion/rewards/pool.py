@@ -176,17 +176,20 @@ class GradingPool:
             worker.kill()
         self.workers, self.spares = [], []
 
-    def grade(self, preds, golds, timeout: float | None = None, imaginary: list[bool] | None = None) -> list[bool]:
+    def grade(self, preds, golds, timeout: float | None = None, imaginary: list[bool] | None = None,
+              questions: list[str | None] | None = None) -> list[bool]:
         """Verdicts of `math_equal(pred, gold)` for each pair, in order. `imaginary[i]`: whether
-        `i` is the imaginary unit in pair i (default yes; see `math.imaginary_unit`)."""
-        if len(preds) != len(golds) or (imaginary is not None and len(imaginary) != len(preds)):
-            raise ValueError(f"{len(preds)} predictions but {len(golds)} golds"
-                             + ("" if imaginary is None else f" and {len(imaginary)} imaginary flags"))
+        `i` is the imaginary unit in pair i (default yes; see `math.imaginary_unit`);
+        `questions[i]`: the question of pair i, when known (see `math.prepare`)."""
+        for name, flags in (("imaginary flags", imaginary), ("questions", questions)):
+            if len(preds) != len(golds) or (flags is not None and len(flags) != len(preds)):
+                raise ValueError(f"{len(preds)} predictions but {len(golds)} golds"
+                                 + ("" if flags is None else f" and {len(flags)} {name}"))
         timeout = self.timeout if timeout is None else timeout
         results: list[bool | None] = [None] * len(preds)
         todo: dict[tuple[str, str, bool], list[int]] = {}
         for i, (pred, gold) in enumerate(zip(preds, golds)):
-            verdict, p, g = prepare(pred, gold)
+            verdict, p, g = prepare(pred, gold, None if questions is None else questions[i])
             if verdict is None:
                 todo.setdefault((p, g, True if imaginary is None else bool(imaginary[i])), []).append(i)
             else:
@@ -259,17 +262,19 @@ class GradingPool:
 
 
 def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0, pool: GradingPool | None = None,
-               imaginary: bool = True) -> bool:
+               imaginary: bool = True, question: str | None = None) -> bool:
     """True when the final answer `pred` equals `gold` (rules in `math.py`'s docstring).
 
     Plain numbers and exact matches are decided in-process; symbolic answers go to a worker
     process (the pool's, or a per-process default one) and count as NOT equal when they take
     longer than `timeout` seconds. None on either side is not equal. Never raises on model text.
+    `question`, when given, is the problem's (an inequality must be in one of its variables).
     """
-    verdict, _, _ = prepare(pred, gold)
+    verdict, _, _ = prepare(pred, gold, question)
     if verdict is not None:
         return verdict
-    return (pool or _default_pool()).grade([pred], [gold], timeout=timeout, imaginary=[imaginary])[0]
+    return (pool or _default_pool()).grade([pred], [gold], timeout=timeout, imaginary=[imaginary],
+                                           questions=[question])[0]
 
 
 def grade_batch(preds, golds, timeout: float = 5.0, workers: int | None = None,

@@ -165,7 +165,7 @@ def score(problem: Problem, text: str, num_tokens: int, cfg: RewardConfig, finis
             fraction = _code_fraction(problem, text, cfg)
         else:
             fraction = float(math_equal(answer, problem.answer, timeout=cfg.timeout,
-                                        imaginary=imaginary_unit(problem.question)))
+                                        imaginary=imaginary_unit(problem.question), question=problem.question))
     return _compose(problem, text, num_tokens, cfg, finish_reason, fraction, answer)
 
 
@@ -193,10 +193,12 @@ def score_batch(problems: list[Problem], completions: Sequence[Generated], cfg: 
     preds = [answers[i] for i in math_items]
     golds = [problems[i].answer for i in math_items]
     imaginary = [imaginary_unit(problems[i].question) for i in math_items]
+    questions = [problems[i].question for i in math_items]
     if pool is not None:
-        verdicts = pool.grade(preds, golds, timeout=cfg.timeout, imaginary=imaginary)
+        verdicts = pool.grade(preds, golds, timeout=cfg.timeout, imaginary=imaginary, questions=questions)
     else:
-        verdicts = [math_equal(p, g, timeout=cfg.timeout, imaginary=im) for p, g, im in zip(preds, golds, imaginary)]
+        verdicts = [math_equal(p, g, timeout=cfg.timeout, imaginary=im, question=q)
+                    for p, g, im, q in zip(preds, golds, imaginary, questions)]
     for i, verdict in zip(math_items, verdicts):
         fractions[i] = float(verdict)
     if code_items:

@@ -6,7 +6,9 @@ objects. Departures from `math_verify.verify`, which it calls for everything but
 
 - Symbols are positive reals (`\\frac{1}{\\sqrt{n}}` = `\\sqrt{1/n}`, `\\sqrt{x^2}` = x), and
   `i` is the imaginary unit when `imaginary` is true (`e^{i\\pi}` = -1, `14.0 - 1.0i` = 14 - i);
-  `math.imaginary_unit(question)` decides it from the problem.
+  `math.imaginary_unit(question)` decides it from the problem. Not in equations and
+  inequalities: math-verify compares two relations by solving them, and with positive
+  symbols `y = -2x` and `y = -7x` both have no solution, so they would compare equal.
 - Two numbers are compared here, under the precision rule of `math.py` (math-verify rounds
   to 6 decimals, which makes all tiny numbers equal and 3.14 close to pi): a gold decimal
   with k places accepts what rounds to it; an exact gold accepts a prediction with a decimal
@@ -33,8 +35,9 @@ def _parsed(s: str):
     return parse(f"${s}$", extraction_config=[LatexExtractionConfig()], parsing_timeout=None)
 
 
-def _assume(x, imaginary: bool):
-    """Symbols as positive reals, `i` as the imaginary unit (strings pass through)."""
+def _assume(x, imaginary: bool, positive: bool = True):
+    """Symbols as positive reals (when `positive`), `i` as the imaginary unit (strings pass
+    through)."""
     import sympy
 
     free = getattr(x, "free_symbols", None)
@@ -46,9 +49,15 @@ def _assume(x, imaginary: bool):
             continue
         if s.name == "i" and imaginary:
             mapping[s] = sympy.I
-        else:
+        elif positive:
             mapping[s] = sympy.Symbol(s.name, positive=True)
     return x.xreplace(mapping) if mapping else x
+
+
+def _is_relation(x) -> bool:
+    import sympy
+
+    return isinstance(x, (sympy.core.relational.Relational, sympy.And, sympy.Or))
 
 
 def _is_number(x) -> bool:
@@ -88,8 +97,9 @@ def symbolic_equal(pred: str, gold: str, imaginary: bool = True) -> bool:
     gold_parsed, pred_parsed = _parsed(gold), _parsed(pred)
     if not gold_parsed or not pred_parsed:
         return False
-    gold_parsed = [_assume(x, imaginary) for x in gold_parsed]
-    pred_parsed = [_assume(x, imaginary) for x in pred_parsed]
+    positive = not (_is_relation(gold_parsed[0]) or _is_relation(pred_parsed[0]))
+    gold_parsed = [_assume(x, imaginary, positive) for x in gold_parsed]
+    pred_parsed = [_assume(x, imaginary, positive) for x in pred_parsed]
     g, p = gold_parsed[0], pred_parsed[0]
     if _is_number(g) and _is_number(p):
         return _numbers_equal(p, g, pred, gold)

@@ -109,8 +109,9 @@ def test_final_group_and_answer_for():
 
 def test_all_answers_counts_candidates():
     assert all_answers("\\boxed{1} \\boxed{2}") == ["1", "2"]
-    assert all_answers("nothing") == []
+    assert all_answers("nothing to say") == []
     assert all_answers("nothing", "auto") == []
+    assert all_answers("nothing") == ["nothing"]  # one word alone is a bare answer ("Evelyn")
 
 
 def test_last_boxed_reads_reference_solutions():
@@ -124,6 +125,9 @@ def test_last_boxed_reads_reference_solutions():
 # prints the extraction time of such texts).
 
 def test_huge_text_is_scanned():
+    huge = "1+" * 50_000 + "1"  # one expression of 100 kB: all of it is the (bare) answer
+    assert extract_answer(huge) == huge
+    assert extract_answer("so " * 33_000 + "7") == "7"  # 100 kB of prose: its last number
     text = "{" * 50_000 + "\\boxed{" + "(" * 50_000 + "\\boxed{3}"
     assert extract_answer(text) == "3"
     assert extract_answer("x" * 100_000) is None
