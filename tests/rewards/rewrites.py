@@ -134,7 +134,7 @@ def pillion_verdicts(cases: list[Item], pool=None) -> list[bool]:
     the question passed as the problem's."""
     from types import SimpleNamespace
 
-    from pillion.data.problem import Problem
+    from pillion.problem import Problem
     from pillion.rewards import RewardConfig, score_batch
 
     problems = [Problem(id=f"{c.source}/{i}", question=c.question, answer=c.gold) for i, c in enumerate(cases)]

@@ -5,7 +5,7 @@ choice letters in formatting, matrices, lists with semicolons, units inside a bo
 
 import pytest
 
-from pillion.data.problem import Problem
+from pillion.problem import Problem
 from pillion.rewards import RewardConfig, extract_answer, math_equal, score
 from pillion.rewards.extract import answer_for
 
