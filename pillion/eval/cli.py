@@ -103,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
     from pillion.data.templates import resolve_template
     from pillion.errors import UserError
     from pillion.eval.evaluate import evaluate, markdown_table, model_record
-    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, read_recipe, resolve_model
+    from pillion.model.checkpoint import load_model, read_recipe, resolve_model
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rewards import RewardConfig
     from pillion.rewards.extract import STYLES
     from pillion.rollout.engine import Engine

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from pillion.model.logprobs import chunked_logprobs
-from pillion.model.transformer import PackedRows, Transformer, causal_padding_mask, padding_positions, take_rows
+from pillion.model.packed import PackedRows, take_rows
+from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
 
 # float32 logits per chunk (128 MiB): a chunk holds two buffers of this size, so a large
 # vocabulary costs a bounded, small amount, not [tokens, vocab].

@@ -38,8 +38,8 @@ from pillion.data.select import select_training_pool
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
-from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config

@@ -7,7 +7,8 @@ import torch
 
 from pillion.data import Problem, generate, render_prompt
 from pillion.eval.evaluate import EvalConfig, evaluate, markdown_table
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+from pillion.model.checkpoint import load_model
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.rewards import RewardConfig, score
 from pillion.rollout.engine import Completion, Engine
 

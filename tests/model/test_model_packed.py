@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pillion.model.checkpoint import load_model
+from pillion.model.packed import PackedRows, packed_attention
 from pillion.model.sequences import compile_training, pack, response_logprobs, shared_prompt_layout
-from pillion.model.transformer import PackedRows, packed_attention
 
 
 def _rows(seed, n, vocab=256):
@@ -121,7 +121,7 @@ def test_compiled_training_forward_does_not_recompile_for_new_shapes(tiny_checkp
 
 
 def test_length_buckets_group_similar_rows_and_bound_padding():
-    from pillion.model.transformer import length_buckets
+    from pillion.model.packed import length_buckets
 
     # Rows of 2, 10, 3, 9 tokens start at 0, 2, 12, 15. Shortest first: 2, 3 (2 x 3 = 6 <= 1.25 x 5)
     # then 9 would pad to 3 x 9 = 27 > 1.25 x 14: a new bucket; 10 joins it (2 x 10 = 20 <= 1.25 x 19).
@@ -131,7 +131,7 @@ def test_length_buckets_group_similar_rows_and_bound_padding():
 
 
 def test_take_rows_is_indexing_with_repeated_rows_summed_in_the_backward():
-    from pillion.model.transformer import take_rows
+    from pillion.model.packed import take_rows
 
     # x = [1, 2, 3] (one column), index [2, 0, 2] -> [3, 1, 3]; loss 1 * 3 + 10 * 1 + 100 * 3: the
     # gradient of x is [10, 0, 1 + 100].
@@ -149,7 +149,7 @@ def test_take_rows_is_indexing_with_repeated_rows_summed_in_the_backward():
 
 
 def test_bucket_slots_hold_every_token_once_and_read_each_output_from_its_own_slot():
-    from pillion.model.transformer import BucketSlots
+    from pillion.model.packed import BucketSlots
 
     # Rows of 2, 10, 3, 9 tokens (see the length_buckets test): buckets of 2 x 3 and 2 x 10 slots;
     # the slot each token's output is read from holds that token.
@@ -217,16 +217,16 @@ def test_the_cuda_route_stays_out_of_compiled_graphs(monkeypatch):
     by the CPU route, and rows of new lengths and counts compile nothing new."""
     from torch._dynamo.testing import CompileCounter
 
-    from pillion.model import transformer
+    from pillion.model import packed
 
     def stand_in(q, k, v, rows):
         assert isinstance(max(rows.lengths), int)  # what varlen_attn gets
-        return transformer.bucketed_attention(q, k, v, rows)
+        return packed.bucketed_attention(q, k, v, rows)
 
-    monkeypatch.setattr(transformer, "varlen_attention", stand_in)
+    monkeypatch.setattr(packed, "varlen_attention", stand_in)
     torch._dynamo.reset()
     counter = CompileCounter()
-    compiled = torch.compile(lambda q, k, v, rows: transformer.varlen_route(q * 2, k, v, rows) + 1, backend=counter,
+    compiled = torch.compile(lambda q, k, v, rows: packed.varlen_route(q * 2, k, v, rows) + 1, backend=counter,
                              dynamic=True)
     frames = []
     for lengths in ([3, 2], [5, 1, 4], [7, 7], [2, 9, 1, 3]):

@@ -208,7 +208,8 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
 
 def test_row_offset_gives_a_share_of_a_call_the_samples_of_the_whole_call(tiny_checkpoint):
     """What makes N ranks sample what one process samples: rows keyed by their global index."""
-    from pillion.model.checkpoint import load_model, load_tokenizer
+    from pillion.model.checkpoint import load_model
+    from pillion.model.tokenizer import load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
     folder = tiny_checkpoint("qwen2")

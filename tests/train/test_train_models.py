@@ -122,7 +122,7 @@ def _saved_bytes(model, batch):
 
 
 def test_checkpointed_blocks_keep_less_for_backward_and_generate_the_same(tiny_checkpoint):
-    from pillion.model.checkpoint import load_tokenizer
+    from pillion.model.tokenizer import load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
     path = tiny_checkpoint("llama", num_layers=4)
