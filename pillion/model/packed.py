@@ -19,10 +19,10 @@ import torch.nn.functional as F
 
 @dataclass
 class PackedRows:
-    """B rows concatenated without padding into one sequence of N tokens (the packed update,
-    `sequences.token_logprobs`): each token attends causally within its own row only.
+    """B rows concatenated without padding into one sequence of N tokens (the packed forward,
+    `sequences.PackedLayout.rows`): each token attends causally within its own row only.
 
-    With `gather` (`sequences.shared_prompt_logprobs`), rows that share a prompt hold it once: the
+    With `gather` (shared prompts), rows that share a prompt hold it once: the
     N packed tokens are each prompt once followed by its rows' responses, and attention runs over
     the rows expanded, [prompt | response] each (N' >= N tokens, `gather` [N'] the packed token in
     each slot); `lengths` and `cu_seqlens` then describe the expanded rows. `owned` [N] holds each
@@ -35,17 +35,19 @@ class PackedRows:
     cu_seqlens: torch.Tensor  # [B + 1] int32: row b is tokens cu_seqlens[b]:cu_seqlens[b + 1]
     gather: torch.Tensor | None = None  # [N'] long: shared prompts, see above
     owned: torch.Tensor | None = None  # [N] long: the slot of each packed token
-    slots: Any = field(default=None, repr=False)  # the CPU route's BucketSlots, built on first use
+    slots: Any = field(default=None, repr=False)  # the CPU route's BucketSlots: built on first use, then kept
 
     @staticmethod
-    def of(lengths: list[int], device=None, gather: list[int] | None = None, owned: list[bool] | None = None
-           ) -> PackedRows:
+    def of(lengths: list[int], device=None, gather: list[int] | torch.Tensor | None = None,
+           owned: list[bool] | torch.Tensor | None = None) -> PackedRows:
+        """From the rows' lengths and (shared prompts) `gather` [N'] and the mask `owned` [N']."""
         sizes = torch.tensor(lengths, dtype=torch.int32)
         cu = F.pad(sizes.cumsum(0, dtype=torch.int32), (1, 0))
         if gather is None:
             return PackedRows(list(lengths), cu.to(device))
-        kept = torch.tensor(owned, dtype=torch.bool).nonzero().view(-1)  # an index, not a mask: no data-dependent shape
-        return PackedRows(list(lengths), cu.to(device), torch.tensor(gather, device=device), kept.to(device))
+        # an index, not a mask: no data-dependent shape
+        kept = torch.as_tensor(owned, dtype=torch.bool).nonzero().view(-1)
+        return PackedRows(list(lengths), cu.to(device), torch.as_tensor(gather, device=device), kept.to(device))
 
 
 def packed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: PackedRows) -> torch.Tensor:
@@ -114,7 +116,7 @@ def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: 
 class BucketSlots:
     """Where `bucketed_attention` puts each token: the buckets of `length_buckets` laid end to
     end, S slots in all (bucket j is b_j rows x Lb_j slots, row-major). Built on the host once per
-    `PackedRows` (every layer reuses it)."""
+    `PackedRows` (every layer, and every forward of the same layout, reuses it)."""
 
     shapes: list[tuple[int, int]]  # (rows b, width Lb) of each bucket
     source: torch.Tensor  # [S] long: the packed token each slot holds (padding slots: any token)

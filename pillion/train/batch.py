@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from pillion.data.problem import Problem
-from pillion.model.sequences import SequenceBatch, pack, same_prompt_rows
+from pillion.model.sequences import SequenceBatch, pack, prompt_group_ids
 from pillion.rewards import RewardResult
 from pillion.rollout.engine import Completion
 
@@ -61,11 +61,8 @@ class TrainBatch:
     def rows(self, index: Tensor) -> TrainBatch:
         """The micro-batch of rows `index`: every tensor sliced the same way."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        sliced = {k: v[index] if isinstance(v, Tensor) else v for k, v in fields.items()}
-        s = self.seqs
-        sliced["seqs"] = SequenceBatch(s.input_ids[index], s.attention_mask[index], s.response_mask[index],
-                                       s.prompt_len)
-        return TrainBatch(**sliced)
+        return TrainBatch(**{k: v.rows(index) if isinstance(v, SequenceBatch) else v[index] if isinstance(v, Tensor)
+                             else v for k, v in fields.items()})
 
 
 def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> TrainBatch:
@@ -163,5 +160,9 @@ def _pieces(members: list[int], shared: int, lengths: list[int], rows: int, toke
 def prompt_groups(seqs: SequenceBatch, index: Tensor) -> list[tuple[list[int], int]]:
     """`micro_batches`' groups for the rows `index` of `seqs` (positions into `index`): rows with
     the same prompt tokens, and the prompt's length."""
-    groups = same_prompt_rows(seqs.input_ids[index], seqs.attention_mask[index], seqs.prompt_len)
-    return [(members, len(prompt)) for prompt, members in groups.items()]
+    sub = seqs.rows(index)
+    prompt_lengths = sub.attention_mask[:, : sub.prompt_len].sum(-1).tolist()
+    groups: dict[int, list[int]] = {}  # in the order of each group's first row
+    for i, group in enumerate(prompt_group_ids(sub).tolist()):
+        groups.setdefault(group, []).append(i)
+    return [(members, prompt_lengths[members[0]]) for members in groups.values()]

@@ -4,7 +4,7 @@
     optimizer = make_optimizer(models.policy_params, ...)      # masters, adapters or weights
     attach_optimizers(models, optimizer, critic_optimizer)     # bf16: masters -> model per step
     ref_logp = reference_logprobs(models, batch, temperature, rows_per_pass)   # [B, T] or None
-    ref = reference_fn(models, device, temperature)    # per micro-batch: seqs -> [b, T] (update.py)
+    ref = reference_fn(models, device, temperature)    # per micro-batch: layout -> [b, T] (update.py)
 
 The memory options, all applied from outside the model code:
 - `dtype=bfloat16`: bf16 compute over float32 master weights (precision.py).
@@ -35,7 +35,7 @@ from pillion.eval.behaviour import kl_to_initial
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
 from pillion.model.critic import Critic
-from pillion.model.sequences import SequenceBatch, response_logprobs
+from pillion.model.sequences import PackedLayout, SequenceBatch, packed_layout, packed_logprobs
 from pillion.model.transformer import Transformer
 from pillion.train import precision
 
@@ -201,23 +201,20 @@ def device_copy(model: Transformer, device) -> Transformer:
     return twin.eval().requires_grad_(False)
 
 
-def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
-    return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
-
-
-def reference_fn(models: Models, device, temperature: float, share_prompts: bool = True):
-    """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
-    reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
-    with the function), or the reference itself."""
+def reference_fn(models: Models, device, temperature: float):
+    """A no-grad function layout -> log pi_ref [b, T] of a micro-batch's responses (its
+    `PackedLayout`, shared with the micro-batch's other forwards), or None without a reference:
+    the policy with adapters off (LoRA), a device copy made once here (offloaded, freed with the
+    function), or the reference itself."""
     if models.lora_reference:
-        def adapters_off(seqs: SequenceBatch) -> torch.Tensor:
+        def adapters_off(layout: PackedLayout) -> torch.Tensor:
             with torch.no_grad(), lora.adapters_disabled(models.policy):
-                return response_logprobs(models.policy, seqs, temperature, share_prompts=share_prompts)[0]
+                return packed_logprobs(models.policy, layout, temperature)[0]
         return adapters_off
     if models.ref is None:
         return None
     ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
-    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature, share_prompts=share_prompts)[0])
+    return torch.no_grad()(lambda layout: packed_logprobs(ref, layout, temperature)[0])
 
 
 def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):
@@ -226,7 +223,8 @@ def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float,
     if fn is None:
         return None
     rows = torch.arange(batch.input_ids.shape[0])
-    return torch.cat([fn(_rows(batch, rows[i : i + rows_per_pass])) for i in range(0, len(rows), rows_per_pass)])
+    return torch.cat([fn(packed_layout(batch.rows(rows[i : i + rows_per_pass])))
+                      for i in range(0, len(rows), rows_per_pass)])
 
 
 def master_state(models: Models) -> dict:

@@ -20,7 +20,7 @@ import time
 import torch
 
 from pillion.algorithms import losses as L
-from pillion.model.sequences import response_logprobs
+from pillion.model.sequences import packed_layout, packed_logprobs
 from pillion.train import parallel
 from pillion.train.batch import TrainBatch, even_out, micro_batches, prompt_groups
 from pillion.train.models import optimizer_params, reference_fn
@@ -64,20 +64,20 @@ def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool, world=N
     micro-batches; returns its wall seconds."""
     start = time.perf_counter()
     device = batch.response_mask.device
-    reference = reference_fn(models, device, cfg.temperature, cfg.share_prompts)  # None without a reference
-    fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature,
-                                                        share_prompts=cfg.share_prompts)[0]) if need_old else None,
+    reference = reference_fn(models, device, cfg.temperature)  # None without a reference
+    fns = {"old_logprobs": (lambda layout: packed_logprobs(models.policy, layout, cfg.temperature)[0])
+           if need_old else None,
            "ref_logprobs": reference,
-           "values": (lambda s: critic.values(s, share_prompts=cfg.share_prompts)) if critic is not None else None}
+           "values": critic.packed_values if critic is not None else None}
     fns = {k: fn for k, fn in fns.items() if fn is not None}
     if fns:
         parts = split(batch, torch.arange(batch.num_rows), cfg, world)
         order = torch.argsort(torch.cat(parts))  # micro-batch order -> row order
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in fns}
         for rows in parts:
-            seqs = batch.rows(rows).seqs
+            layout = packed_layout(batch.seqs.rows(rows), cfg.share_prompts)  # one layout for its forwards
             for k, fn in fns.items():
-                outs[k].append(fn(seqs))  # [b, T]
+                outs[k].append(fn(layout))  # [b, T]
         for k, parts_k in outs.items():
             setattr(batch, k, torch.cat(parts_k)[order])  # [B, T]
     return seconds_since(start, device)
@@ -112,9 +112,9 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             shares: dict[str, float] = {}  # PARTS: the micro-batches' shares of this optimizer step's losses
             for micro in split(batch, mb, cfg, world):
                 sub = batch.rows(micro)
+                layout = packed_layout(sub.seqs, cfg.share_prompts)  # one layout for the policy and the critic
                 if train_policy:
-                    logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True,
-                                                      share_prompts=cfg.share_prompts)  # [b, T]
+                    logp, entropy = packed_logprobs(policy, layout, cfg.temperature, with_entropy=True)  # [b, T]
                     # On-policy (one update per rollout) the first forward is pi_old: ratio exactly 1.
                     old = sub.old_logprobs if sub.old_logprobs is not None else logp.detach()
                     if epoch == 0:  # the rollout policy as the trainer sees it, against the engine's
@@ -134,7 +134,7 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
                         else:
                             stats.setdefault(k, []).append(v)
                 if critic is not None:
-                    values = critic.values(sub.seqs, share_prompts=cfg.share_prompts)  # [b, T]
+                    values = critic.packed_values(layout)  # [b, T]
                     vloss, vst = L.value_loss(values, sub.values, sub.returns, sub.loss_mask, cfg.ppo.value_clip,
                                               "token_mean", num_tokens=counts.num_tokens)
                     (cfg.ppo.vf_coef * vloss).backward()

@@ -107,9 +107,10 @@ def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(ti
     after the step are the same either way (float summation order only)."""
     from pillion.model import sequences
 
-    calls = []
-    real = sequences.shared_prompt_logprobs
-    monkeypatch.setattr(sequences, "shared_prompt_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = []  # one entry per forward over a layout that holds some prompt once for several rows
+    real = sequences.packed_states
+    monkeypatch.setattr(sequences, "packed_states",
+                        lambda model, layout: (calls.append(1) if layout.shared else None) or real(model, layout))
     base = _train_batch(2, n=8)
     ids = base.seqs  # rows 2k and 2k + 1 get the same prompt: four groups of two
     seqs = pack([[5 + k, 6, 7] for k in range(4) for _ in range(2)],
