@@ -315,18 +315,18 @@ def ranks_say(script: str) -> list:
 
 
 _SPLIT = """
-import json, sys, types, torch
+import json, sys, torch
 from pillion import config as C
 from pillion.model.sequences import pack
 from pillion.train import parallel
-from pillion.train.update import split
+from pillion.train.schedule import Schedule
 
 cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=60", "share_prompts=false"])
 world = parallel.init(cfg)
 # 6 rows of a 2-token prompt and a response of 12 tokens (rank 0: four rows fit in 60) or 40 (rank 1: one)
 n = 12 if world.rank == 0 else 40
-batch = types.SimpleNamespace(seqs=pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0))
-parts = [m.tolist() for m in split(batch, torch.arange(6), cfg, world)]
+seqs = pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0)
+parts = [m.tolist() for m in Schedule(seqs, cfg, world).split(torch.arange(6))]
 print("SAYS", json.dumps(parts), file=sys.stderr)
 parallel.close(world)
 """
