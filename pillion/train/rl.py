@@ -75,7 +75,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     """Run RL training as configured; returns the final report (also written to report.json).
     `before`: report entries of the starting model's evaluation, when the caller has them (phases.py)."""
     run = setup(cfg, resume, overwrite)  # world, models, optimizers, engine, data, grader, run folder; resume
-    done, bad_streak = run.start, 0  # steps done (for an interrupt's message); non-finite updates in a row
+    done, bad_streak = run.start, 0  # steps done (an interrupt's message says it); non-finite updates in a row
     try:
         if run.start == 0:
             run.report.update(before or report_entries(evaluate_heldout(run, cfg, "before RL"), "before"))
@@ -83,7 +83,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
         # ---- the loop -------------------------------------------------------------------------
         bar = common.progress(cfg.steps, run.start, f"{cfg.algo}")
         for step in range(run.start, cfg.steps):
-            t0 = time.perf_counter()
+            done, t0 = step, time.perf_counter()
             for group in run.optimizers.policy.param_groups:
                 group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
 
@@ -135,7 +135,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
             if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and not bad_streak:
                 save_checkpoint(run, cfg, step + 1)
-            done = step + 1
+        done = cfg.steps
         bar.close()
 
         # ---- final evaluation and report --------------------------------------------------------
