@@ -95,7 +95,8 @@ def bench(name, folder, prompts, new_tokens, eos_ids, repeats, args, n=1, slots=
     pillion then runs one call with `max_rows=slots`, the others fixed batches of `slots` rows."""
     from transformers import AutoModelForCausalLM
 
-    from pillion.model.checkpoint import load_model, load_tokenizer
+    from pillion.model.checkpoint import load_model
+    from pillion.model.tokenizer import load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step
 
     tokenizer = load_tokenizer(folder)
@@ -194,7 +195,7 @@ def main() -> None:
     make_tiny_checkpoint(
         folder, "qwen2", hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=256
     )
-    from pillion.model.checkpoint import eos_token_ids, load_tokenizer
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 
     eos = eos_token_ids(str(DEFAULT_MODEL), load_tokenizer(str(DEFAULT_MODEL)))
     prompts = [f"Question {i}: what is {i * 37 % 100} + {i * 11 % 50}?" + " think" * (i % 5) for i in range(64)]

@@ -54,7 +54,7 @@ def build_models(shape: dict, device: str, dtype: torch.dtype):
     """(transformers Qwen2 model, pillion Transformer) with the same random weights."""
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    from pillion.model.checkpoint import config_from_hf, hf_layout
+    from pillion.model.hf_config import config_from_hf, hf_layout
     from pillion.model.transformer import Transformer
 
     hf_config = Qwen2Config(architectures=["Qwen2ForCausalLM"], **shape)

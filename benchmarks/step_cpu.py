@@ -91,7 +91,7 @@ def pillion_child(args) -> None:
     import torch
 
     from pillion import config as C
-    from pillion.model.sequences import shared_prompt_layout
+    from pillion.model.sequences import packed_layout
     from pillion.train import rl
 
     model, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
@@ -112,8 +112,8 @@ def pillion_child(args) -> None:
     def measured_batch(samples_, *a, **k):
         batch = real_make_batch(samples_, *a, **k)
         real = float(batch.seqs.attention_mask.sum())
-        layout = shared_prompt_layout(batch.seqs)  # None: no prompt repeats
-        once = len(layout["tokens"]) if layout else real
+        layout = packed_layout(batch.seqs)  # each repeated prompt once
+        once = len(layout.ids)  # the real tokens when no prompt repeats
         # padding before packing (packed: 0, real tokens only); real tokens left after sharing prompts
         padding.append({"padding": 1.0 - real / batch.seqs.attention_mask.numel(), "shared": once / real})
         return batch

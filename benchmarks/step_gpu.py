@@ -72,7 +72,7 @@ def pillion_run(args, work: Path) -> dict:
 
     from pillion import config as C
     from pillion.model.checkpoint import load_model
-    from pillion.model.sequences import shared_prompt_layout
+    from pillion.model.sequences import packed_layout
     from pillion.train import rl
 
     real_rollout = rl.rollout
@@ -86,8 +86,8 @@ def pillion_run(args, work: Path) -> dict:
     def counted(samples, *a, **k):
         batch = real_make_batch(samples, *a, **k)
         lengths = batch.seqs.attention_mask.sum(-1).float()  # [B]
-        layout = shared_prompt_layout(batch.seqs)  # None: no prompt repeats
-        linear = len(layout["tokens"]) if layout else int(lengths.sum())
+        layout = packed_layout(batch.seqs)  # each repeated prompt once
+        linear = len(layout.ids)  # the real tokens when no prompt repeats
         update_tokens.append((linear, int(batch.seqs.response_mask.sum()), int((lengths**2).sum())))
         return batch
 

@@ -87,7 +87,7 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     from pillion.model.sequences import pack
     from pillion.ranks import World
     from pillion.train.batch import TrainBatch
-    from pillion.train.models import attach_optimizers, build_models
+    from pillion.train.models import Optimizers, attach_optimizers, build_models
     from pillion.train.objective import advantages
     from pillion.train.optim import make_optimizer
     from pillion.train.update import update
@@ -109,8 +109,8 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     start = time.perf_counter()
     models = build_models(cfg, Path(model_dir), device)
     load_seconds = time.perf_counter() - start
-    optimizer = make_optimizer(models.policy_params, cfg.optim, cfg.lr, cfg.weight_decay)
-    attach_optimizers(models, optimizer)
+    optimizers = Optimizers(make_optimizer(models.policy_params, cfg.optim, cfg.lr, cfg.weight_decay))
+    attach_optimizers(models, optimizers)
 
     gen = torch.Generator().manual_seed(0)
     vocab = models.policy.cfg.vocab_size
@@ -125,7 +125,7 @@ def pillion_child(setting: str, model_dir: str, device_name: str) -> dict:
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if setting == "bf16-autocast" else None
     start, cpu_start = time.perf_counter(), time.process_time()
     with autocast or contextlib.nullcontext():
-        stats = update(models.policy, optimizer, None, None, cfg, train_batch, World())
+        stats = update(models, optimizers, cfg, train_batch, World())
     if cuda:
         torch.cuda.synchronize()
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu_start

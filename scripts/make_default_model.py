@@ -31,7 +31,8 @@ from pillion import config as C
 from pillion.data import synthetic, synthetic_code
 from pillion.eval.evaluate import evaluate
 from pillion.eval.samples import EvalConfig
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+from pillion.model.checkpoint import load_model
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.rollout.engine import Engine
 from pillion.train.sft import sft
 

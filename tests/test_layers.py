@@ -47,10 +47,25 @@ def modules() -> dict[str, Path]:
     return found
 
 
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under `if TYPE_CHECKING:`: names for annotations, never imported at run time."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            inside |= {id(n) for stmt in node.body for n in ast.walk(stmt)}
+    return inside
+
+
 def imports(path: Path, known: set[str]) -> set[str]:
-    """The pillion modules a file imports anywhere in it (`from pkg import module` names the module)."""
+    """The pillion modules a file imports anywhere in it (`from pkg import module` names the module),
+    inside functions too; imports for type annotations only (`if TYPE_CHECKING:`) run never and
+    are left out."""
     out = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    annotations_only = _type_checking_only(tree)
+    for node in ast.walk(tree):
+        if id(node) in annotations_only:
+            continue
         if isinstance(node, ast.Import):
             out |= {alias.name for alias in node.names if alias.name.split(".")[0] == "pillion"}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "pillion":

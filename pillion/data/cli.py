@@ -132,7 +132,9 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     from pillion.data.templates import ANSWER_STYLE, resolve_template
     from pillion.eval.samples import EvalConfig
     from pillion.eval.select import difficulty_level, gold_issue, pass_counts
-    from pillion.model.checkpoint import CheckpointError, eos_token_ids, load_model, load_tokenizer, resolve_model
+    from pillion.model.checkpoint import load_model, resolve_model
+    from pillion.model.hf_config import CheckpointError
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rewards import GradingPool, RewardConfig
     from pillion.rollout.engine import Engine
 

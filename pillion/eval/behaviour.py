@@ -118,11 +118,10 @@ def kl_to_initial(policy, initial, batch, temperature: float = 1.0, rows: int = 
     them). Returns {"kl_initial": k3 token mean, "kl_initial_k1": k1 token mean}.
     """
     from pillion.algorithms.losses import aggregate, kl
-    from pillion.model.sequences import SequenceBatch, response_logprobs
+    from pillion.model.sequences import response_logprobs
 
     index = probe_rows(batch.input_ids.shape[0], rows).to(batch.input_ids.device)
-    sub = SequenceBatch(batch.input_ids[index], batch.attention_mask[index], batch.response_mask[index],
-                        batch.prompt_len)
+    sub = batch.rows(index)
     logp = response_logprobs(policy, sub, temperature)[0]  # [r, T]
     init_logp = response_logprobs(initial, sub, temperature)[0]  # [r, T]
     mask = sub.response_mask.float()  # [r, T]

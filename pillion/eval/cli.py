@@ -105,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     from pillion.eval.evaluate import evaluate
     from pillion.eval.provenance import model_record
     from pillion.eval.report import markdown_table
-    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer, read_recipe, resolve_model
+    from pillion.model.checkpoint import load_model, read_recipe, resolve_model
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rewards import RewardConfig
     from pillion.rewards.extract import STYLES
     from pillion.rollout.engine import Engine

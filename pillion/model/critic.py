@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pillion.model.sequences import SequenceBatch, response_states
+from pillion.model.sequences import PackedLayout, SequenceBatch, packed_layout, packed_states
 from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
 
 
@@ -27,23 +27,28 @@ class Critic(nn.Module):
     def values(self, batch: SequenceBatch, packed: bool = True, share_prompts: bool = True) -> torch.Tensor:
         """Values [B, T] float32 of each response token's state; 0 on padding.
 
-        packed: through the trunk's packed forward without padding (each shared prompt once with
-        `share_prompts`, as the policy's `response_logprobs`), else the padded batch (the
-        reference the tests compare with). The critic may live on another device than the batch
-        (`critic.device`): inputs go to the critic's device and values come back (through
-        autograd) to the batch's.
+        packed: through the trunk's packed forward without padding (`packed_values`; each shared
+        prompt once with `share_prompts`, as the policy's `response_logprobs`), else the padded
+        batch (the reference the tests compare with). The critic may live on another device than
+        the batch (`critic.device`): inputs go to the critic's device and values come back
+        (through autograd) to the batch's.
         """
-        device = self.value_head.weight.device
-        seqs = SequenceBatch(batch.input_ids.to(device), batch.attention_mask.to(device),
-                             batch.response_mask.to(device), batch.prompt_len)
         if packed:
-            states, where = response_states(self.trunk, seqs, share_prompts)  # [n, D], [B, T]
-            v = self.value_head(states).squeeze(-1).float()  # [n]
-            v = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, v)
-            return v.to(batch.input_ids.device)
+            return self.packed_values(packed_layout(batch, share_prompts))
+        device = self.value_head.weight.device
+        seqs = batch.to(device)
         attn = seqs.attention_mask
         hidden = self.trunk(seqs.input_ids, padding_positions(attn), causal_padding_mask(attn))
         P, T = batch.prompt_len, batch.response_mask.shape[1]
         v = self.value_head(hidden[:, P - 1 : P - 1 + T]).squeeze(-1).float()  # [B, T]
         v = torch.where(seqs.response_mask.bool(), v, torch.zeros_like(v))
         return v.to(batch.input_ids.device)
+
+    def packed_values(self, layout: PackedLayout) -> torch.Tensor:
+        """Values [B, T] float32 of the layout's targets (the micro-batch's layout, shared with the
+        policy's forwards), on the layout's device; 0 elsewhere."""
+        device = self.value_head.weight.device
+        here = layout.to(device)
+        v = self.value_head(packed_states(self.trunk, here)).squeeze(-1).float()  # [n]
+        v = torch.zeros(here.where.shape, dtype=torch.float32, device=device).masked_scatter(here.where, v)
+        return v.to(layout.where.device)

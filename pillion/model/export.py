@@ -26,7 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from pillion.model import lora
-    from pillion.model.checkpoint import CheckpointError, load_model, resolve_model, save_model
+    from pillion.model.checkpoint import load_model, resolve_model, save_model
+    from pillion.model.hf_config import CheckpointError
 
     try:
         folder = resolve_model(args.checkpoint)

@@ -5,7 +5,7 @@ frozen and only A [r, in] and B [out, r] trained (Hu et al. 2021). pillion fuses
 gate|up into one matmul each; a fused projection here carries one adapter pair per Hugging
 Face projection (q_proj, k_proj, v_proj; gate_proj, up_proj), each adding to its own slice of
 the fused output. The adapters are therefore exactly PEFT's adapters on the unfused
-`transformers` model, key for key (`peft_key`), and checkpoint.py saves and loads them in
+`transformers` model, key for key (`peft_key`), and adapters.py saves and loads them in
 PEFT's layout (adapter_config.json + adapter_model.safetensors).
 
 Where this departs from PEFT's defaults: no dropout on the adapter input (dropout would make

@@ -8,11 +8,15 @@ positions count real tokens only, so padding never shifts a position.
 Packed (the default, `packed=True`): the forward sees no padding at all. The real tokens of
 the rows are concatenated into one sequence [1, N] (N = the rows' total length, against
 B x (P + T) padded), RoPE positions restart at each row, and attention stays within each row
-(`transformer.PackedRows`: varlen flash attention on CUDA, per-row attention on CPU), and a
-prompt that several rows share (a GRPO group's) is held once (`shared_prompt_logprobs`). Only the
+(`packed.PackedRows`: varlen flash attention on CUDA, rows in a few length buckets on CPU);
+a prompt that several rows share (a GRPO group's) is held once (`share_prompts`). Only the
 hidden states at response positions reach the LM head, and their log-probs are scattered back
 to the [B, T] layout the losses use, so callers see the same tensors as from the padded
 forward (`packed=False`, the reference: equal up to float summation order, tested).
+
+Where each token goes is a `PackedLayout`, built from the batch once per micro-batch
+(`packed_layout`) and read by every forward of it: the trainer's policy, old log-probs,
+reference and critic forwards of one micro-batch share one layout.
 
 Log-probabilities are computed only at response positions and in chunks whose logits are
 recomputed in the backward pass (model/logprobs.py), so a [B, T, vocab] float32 tensor is
@@ -25,9 +29,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
 from pillion.model.logprobs import chunked_logprobs
-from pillion.model.transformer import PackedRows, Transformer, causal_padding_mask, padding_positions, take_rows
+from pillion.model.packed import PackedRows, take_rows
+from pillion.model.transformer import Transformer, causal_padding_mask, padding_positions
 
 # float32 logits per chunk (128 MiB): a chunk holds two buffers of this size, so a large
 # vocabulary costs a bounded, small amount, not [tokens, vocab].
@@ -36,10 +42,19 @@ LOGITS_PER_CHUNK = 2**25
 
 @dataclass
 class SequenceBatch:
-    input_ids: torch.Tensor  # [B, P + T] long
-    attention_mask: torch.Tensor  # [B, P + T] 0/1
-    response_mask: torch.Tensor  # [B, T] 0/1, 1 on response tokens
+    input_ids: Tensor  # [B, P + T] long
+    attention_mask: Tensor  # [B, P + T] 0/1
+    response_mask: Tensor  # [B, T] 0/1, 1 on response tokens
     prompt_len: int  # P
+
+    def rows(self, index: Tensor) -> SequenceBatch:
+        """The rows `index` (same P and T)."""
+        return SequenceBatch(self.input_ids[index], self.attention_mask[index], self.response_mask[index],
+                             self.prompt_len)
+
+    def to(self, device) -> SequenceBatch:
+        return SequenceBatch(self.input_ids.to(device), self.attention_mask.to(device), self.response_mask.to(device),
+                             self.prompt_len)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int, device=None) -> SequenceBatch:
@@ -67,7 +82,8 @@ def token_logprobs(
     with_entropy: bool = False,
     chunk: int | None = None,
 ):
-    """log pi(x_t | x_<t) / temperature-scaled, float32 [B, L], zero where target_mask is 0.
+    """log pi(x_t | x_<t) / temperature-scaled, float32 [B, L], zero where target_mask is 0,
+    through the padded forward (the reference the packed one is tested against).
 
     Returns (logprobs, entropy) with entropy None unless asked for. `chunk` rows of logits at a
     time; by default as many as fit LOGITS_PER_CHUNK values (220 rows for a 151,936 vocab).
@@ -87,54 +103,6 @@ def token_logprobs(
     return logprobs, entropy
 
 
-def packed_token_logprobs(
-    model: Transformer,
-    input_ids: torch.Tensor,  # [B, L]
-    attention_mask: torch.Tensor,  # [B, L]
-    target_mask: torch.Tensor,  # [B, L]
-    temperature: float = 1.0,
-    with_entropy: bool = False,
-    chunk: int | None = None,
-):
-    """`token_logprobs` through one forward over the rows' real tokens end to end, [1, N].
-
-    Same outputs ([B, L] float32, zero off target) as the padded forward; a row's first token
-    is never a target (nothing of its own row precedes it).
-    """
-    chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
-    states, targets, target = _packed_states(model, input_ids, attention_mask, target_mask)
-    flat_lp, flat_ent = chunked_logprobs(states, model.lm_head.weight, targets, temperature, chunk, with_entropy)  # [n]
-    logprobs = torch.zeros(target.shape, dtype=torch.float32, device=input_ids.device).masked_scatter(target, flat_lp)
-    entropy = torch.zeros_like(logprobs).masked_scatter(target, flat_ent) if with_entropy else None
-    return logprobs, entropy
-
-
-def _packed_states(model: Transformer, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   target_mask: torch.Tensor):
-    """The packed forward of `packed_token_logprobs`: (the hidden states [n, D] that predict the
-    targets, the targets' ids [n], `target` [B, L] bool where they are, row-major)."""
-    keep = attention_mask.bool()  # [B, L]: row-major order of the real tokens = packed order
-    positions = padding_positions(attention_mask)  # [B, L]: 0 at each row's first real token
-    ids = input_ids[keep]  # [N]
-    rows = PackedRows.of(keep.sum(-1).tolist(), input_ids.device)
-    hidden = model(ids[None], positions[keep][None], rows)[0]  # [N, D]
-    target = target_mask.bool() & keep & (positions > 0)  # [B, L]
-    select = target[keep][1:]  # [N - 1]: packed token j predicts token j + 1 of the same row
-    return take_rows(hidden, select.nonzero().view(-1)), ids[1:][select], target
-
-
-def same_prompt_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_len: int
-                     ) -> dict[tuple[int, ...], list[int]]:
-    """Rows [B, P + T] grouped by their prompt tokens (left padding left out): prompt -> its rows,
-    in the order each prompt first appears (a GRPO group's rows share one)."""
-    ids = input_ids[:, :prompt_len].tolist()
-    real = attention_mask[:, :prompt_len].bool().tolist()
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, (row, keep) in enumerate(zip(ids, real)):
-        groups.setdefault(tuple(t for t, k in zip(row, keep) if k), []).append(b)
-    return groups
-
-
 def response_targets(batch: SequenceBatch) -> torch.Tensor:
     """[B, P + T]: 1 on the response tokens (the positions whose log-probs are scored)."""
     target = torch.zeros_like(batch.attention_mask)
@@ -142,108 +110,132 @@ def response_targets(batch: SequenceBatch) -> torch.Tensor:
     return target
 
 
-def shared_prompt_layout(batch: SequenceBatch) -> dict | None:
-    """The packed layout of `shared_prompt_logprobs`, built on the host; None when no two rows share
-    a prompt (then there is nothing to save). Rows with the same prompt tokens form a group; the
-    packed sequence is, group by group, the prompt once and then each row's response. Returns the
-    packed ids and RoPE positions [N], the expanded rows (`PackedRows.of` arguments), and for each
-    target (a response token under response_mask, in row-major [B, T] order) the packed token
-    whose hidden state predicts it and its id, and `where` [B, T] the targets."""
-    P = batch.prompt_len
-    ids = batch.input_ids.tolist()
-    real = batch.attention_mask.bool().tolist()
-    wanted = batch.response_mask.bool().tolist()
-    groups = same_prompt_rows(batch.input_ids, batch.attention_mask, P)
-    if len(groups) == len(ids):
-        return None
-    tokens, positions, gather, owned, lengths = [], [], [], [], []
-    slots: list[list[int]] = [[] for _ in ids]  # row b: the packed token at each of its positions
-    for prompt, rows in groups.items():
-        first = len(tokens)
-        tokens += prompt
-        positions += range(len(prompt))
-        for i, b in enumerate(rows):
-            response = [t for t, k in zip(ids[b][P:], real[b][P:]) if k]
-            start = len(tokens)
-            tokens += response
-            positions += range(len(prompt), len(prompt) + len(response))
-            slots[b] = [*range(first, first + len(prompt)), *range(start, start + len(response))]
-            gather += slots[b]
-            owned += [i == 0] * len(prompt) + [True] * len(response)
-            lengths.append(len(slots[b]))
-    source, target_ids, where = [], [], []
-    for b, keep in enumerate(wanted):
-        prompt_len = len(slots[b]) - sum(real[b][P:])
-        # A target needs a real token before it in its row (as packed_token_logprobs: a row's
-        # first token is never one; nor is padding, which pack() never marks).
-        where.append([want and real[b][P + j] and prompt_len + j > 0 for j, want in enumerate(keep)])
-        for j, on in enumerate(where[-1]):
-            if on:
-                source.append(slots[b][prompt_len + j - 1])
-                target_ids.append(ids[b][P + j])
-    return {"tokens": tokens, "positions": positions, "lengths": lengths, "gather": gather, "owned": owned,
-            "source": source, "target_ids": target_ids, "where": where}
-
-
-def shared_prompt_logprobs(model: Transformer, batch: SequenceBatch, layout: dict, temperature: float = 1.0,
-                           with_entropy: bool = False, chunk: int | None = None):
-    """Response log-probs [B, T] (and entropy) from one packed forward in which each prompt
-    repeated across rows (a GRPO group's) is computed once: the linear layers, most of the
-    cost, see G prompts instead of B; attention still sees each row whole, [prompt | response]
-    (`PackedRows.gather`), and gradients from every row reach the shared prompt's tokens. The
-    same values as `packed_token_logprobs` up to float summation order (tested)."""
+def prompt_group_ids(batch: SequenceBatch) -> Tensor:
+    """[B] long: the group of each row, rows with the same prompt tokens (left padding left out)
+    in one group, groups numbered 0, 1, ... in the order their first row appears (a GRPO group's
+    rows share one)."""
+    P, B = batch.prompt_len, batch.input_ids.shape[0]
     device = batch.input_ids.device
+    if P == 0:
+        return torch.zeros(B, dtype=torch.long, device=device)
+    key = batch.input_ids[:, :P].masked_fill(~batch.attention_mask[:, :P].bool(), -1)  # [B, P]
+    _, label = torch.unique(key, dim=0, return_inverse=True)  # [B] groups in sorted order of their keys
+    rows = torch.arange(B, device=device)
+    first = torch.full((int(label.max()) + 1,), B, device=device).scatter_reduce(0, label, rows, "amin")
+    return first.argsort().argsort()[label]  # renumbered by first appearance
+
+
+@dataclass
+class PackedLayout:
+    """Where each token of a batch's rows goes in the packed forward: built once per micro-batch
+    (`packed_layout`) and read by every forward of it (policy, old log-probs, reference, critic).
+
+    The packed sequence holds N tokens; when rows share a prompt (`shared`) it is, group by
+    group, the prompt once and then each row's response, and attention runs over the rows
+    expanded, [prompt | response] each (`rows.gather`, `rows.owned`); otherwise it is the rows'
+    real tokens end to end. A target is a response token with a real token before it in its row;
+    the n targets are taken in row-major [B, T] order."""
+
+    ids: Tensor  # [N] long: the packed tokens
+    positions: Tensor  # [N] long: their RoPE positions within their (expanded) row
+    rows: PackedRows  # the rows attention sees (lengths, cu_seqlens; gather, owned when shared);
+    # the CPU route's bucket slots are kept on it after the first forward, for the next ones
+    source: Tensor  # [n] long: the packed token whose hidden state predicts each target
+    targets: Tensor  # [n] long: each target's token id
+    where: Tensor  # [B, T] bool: the targets
+
+    @property
+    def shared(self) -> bool:
+        return self.rows.gather is not None
+
+    def to(self, device) -> PackedLayout:
+        """The same layout with its tensors on `device` (a critic on another device); itself if there."""
+        if self.ids.device == torch.device(device):
+            return self
+        r = self.rows
+        rows = PackedRows(r.lengths, r.cu_seqlens.to(device), None if r.gather is None else r.gather.to(device),
+                          None if r.owned is None else r.owned.to(device))
+        return PackedLayout(self.ids.to(device), self.positions.to(device), rows, self.source.to(device),
+                            self.targets.to(device), self.where.to(device))
+
+
+def packed_layout(batch: SequenceBatch, share_prompts: bool = True) -> PackedLayout:
+    """The `PackedLayout` of `batch`'s rows; with `share_prompts`, each prompt that several rows
+    share held once (when no two rows share one, the plain layout: nothing to save).
+
+    Built with tensor operations, no per-token Python: rows are visited group by group (groups
+    in the order of their first row, rows in order within a group), each contributing its
+    prompt if it is its group's first row, then its response; a row's expanded view reads its
+    group's prompt where the first row put it."""
+    ids, real = batch.input_ids, batch.attention_mask.bool()  # [B, P + T]
+    P, (B, width) = batch.prompt_len, ids.shape
+    positions = padding_positions(batch.attention_mask)  # [B, P + T]: 0 at each row's first real token
+    groups = prompt_group_ids(batch) if share_prompts else None
+    shared = groups is not None and int(groups.max()) + 1 < B
+    if shared:
+        order = torch.sort(groups, stable=True).indices  # [B] rows group by group, in order within each
+        first = torch.ones(B, dtype=torch.bool, device=ids.device)
+        first[1:] = groups[order][1:] != groups[order][:-1]  # [B] (in `order`) the group's first row
+        kept = real[order].clone()
+        kept[:, :P] &= first[:, None]  # a prompt's tokens are packed with its group's first row only
+    else:
+        order, kept = torch.arange(B, device=ids.device), real
+    # index[b, c]: the packed token that row order[b]'s column c reads (-1: padding)
+    index = torch.where(kept, kept.flatten().cumsum(0).view(B, width) - 1, -1)
+    if shared:  # the prompt columns of later rows read the first row's
+        leader = torch.arange(B, device=ids.device).masked_fill(~first, 0).cummax(0).values  # [B]
+        index[:, :P] = index[leader, :P]
+    rows = PackedRows.of(real[order].sum(-1).tolist(), ids.device, index[real[order]] if shared else None,
+                         kept[real[order]] if shared else None)
+    # Targets: each response token with a real token before it in its row, predicted by that token
+    # (packed indices rise along a row, so the running maximum is the latest real token's).
+    where = batch.response_mask.bool() & real[:, P:] & (positions[:, P:] > 0)  # [B, T]
+    before = torch.empty_like(index)
+    before[order] = F.pad(index.cummax(1).values[:, :-1], (1, 0), value=-1)  # [B, P + T], rows in row order
+    return PackedLayout(ids[order][kept], positions[order][kept], rows, before[:, P:][where], ids[:, P:][where], where)
+
+
+def packed_states(model: Transformer, layout: PackedLayout) -> Tensor:
+    """The packed forward: hidden states [n, D] of the tokens that predict the layout's targets."""
+    hidden = model(layout.ids[None], layout.positions[None], layout.rows)[0]  # [N, D]
+    return take_rows(hidden, layout.source)
+
+
+def packed_logprobs(model: Transformer, layout: PackedLayout, temperature: float = 1.0, with_entropy: bool = False,
+                    chunk: int | None = None):
+    """Response log-probs [B, T] float32 (and entropy [B, T] if asked) from one packed forward
+    over `layout`: zero off the targets, the same values as the padded forward up to float
+    summation order (tested). With shared prompts the linear layers, most of the cost, see G
+    prompts instead of B, attention still sees each row whole, and gradients from every row
+    reach the shared prompt's tokens."""
     chunk = chunk or max(1, LOGITS_PER_CHUNK // model.cfg.vocab_size)
-    states, where = _shared_states(model, layout, device)
-    targets = torch.tensor(layout["target_ids"], device=device, dtype=torch.long)
-    flat_lp, flat_ent = chunked_logprobs(states, model.lm_head.weight, targets, temperature, chunk, with_entropy)
-    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=device).masked_scatter(where, flat_lp)
+    states = packed_states(model, layout)
+    flat_lp, flat_ent = chunked_logprobs(states, model.lm_head.weight, layout.targets, temperature, chunk,
+                                         with_entropy)  # [n]
+    where = layout.where
+    logprobs = torch.zeros(where.shape, dtype=torch.float32, device=where.device).masked_scatter(where, flat_lp)
     entropy = torch.zeros_like(logprobs).masked_scatter(where, flat_ent) if with_entropy else None
     return logprobs, entropy
-
-
-def _shared_states(model: Transformer, layout: dict, device):
-    """The forward of `shared_prompt_logprobs`: (the hidden states [n, D] that predict the
-    layout's targets, `where` [B, T] bool where they are, row-major)."""
-    ids = torch.tensor(layout["tokens"], device=device)
-    rows = PackedRows.of(layout["lengths"], device, layout["gather"], layout["owned"])
-    hidden = model(ids[None], torch.tensor(layout["positions"], device=device)[None], rows)[0]  # [N, D]
-    source = torch.tensor(layout["source"], device=device, dtype=torch.long)
-    return take_rows(hidden, source), torch.tensor(layout["where"], dtype=torch.bool, device=device)
-
-
-def response_states(model: Transformer, batch: SequenceBatch, share_prompts: bool = True):
-    """The state before each response token, as the critic reads it (`Critic.values`): (hidden
-    states [n, D] of the positions whose logits predict the response tokens, `where` [B, T] bool
-    marking those tokens, row-major). One packed forward without padding, each shared prompt
-    once (as `response_logprobs`)."""
-    layout = shared_prompt_layout(batch) if share_prompts else None
-    if layout is not None:
-        return _shared_states(model, layout, batch.input_ids.device)
-    states, _, where = _packed_states(model, batch.input_ids, batch.attention_mask, response_targets(batch))
-    return states, where[:, batch.prompt_len :]
 
 
 def response_logprobs(model: Transformer, batch: SequenceBatch, temperature: float = 1.0, with_entropy: bool = False,
                       packed: bool = True, share_prompts: bool = True):
     """Per-token log-probs of the responses, [B, T] float32 (and entropy [B, T] if asked);
-    packed: without padding in the forward (see the module docstring), else the padded batch;
-    share_prompts (packed only; the trainer's `share_prompts` key): a prompt that several rows
-    share runs through the linear layers once (`shared_prompt_logprobs`)."""
-    layout = shared_prompt_layout(batch) if packed and share_prompts else None
-    if layout is not None:
-        return shared_prompt_logprobs(model, batch, layout, temperature, with_entropy)
+    packed: without padding in the forward (`packed_logprobs` over the batch's layout), else the
+    padded batch; share_prompts (packed only; the trainer's `share_prompts` key): a prompt that
+    several rows share runs through the linear layers once."""
+    if packed:
+        return packed_logprobs(model, packed_layout(batch, share_prompts), temperature, with_entropy)
     P = batch.prompt_len
-    fn = packed_token_logprobs if packed else token_logprobs
-    logprobs, entropy = fn(model, batch.input_ids, batch.attention_mask, response_targets(batch), temperature,
-                           with_entropy)
+    logprobs, entropy = token_logprobs(model, batch.input_ids, batch.attention_mask, response_targets(batch),
+                                       temperature, with_entropy)
     return logprobs[:, P:], (entropy[:, P:] if entropy is not None else None)
 
 
 def compile_training(model: Transformer, backend: str = "inductor") -> None:
     """`compile: true`: compile the model's `forward` (the training and scoring path; the engine's
     `decode` is compiled apart) with dynamic shapes, so that packed sequences of every length, and
-    every row count, run one graph: inside it the packed attention takes its tensor-only route
-    (`transformer.packed_attention`), with no per-row loop to specialise on. Its backward is
-    compiled with it (AOTAutograd)."""
+    every row count, run one graph: the packed attention stays out of the graph (a graph break,
+    `packed.packed_attention`), so nothing in it is specialised on the rows' lengths. Its
+    backward is compiled with it (AOTAutograd)."""
     model.compile(dynamic=True, backend=backend)

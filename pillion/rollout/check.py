@@ -85,8 +85,9 @@ def transformers_logprobs(model_dir: str, batch, temperature: float, dtype: torc
 
 def check(model_dir: str, prompts: list[str], n: int, max_new_tokens: int, temperature: float,
           dtype: str, device: str, seed: int, tools=None) -> dict:
-    from pillion.model.checkpoint import DTYPES, eos_token_ids, load_model, load_tokenizer
+    from pillion.model.checkpoint import DTYPES, load_model
     from pillion.model.sequences import pack, response_logprobs
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
     torch_dtype = DTYPES[dtype]

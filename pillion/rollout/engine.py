@@ -63,7 +63,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pillion.model.transformer import DecodeWeights, KVCache, Transformer, rope_table
+from pillion.model.decode import DecodeWeights, KVCache, rope_table
+from pillion.model.transformer import Transformer
 from pillion.rollout import tools as tool_calls
 from pillion.rollout.sampling import Sampler, row_keys, sample_cdf, sample_race, step_uniforms
 
@@ -334,7 +335,6 @@ class Engine:
         for slot, (p, j) in zip(free, take):
             first.setdefault(p, slot)
             run.rows[slot] = _Row(p, j, tools=tool_calls.RowTools() if self.tools is not None else None)
-            run.positions[slot], run.steps[slot] = len(run.prompt_ids[p]) - 1, 0
         # Every prompt token but the last goes into the cache; the last is the first decode input.
         self._prefill([first[p] for p in first], [run.prompt_ids[p][:-1] for p in first], [0] * len(first),
                       run.weights)
@@ -344,20 +344,30 @@ class Engine:
             dst, src = (torch.tensor(x, device=self.device) for x in zip(*shared))
             self.cache.copy_rows(dst, src, longest)
         prompts = [run.prompt_ids[p] for p, _ in take]
-        prefix = torch.tensor([len(p) - 1 for p in prompts])
-        index = torch.tensor(free, device=self.device)
+        index = self._seat(run, free, [p[-1] for p in prompts], [len(p) - 1 for p in prompts], [0] * len(take))
         keys = row_keys(run.seed, torch.tensor([run.params.row_offset + p * run.params.n + j for p, j in take]))
         s = self.slots
-        s.tokens[index] = torch.tensor([p[-1] for p in prompts]).to(self.device)
-        s.positions[index] = prefix.to(self.device)
-        s.steps[index] = 0
         s.keys[index] = keys.to(self.device)
-        columns = torch.arange(s.key_bias.shape[-1])
-        bias = torch.zeros(len(take), s.key_bias.shape[-1]).masked_fill_(columns >= prefix[:, None], float("-inf"))
-        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
         if run.sampler.method == "cdf" and run.sampler.temperature != 0:
             width = s.uniforms.shape[1]
             s.uniforms[index] = step_uniforms(keys[:, None], torch.arange(width)[None]).to(self.device)
+
+    def _seat(self, run: _Run, slots: list[int], tokens: list[int], positions: list[int], steps: list[int]):
+        """Seat rows in `slots` (admitted, or resuming after tool output): next input token, position
+        (= cache column), tokens sampled so far, a key bias unmasking the columns before the position;
+        on the device and in `run`'s host mirrors. Returns the slots' index on the device."""
+        s = self.slots
+        index = torch.tensor(slots, device=self.device)
+        at = torch.tensor(positions)  # [k]
+        s.tokens[index] = torch.tensor(tokens, device=self.device)
+        s.positions[index] = at.to(self.device)
+        s.steps[index] = torch.tensor(steps, device=self.device)
+        columns = torch.arange(s.key_bias.shape[-1])
+        bias = torch.zeros(len(slots), len(columns)).masked_fill_(columns >= at[:, None], float("-inf"))
+        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
+        for i, position, step in zip(slots, positions, steps):
+            run.positions[i], run.steps[i] = position, step
+        return index
 
     def _prefill(self, slots: list[int], contexts: list[list[int]], starts: list[int], weights: DecodeWeights) -> None:
         """Write contexts[i] into slot slots[i] from column starts[i] on, in chunks: pieces of at
@@ -514,16 +524,9 @@ class Engine:
         starts = [len(run.prompt_ids[run.rows[i].prompt_index]) + cut - 1 for i, cut, _ in resume]
         pieces = [[int(tokens[i, cut - 1])] + ids for i, cut, ids in resume]
         self._prefill([i for i, _, _ in resume], [p[:-1] for p in pieces], starts, run.weights)
-        index = torch.tensor([i for i, _, _ in resume], device=self.device)
-        positions = torch.tensor([start + len(p) - 1 for start, p in zip(starts, pieces)])
-        s.tokens[index] = torch.tensor([p[-1] for p in pieces], device=self.device)
-        s.positions[index] = positions.to(self.device)
-        s.steps[index] = torch.tensor([cut + len(ids) for _, cut, ids in resume], device=self.device)
-        columns = torch.arange(s.key_bias.shape[-1])
-        bias = torch.zeros(len(resume), len(columns)).masked_fill_(columns >= positions[:, None], float("-inf"))
-        s.key_bias[index] = bias[:, None, None].to(self.device)  # [k, 1, 1, max_len] over KV heads
-        for (i, cut, ids), position in zip(resume, positions.tolist()):
-            run.positions[i], run.steps[i] = position, cut + len(ids)
+        self._seat(run, [i for i, _, _ in resume], [p[-1] for p in pieces],
+                   [start + len(p) - 1 for start, p in zip(starts, pieces)], [cut + len(ids) for _, cut, ids in resume])
+        for i, cut, ids in resume:
             run.rows[i].checked = cut + len(ids)  # stop strings: the output is not searched
 
     def _compact(self, run: _Run) -> None:

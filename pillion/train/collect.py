@@ -3,8 +3,8 @@
 The group filters (docs/algorithms.md §8) run per generation batch: Reinforce-Rej drops groups
 whose rewards are all equal; DAPO's dynamic sampling keeps only groups with mixed outcomes and
 generates more batches (up to `filter.max_gen_batches`) until the step's groups are full.
-Every generated sample's reward is kept in `Rollout.rewards`, so that the step's logged
-accuracy is the policy's, not that of the groups the filters kept.
+Every generated sample is kept in `Rollout.generated`, so that the step's logged accuracy is
+the policy's, not that of the groups the filters kept.
 
 Grading overlaps generation: the engine streams completions as rows finish (`Engine.stream`),
 and each prompt's group is graded in a background thread (the GradingPool's workers for
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,9 @@ import torch
 
 from pillion import ranks
 from pillion.algorithms import filters
+from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
+from pillion.problem import Problem
 from pillion.rewards import score_batch
 from pillion.rollout.engine import SamplingParams
 from pillion.train import parallel
@@ -77,8 +80,19 @@ def length_scaled(cfg):
     return reward
 
 
-def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
-    """Sample, generate and grade one step's groups, applying Reinforce-Rej / DAPO filters."""
+def prompt_batches(mixture: Mixture, n: int) -> Iterator[list[Problem]]:
+    """The next `n` problems of `mixture`, again and again: a batch is drawn only when the rollout
+    takes it, so the mixture's position (the next step's prompts, a checkpoint's sampler state)
+    moves by the generation batches the step actually ran."""
+    while True:
+        yield mixture.sample(n)
+
+
+def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world) -> Rollout:
+    """Generate and grade one step's groups, applying Reinforce-Rej / DAPO filters. `prompts`
+    yields the global list of the step's prompts (the same on every rank), one list per generation
+    batch: one batch, or with DAPO's dynamic sampling a further one each time the kept groups fall
+    short, up to filter.max_gen_batches (`prompt_batches`, or a plain list's iterator)."""
     G = cfg.group_size
     target = len(ranks.my_slice(list(range(cfg.prompts_per_step)), world))
     buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
@@ -86,11 +100,11 @@ def rollout(engine, prompts_for, cfg, step, pool, world) -> Rollout:
     gen_seconds = grade_seconds = 0.0
     generated: list[Sample] = []
     for gen_batch in range(max_batches):
-        prompts = prompts_for(step, gen_batch)  # the global list, the same on every rank
-        first, end = ranks.my_range(len(prompts), world)
+        problems = next(prompts)  # drawn now, not before: only the batches the step runs are drawn
+        first, end = ranks.my_range(len(problems), world)
         # Keyed by the global row, not the rank: the same samples for any number of ranks.
         seed = cfg.seed * 1_000_003 + step * 1009 + gen_batch
-        samples, gen, grade = generate_and_score(engine, prompts[first:end], cfg, seed, pool, row_offset=first * G)
+        samples, gen, grade = generate_and_score(engine, problems[first:end], cfg, seed, pool, row_offset=first * G)
         gen_seconds, grade_seconds = gen_seconds + gen, grade_seconds + grade
         generated += samples
         scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]

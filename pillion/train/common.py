@@ -103,9 +103,17 @@ def drop_long_prompts(problems: list[Problem], name: str, tokenizer, template: s
 
 def load_data(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
               ) -> tuple[dict[str, list[Problem]], list[Problem]]:
-    """The training pools (name -> problems, from `data.sources`) and the held-out problems
-    (every set of `heldout_sets`, one after the other), without the problems whose prompt is
-    longer than `max_prompt_tokens` (when a tokenizer is given)."""
+    """The training pools (`load_pools`) and the held-out problems (every set of `heldout_sets`,
+    one after the other)."""
+    pools = load_pools(data_cfg, seed, tokenizer, max_prompt_tokens)
+    sets = heldout_sets(data_cfg, seed, tokenizer, max_prompt_tokens)
+    return pools, [p for problems in sets.values() for p in problems]
+
+
+def load_pools(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
+               ) -> dict[str, list[Problem]]:
+    """The training pools (name -> problems, from `data.sources`), without the problems whose
+    prompt is longer than `max_prompt_tokens` (when a tokenizer is given)."""
     pools = {name: load_source(spec, data_cfg.synthetic_size, data_cfg, seed)
              for name, spec in data_cfg.sources.items()}
     if tokenizer is not None and max_prompt_tokens is not None:
@@ -114,8 +122,7 @@ def load_data(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None
     for name, problems in pools.items():
         if not problems:
             raise RunError(f"data source {name!r} ({data_cfg.sources[name]}) has no usable problems")
-    sets = heldout_sets(data_cfg, seed, tokenizer, max_prompt_tokens)
-    return pools, [p for problems in sets.values() for p in problems]
+    return pools
 
 
 def heldout_sets(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None

@@ -1,10 +1,8 @@
 """The models of an RL run on one device: policy, reference and critic, built as configured.
 
     models = build_models(cfg, model_dir, device)
-    optimizer = make_optimizer(models.policy_params, ...)      # masters, adapters or weights
-    attach_optimizers(models, optimizer, critic_optimizer)     # bf16: masters -> model per step
-    ref_logp = reference_logprobs(models, batch, temperature, rows_per_pass)   # [B, T] or None
-    ref = reference_fn(models, device, temperature)    # per micro-batch: seqs -> [b, T] (update.py)
+    optimizers = build_optimizers(models, cfg)     # masters, adapters or weights; bf16: masters -> model
+    ref = reference_fn(models, device, temperature)    # per micro-batch: layout -> [b, T] (update.py)
 
 The memory options, all applied from outside the model code:
 - `dtype=bfloat16`: bf16 compute over float32 master weights (precision.py).
@@ -38,10 +36,11 @@ from pillion.fields import bounded, checked, free
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
 from pillion.model.critic import Critic
-from pillion.model.sequences import SequenceBatch, response_logprobs
+from pillion.model.sequences import PackedLayout, SequenceBatch, packed_logprobs
 from pillion.model.transformer import Transformer
 from pillion.train import precision
 from pillion.train.common import check_device
+from pillion.train.optim import make_optimizer
 
 CHECKPOINTING = ("none", "blocks", "every_k")
 
@@ -196,11 +195,31 @@ def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int
     return kl_to_initial(models.policy, initial, batch, temperature, rows)
 
 
-def attach_optimizers(models: Models, optimizer, critic_optimizer=None) -> None:
+@dataclass
+class Optimizers:
+    policy: torch.optim.Optimizer
+    critic: torch.optim.Optimizer | None = None  # with a critic (PPO, VAPO)
+
+
+def build_optimizers(models: Models, cfg) -> Optimizers:
+    """The policy's optimizer (`optim`, `lr`, `weight_decay`) and the critic's (`ppo.critic_lr`, no
+    weight decay), over what each trains, attached to the models (`attach_optimizers`)."""
+    policy = make_optimizer(optimizer_target(models.policy, models.policy_params), cfg.optim, cfg.lr,
+                            cfg.weight_decay)
+    critic = None
+    if models.critic is not None:
+        critic = make_optimizer(optimizer_target(models.critic, models.critic_params), cfg.optim, cfg.ppo.critic_lr,
+                                0.0)
+    optimizers = Optimizers(policy, critic)
+    attach_optimizers(models, optimizers)
+    return optimizers
+
+
+def attach_optimizers(models: Models, optimizers: Optimizers) -> None:
     """bf16 with masters: after each optimizer step, round the masters into the model."""
-    precision.sync_after_step(optimizer, models.policy_master)
-    if critic_optimizer is not None:
-        precision.sync_after_step(critic_optimizer, models.critic_master)
+    precision.sync_after_step(optimizers.policy, models.policy_master)
+    if optimizers.critic is not None:
+        precision.sync_after_step(optimizers.critic, models.critic_master)
 
 
 def optimizer_params(optimizer) -> list[nn.Parameter]:
@@ -223,32 +242,20 @@ def device_copy(model: Transformer, device) -> Transformer:
     return twin.eval().requires_grad_(False)
 
 
-def _rows(batch: SequenceBatch, rows: torch.Tensor) -> SequenceBatch:
-    return SequenceBatch(batch.input_ids[rows], batch.attention_mask[rows], batch.response_mask[rows], batch.prompt_len)
-
-
-def reference_fn(models: Models, device, temperature: float, share_prompts: bool = True):
-    """A no-grad function seqs -> log pi_ref [b, T] of a micro-batch's responses, or None without a
-    reference: the policy with adapters off (LoRA), a device copy made once here (offloaded, freed
-    with the function), or the reference itself."""
+def reference_fn(models: Models, device, temperature: float):
+    """A no-grad function layout -> log pi_ref [b, T] of a micro-batch's responses (its
+    `PackedLayout`, shared with the micro-batch's other forwards), or None without a reference:
+    the policy with adapters off (LoRA), a device copy made once here (offloaded, freed with the
+    function), or the reference itself."""
     if models.lora_reference:
-        def adapters_off(seqs: SequenceBatch) -> torch.Tensor:
+        def adapters_off(layout: PackedLayout) -> torch.Tensor:
             with torch.no_grad(), lora.adapters_disabled(models.policy):
-                return response_logprobs(models.policy, seqs, temperature, share_prompts=share_prompts)[0]
+                return packed_logprobs(models.policy, layout, temperature)[0]
         return adapters_off
     if models.ref is None:
         return None
     ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
-    return torch.no_grad()(lambda seqs: response_logprobs(ref, seqs, temperature, share_prompts=share_prompts)[0])
-
-
-def reference_logprobs(models: Models, batch: SequenceBatch, temperature: float, rows_per_pass: int):
-    """log pi_ref of the responses, [B, T] float32 on the batch's device; None without a reference."""
-    fn = reference_fn(models, batch.input_ids.device, temperature)
-    if fn is None:
-        return None
-    rows = torch.arange(batch.input_ids.shape[0])
-    return torch.cat([fn(_rows(batch, rows[i : i + rows_per_pass])) for i in range(0, len(rows), rows_per_pass)])
+    return torch.no_grad()(lambda layout: packed_logprobs(ref, layout, temperature)[0])
 
 
 def master_state(models: Models) -> dict:

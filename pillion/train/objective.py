@@ -1,9 +1,11 @@
-"""The per-preset glue between the loop and `pillion.algorithms`: advantages and the actor loss.
+"""The per-preset glue between the loop and `pillion.algorithms`: advantages, the actor loss, the
+critic loss, and the step's checks of the rollout's log-probs.
 
 `pillion.algorithms` holds the formulas as pure tensor functions; this module only chooses
 among them from the config, in the order docs/algorithms.md §2.5 gives:
 
     loss = loss_pg + kl_coef * aggregate(kl) - entropy_coef * aggregate(H) + nll_coef * loss_nll
+    critic loss = vf_coef * clipped value loss (token mean over the step's tokens)
 
 All tensors are [B, T] response tensors with `mask` (1 on response tokens) unless noted.
 """
@@ -136,4 +138,26 @@ def actor_loss(cfg, logp, old_logp, mb: TrainBatch, counts: Counts, entropy=None
         nll = L.nll_positive(logp, mask, correct, num_tokens=max(counts.num_positive_tokens, 1))
         loss = loss + cfg.loss.nll_coef * nll
         stats["nll_loss"] = float(nll.detach())
+    if entropy is not None:  # the policy's entropy over the loss's tokens, logged
+        stats["entropy"] = float(L.aggregate(entropy.detach(), mask, "token_mean"))
     return loss, stats
+
+
+def critic_loss(cfg, values, mb: TrainBatch, counts: Counts):
+    """The critic objective of micro-batch `mb` at values [b, T]: vf_coef x the clipped value loss
+    against the returns, a token mean over the step's global token count; returns (loss, stats)."""
+    loss, stats = L.value_loss(values, mb.values, mb.returns, mb.loss_mask, cfg.ppo.value_clip, "token_mean",
+                               num_tokens=counts.num_tokens)
+    return cfg.ppo.vf_coef * loss, {"value_loss": float(loss.detach()), "vf_clipfrac": float(stats["vf_clipfrac"])}
+
+
+def rollout_checks(old_logp, mb: TrainBatch) -> dict[str, float]:
+    """Token-weighted sums over micro-batch `mb` for the step's log, at the rollout policy as the
+    trainer computes it (`old_logp` [b, T]): tokens, the engine's log-probs against the trainer's
+    (`logprob_error`, docs/algorithms.md §13.1) and the k3 KL to the reference (with one)."""
+    n = float(mb.response_mask.sum())
+    sums = {"tokens": n, "logprob_error": n * L.token_mult_prob_error(mb.engine_logprobs, old_logp, mb.response_mask)}
+    if mb.ref_logprobs is not None:
+        kl = L.kl(old_logp, mb.ref_logprobs, "k3", mb.response_mask)  # [b, T]
+        sums["kl"] = float(L.aggregate(kl, mb.response_mask, "token_mean")) * n
+    return sums

@@ -152,8 +152,8 @@ def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None 
     `model` holds float32 parameters; param_dtype (bf16) is the compute dtype, gradients are
     reduced in float32 and summed over ranks (each rank's loss is already divided by the global
     count). cpu_offload keeps shards, gradients and optimizer state in CPU memory (FSDP2's
-    CPUOffloadPolicy; the optimizer step then runs on CPU). A critic's `values` is registered as
-    a forward method so that the root's weights are gathered around it as around `forward`.
+    CPUOffloadPolicy; the optimizer step then runs on CPU). A critic's `packed_values` is registered
+    as a forward method so that the root's weights are gathered around it as around `forward`.
     """
     if world.size == 1:
         return model
@@ -172,8 +172,8 @@ def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None 
     for block in trunk.model.layers:  # activation checkpointing wrappers first, then FSDP (torchtitan)
         fully_shard(block, mp_policy=policy, offload_policy=offload)
     fully_shard(model, mp_policy=policy, offload_policy=offload)
-    if hasattr(model, "values"):
-        register_fsdp_forward_method(model, "values")
+    if hasattr(model, "packed_values"):
+        register_fsdp_forward_method(model, "packed_values")
     for module in model.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sum: the losses are divided by global counts

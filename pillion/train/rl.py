@@ -11,7 +11,8 @@ One step, top to bottom: sample prompts -> generate G completions each with pill
 clipped policy loss (+ KL, entropy, NLL terms) with micro-batches -> optimizer step -> log,
 checkpoint, evaluate. The formulas live in `pillion.algorithms` (docs/algorithms.md);
 `objective.py` picks among them from the config; `batch.py` holds the step's records;
-`collect.py` is step 1 (rollout, grading, filters), `update.py` step 5 (the optimizer steps).
+`collect.py` is step 1 (rollout, grading, filters), `update.py` steps 3 and 5 (the no-grad pass,
+the optimizer steps) over the micro-batches of `schedule.py`.
 
 Where this departs from the papers: sizes are scaled down (presets note the paper values);
 each rollout batch is used for `ppo_epochs` x `mini_batches` updates, and with one update the
@@ -26,7 +27,10 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from pillion import config as config_lib
 from pillion import ranks, threads
@@ -37,23 +41,17 @@ from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
 from pillion.eval.select import select_training_pool
-from pillion.model.checkpoint import eos_token_ids, load_tokenizer
 from pillion.model.sequences import compile_training
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
-from pillion.train.batch import Sample, make_batch
-from pillion.train.collect import rollout
-from pillion.train.models import (
-    attach_optimizers,
-    build_models,
-    kl_probe,
-    optimizer_target,
-)
+from pillion.train.batch import Sample, TrainBatch, make_batch
+from pillion.train.collect import Rollout, prompt_batches, rollout
+from pillion.train.models import Models, Optimizers, build_models, build_optimizers, kl_probe
 from pillion.train.objective import advantages, loss_mask
-from pillion.train.optim import make_optimizer
 from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
@@ -71,22 +69,117 @@ class TrainingInterrupted(RuntimeError):
         self.step, self.run_dir = step, run_dir
 
 
-def build_data(cfg, tokenizer, context: int):
-    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out sets."""
-    budget = common.prompt_budget(cfg.data, context, cfg.max_new_tokens)
-    pools, _ = common.load_data(cfg.data, cfg.seed, tokenizer, budget)
-    heldout = common.heldout_sets(cfg.data, cfg.seed, tokenizer, budget)  # name -> problems, each evaluated alone
-    mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
-    stages = parse_stages(cfg.data.stages, cfg.data.sources, phases=False) if cfg.data.stages else []
-    return pools, mixture, HistoryResampler(), stages, heldout
-
-
 @parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False, before: dict | None = None
           ) -> dict:
     """Run RL training as configured; returns the final report (also written to report.json).
     `before`: report entries of the starting model's evaluation, when the caller has them (phases.py)."""
-    # ---- setup: world, models, optimizers, engine, data, grader; then the run folder ---------
+    run = setup(cfg, resume, overwrite)  # world, models, optimizers, engine, data, grader, run folder; resume
+    done, bad_streak = run.start, 0  # steps done (an interrupt's message says it); non-finite updates in a row
+    try:
+        if run.start == 0:
+            run.report.update(before or report_entries(evaluate_heldout(run, cfg, "before RL"), "before"))
+
+        # ---- the loop -------------------------------------------------------------------------
+        bar = common.progress(cfg.steps, run.start, f"{cfg.algo}")
+        for step in range(run.start, cfg.steps):
+            done, t0 = step, time.perf_counter()
+            for group in run.optimizers.policy.param_groups:
+                group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+
+            # 1. Rollout: the step's prompts -> G completions each -> rewards, with the group filters applied.
+            ro = generate(run, cfg, step)
+            record = rollout_metrics(ro, run.engine, cfg, step)
+            if not ro.samples:
+                log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
+                run.metrics.write({**record, "skipped_updates": 1})
+                bar.update(1)
+                continue
+
+            # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
+            #    With several ranks, whole groups first move so that ranks hold about as many tokens.
+            batch = make_batch(parallel.balance_groups(ro.samples, cfg.group_size, run.world), run.engine.pad_id,
+                               run.device)
+
+            # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
+            #    reference log-probs (a KL term), values (a critic).
+            on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
+            logprob_seconds = logprob_pass(run.models, cfg, batch, need_old=not on_policy, world=run.world)
+
+            # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
+            #    needs the rollout policy's log-probs: the trainer's when computed, else the engine's.
+            rollout_logprobs = batch.old_logprobs if batch.old_logprobs is not None else batch.engine_logprobs
+            batch.advantages, batch.returns = advantages(cfg, batch.scores, batch.response_mask, rollout_logprobs,
+                                                         batch.ref_logprobs, batch.values, run.world)
+            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
+
+            # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
+            #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
+            if cfg.behaviour.kl_probe_every and step % cfg.behaviour.kl_probe_every == 0:
+                record.update(kl_probe(run.models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows))
+            train_policy = run.models.critic is None or step >= cfg.ppo.value_pretrain_steps
+            stats = update(run.models, run.optimizers, cfg, batch, run.world, train_policy=train_policy)
+
+            # 6. Log: rewards, lengths, KL, clipping, alignment of engine and trainer log-probs, speed.
+            record = step_metrics(record, stats, batch, ro, run, logprob_seconds, t0)  # where the time went last
+            bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
+            log_step(run, cfg, {**record, "bad_streak": bad_streak}, step, bar)
+            if bad_streak >= cfg.max_bad_steps:
+                last = state.latest(run.run_dir)
+                raise TrainingStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
+                                      f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
+
+            # 7. Checkpoint and periodic evaluation.
+            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
+                run.metrics.write({"step": step + 1, **eval_metrics(evaluate_heldout(run, cfg, f"step {step + 1}"))})
+            # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
+            if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and not bad_streak:
+                save_checkpoint(run, cfg, step + 1)
+        done = cfg.steps
+        bar.close()
+
+        # ---- final evaluation and report --------------------------------------------------------
+        run.report.update(report_entries(evaluate_heldout(run, cfg, "after RL"), "after"))
+        if run.world.main:
+            _write_report(run.run_dir, run.report)
+    except KeyboardInterrupt:
+        raise TrainingInterrupted(done, run.run_dir) from None
+    finally:
+        run.close()
+    return run.report
+
+
+# ---- setup ---------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """What a run sets up once (`setup`) and every step uses."""
+
+    world: ranks.World
+    run_dir: Path
+    device: torch.device
+    model_dir: Path
+    models: Models  # policy, reference, critic (train/models.py)
+    optimizers: Optimizers
+    engine: Engine
+    mixture: Mixture  # the training pools' sampler
+    history: HistoryResampler  # SRPO: outcomes per prompt
+    stages: list  # SRPO: source weights by step
+    heldout: dict[str, list[Problem]]  # name -> problems, each set evaluated alone
+    grader: GradingPool
+    metrics: common.MetricsLog | parallel.NoLog  # rank 0 writes
+    report: dict  # report.json, filled as the run goes
+    start: int  # steps done before this call (resume)
+
+    def close(self) -> None:
+        self.grader.close()
+        self.metrics.close()
+        parallel.close(self.world)
+
+
+def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
+    """World, models, optimizers, engine, data and grader; then the run folder, and on resume the
+    weights, optimizers, sampler and history of the newest checkpoint."""
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
     common.seed_everything(cfg.seed)
@@ -101,35 +194,30 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     print(chosen.line())
     if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
         compile_training(models.policy)
-    policy, critic = models.policy, models.critic
     tokenizer = load_tokenizer(model_dir)
-    optimizer = make_optimizer(optimizer_target(policy, models.policy_params), cfg.optim, cfg.lr, cfg.weight_decay)
-    critic_opt = (make_optimizer(optimizer_target(critic, models.critic_params), cfg.optim, cfg.ppo.critic_lr, 0.0)
-                  if critic else None)
-    attach_optimizers(models, optimizer, critic_opt)  # bf16: masters rounded into the model per step
+    optimizers = build_optimizers(models, cfg)  # bf16: masters rounded into the model per step
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
-    with parallel.full_weights(policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
-        engine = Engine(policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn,
+    with parallel.full_weights(models.policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
+        engine = Engine(models.policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn,
                         tools=tools_from_config(cfg.tool))  # None unless tool.max_calls > 0
-    pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, policy.cfg.max_position_embeddings)
+    pools, mixture, history, stages, heldout = build_data(cfg, tokenizer, models.policy.cfg.max_position_embeddings)
     if world.main:  # one writer of the run folder; the other ranks wait for it
         common.create_run_dir(run_dir, overwrite)
         state.clean_stale(run_dir)
         state.write_text_atomic(run_dir / "config.yaml", config_lib.dumps(cfg))
     ranks.barrier(world)
-    pool = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
+    grader = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
     if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
-        with parallel.full_weights(policy, world):  # every rank selects alike: same weights, same seeds
-            pools, report["select"] = select_training_pool(engine, pools, cfg, pool)
+        with parallel.full_weights(models.policy, world):  # every rank selects alike: same weights, same seeds
+            pools, report["select"] = select_training_pool(engine, pools, cfg, grader)
         mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
-    start, step, bad_streak = 0, 0, 0
-
-    # ---- resume: weights, optimizer, RNG, sampler and history from the newest checkpoint ----
+    start = 0
     checkpoint = state.latest(run_dir) if resume else None
     if checkpoint is not None:
-        saved = sharded.resume(checkpoint, models, optimizer, critic_opt, world)  # saved at any number of ranks
+        # saved at any number of ranks
+        saved = sharded.resume(checkpoint, models, optimizers.policy, optimizers.critic, world)
         history.load_state_dict(saved["history"])
         for name, problems in pools.items():  # rebuild what history resampling left (data/history.py)
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
@@ -145,122 +233,90 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
     report["threads"] = chosen.threads
     if resume:
         metrics.truncate_after(start)
+    return Run(world, run_dir, device, model_dir, models, optimizers, engine, mixture, history, stages, heldout,
+               grader, metrics, report, start)
 
-    def prompts_for(step: int, gen_batch: int) -> list[Problem]:
-        if stages:  # SRPO two-stage schedule: the stage's source weights
-            mixture.set_weights(stage_at(stages, step)[1].sources)
-        return mixture.sample(cfg.prompts_per_step)
 
-    def run_eval(tag: str) -> dict:  # {set name: result}; each rank evaluates its share, all get the results
-        with parallel.full_weights(policy, world):
-            return evaluate_sets(engine, heldout, cfg.eval, cfg.data.template, cfg.reward, pool, tag, world)
+def build_data(cfg, tokenizer, context: int):
+    """Training pools (a mixture over cfg.data.sources), SRPO history, stages, held-out sets."""
+    budget = common.prompt_budget(cfg.data, context, cfg.max_new_tokens)
+    pools = common.load_pools(cfg.data, cfg.seed, tokenizer, budget)
+    heldout = common.heldout_sets(cfg.data, cfg.seed, tokenizer, budget)  # name -> problems, each evaluated alone
+    mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
+    stages = parse_stages(cfg.data.stages, cfg.data.sources, phases=False) if cfg.data.stages else []
+    return pools, mixture, HistoryResampler(), stages, heldout
 
-    try:
-        if start == 0:
-            report.update(before or report_entries(run_eval("before RL"), "before"))
 
-        # ---- the loop -------------------------------------------------------------------------
-        bar = common.progress(cfg.steps, start, f"{cfg.algo}")
-        for step in range(start, cfg.steps):
-            t0 = time.perf_counter()
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * common.lr_factor(step, cfg.steps, cfg.warmup_steps, cfg.lr_schedule)
+# ---- the steps -------------------------------------------------------------------------------------
 
-            # 1. Rollout: prompts -> G completions each -> rewards, with the group filters applied.
-            policy.eval()
-            with parallel.full_weights(policy, world):  # the engine reads whole weights: gathered once
-                ro = rollout(engine, prompts_for, cfg, step, pool, world)
-            policy.train()
-            if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
-                record_history(history, mixture, ro.samples, cfg.group_size)
-            rewards = [s.reward for s in ro.generated]  # every sample generated: filters do not flatter the metric
-            record = {"step": step + 1, "reward": sum(r.score for r in rewards) / max(len(rewards), 1),
-                      "accuracy": sum(bool(r.correct) for r in rewards) / max(len(rewards), 1),
-                      # a final answer in the graded style, as the grader extracted it
-                      "answered": sum(r.answer is not None for r in rewards) / max(len(rewards), 1),
-                      "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
-                      **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
-                                          [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
-                      **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
-            if not ro.samples:
-                log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
-                metrics.write({**record, "skipped_updates": 1})
-                bar.update(1)
-                continue
+def generate(run: Run, cfg, step: int) -> Rollout:
+    """Step 1: the stage's source weights (SRPO, set once per step), then the rollout over the
+    step's prompts, drawn as it takes them (collect.py); SRPO records each prompt's outcomes."""
+    if run.stages:
+        run.mixture.set_weights(stage_at(run.stages, step)[1].sources)
+    run.models.policy.eval()
+    with parallel.full_weights(run.models.policy, run.world):  # the engine reads whole weights: gathered once
+        ro = rollout(run.engine, prompt_batches(run.mixture, cfg.prompts_per_step), cfg, step, run.grader, run.world)
+    run.models.policy.train()
+    if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
+        record_history(run.history, run.mixture, ro.samples, cfg.group_size)
+    return ro
 
-            # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
-            #    With several ranks, whole groups first move so that ranks hold about as many tokens.
-            batch = make_batch(parallel.balance_groups(ro.samples, cfg.group_size, world), engine.pad_id, device)
 
-            # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
-            #    reference log-probs (a KL term), values (a critic).
-            on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
-            logprob_seconds = logprob_pass(models, critic, batch, cfg, need_old=not on_policy, world=world)
+def rollout_metrics(ro: Rollout, engine: Engine, cfg, step: int) -> dict:
+    """The step's record of its rollout, over every sample generated: filters do not flatter it."""
+    rewards = [s.reward for s in ro.generated]
+    n = max(len(rewards), 1)
+    return {"step": step + 1, "reward": sum(r.score for r in rewards) / n,
+            "accuracy": sum(bool(r.correct) for r in rewards) / n,
+            "answered": sum(r.answer is not None for r in rewards) / n,  # a final answer in the graded style
+            "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
+            **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
+                                [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
+            **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
 
-            # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
-            #    needs the rollout policy's log-probs: the trainer's when computed, else the engine's.
-            rollout_logprobs = batch.old_logprobs if batch.old_logprobs is not None else batch.engine_logprobs
-            batch.advantages, batch.returns = advantages(cfg, batch.scores, batch.response_mask, rollout_logprobs,
-                                                         batch.ref_logprobs, batch.values, world)
-            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
 
-            # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
-            #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
-            if cfg.behaviour.kl_probe_every and step % cfg.behaviour.kl_probe_every == 0:
-                record.update(kl_probe(models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows))
-            train_policy = critic is None or step >= cfg.ppo.value_pretrain_steps
-            stats = update(policy, optimizer, critic, critic_opt, cfg, batch, world, train_policy)
+def step_metrics(record: dict, stats: dict, batch: TrainBatch, ro: Rollout, run: Run, logprob_seconds: float,
+                 t0: float) -> dict:
+    """The step's record: its rollout's, the update's stats, lengths, speed, the critic's explained
+    variance, and where the step's time went (measured last)."""
+    lengths = batch.response_mask.sum(-1)  # [B]
+    record = {**record, **stats,
+              "response_length": float(lengths.mean()),
+              "truncated": float(batch.truncated.float().mean()),
+              "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
+              "lr": run.optimizers.policy.param_groups[0]["lr"]}
+    if run.models.critic is not None:
+        record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns, batch.response_mask))
+    return {**record, **step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0)}
 
-            # 6. Log: rewards, lengths, KL, clipping, alignment of engine and trainer log-probs, speed.
-            lengths = batch.response_mask.sum(-1)  # [B]
-            record.update(stats)
-            record.update({
-                "response_length": float(lengths.mean()),
-                "truncated": float(batch.truncated.float().mean()),
-                "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
-                "lr": optimizer.param_groups[0]["lr"],
-            })
-            if critic is not None:
-                record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns,
-                                                                          batch.response_mask))
-            record.update(step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0))  # where time went
-            bad_streak = bad_streak + 1 if stats["skipped_updates"] else 0
-            record["bad_streak"] = bad_streak
-            record = ranks.reduce_record(record, world, sums=("kept_groups",))  # ranks' means; rank 0 writes
-            metrics.write(record)
-            bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
-                            len=f"{record['response_length']:.0f}")
-            bar.update(1)
-            if bar.disable and ((step + 1) % 10 == 0 or step + 1 == cfg.steps):  # no terminal: a line per 10 steps
-                print(f"step {step + 1}/{cfg.steps}: reward {record['reward']:.3f} accuracy {record['accuracy']:.3f} "
-                      f"length {record['response_length']:.1f} step time {record['step_time']:.2f}s", flush=True)
-            if bad_streak >= cfg.max_bad_steps:
-                last = state.latest(run_dir)
-                raise TrainingStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
-                                      f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
 
-            # 7. Checkpoint and periodic evaluation.
-            if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
-                metrics.write({"step": step + 1, **eval_metrics(run_eval(f"step {step + 1}"))})
-            # A step whose update was skipped is not checkpointed: the newest checkpoint stays a good one.
-            if ((step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps) and not bad_streak:
-                sharded.save(run_dir, step + 1, models, optimizer, critic_opt, model_dir, world, {
-                    "mixture": mixture.state_dict(), "history": history.state_dict(), "report": report,
-                }, recipe={"template": cfg.data.template, "answer_style": cfg.reward.answer_style})
-            step += 1  # steps done, for an interrupt during the final evaluation
-        bar.close()
+def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
+    """Write the step's record (the ranks' means; rank 0 writes) and show it on the progress bar,
+    or without a terminal as a line every 10 steps."""
+    record = ranks.reduce_record(record, run.world, sums=("kept_groups",))
+    run.metrics.write(record)
+    bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
+                    len=f"{record['response_length']:.0f}")
+    bar.update(1)
+    if bar.disable and ((step + 1) % 10 == 0 or step + 1 == cfg.steps):
+        print(f"step {step + 1}/{cfg.steps}: reward {record['reward']:.3f} accuracy {record['accuracy']:.3f} "
+              f"length {record['response_length']:.1f} step time {record['step_time']:.2f}s", flush=True)
 
-        # ---- final evaluation and report --------------------------------------------------------
-        report.update(report_entries(run_eval("after RL"), "after"))
-        if world.main:
-            _write_report(run_dir, report)
-    except KeyboardInterrupt:
-        raise TrainingInterrupted(step, run_dir) from None
-    finally:
-        pool.close()
-        metrics.close()
-        parallel.close(world)
-    return report
+
+def evaluate_heldout(run: Run, cfg, tag: str) -> dict:
+    """{set name: result} on the held-out sets; each rank evaluates its share, all get the results."""
+    with parallel.full_weights(run.models.policy, run.world):
+        return evaluate_sets(run.engine, run.heldout, cfg.eval, cfg.data.template, cfg.reward, run.grader, tag,
+                             run.world)
+
+
+def save_checkpoint(run: Run, cfg, steps: int) -> None:
+    """Weights, optimizers, sampler, history and report after `steps` steps (train/sharded.py)."""
+    sharded.save(run.run_dir, steps, run.models, run.optimizers.policy, run.optimizers.critic, run.model_dir,
+                 run.world, {"mixture": run.mixture.state_dict(), "history": run.history.state_dict(),
+                             "report": run.report},
+                 recipe={"template": cfg.data.template, "answer_style": cfg.reward.answer_style})
 
 
 def record_history(history, mixture, samples: list[Sample], group_size: int) -> None:

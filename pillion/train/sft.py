@@ -31,8 +31,9 @@ from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
 from pillion.eval.evaluate import evaluate
-from pillion.model.checkpoint import eos_token_ids, load_tokenizer, save_model, write_recipe
+from pillion.model.checkpoint import save_model, write_recipe
 from pillion.model.sequences import pack, response_logprobs
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.rollout.engine import Engine
 from pillion.train import common, parallel, precision, sharded, state
 from pillion.train.models import compute_dtype, load_trainable, optimizer_target

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from pillion import ranks
-from pillion.model.checkpoint import CheckpointError, load_model, save_model, write_recipe
+from pillion.model.checkpoint import load_model, save_model, write_recipe
+from pillion.model.hf_config import CheckpointError
 from pillion.model.transformer import Transformer
 from pillion.train import state
 from pillion.train.models import Models, load_master_state, master_state

@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from pillion.model.checkpoint import CheckpointError, save_model, write_recipe
+from pillion.model.checkpoint import save_model, write_recipe
+from pillion.model.hf_config import CheckpointError
 
 _STEP_DIR = re.compile(r"step-(\d+)")
 

@@ -2,15 +2,17 @@
 steps, micro-batched, with loss normalisers counted over the whole mini-batch (and over ranks)
 so that the result does not depend on the micro-batch split (docs/algorithms.md §5).
 
-    logprob_pass(models, critic, batch, cfg, need_old)    # step 3: old, reference, values; no grad
-    stats = update(policy, optimizer, critic, critic_opt, cfg, batch, world)   # step 5
+    logprob_pass(models, cfg, batch, need_old, world)        # step 3: old, reference, values; no grad
+    stats = update(models, optimizers, cfg, batch, world)     # step 5
 
 Every forward is packed (model/sequences.py): a micro-batch's rows run end to end without
-padding, and with `micro_batch_tokens` micro-batches hold a token budget rather than a row
-count (`batch.micro_batches`), so long and short rows share forwards of even cost. The no-grad
-pass computes the old log-probs, the reference's and the critic's values over the same
-micro-batches, one after another per micro-batch, before the update. Both return their wall
-seconds for the step-time breakdown (`step_times`).
+padding, through the one `PackedLayout` that all of its forwards read, and micro-batches hold a
+row count or, with `micro_batch_tokens`, a token budget (schedule.py), so long and short rows
+share forwards of even cost. The no-grad pass computes the old log-probs, the reference's and
+the critic's values over the same micro-batches, one after another per micro-batch, before the
+update; with one mini-batch per step the update runs over those same micro-batches and layouts.
+The losses and the checks of the rollout's log-probs are objective.py's; this module runs them.
+Both functions return their wall seconds for the step-time breakdown (`step_times`).
 """
 
 from __future__ import annotations
@@ -20,14 +22,11 @@ import time
 import torch
 
 from pillion import ranks
-from pillion.algorithms import losses as L
-from pillion.model.sequences import response_logprobs
-from pillion.train import parallel
-from pillion.train.batch import TrainBatch, even_out, micro_batches, prompt_groups
-from pillion.train.models import optimizer_params, reference_fn
-from pillion.train.objective import Counts, actor_loss
-
-PHASES = ("generate", "grade", "logprobs", "update")  # metrics.jsonl: time_<phase>, time_other, step_time
+from pillion.model.sequences import packed_logprobs
+from pillion.train import parallel, schedule
+from pillion.train.batch import TrainBatch
+from pillion.train.models import Models, Optimizers, optimizer_params, reference_fn
+from pillion.train.objective import Counts, actor_loss, critic_loss, rollout_checks
 
 # Wall-clock fields of a step's metrics record: the only ones that differ between two runs of
 # the same config and seed (resume, fault and multi-rank tests compare all the others).
@@ -40,17 +39,6 @@ TIMING_FIELDS = frozenset({"tokens_per_s", "step_time", "time_generate", "time_g
 PARTS = ("pg_loss", "kl_loss", "value_loss")
 
 
-def split(batch: TrainBatch, index: torch.Tensor, cfg, world=None) -> list[torch.Tensor]:
-    """Micro-batches (row indices into `batch`) of the rows `index`, by rows or by token budget;
-    with several ranks as many on every rank (the most any rank needs: `even_out`)."""
-    lengths = batch.seqs.attention_mask[index].sum(-1).tolist()  # real tokens per row
-    groups = prompt_groups(batch.seqs, index) if cfg.share_prompts and cfg.micro_batch_tokens > 0 else None
-    parts = micro_batches(lengths, cfg.micro_batch, cfg.micro_batch_tokens, groups)
-    if world is not None and world.size > 1 and cfg.micro_batch_tokens > 0:
-        parts = even_out(parts, lengths, ranks.max_int(len(parts), world))
-    return [index[m] for m in parts]
-
-
 def seconds_since(start: float, device) -> float:
     """Wall seconds since `start`, after the device's queued work (CUDA is asynchronous)."""
     if torch.device(device).type == "cuda":
@@ -59,26 +47,25 @@ def seconds_since(start: float, device) -> float:
 
 
 @torch.no_grad()
-def logprob_pass(models, critic, batch: TrainBatch, cfg, need_old: bool, world=None) -> float:
+def logprob_pass(models: Models, cfg, batch: TrainBatch, need_old: bool, world=None) -> float:
     """Fill batch.old_logprobs (when `need_old`: several updates per rollout, or TIS), the
     reference's log-probs (a KL term) and the critic's values, in one no-grad pass over the
     micro-batches; returns its wall seconds."""
     start = time.perf_counter()
     device = batch.response_mask.device
-    reference = reference_fn(models, device, cfg.temperature, cfg.share_prompts)  # None without a reference
-    fns = {"old_logprobs": (lambda s: response_logprobs(models.policy, s, cfg.temperature,
-                                                        share_prompts=cfg.share_prompts)[0]) if need_old else None,
+    reference = reference_fn(models, device, cfg.temperature)  # None without a reference
+    fns = {"old_logprobs": (lambda layout: packed_logprobs(models.policy, layout, cfg.temperature)[0])
+           if need_old else None,
            "ref_logprobs": reference,
-           "values": (lambda s: critic.values(s, share_prompts=cfg.share_prompts)) if critic is not None else None}
+           "values": models.critic.packed_values if models.critic is not None else None}
     fns = {k: fn for k, fn in fns.items() if fn is not None}
     if fns:
-        parts = split(batch, torch.arange(batch.num_rows), cfg, world)
-        order = torch.argsort(torch.cat(parts))  # micro-batch order -> row order
+        parts = schedule.of(batch, cfg, world).micro_batches(torch.arange(batch.num_rows))
+        order = torch.argsort(torch.cat([micro.rows for micro in parts]))  # micro-batch order -> row order
         outs: dict[str, list[torch.Tensor]] = {k: [] for k in fns}
-        for rows in parts:
-            seqs = batch.rows(rows).seqs
+        for micro in parts:
             for k, fn in fns.items():
-                outs[k].append(fn(seqs))  # [b, T]
+                outs[k].append(fn(micro.layout))  # [b, T]
         for k, parts_k in outs.items():
             setattr(batch, k, torch.cat(parts_k)[order])  # [B, T]
     return seconds_since(start, device)
@@ -94,12 +81,14 @@ def optimizer_step(params, optimizer, grad_clip) -> tuple[float, bool]:
     return float(norm), ok
 
 
-def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world, train_policy=True) -> dict:
-    """ppo_epochs x mini_batches optimizer steps over the rollout batch; returns the step's stats,
-    including how closely the engine's log-probs match the trainer's (first pass over each row)
-    and the update's wall seconds (`time_update`)."""
+def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world, train_policy: bool = True) -> dict:
+    """ppo_epochs x mini_batches optimizer steps over the rollout batch (train_policy=False: the
+    critic's alone, VAPO's value pretraining); returns the step's stats, including how closely the
+    engine's log-probs match the trainer's (first pass over each row) and the update's wall
+    seconds (`time_update`)."""
     start = time.perf_counter()
-    stats: dict[str, list[float]] = {}
+    plan = schedule.of(batch, cfg, world)
+    stats: dict[str, list[float]] = {}  # per micro-batch, or per optimizer step (PARTS, grad_norm)
     sums = {"tokens": 0.0, "logprob_error": 0.0, "kl": 0.0}  # token-weighted, first epoch
     skipped = 0
     size = -(-batch.num_rows // cfg.mini_batches)
@@ -111,44 +100,31 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
             counts.num_seqs = ranks.sum_int(counts.num_seqs, world)
             counts.num_positive_tokens = ranks.sum_int(counts.num_positive_tokens, world)
             shares: dict[str, float] = {}  # PARTS: the micro-batches' shares of this optimizer step's losses
-            for micro in split(batch, mb, cfg, world):
-                sub = batch.rows(micro)
+            for micro in plan.micro_batches(mb):
+                sub = batch.rows(micro.rows)
                 if train_policy:
-                    logp, entropy = response_logprobs(policy, sub.seqs, cfg.temperature, with_entropy=True,
-                                                      share_prompts=cfg.share_prompts)  # [b, T]
+                    logp, entropy = packed_logprobs(models.policy, micro.layout, cfg.temperature,
+                                                    with_entropy=True)  # [b, T]
                     # On-policy (one update per rollout) the first forward is pi_old: ratio exactly 1.
                     old = sub.old_logprobs if sub.old_logprobs is not None else logp.detach()
                     if epoch == 0:  # the rollout policy as the trainer sees it, against the engine's
-                        n = float(sub.response_mask.sum())
-                        sums["tokens"] += n
-                        sums["logprob_error"] += n * L.token_mult_prob_error(sub.engine_logprobs, old,
-                                                                             sub.response_mask)
-                        if sub.ref_logprobs is not None:
-                            kl = L.kl(old, sub.ref_logprobs, "k3", sub.response_mask)  # [b, T]
-                            sums["kl"] += float(L.aggregate(kl, sub.response_mask, "token_mean")) * n
+                        for k, v in rollout_checks(old, sub).items():
+                            sums[k] += v
                     loss, st = actor_loss(cfg, logp, old, sub, counts, entropy)
                     loss.backward()
-                    st["entropy"] = float(L.aggregate(entropy.detach(), sub.loss_mask, "token_mean"))
-                    for k, v in st.items():
-                        if k in PARTS:
-                            shares[k] = shares.get(k, 0.0) + v
-                        else:
-                            stats.setdefault(k, []).append(v)
-                if critic is not None:
-                    values = critic.values(sub.seqs, share_prompts=cfg.share_prompts)  # [b, T]
-                    vloss, vst = L.value_loss(values, sub.values, sub.returns, sub.loss_mask, cfg.ppo.value_clip,
-                                              "token_mean", num_tokens=counts.num_tokens)
-                    (cfg.ppo.vf_coef * vloss).backward()
-                    shares["value_loss"] = shares.get("value_loss", 0.0) + float(vloss.detach())
-                    stats.setdefault("vf_clipfrac", []).append(float(vst["vf_clipfrac"]))
+                    keep_stats(st, shares, stats)
+                if models.critic is not None:
+                    loss, st = critic_loss(cfg, models.critic.packed_values(micro.layout), sub, counts)  # [b, T] values
+                    loss.backward()
+                    keep_stats(st, shares, stats)
             for k, v in shares.items():
                 stats.setdefault(k, []).append(v)
             if train_policy:
-                norm, ok = optimizer_step(optimizer_params(optimizer), optimizer, cfg.grad_clip)
+                norm, ok = optimizer_step(optimizer_params(optimizers.policy), optimizers.policy, cfg.grad_clip)
                 stats.setdefault("grad_norm", []).append(norm)
                 skipped += not ok
-            if critic is not None:
-                _, ok = optimizer_step(optimizer_params(critic_opt), critic_opt, cfg.grad_clip)
+            if models.critic is not None:
+                _, ok = optimizer_step(optimizer_params(optimizers.critic), optimizers.critic, cfg.grad_clip)
                 skipped += not ok
     sums = ranks.sum_floats(sums, world)  # token-weighted over every rank's rows
     out = {k: sum(v) / len(v) for k, v in stats.items()}  # means over optimizer steps (losses) or micro-batches
@@ -159,6 +135,15 @@ def update(policy, optimizer, critic, critic_opt, cfg, batch: TrainBatch, world,
         out["kl"] = sums["kl"] / sums["tokens"]
     out["time_update"] = seconds_since(start, batch.response_mask.device)
     return out
+
+
+def keep_stats(step_stats: dict[str, float], shares: dict[str, float], stats: dict[str, list[float]]) -> None:
+    """A micro-batch's stats: its shares of the optimizer step's losses (PARTS) summed, the rest kept."""
+    for k, v in step_stats.items():
+        if k in PARTS:
+            shares[k] = shares.get(k, 0.0) + v
+        else:
+            stats.setdefault(k, []).append(v)
 
 
 def step_times(record: dict, gen_seconds: float, grade_seconds: float, logprob_seconds: float, start: float) -> dict:

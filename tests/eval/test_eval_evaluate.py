@@ -9,7 +9,8 @@ from pillion.data import generate, render_prompt
 from pillion.eval.evaluate import evaluate
 from pillion.eval.report import markdown_table
 from pillion.eval.samples import EvalConfig
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+from pillion.model.checkpoint import load_model
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
 from pillion.rewards import RewardConfig, score
 from pillion.rollout.engine import Completion, Engine

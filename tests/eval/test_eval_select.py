@@ -109,7 +109,8 @@ def test_select_returns_fewer_when_candidates_run_out():
 
 def test_select_on_a_tiny_model(tiny_checkpoint):
     from pillion.data import generate
-    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+    from pillion.model.checkpoint import load_model
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rollout.engine import Engine
 
     folder = tiny_checkpoint("qwen2")
@@ -191,7 +192,7 @@ def test_difficulty_file_trains_by_level_through_the_config(tmp_path, tiny_check
     cfg = C.resolve(C.TrainConfig, overrides=[f"data.sources={{gsm: {out}}}", "data.level_weights={1: 0, 3: 1, 5: 0}",
                                               "data.heldout=synthetic:1", "data.heldout_size=2"])
     assert cfg.data.level_weights == {1: 0, 3: 1, 5: 0}
-    from pillion.model.checkpoint import load_tokenizer
+    from pillion.model.tokenizer import load_tokenizer
 
     _, mixture, *_ = build_data(cfg, load_tokenizer(tiny_checkpoint("qwen2")), 2048)
     assert {p.id for p in mixture.sample(10)} == {"gsm8k/2"}  # the only level-3 problem (3 of 8 right)

@@ -8,7 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM
 
-from pillion.model.checkpoint import CheckpointError, load_model, save_model
+from pillion.model.checkpoint import load_model, save_model
+from pillion.model.hf_config import CheckpointError
 from tests.conftest import FAMILIES
 
 

@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pillion.model import lora
-from pillion.model.checkpoint import CheckpointError, load_model, save_model
+from pillion.model.checkpoint import load_model, save_model
+from pillion.model.hf_config import CheckpointError
 from pillion.model.sequences import pack, response_logprobs
 
 peft = pytest.importorskip("peft")

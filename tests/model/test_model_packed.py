@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pillion.model.checkpoint import load_model
-from pillion.model.sequences import compile_training, pack, response_logprobs, shared_prompt_layout
-from pillion.model.transformer import PackedRows, packed_attention
+from pillion.model.packed import PackedRows, packed_attention
+from pillion.model.sequences import compile_training, pack, packed_layout, response_logprobs
 
 
 def _rows(seed, n, vocab=256):
@@ -54,14 +54,69 @@ def test_shared_prompt_layout_holds_each_prompt_once():
     # [5, 6, 7, 8, 9] then [4, 3]; expanded rows [5 6 7], [5 6 8 9], [4 3]; positions restart per
     # row and continue after the shared prompt.
     batch = pack([[5, 6], [4], [5, 6]], [[7], [3], [8, 9]], pad_id=0)
-    layout = shared_prompt_layout(batch)
-    assert layout["tokens"] == [5, 6, 7, 8, 9, 4, 3] and layout["positions"] == [0, 1, 2, 2, 3, 0, 1]
-    assert layout["lengths"] == [3, 4, 2] and layout["gather"] == [0, 1, 2, 0, 1, 3, 4, 5, 6]
-    gather, owned = torch.tensor(layout["gather"]), torch.tensor(layout["owned"])  # [N'] each
+    layout = packed_layout(batch)
+    assert layout.ids.tolist() == [5, 6, 7, 8, 9, 4, 3] and layout.positions.tolist() == [0, 1, 2, 2, 3, 0, 1]
+    assert layout.rows.lengths == [3, 4, 2] and layout.rows.gather.tolist() == [0, 1, 2, 0, 1, 3, 4, 5, 6]
+    gather, owned = layout.rows.gather, layout.rows.owned  # [N'], and the index [N] of the owned slots
     assert gather[owned].tolist() == list(range(7))  # every packed token owned once, in order
     # Targets in [B, T] row-major order: row 0's 7 (from 6), row 1's 3 (from 4), row 2's 8, 9.
-    assert layout["source"] == [1, 5, 1, 3] and layout["target_ids"] == [7, 3, 8, 9]
-    assert shared_prompt_layout(pack([[1], [2]], [[3], [4]], pad_id=0)) is None  # nothing shared
+    assert layout.source.tolist() == [1, 5, 1, 3] and layout.targets.tolist() == [7, 3, 8, 9]
+    assert not packed_layout(pack([[1], [2]], [[3], [4]], pad_id=0)).shared  # nothing shared
+
+
+def _layout_by_rows(batch, share):
+    """The packed layout built token by token over Python lists (the construction `packed_layout`
+    replaces with tensor operations): rows grouped by prompt in the order each first appears,
+    each prompt once, then its rows' responses; targets in row-major [B, T] order."""
+    P, ids = batch.prompt_len, batch.input_ids.tolist()
+    real, wanted = batch.attention_mask.bool().tolist(), batch.response_mask.bool().tolist()
+    groups = {}
+    for b, (row, keep) in enumerate(zip(ids, real)):
+        key = tuple(t for t, k in zip(row[:P], keep[:P]) if k)
+        groups.setdefault(key if share else b, []).append(b)
+    tokens, positions, gather, owned, lengths, slots = [], [], [], [], [], [None] * len(ids)
+    for rows in groups.values():
+        prompt = [t for t, k in zip(ids[rows[0]][:P], real[rows[0]][:P]) if k]
+        first = len(tokens)
+        tokens += prompt
+        positions += range(len(prompt))
+        for i, b in enumerate(rows):
+            response = [t for t, k in zip(ids[b][P:], real[b][P:]) if k]
+            start = len(tokens)
+            tokens += response
+            positions += range(len(prompt), len(prompt) + len(response))
+            slots[b] = [*range(first, first + len(prompt)), *range(start, start + len(response))]
+            gather += slots[b]
+            owned += [i == 0] * len(prompt) + [True] * len(response)
+            lengths.append(len(slots[b]))
+    source, targets, where = [], [], []
+    for b, keep in enumerate(wanted):
+        prompt_len = len(slots[b]) - sum(real[b][P:])
+        where.append([want and real[b][P + j] and prompt_len + j > 0 for j, want in enumerate(keep)])
+        for j, on in enumerate(where[-1]):
+            if on:
+                source.append(slots[b][prompt_len + j - 1])
+                targets.append(ids[b][P + j])
+    return tokens, positions, lengths, gather, owned, source, targets, where
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_packed_layout_equals_the_row_by_row_construction(seed):
+    """The tensor-built layout against the token-by-token one, on GRPO-shaped batches (shuffled
+    groups), on rows that share nothing, and with sharing off."""
+    for batch, share in ((_groups(seed, 3, 4), True), (_groups(seed, 3, 4), False), (_rows(seed, 6), True)):
+        layout = packed_layout(batch, share)
+        tokens, positions, lengths, gather, owned, source, targets, where = _layout_by_rows(batch, share)
+        assert layout.shared == (gather != list(range(len(gather))))  # some prompt held once for several rows
+        assert layout.ids.tolist() == tokens and layout.positions.tolist() == positions
+        assert layout.rows.lengths == lengths
+        if layout.shared:
+            assert layout.rows.gather.tolist() == gather
+            assert layout.rows.owned.tolist() == [i for i, own in enumerate(owned) if own]
+        else:
+            assert gather == list(range(len(tokens)))  # nothing repeated: the rows end to end
+        assert layout.source.tolist() == source and layout.targets.tolist() == targets
+        assert layout.where.tolist() == where
 
 
 @pytest.mark.parametrize("family,seed", [("qwen2", 3), ("qwen3", 4), ("llama", 5)])
@@ -121,7 +176,7 @@ def test_compiled_training_forward_does_not_recompile_for_new_shapes(tiny_checkp
 
 
 def test_length_buckets_group_similar_rows_and_bound_padding():
-    from pillion.model.transformer import length_buckets
+    from pillion.model.packed import length_buckets
 
     # Rows of 2, 10, 3, 9 tokens start at 0, 2, 12, 15. Shortest first: 2, 3 (2 x 3 = 6 <= 1.25 x 5)
     # then 9 would pad to 3 x 9 = 27 > 1.25 x 14: a new bucket; 10 joins it (2 x 10 = 20 <= 1.25 x 19).
@@ -131,7 +186,7 @@ def test_length_buckets_group_similar_rows_and_bound_padding():
 
 
 def test_take_rows_is_indexing_with_repeated_rows_summed_in_the_backward():
-    from pillion.model.transformer import take_rows
+    from pillion.model.packed import take_rows
 
     # x = [1, 2, 3] (one column), index [2, 0, 2] -> [3, 1, 3]; loss 1 * 3 + 10 * 1 + 100 * 3: the
     # gradient of x is [10, 0, 1 + 100].
@@ -149,7 +204,7 @@ def test_take_rows_is_indexing_with_repeated_rows_summed_in_the_backward():
 
 
 def test_bucket_slots_hold_every_token_once_and_read_each_output_from_its_own_slot():
-    from pillion.model.transformer import BucketSlots
+    from pillion.model.packed import BucketSlots
 
     # Rows of 2, 10, 3, 9 tokens (see the length_buckets test): buckets of 2 x 3 and 2 x 10 slots;
     # the slot each token's output is read from holds that token.
@@ -217,16 +272,16 @@ def test_the_cuda_route_stays_out_of_compiled_graphs(monkeypatch):
     by the CPU route, and rows of new lengths and counts compile nothing new."""
     from torch._dynamo.testing import CompileCounter
 
-    from pillion.model import transformer
+    from pillion.model import packed
 
     def stand_in(q, k, v, rows):
         assert isinstance(max(rows.lengths), int)  # what varlen_attn gets
-        return transformer.bucketed_attention(q, k, v, rows)
+        return packed.bucketed_attention(q, k, v, rows)
 
-    monkeypatch.setattr(transformer, "varlen_attention", stand_in)
+    monkeypatch.setattr(packed, "varlen_attention", stand_in)
     torch._dynamo.reset()
     counter = CompileCounter()
-    compiled = torch.compile(lambda q, k, v, rows: transformer.varlen_route(q * 2, k, v, rows) + 1, backend=counter,
+    compiled = torch.compile(lambda q, k, v, rows: packed.varlen_route(q * 2, k, v, rows) + 1, backend=counter,
                              dynamic=True)
     frames = []
     for lengths in ([3, 2], [5, 1, 4], [7, 7], [2, 9, 1, 3]):

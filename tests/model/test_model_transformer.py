@@ -5,8 +5,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from pillion.model.checkpoint import load_model
+from pillion.model.decode import KVCache
 from pillion.model.sequences import pack, response_logprobs, token_logprobs
-from pillion.model.transformer import KVCache, causal_padding_mask, padding_positions
+from pillion.model.transformer import causal_padding_mask, padding_positions
 from tests.conftest import FAMILIES
 
 

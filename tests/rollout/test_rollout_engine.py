@@ -4,8 +4,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs
+from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
 from tests.conftest import FAMILIES
 

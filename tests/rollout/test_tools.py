@@ -241,7 +241,8 @@ def test_multi_turn_rows_keep_engine_and_trainer_logprobs_equal(tiny_checkpoint)
     slots or the check interval, and the log-prob check, over sampled tokens, still finds the
     engine, the trainer and transformers in agreement, which it cannot unless each output was
     written into the cache where the trainer's forward reads it in the sequence."""
-    from pillion.model.checkpoint import eos_token_ids, load_model, load_tokenizer
+    from pillion.model.checkpoint import load_model
+    from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rollout.check import check
 
     folder = tiny_checkpoint("qwen2")

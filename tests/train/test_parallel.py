@@ -209,7 +209,8 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
 
 def test_row_offset_gives_a_share_of_a_call_the_samples_of_the_whole_call(tiny_checkpoint):
     """What makes N ranks sample what one process samples: rows keyed by their global index."""
-    from pillion.model.checkpoint import load_model, load_tokenizer
+    from pillion.model.checkpoint import load_model
+    from pillion.model.tokenizer import load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
     folder = tiny_checkpoint("qwen2")
@@ -315,18 +316,18 @@ def ranks_say(script: str) -> list:
 
 
 _SPLIT = """
-import json, sys, types, torch
+import json, sys, torch
 from pillion import config as C
 from pillion.model.sequences import pack
 from pillion.train import parallel
-from pillion.train.update import split
+from pillion.train.schedule import Schedule
 
 cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=60", "share_prompts=false"])
 world = parallel.init(cfg)
 # 6 rows of a 2-token prompt and a response of 12 tokens (rank 0: four rows fit in 60) or 40 (rank 1: one)
 n = 12 if world.rank == 0 else 40
-batch = types.SimpleNamespace(seqs=pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0))
-parts = [m.tolist() for m in split(batch, torch.arange(6), cfg, world)]
+seqs = pack([[1, 2]] * 6, [[3] * n] * 6, pad_id=0)
+parts = [m.tolist() for m in Schedule(seqs, cfg, world).split(torch.arange(6))]
 print("SAYS", json.dumps(parts), file=sys.stderr)
 parallel.close(world)
 """

@@ -16,7 +16,7 @@ from pillion import config as C
 from pillion.model import logprobs as logprobs_module
 from pillion.model import lora
 from pillion.model.checkpoint import load_model, resolve_model
-from pillion.model.sequences import pack, response_logprobs, token_logprobs
+from pillion.model.sequences import pack, packed_layout, response_logprobs, token_logprobs
 from pillion.model.transformer import ModelConfig, Transformer
 from pillion.train import models as M
 from pillion.train import precision, rl
@@ -29,6 +29,17 @@ class Scalars(nn.Module):
     def __init__(self, dtype):
         super().__init__()
         self.w = nn.Parameter(torch.full((4,), W0, dtype=dtype))
+
+
+def reference_logprobs(models, batch, temperature: float, rows_per_pass: int):
+    """log pi_ref of the responses, [B, T] on the batch's device, `rows_per_pass` rows a forward
+    (the no-grad pass's reference function over each micro-batch's layout); None without a reference."""
+    fn = M.reference_fn(models, batch.input_ids.device, temperature)
+    if fn is None:
+        return None
+    rows = torch.arange(batch.input_ids.shape[0])
+    return torch.cat([fn(packed_layout(batch.rows(rows[i : i + rows_per_pass])))
+                      for i in range(0, len(rows), rows_per_pass)])
 
 
 def _steps(module, params, n, lr=1e-6):
@@ -122,7 +133,7 @@ def _saved_bytes(model, batch):
 
 
 def test_checkpointed_blocks_keep_less_for_backward_and_generate_the_same(tiny_checkpoint):
-    from pillion.model.checkpoint import load_tokenizer
+    from pillion.model.tokenizer import load_tokenizer
     from pillion.rollout.engine import Engine, SamplingParams
 
     path = tiny_checkpoint("llama", num_layers=4)
@@ -158,8 +169,8 @@ def test_offloaded_reference_gives_the_same_kl(tiny_checkpoint):
     batch = _batch()
     with torch.no_grad():
         logp = response_logprobs(on_device.policy, batch, 1.0)[0]
-    ref_a = M.reference_logprobs(on_device, batch, 1.0, 8)
-    ref_b = M.reference_logprobs(offloaded, batch, 1.0, 1)  # and row by row
+    ref_a = reference_logprobs(on_device, batch, 1.0, 8)
+    ref_b = reference_logprobs(offloaded, batch, 1.0, 1)  # and row by row
     mask = batch.response_mask.float()
     kl_a = aggregate(kl(logp, ref_a, "k3", mask), mask, "token_mean")
     kl_b = aggregate(kl(logp, ref_b, "k3", mask), mask, "token_mean")
@@ -177,14 +188,14 @@ def test_lora_reference_is_the_base_with_adapters_off(tiny_checkpoint):
             p.normal_(0, 0.1)
     batch = _batch()
     base_logp = response_logprobs(load_model(path), batch, 1.0)[0].detach()
-    torch.testing.assert_close(M.reference_logprobs(models, batch, 1.0, 8), base_logp, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reference_logprobs(models, batch, 1.0, 8), base_logp, atol=1e-6, rtol=0)
     assert (response_logprobs(models.policy, batch, 1.0)[0].detach() - base_logp).abs().max() > 1e-3  # adapters back on
 
 
 def test_no_reference_without_kl_and_float16_is_refused(tiny_checkpoint):
     path = tiny_checkpoint("qwen2")
     models = M.build_models(C.TrainConfig(), path, torch.device("cpu"))
-    assert models.ref is None and M.reference_logprobs(models, _batch(), 1.0, 8) is None
+    assert models.ref is None and reference_logprobs(models, _batch(), 1.0, 8) is None
     with pytest.raises(ValueError, match="'dtype'"):
         M.build_models(_cfg("dtype=float16"), path, torch.device("cpu"))
     with pytest.raises(ValueError, match="activation_checkpointing"):
@@ -223,8 +234,8 @@ def test_cuda_offloaded_reference_and_cpu_critic(tiny_checkpoint):
     on_device = M.build_models(_cfg("dtype=bfloat16"), path, cuda)
     assert models.ref.lm_head.weight.device.type == "cpu" and models.critic.value_head.weight.device.type == "cpu"
     batch = pack([[5, 6, 7, 8]], [[11, 12, 13]], pad_id=0, device=cuda)
-    torch.testing.assert_close(M.reference_logprobs(models, batch, 1.0, 8),
-                               M.reference_logprobs(on_device, batch, 1.0, 8), atol=0, rtol=0)
+    torch.testing.assert_close(reference_logprobs(models, batch, 1.0, 8),
+                               reference_logprobs(on_device, batch, 1.0, 8), atol=0, rtol=0)
     values = models.critic.values(batch)
     assert values.device.type == "cuda"
     values.sum().backward()

@@ -15,9 +15,9 @@ from pillion.ranks import World
 from pillion.rollout.engine import Completion
 from pillion.train import collect
 from pillion.train import models as M
-from pillion.train.batch import TrainBatch, micro_batches
+from pillion.train.batch import TrainBatch
+from pillion.train.schedule import Schedule, micro_batches
 from pillion.train.update import logprob_pass, step_times, update
-from pillion.train.update import split as update_split
 
 
 def test_micro_batches_by_rows_and_by_balanced_token_budget():
@@ -54,7 +54,7 @@ def test_even_out_halves_the_heaviest_micro_batch_until_ranks_agree():
     """With several ranks each must run as many forwards as the others (FSDP2 gathers weights in
     each): a rank whose budget gave fewer micro-batches halves its heaviest one, longest rows first
     into the lighter half."""
-    from pillion.train.batch import even_out
+    from pillion.train.schedule import even_out
 
     lengths = [10, 3, 7, 2, 8]
     parts = [torch.tensor([0, 2, 4]), torch.tensor([1, 3])]  # 25 and 5 tokens
@@ -91,7 +91,7 @@ def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_chec
         cfg = C.resolve(C.TrainConfig, overrides=[f"loss.agg={agg}", "loss.kl_coef=0", "lr=1e-2", *extra])
         policy = load_model(tiny_checkpoint())
         optimizer = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
-        stats = update(policy, optimizer, None, None, cfg, _train_batch(), World())
+        stats = update(M.Models(policy, []), M.Optimizers(optimizer), cfg, _train_batch(), World())
         assert stats["skipped_updates"] == 0 and stats["time_update"] >= 0
         after.append(torch.cat([p.detach().flatten() for p in policy.parameters()]))
         losses.append(stats["pg_loss"])
@@ -107,9 +107,10 @@ def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(ti
     after the step are the same either way (float summation order only)."""
     from pillion.model import sequences
 
-    calls = []
-    real = sequences.shared_prompt_logprobs
-    monkeypatch.setattr(sequences, "shared_prompt_logprobs", lambda *a, **k: calls.append(1) or real(*a, **k))
+    calls = []  # one entry per forward over a layout that holds some prompt once for several rows
+    real = sequences.packed_states
+    monkeypatch.setattr(sequences, "packed_states",
+                        lambda model, layout: (calls.append(1) if layout.shared else None) or real(model, layout))
     base = _train_batch(2, n=8)
     ids = base.seqs  # rows 2k and 2k + 1 get the same prompt: four groups of two
     seqs = pack([[5 + k, 6, 7] for k in range(4) for _ in range(2)],
@@ -123,11 +124,11 @@ def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(ti
         models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
         batch = _train_batch(2, n=8)
         batch.seqs = seqs
-        logprob_pass(models, None, batch, cfg, need_old=True)  # old log-probs and the reference: two calls
+        logprob_pass(models, cfg, batch, need_old=True)  # old log-probs and the reference: two calls
         optimizer = torch.optim.SGD(models.policy.parameters(), lr=cfg.lr)
-        update(models.policy, optimizer, None, None, cfg, batch, World())  # one micro-batch: one more
+        update(models, M.Optimizers(optimizer), cfg, batch, World())  # one micro-batch: one more
         if budget:  # token-budget micro-batches keep each group whole: every forward shares
-            parts = update_split(batch, torch.arange(8), cfg)
+            parts = Schedule(batch.seqs, cfg).split(torch.arange(8))
             assert len(parts) > 1 and len(calls) == 3 * len(parts)
             for m in parts:  # every prompt (its first token 5 + k) present in a micro-batch with both its rows
                 assert sorted(seqs.input_ids[m, 0].tolist()) == sorted(2 * list(set(seqs.input_ids[m, 0].tolist())))
@@ -142,11 +143,11 @@ def test_one_no_grad_pass_gives_old_and_reference_logprobs_in_row_order(tiny_che
     cfg = C.resolve(C.TrainConfig, overrides=["micro_batch_tokens=30", "temperature=0.8"])
     models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
     batch = _train_batch(1, n=7)
-    assert logprob_pass(models, None, batch, cfg, need_old=True) >= 0
+    assert logprob_pass(models, cfg, batch, need_old=True) >= 0
     torch.testing.assert_close(batch.old_logprobs, response_logprobs(models.policy, batch.seqs, 0.8)[0].detach())
     torch.testing.assert_close(batch.ref_logprobs, response_logprobs(models.ref, batch.seqs, 0.8)[0])
     fresh = _train_batch(1, n=7)
-    logprob_pass(models, None, fresh, cfg, need_old=False)  # on-policy: the update's forward is pi_old
+    logprob_pass(models, cfg, fresh, need_old=False)  # on-policy: the update's forward is pi_old
     assert fresh.old_logprobs is None and fresh.ref_logprobs is not None
 
 
@@ -203,3 +204,56 @@ def test_step_time_breakdown_and_its_report_table(tmp_path):
     # means: generate 3, grade 0.5, log-probs 1, update 2, other 0 -> step 6.5; generate 3/6.5 = 46%
     assert "## Where the step time goes" in report
     assert "| generate (grading beside it) | 3 | 46% |" in report and "| step | 6.5 | 100% |" in report
+
+
+def test_the_step_lays_out_each_micro_batch_once_for_the_no_grad_pass_and_the_update(tiny_checkpoint, monkeypatch):
+    """The split and the packed layouts are made once per set of rows and step: with one
+    mini-batch the update reuses the no-grad pass's micro-batches (7 rows, 4 a micro-batch:
+    layouts of 4 and 3 rows, nothing more), with two the update lays out its own (rows 0-3 and
+    4-6 again, as other micro-batches), and a second epoch reuses the first's."""
+    from pillion.train import schedule
+
+    built = []
+    real = schedule.packed_layout
+    monkeypatch.setattr(schedule, "packed_layout", lambda seqs, share: built.append(len(seqs.input_ids)) or real(
+        seqs, share))
+    for minis, epochs, expected in ((1, 1, [4, 3]), (2, 2, [4, 3, 4, 3])):
+        built.clear()
+        cfg = C.resolve(C.TrainConfig, overrides=["micro_batch=4", f"mini_batches={minis}", f"ppo_epochs={epochs}"])
+        models = M.Models(load_model(tiny_checkpoint()), [], ref=load_model(tiny_checkpoint(seed=1)).eval())
+        batch = _train_batch(1, n=7)
+        logprob_pass(models, cfg, batch, need_old=minis > 1)
+        stats = update(models, M.Optimizers(torch.optim.SGD(models.policy.parameters(), lr=1e-3)), cfg, batch, World())
+        assert built == expected and stats["skipped_updates"] == 0
+
+
+def test_a_rollout_draws_one_prompt_batch_per_generation_batch(monkeypatch):
+    """DAPO's dynamic sampling takes a further batch of prompts each time the kept groups fall
+    short, and no more: here the first two batches' groups are all right (filtered out), the
+    third's mixed, so three batches are drawn, and a mixture's position moves by them alone."""
+    from pillion.data.mixture import Mixture
+    from pillion.rewards import RewardResult
+    from pillion.train.batch import Sample
+
+    drawn = []
+
+    def batches():
+        for k in range(100):
+            drawn.append(k)
+            yield [Problem(id=f"{k}.{i}", question="q", answer="1") for i in range(2)]
+
+    def scored(engine, problems, cfg, seed, pool, row_offset=0):
+        mixed = int(problems[0].id.split(".")[0]) >= 2  # sample 0 of each group right; from batch 2 on the others wrong
+        return [Sample(p, Completion([1], [2], "", torch.zeros(1), "stop"),
+                       RewardResult(float(j == 0 or not mixed), j == 0 or not mixed, {}))
+                for p in problems for j in range(cfg.group_size)], 0.0, 0.0
+
+    monkeypatch.setattr(collect, "generate_and_score", scored)
+    cfg = C.resolve(C.TrainConfig, overrides=["algo=dapo", "group_size=2", "prompts_per_step=2",
+                                              "filter.max_gen_batches=5"])
+    ro = collect.rollout(None, batches(), cfg, 0, None, World())
+    assert ro.gen_batches == 3 and drawn == [0, 1, 2] and len(ro.samples) == 4 and len(ro.generated) == 12
+    mixture = Mixture({"a": [Problem(id=str(i), question="q", answer="1") for i in range(10)]})
+    prompts = collect.prompt_batches(mixture, 3)
+    assert mixture.draws == 0  # nothing drawn before the rollout takes a batch
+    assert len(next(prompts)) == 3 and mixture.draws == 3
