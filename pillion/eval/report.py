@@ -35,6 +35,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pillion.files import write_text_atomic, writing
+
 # group -> metrics in display order; a metric matches by exact name, "eval/" prefix or substring
 # rules in `group_of`. Anything unmatched lands in "other", so no logged metric goes unplotted.
 GROUPS: dict[str, list[str]] = {
@@ -151,7 +153,8 @@ def plot_groups(series: dict[str, list[tuple[int, float]]], plots_dir: Path) -> 
             ax.axis("off")
         fig.tight_layout()
         path = plots_dir / f"{group}.png"
-        fig.savefig(path, dpi=100)
+        with writing(path):  # a full disk: one line naming the plot
+            fig.savefig(path, dpi=100)
         plt.close(fig)
         written[group] = path
     return written
@@ -332,7 +335,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Config", "", "```yaml", config.read_text().rstrip(), "```", ""]
 
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(report, "\n".join(lines).rstrip() + "\n")
     return report
 
 
