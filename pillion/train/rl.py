@@ -41,6 +41,7 @@ from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
 from pillion.eval.select import select_training_pool
+from pillion.files import DiskFullError
 from pillion.model.sequences import compile_training
 from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
@@ -144,6 +145,9 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             _write_report(run.run_dir, run.report)
     except KeyboardInterrupt:
         raise TrainingInterrupted(done, run.run_dir) from None
+    except DiskFullError as e:  # a checkpoint, the metrics or the report: the run resumes from its last checkpoint
+        e.run_dir = run.run_dir
+        raise
     finally:
         run.close()
     return run.report
@@ -183,8 +187,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
     common.seed_everything(cfg.seed)
-    device = parallel.place(common.resolve_device(cfg.device), world)  # cuda:LOCAL_RANK per rank
-    model_dir = common.resolve_model(cfg.model)
+    device = parallel.place(common.resolve_devices(cfg), world)  # every device key checked; cuda:LOCAL_RANK per rank
+    model_dir = common.model_folder(cfg)  # a Hub id: fetched, and pinned in cfg.model to its commit
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
@@ -208,7 +212,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     ranks.barrier(world)
     grader = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
-    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
+    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "model": cfg.model,
+                    "n_heldout": len(next(iter(heldout.values())))}
     if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
         with parallel.full_weights(models.policy, world):  # every rank selects alike: same weights, same seeds
             pools, report["select"] = select_training_pool(engine, pools, cfg, grader)

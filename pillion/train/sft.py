@@ -59,7 +59,7 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
                                     num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
                                     intermediate_size=t.intermediate_size, tie_word_embeddings=t.tie_word_embeddings,
                                     seed=cfg.seed)
-    return common.resolve_model(cfg.model)
+    return common.model_folder(cfg)  # a Hub id is pinned to its commit in cfg.model
 
 
 @parallel.record  # torchrun: a rank's exception reaches the job's failure summary
