@@ -139,7 +139,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         save_model(whole, final, source=model_dir)
         write_recipe(final, {"template": cfg.data.template})
         state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
-    print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f}; model: {final}")
+    print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f} (answers graded in the "
+          f"{result['answer_style']!r} style; pillion train grades in its reward.answer_style); model: {final}")
     ranks.barrier(world)
     parallel.close(world)
     return report

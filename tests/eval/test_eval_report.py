@@ -15,10 +15,11 @@ def write_lines(path, rows):
 def full_run(run_dir, steps=40):
     rows = []
     for step in range(1, steps + 1):
+        # (metrics that stay constant get no panel: see test_constant_metrics_get_no_panel)
         rows.append({"step": step, "reward": 0.2 + step / 100, "accuracy": step / 50, "response_length": 300 - step,
-                     "kl": 0.001 * step, "entropy": 1.0 - step / 100, "loss": 1.0 / step, "clipfrac": 0.02,
-                     "grad_norm": 0.5, "logprob_error": 0.003, "tokens_per_s": 900.0, "step_time": 2.0,
-                     "phase": "rollout", "skipped_groups": None})
+                     "kl": 0.001 * step, "entropy": 1.0 - step / 100, "loss": 1.0 / step, "clipfrac": 0.02 + step / 1e3,
+                     "grad_norm": 0.5 + step / 100, "logprob_error": 0.003 + step / 1e4, "tokens_per_s": 900.0 + step,
+                     "step_time": 2.0 + step / 100, "phase": "rollout", "skipped_groups": None})
         if step % 20 == 0:
             rows.append({"step": step, "eval/pass@1": step / 100})
     rows.append("{truncated line")
@@ -48,7 +49,8 @@ def test_full_report(tmp_path):
     assert "| reward | 0.21 | 0.6 |" in text
     assert "```yaml\nalgorithm: grpo\nlr: 1.0e-6\n```" in text
     expected = {"reward", "length", "kl_entropy", "loss", "optim", "mismatch", "throughput"}
-    assert {p.stem for p in (tmp_path / "plots").iterdir()} == expected
+    # and the held-out pass@1 curve: 0.125 before, 0.2 at step 20 (eval_every), 0.375 after (step 40)
+    assert {p.stem for p in (tmp_path / "plots").iterdir()} == expected | {"heldout"}
     for name in expected:
         assert f"![{name}](plots/{name}.png)" in text
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
