@@ -54,7 +54,7 @@ def offline() -> bool:
 def fetch(name: str) -> Path:
     """The local snapshot folder of Hub model `name` (`org/name[@revision]`), downloaded if needed."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
+    from huggingface_hub.utils import (  # where 0.24 and later all export them
         GatedRepoError,
         HFValidationError,
         LocalEntryNotFoundError,
