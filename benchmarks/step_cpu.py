@@ -2,7 +2,7 @@
 
     python benchmarks/step_cpu.py                                    # all three workloads
     python benchmarks/step_cpu.py --workloads tiny --steps 8
-    python benchmarks/step_cpu.py --trl-python /work/venv-trl/bin/python   # or $PILLION_TRL_PYTHON
+    python benchmarks/step_cpu.py --trl-python PATH/TO/venv-trl/bin/python   # or $PILLION_TRL_PYTHON
     python benchmarks/step_cpu.py --threads 1     # both sides on one intra-op thread
 
 Workloads (GRPO, no KL term on either side, so neither runs a reference model; on-policy, one

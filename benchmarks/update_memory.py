@@ -1,7 +1,7 @@
 """Peak memory and time of one GRPO update: pillion's memory options beside TRL's GRPOTrainer.
 
     python benchmarks/update_memory.py                                 # CPU, float32 (peak RSS)
-    python benchmarks/update_memory.py --trl-python /work/venv-trl/bin/python
+    python benchmarks/update_memory.py --trl-python PATH/TO/venv-trl/bin/python   # TRL's side (its own interpreter)
     python benchmarks/update_memory.py --precision                     # + bf16: masters vs autocast
     python benchmarks/update_memory.py --device cuda                   # bf16, torch.cuda.max_memory_allocated
     python benchmarks/update_memory.py --layers 4 --settings full,lora # a quick look

@@ -75,6 +75,20 @@ def sum_floats(values: dict[str, float], world: World) -> dict[str, float]:
     return dict(zip(values, t.tolist()))
 
 
+def tensor_sum(world: World | None):
+    """A function that sums a tensor over ranks (float64 on the wire, the input's dtype back), for
+    the algorithms' `sum_over` arguments; None in one process (nothing to sum)."""
+    if world is None or world.size == 1:
+        return None
+
+    def summed(t: torch.Tensor) -> torch.Tensor:
+        wide = t.detach().to(device=_device(), dtype=torch.float64)
+        dist.all_reduce(wide)
+        return wide.to(device=t.device, dtype=t.dtype)
+
+    return summed
+
+
 def reduce_record(record: dict, world: World, sums: tuple[str, ...] = ()) -> dict:
     """A step's log record over ranks: keys in `sums` summed, other numbers averaged (they are
     per-rank means over equally many rows, or global values already), the rest kept. All ranks

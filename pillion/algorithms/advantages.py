@@ -146,20 +146,26 @@ def terminal_rewards(scores: Tensor, mask: Tensor) -> Tensor:
     return torch.where(at_last, scores[:, None], _zero(scores))  # [B, T]
 
 
-def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+def whiten(values: Tensor, mask: Tensor, eps: float = 1e-8, sum_over: Callable[[Tensor], Tensor] | None = None
+           ) -> Tensor:
     """(x - mu) / sqrt(var + eps) with mu and unbiased var over the valid tokens of the whole
     batch (verl `masked_whiten`; docs/algorithms.md §2.2). With <= 1 valid token whitening is skipped
-    and x is returned (masked) unchanged. [B, T] -> [B, T]."""
+    and x is returned (masked) unchanged. [B, T] -> [B, T].
+
+    `sum_over`: sums a tensor over the batch's parts held elsewhere (torchrun ranks: every rank's
+    rows), so that mu and var are the whole batch's whatever the number of ranks; None: this
+    batch is the whole batch."""
+    total = sum_over or (lambda x: x)
     values = as_float(values).detach()
     mask = mask.bool()  # [B, T]
     zero = _zero(values)
     values = torch.where(mask, values, zero)  # [B, T]
-    count = mask.sum()
+    value_sum, count = total(torch.stack([values.sum(), mask.sum().to(values.dtype)])).unbind()
     if count <= 1:
         return values
-    mean = values.sum() / count
+    mean = value_sum / count
     centered = torch.where(mask, values - mean, zero)  # [B, T]
-    var = centered.square().sum() / (count - 1)  # unbiased, N/(N-1)
+    var = total(centered.square().sum()) / (count - 1)  # unbiased, N/(N-1)
     return torch.where(mask, centered * torch.rsqrt(var + eps), zero)  # [B, T]
 
 
@@ -175,20 +181,23 @@ def _discounted_returns(rewards: Tensor, mask: Tensor, gamma: float) -> Tensor:
     return torch.where(mask, returns, zero)
 
 
-def reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0) -> Tensor:
+def reinforce_pp(token_rewards: Tensor, mask: Tensor, gamma: float = 1.0,
+                 sum_over: Callable[[Tensor], Tensor] | None = None) -> Tensor:
     """REINFORCE++ (2501.03262; verl `compute_reinforce_plus_plus_outcome_advantage`):
     A = whiten(G) with G[i,t] = sum_{k>=t valid} gamma^(k-t) rew[i,k], mu and unbiased var over
     all valid tokens of the batch (docs/algorithms.md §8, §15.8). <= 1 valid token -> zeros.
 
     token_rewards: [B, T], e.g. terminal_rewards(s, m) - kl_coef * k1 (kl_in=reward). For
-    "REINFORCE++-baseline" pass dr_grpo(s, G) as the scores. Returns [B, T].
+    "REINFORCE++-baseline" pass dr_grpo(s, G) as the scores. `sum_over`: as in `whiten` (the
+    batch's statistics over every rank's rows). Returns [B, T].
     """
     token_rewards = as_float(token_rewards).detach()
     mask = mask.bool()  # [B, T]
-    if mask.sum() <= 1:
+    count = mask.sum().to(token_rewards.dtype)
+    if (sum_over(count) if sum_over else count) <= 1:
         return torch.zeros_like(token_rewards)
     returns = _discounted_returns(token_rewards, mask, gamma)  # [B, T]
-    return whiten(returns, mask)
+    return whiten(returns, mask, sum_over=sum_over)
 
 
 def gae(

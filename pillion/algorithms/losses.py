@@ -295,19 +295,6 @@ def value_loss(
     return total, stats
 
 
-def entropy(logits: Tensor, temperature: float = 1.0, mask: Tensor | None = None) -> Tensor:
-    """Token entropy (verl `entropy_from_logits`): H = -sum_v p_v log p_v with p = softmax(z),
-    z = logits / temperature in float32. p log p is 0 where p = 0 (-inf logits), with a finite
-    gradient. [B, T, V] -> [B, T]; masked positions 0 when mask is given."""
-    z = as_float(logits) / temperature  # [B, T, V]
-    log_probs = torch.log_softmax(z, dim=-1)  # [B, T, V]
-    probs = log_probs.exp()  # [B, T, V]
-    # replace log p before the product: 0 * -inf would be NaN in the value and the gradient
-    safe_log_probs = torch.where(probs > 0, log_probs, _zero_like(log_probs))  # [B, T, V]
-    out = -(probs * safe_log_probs).sum(dim=-1)  # [B, T]
-    return out if mask is None else _masked(out, mask.bool())
-
-
 def nll_positive(
     logp: Tensor, mask: Tensor, correct: Tensor, num_tokens: int | Tensor | None = None
 ) -> Tensor:

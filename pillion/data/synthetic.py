@@ -148,6 +148,14 @@ def distinct_draws(n: int, levels, split: str, draw):
         yield level, item
 
 
+def check_request(levels, split: str, known: tuple[int, ...]) -> None:
+    """A curriculum's `generate` arguments: a split of the two, levels a non-empty subset of `known`."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if not levels or any(lv not in known for lv in levels):
+        raise ValueError(f"levels must be a non-empty subset of {known}, got {list(levels)}")
+
+
 def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2, 3), seed: int = 0,
              split: str = "train") -> list[Problem]:
     """`n` problems cycling through `levels`, deterministic from `seed`, all from `split`.
@@ -155,11 +163,7 @@ def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2, 3), seed: int 
     Questions are distinct within one call while the level's question space allows it (level
     1 has ~150 questions, ~10% of them in test); after that duplicates are accepted.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    bad = [lv for lv in levels if lv not in _MAKERS]
-    if bad or not levels:
-        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
+    check_request(levels, split, LEVELS)
     # A string seed is hashed with sha512 by `random`, so this is stable across processes.
     rng = random.Random(f"pillion-synthetic/{seed}/{split}")
     problems = []

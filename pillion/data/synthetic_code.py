@@ -31,7 +31,7 @@ import functools
 import hashlib
 import random
 
-from pillion.data.synthetic import distinct_draws
+from pillion.data.synthetic import check_request, distinct_draws
 from pillion.problem import Problem
 
 LEVELS = (1, 2, 3)
@@ -121,11 +121,7 @@ def generate(n: int, levels: tuple[int, ...] | list[int] = (1, 2), seed: int = 0
     Questions are distinct within one call while the level's question space allows it (level
     3 has ~770 questions, ~10% of them in test); after that duplicates are accepted.
     """
-    if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    bad = [lv for lv in levels if lv not in _MAKERS]
-    if bad or not levels:
-        raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {list(levels)}")
+    check_request(levels, split, LEVELS)
     rng = random.Random(f"pillion-synthetic-code/{seed}/{split}")
     problems = []
     for level, (question, name, args, python) in distinct_draws(n, levels, split, lambda lv: _draw(lv, rng)):

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
@@ -39,14 +38,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:
         return 1.0
     return 1.0 - math.prod(1.0 - k / j for j in range(n - c + 1, n + 1))
-
-
-def mean_pass_at_k(counts: Iterable[tuple[int, int]], k: int) -> float:
-    """Average of pass_at_k over problems; counts holds one (n, c) per problem."""
-    values = [pass_at_k(n, c, k) for n, c in counts]
-    if not values:
-        raise ValueError("mean_pass_at_k needs at least one problem")
-    return sum(values) / len(values)
 
 
 def group(counts: list[int], k: int) -> dict[str, float | int]:

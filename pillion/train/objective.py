@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import torch
 
+from pillion import ranks
 from pillion.algorithms import advantages as A
 from pillion.algorithms import filters
 from pillion.algorithms import losses as L
-from pillion.train import parallel
 from pillion.train.batch import TrainBatch
 
 GROUP_ADVANTAGES = {"grpo", "dr_grpo", "rloo", "raw", "raft"}  # one scalar per response
@@ -69,7 +69,7 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None, wor
         if kl_in_reward:
             token_rewards = token_rewards - cfg.loss.kl_coef * L.kl(old_logp, ref_logp, "k1", mask)
         if name == "reinforce_pp":
-            adv = A.reinforce_pp(token_rewards, mask, cfg.ppo.gamma)
+            adv = A.reinforce_pp(token_rewards, mask, cfg.ppo.gamma, sum_over=ranks.tensor_sum(world))
         elif name == "gae":
             lengths = mask.sum(-1)
             # VAPO decoupled GAE: the critic learns from lam_critic returns, the policy uses a
@@ -80,8 +80,8 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None, wor
             _, returns = A.gae(token_rewards, values, mask, cfg.ppo.gamma, lam_critic)
         else:
             raise ValueError(f"config key 'adv': unknown advantage {name!r}")
-    if cfg.adv.whiten:  # over the global batch: every rank's valid tokens (train/parallel.py)
-        adv = A.whiten(adv, mask) if world is None else parallel.whiten(adv, mask, world)
+    if cfg.adv.whiten:  # over the global batch: every rank's valid tokens
+        adv = A.whiten(adv, mask, sum_over=ranks.tensor_sum(world))
     return adv, returns
 
 

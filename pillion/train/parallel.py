@@ -55,7 +55,7 @@ import torch.distributed as dist
 
 from pillion.errors import UserError
 from pillion.fields import bounded, leaves
-from pillion.ranks import World, gather_list, sum_floats
+from pillion.ranks import World, gather_list
 
 RENDEZVOUS = ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # what torchrun sets with WORLD_SIZE
 
@@ -216,24 +216,6 @@ def full_weights(model: torch.nn.Module, world: World):
     finally:
         for unit in units:
             unit.reshard()
-
-
-def whiten(values: torch.Tensor, mask: torch.Tensor, world: World, eps: float = 1e-8) -> torch.Tensor:
-    """`algorithms.advantages.whiten` with the mean and unbiased variance over the valid tokens of
-    every rank's rows (the global batch's), so that whitened advantages do not depend on N."""
-    from pillion.algorithms.advantages import whiten as whiten_local
-
-    if world.size == 1:
-        return whiten_local(values, mask, eps)
-    values, mask = values.detach().float(), mask.bool()  # [B, T]
-    values = torch.where(mask, values, torch.zeros_like(values))
-    totals = sum_floats({"sum": float(values.sum()), "count": float(mask.sum())}, world)
-    if totals["count"] <= 1:
-        return values
-    mean = totals["sum"] / totals["count"]
-    centered = torch.where(mask, values - mean, torch.zeros_like(values))  # [B, T]
-    var = sum_floats({"sq": float(centered.square().sum())}, world)["sq"] / (totals["count"] - 1)
-    return torch.where(mask, centered * torch.rsqrt(torch.tensor(var + eps)), torch.zeros_like(values))
 
 
 def gather_samples(samples: list, world: World) -> list:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from pillion.eval.passk import mean_pass_at_k, pass_at_k
+from pillion.eval.passk import pass_at_k
 
 
 @pytest.mark.parametrize(
@@ -46,8 +46,3 @@ def test_pass_at_k_invalid(n, c, k):
         pass_at_k(n, c, k)
 
 
-def test_mean_pass_at_k():
-    # (0.3 + 0.0 + 1.0) / 3 at k=1: (10,3) -> 0.3, (5,0) -> 0, (2,2) -> 1
-    assert mean_pass_at_k([(10, 3), (5, 0), (2, 2)], 1) == pytest.approx(1.3 / 3, abs=1e-12)
-    with pytest.raises(ValueError):
-        mean_pass_at_k([], 1)

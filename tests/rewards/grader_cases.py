@@ -2,7 +2,7 @@ r"""Hand-written (completion, gold, equal, question) cases for the grader, by ca
 two graders compared on them: pillion's (`score` in the fallback style, the default of
 `pillion eval`) and math-verify's own recipe (`verify(parse(gold), parse(completion))`).
 
-The labels follow the rules of issue 11 as documented in `pillion/rewards/math.py` and
+The labels follow the grading rules documented in `pillion/rewards/math.py` and
 `extract.py`, decided before running either grader. About 40% are NOT equal: near-miss
 numbers, a wrong set element, a wrong interval end, a wrong matrix entry, an answer only
 inside <think>, a rounded decimal against an exact irrational.

@@ -1,4 +1,5 @@
-"""The generation engine, tested by its properties on tiny random models (STYLE rule 7)."""
+"""The generation engine, tested by its properties on tiny random models: the same seed gives the same
+tokens, greedy decoding is deterministic, budgets and stops are respected, n samples come back."""
 
 import pytest
 import torch

@@ -22,6 +22,7 @@ import torch
 
 from pillion import config as C
 from pillion import ranks
+from pillion.algorithms import advantages as A
 from pillion.cli import main
 from pillion.train import parallel, rl, state
 from pillion.train.update import TIMING_FIELDS
@@ -232,8 +233,22 @@ def test_one_process_is_the_identity():
     assert ranks.reduce_record({"step": 1, "reward": 0.5}, world) == {"step": 1, "reward": 0.5}
     x, m = torch.tensor([[1.0, 2.0, 4.0]]), torch.tensor([[1.0, 1.0, 0.0]])
     # mean 1.5, unbiased var ((-.5)^2 + .5^2) / 1 = 0.5: (1 - 1.5) / sqrt(0.5) = -0.7071
-    torch.testing.assert_close(parallel.whiten(x, m, world), torch.tensor([[-0.70711, 0.70711, 0.0]]),
-                               rtol=0, atol=1e-4)
+    assert ranks.tensor_sum(world) is None  # nothing to sum: the algorithms' own batch statistics
+    torch.testing.assert_close(A.whiten(x, m, sum_over=ranks.tensor_sum(world)),
+                               torch.tensor([[-0.70711, 0.70711, 0.0]]), rtol=0, atol=1e-4)
+
+
+def test_whiten_over_ranks_is_whiten_of_the_whole_batch():
+    """Two ranks holding the same rows: `sum_over` doubles every sum, which must give the
+    statistics of the two rows stacked (mean the same, unbiased variance over 2n - 1)."""
+    x = torch.tensor([[1.0, 2.0, 4.0], [3.0, -1.0, 0.0]])
+    m = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    doubled = A.whiten(x, m, sum_over=lambda t: 2 * t)
+    whole = A.whiten(torch.cat([x, x]), torch.cat([m, m]))
+    torch.testing.assert_close(doubled, whole[:2], rtol=0, atol=1e-6)
+    stacked = A.reinforce_pp(x, m, 0.9, sum_over=lambda t: 2 * t)
+    torch.testing.assert_close(stacked, A.reinforce_pp(torch.cat([x, x]), torch.cat([m, m]), 0.9)[:2],
+                               rtol=0, atol=1e-6)
 
 
 def test_shares_of_a_batch_are_contiguous_and_cover_it():
