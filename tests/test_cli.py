@@ -118,9 +118,10 @@ ROWS = {
                                                 r"config key 'steps': 1 steps cannot run the 2 stages"),
     # export never destroys its source nor an existing folder
     "export DST = SRC": (lambda t: ["export", str(lora_checkpoint(t)), str(t / "adapter"), "--merge"],
-                         r"adapter is the checkpoint .* or overlaps it; export into another folder"),
-    "export DST inside SRC": (lambda t: ["export", str(lora_checkpoint(t)), str(t / "adapter" / "x"), "--merge",
-                                         "--overwrite"], r"or overlaps it"),
+                         r"adapter is the checkpoint, which an export never overwrites; export into another folder"),
+    "export DST inside SRC": (
+        lambda t: ["export", str(lora_checkpoint(t)), str(t / "adapter" / "x"), "--merge", "--overwrite"],
+        r"adapter/x lies inside the checkpoint \(.*adapter\), which an export never overwrites"),
     "export DST = an existing model folder": (
         lambda t: ["export", str(lora_checkpoint(t)), str(model_copy(t, lambda f: None, "other")), "--merge"],
         r"other already exists; choose another folder, or pass --overwrite to replace it"),

@@ -52,9 +52,14 @@ def check_target(out: Path, folder: Path, overwrite: bool) -> None:
     if adapters.is_adapter_folder(folder):
         sources.append(adapters.base_folder(adapters.read_adapter_config(folder)))
     for source in sources:
-        if _overlaps(out, source):
-            what = "the checkpoint" if source == folder else f"the base model of {folder}"
-            raise UserError(f"{out} is {what} ({source}) or overlaps it; export into another folder")
+        if not _overlaps(out, source):
+            continue
+        what = "the checkpoint" if source == folder else f"the base model of {folder}"
+        if out.resolve() == source.resolve():
+            raise UserError(f"{out} is {what}, which an export never overwrites; export into another folder")
+        where = "lies inside" if source.resolve() in out.resolve().parents else "holds"
+        raise UserError(f"{out} {where} {what} ({source}), which an export never overwrites; export into another "
+                        "folder")
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UserError(f"{out} already exists; choose another folder, or pass --overwrite to replace it")
     check_writable(out, "the output folder")
