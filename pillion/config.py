@@ -208,10 +208,6 @@ def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
     if cfg.data.select.size and (cfg.data.weights or any("sources" in stage for stage in cfg.data.stages)):
         raise ConfigError("config key 'data.select.size': the selected problems form one pool, so data.weights "
                           "and data.stages with sources cannot apply; drop them or set data.select.size=0")
-    stages = parse_stages(cfg.data.stages) if cfg.data.stages else []
-    if stages and stages[0].preset is None and cfg.steps < len(stages):  # one step at least per stage
-        raise ConfigError(f"config key 'steps': {cfg.steps} steps cannot run the {len(stages)} stages of data.stages; "
-                          f"give steps >= {len(stages)} (a schedule is scaled to steps)")
     if cfg.group_size == 1 and cfg.adv.name in ("grpo", "dr_grpo", "rloo"):
         warnings.warn(f"group_size=1 with adv={cfg.adv.name}: every advantage is 0, nothing will be learned",
                       stacklevel=3)

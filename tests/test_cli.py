@@ -114,8 +114,6 @@ ROWS = {
                            r"config key 'lora.rank': -1 is out of range; expected >= 0"),
     "train lora.alpha=-1": (lambda t: ["train", f"out={t / 'run'}", "lora.rank=4", "lora.alpha=-1", *TRAIN],
                             r"config key 'lora.alpha': -1.0 is out of range; expected > 0"),
-    "train srpo with fewer steps than stages": (lambda t: ["train", f"out={t / 'run'}", "algo=srpo", "steps=1"],
-                                                r"config key 'steps': 1 steps cannot run the 2 stages"),
     # export never destroys its source nor an existing folder
     "export DST = SRC": (lambda t: ["export", str(lora_checkpoint(t)), str(t / "adapter"), "--merge"],
                          r"adapter is the checkpoint, which an export never overwrites; export into another folder"),

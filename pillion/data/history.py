@@ -23,8 +23,8 @@ the mixture's weights (`Mixture.set_weights`). A stage may instead name a preset
 `{"preset": "concise", "steps": 30}`: then the run is a sequence of phases, each a full RL run
 of its preset (pillion/train/phases.py); `parse_stages` checks both forms. A schedule whose
 steps do not add up to the run's `steps` is scaled to them (`fit_stages`: every stage keeps at
-least one step, the rest in proportion), and the run prints the schedule it follows; fewer
-steps than stages is refused.
+least one step, the rest in proportion), and the run prints the schedule it follows (with fewer
+steps than stages, the stages that get no step are named in that line).
 """
 
 from __future__ import annotations
@@ -147,15 +147,15 @@ def _phase(where: str, item: dict[str, Any]) -> Stage:
 def fit_stages(stages: list[Stage], steps: int) -> list[Stage]:
     """The schedule scaled to `steps` steps in all: stage i gets floor(steps_i * steps / total)
     steps, at least 1, and the steps left over go one each to the stages with the largest
-    remainders (ties: the earlier stage). Unchanged when it fits; a ValueError when there are
-    fewer steps than stages. Example: 20 + 40 over steps=4 -> 1.33, 2.67 -> 1 + 2, one left,
-    to the second stage (remainder 0.67 > 0.33): 1 + 3."""
+    remainders (ties: the earlier stage). Unchanged when it fits; with fewer steps than stages,
+    the first `steps` stages get one step each and the others none (the caller says so).
+    Example: 20 + 40 over steps=4 -> 1.33, 2.67 -> 1 + 2, one left, to the second stage
+    (remainder 0.67 > 0.33): 1 + 3."""
     total = sum(stage.steps for stage in stages)
     if total == steps:
         return stages
     if steps < len(stages):
-        raise ValueError(f"data.stages has {len(stages)} stages, more than steps={steps}: give each stage a step "
-                         "(raise steps) or drop stages")
+        return [replace(stage, steps=1) for stage in stages[:steps]]
     exact = [stage.steps * steps / total for stage in stages]
     fitted = [max(1, math.floor(x)) for x in exact]
     while sum(fitted) > steps:  # minimums of 1 took more than the floors: the largest stage gives back

@@ -255,8 +255,9 @@ def build_data(cfg, tokenizer, context: int):
     if stages:  # a schedule that does not add up to `steps` is scaled to it, and says so
         fitted = fit_stages(stages, cfg.steps)
         if fitted != stages:
+            dropped = f" (stages {len(fitted) + 1} to {len(stages)} get no step)" if len(fitted) < len(stages) else ""
             print(f"data.stages: the schedule's {' + '.join(str(s.steps) for s in stages)} steps do not add up to "
-                  f"steps={cfg.steps}; scaled to {' + '.join(str(s.steps) for s in fitted)}")
+                  f"steps={cfg.steps}; scaled to {' + '.join(str(s.steps) for s in fitted)}{dropped}")
         stages = fitted
     return pools, mixture, HistoryResampler(), stages, heldout
 
