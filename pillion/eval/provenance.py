@@ -60,7 +60,6 @@ def model_record(model_dir: str | Path) -> dict[str, Any]:
     adds its base model's record as `base_model_hash`.
     """
     from pillion.model import adapters
-    from pillion.model.hf_config import CheckpointError
 
     folder = Path(model_dir)
     adapter = adapters.is_adapter_folder(folder)
@@ -68,7 +67,7 @@ def model_record(model_dir: str | Path) -> dict[str, Any]:
     files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == head or
                                                                    p.name.endswith(WEIGHT_SUFFIXES)))
     if not any(p.name == head for p in files):
-        raise CheckpointError(f"{folder}: no config.json to hash")
+        raise FileNotFoundError(f"{folder}: no config.json to hash")  # callers resolved the folder first
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0")
