@@ -2,6 +2,7 @@
 
     python benchmarks/faults.py                 # 20 kills, ~5-8 minutes on 2 CPU cores
     python benchmarks/faults.py --kills 5 --steps 12
+    python benchmarks/faults.py --disk-full     # 10 full disks instead (root: mounts a small tmpfs)
 
 A reference run goes straight through. The same run is then started, killed with SIGKILL (the
 whole process group: trainer and grading workers) and resumed with `--resume`, `--kills` times:
@@ -12,11 +13,22 @@ by a fresh start, as a user would do. Finally the run is resumed to the end, and
 metrics.jsonl and report.json are compared with the reference on every field that is not a
 wall-clock time. Prints kills survived / kills tried and whether the metrics matched; exits 1
 otherwise. Not part of CI (it takes minutes and is timing-driven by design).
+
+--disk-full: the run folder lives on a tmpfs of --disk-mb MiB that the script mounts (root only;
+without the right to mount it says so and exits 0). `--fills` times, a run is started, the
+disk is filled at a random moment (a file written until ENOSPC; every other fill after the
+run's first step is logged, so that fills also land in training and not only in its start-up),
+and the run must end by itself
+with exit status 2, one line "pillion train: no space left on device while writing ...", no
+traceback and no temporary file or folder left; then the file is deleted (space freed), the run
+is resumed with --resume to its end and compared with the reference as above. Prints fills
+survived / fills tried.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -49,6 +61,7 @@ def comparable(run_dir: Path) -> tuple[list[dict], dict]:
             for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     report = json.loads((run_dir / "report.json").read_text())
     report.pop("run_dir", None)
+    report.pop("wall_seconds", None)
     return rows, report
 
 
@@ -62,12 +75,95 @@ def wait_for_checkpoint_write(out: Path, proc: subprocess.Popen, deadline: float
     return False
 
 
+def fill(path: Path) -> int:
+    """Write zeros into `path` until the file system has no space left; return the bytes written."""
+    written = 0
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        for block in (1 << 20, 4096):  # MiB blocks, then pages for the last partial MiB
+            try:
+                while True:
+                    written += os.write(fd, bytes(block))
+            except OSError as e:
+                if e.errno != errno.ENOSPC:
+                    raise
+    finally:
+        os.close(fd)
+    return written
+
+
+def leftovers(out: Path) -> list[str]:
+    """Temporary files or folders a failed write would have left (*.tmp) in a run folder."""
+    return sorted(str(p.relative_to(out)) for p in out.rglob("*.tmp")) if out.is_dir() else []
+
+
+def disk_full(args, cfg: list[str], reference: Path, clean_seconds: float, root: Path, rng: random.Random) -> int:
+    """--disk-full (module docstring): `args.fills` runs on a small tmpfs, each filled at a random
+    moment, then freed, resumed and compared with the reference."""
+    disk = root / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={args.disk_mb}m", "tmpfs", str(disk)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        print(f"--disk-full: cannot mount a tmpfs here ({mounted.stderr.strip() or 'not permitted'}); skipped")
+        return 0
+    survived = tried = 0
+    try:
+        while tried < args.fills:
+            out, filler, log_path = disk / "run", disk / "filler", root / f"fill-{tried + 1}.txt"
+            shutil.rmtree(out, ignore_errors=True)
+            with open(log_path, "w") as log:
+                proc = start(out, cfg, log)
+                t_start = time.monotonic()
+                if tried % 2 == 1:  # half the fills once training has started (its first step logged)
+                    while proc.poll() is None and not (out / "metrics.jsonl").is_file():
+                        time.sleep(0.01)
+                time.sleep(rng.uniform(0.0, max(0.1, clean_seconds * 0.9 - (time.monotonic() - t_start))))
+                if proc.poll() is not None:  # it ended before the disk filled: place the fill again
+                    proc.wait()
+                    continue
+                tried += 1
+                filled = fill(filler)
+                try:
+                    code = proc.wait(timeout=10 * clean_seconds)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    code = proc.wait()
+            text = log_path.read_text()
+            lines = [line for line in text.splitlines() if "no space left on device while writing" in line]
+            stopped = (code == 2 and len(lines) == 1 and lines[0].startswith("pillion train: ")
+                       and "Traceback" not in text and not leftovers(out))
+            done = sorted(p.name for p in (out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() \
+                else []
+            filler.unlink()  # space freed
+            with open(log_path, "a") as log:
+                resume = (out / "config.yaml").is_file()  # else the fill came before the run folder was made
+                if not resume:
+                    shutil.rmtree(out, ignore_errors=True)
+                final = start(out, ["--resume"] if resume else cfg, log).wait()
+            matched = final == 0 and comparable(out) == comparable(reference)
+            survived += stopped and matched
+            print(f"fill {tried}: {filled >> 10} KiB written; run exit {code}, "
+                  f"{'one line' if len(lines) == 1 else f'{len(lines)} lines'}: "
+                  f"{lines[0].split(': ', 1)[-1][:140] if lines else '-'}; checkpoints {done}; leftovers "
+                  f"{leftovers(out) or 'none'}; resumed ({'--resume' if resume else 'fresh'}) exit {final}, "
+                  f"equal to the reference: {matched}", flush=True)
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)
+    print(f"fills survived / fills tried: {survived}/{tried} (one line, exit 2, no traceback, no leftovers; "
+          "resumed run equal to the uninterrupted one on every non-timing field)")
+    return 0 if survived == tried else 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kills", type=int, default=20)
     parser.add_argument("--steps", type=int, default=24)
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill schedule")
     parser.add_argument("--keep", action="store_true", help="keep the run folders (printed at the end)")
+    parser.add_argument("--disk-full", action="store_true", help="fill the disk instead of killing (root: tmpfs)")
+    parser.add_argument("--fills", type=int, default=10, help="--disk-full: runs to fill, free and resume")
+    parser.add_argument("--disk-mb", type=int, default=64, help="--disk-full: size of the tmpfs in MiB")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="pillion-faults-"))
@@ -81,6 +177,15 @@ def main() -> int:
         return 1
     clean_seconds = time.monotonic() - t0
     print(f"reference run: {clean_seconds:.1f} s")
+    if args.disk_full:
+        code = disk_full(args, cfg, reference, clean_seconds, root, rng)
+        print(f"total {time.monotonic() - t0:.0f} s")
+        if args.keep:
+            print(f"run folders and logs: {root}")
+        else:
+            log.close()
+            shutil.rmtree(root, ignore_errors=True)
+        return code
 
     out = root / "killed"
     tried = 0

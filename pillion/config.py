@@ -28,6 +28,11 @@ Every group is a dataclass beside the code that uses its values, and declares it
 `validate` walks every leaf of a resolved config, before any model or data loads (its type,
 its range, its check: `fields.check_tree`), then checks what spans groups (`_across_groups`).
 Each error is one line naming the key and what is allowed.
+
+A resumed run (`pillion train out=DIR --resume key=value`) keeps the configuration it started
+with: `check_resume` refuses a change to any key but those of `RESUMABLE` (how long the run
+goes, how often it saves, evaluates and logs, and the threads and workers it uses: none changes
+what a step computes), unless the user names the key with `--allow-change KEY`.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from pillion.data.history import parse_stages
 from pillion.eval.behaviour import BehaviourConfig
 from pillion.eval.samples import EvalConfig
 from pillion.eval.select import SelectConfig
-from pillion.fields import ConfigError, bounded, check_tree, checked, free
+from pillion.fields import ConfigError, bounded, check_tree, checked, free, leaves
 from pillion.model.lora import LoraConfig
 from pillion.model.tiny import TinyModelConfig
 from pillion.resolver import dumps, load_yaml, parse_overrides, save, set_key, to_dict
@@ -57,7 +62,8 @@ from pillion.train.parallel import FsdpConfig
 from pillion.train.trackers import LogConfig
 
 __all__ = [
-    "PRESET_DIR", "ConfigError", "DataConfig", "SFTConfig", "TrainConfig", "TrainDataConfig", "dumps", "from_dict",
+    "PRESET_DIR", "RESUMABLE", "ConfigError", "DataConfig", "SFTConfig", "TrainConfig", "TrainDataConfig",
+    "check_resume", "dumps", "from_dict",
     "load_yaml", "parse_overrides", "preset_path", "resolve", "save", "set_key", "to_dict", "validate",
 ]
 
@@ -224,3 +230,38 @@ def resolve(cls, config_file: str | None = None, overrides: list[str] | None = N
 def from_dict(cls, data: dict):
     """Rebuild a saved config (e.g. a run directory's config.yaml) with the same checks."""
     return resolver.from_dict(cls, data, validate=validate)
+
+
+# The keys a resumed run may change: the rest would mix two configurations in one run. A group
+# (log) stands for every key under it.
+RESUMABLE = ("steps", "eval_every", "save_every", "max_bad_steps", "threads", "grading_workers", "log",
+             "fsdp.timeout_s", "out")
+
+
+def _under(key: str, names) -> bool:
+    return any(key == name or key.startswith(name + ".") for name in names)
+
+
+def check_resume(saved, cfg, allow: list[str] | tuple[str, ...] = ()) -> None:
+    """Refuse, in one line naming them, the keys `cfg` changes from the `saved` config of the run
+    it resumes, but those in RESUMABLE and those `allow` names (keys or groups)."""
+    known = [leaf.key for leaf in leaves(saved)]
+    for name in allow:
+        if not any(_under(key, [name]) for key in known):
+            raise ConfigError(f"--allow-change {name}: not a config key")
+    before = {leaf.key: leaf.value for leaf in leaves(saved)}
+    changed = [leaf.key for leaf in leaves(cfg) if leaf.value != before[leaf.key]]
+    refused = [key for key in changed if not _under(key, (*RESUMABLE, *allow))]
+    if refused:
+        shown = "; ".join(f"{key}: {before[key]!r} -> {_value(cfg, key)!r}" for key in refused[:4])
+        more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
+        raise ConfigError(f"--resume keeps the run's configuration, and {', '.join(refused)} would change ({shown}"
+                          f"{more}); keys that may change on resume: {', '.join(RESUMABLE)}. Start a new run "
+                          f"(another out=), or change them anyway with "
+                          f"{' '.join(f'--allow-change {key}' for key in refused)}")
+
+
+def _value(cfg, key: str):
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg

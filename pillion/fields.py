@@ -19,10 +19,15 @@ be added without its check. A user's error is a `ConfigError`, one line naming t
 global count divided among them (a multiple of their number), "one" a feature that runs in one
 process only (any value but the default is refused). `aka=` lists the names other projects give
 a key, so that an unknown key suggests it ("ppo.gae_lambda": did you mean ppo.lam?).
+
+Command-line options are checked the same way before any work starts: `option(low=1)` is an
+argparse type with a range, and `option_like(EvalConfig, "k")` takes the type and range a config
+field declares, so `pillion eval --k 0` is refused as `eval.k=0` is.
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import dataclasses
 import functools
@@ -281,3 +286,35 @@ def check_tree(cfg: Any) -> None:
         check_leaf(leaf)
     for leaf in found:
         run_check(leaf)
+
+
+# ---------------------------------------------------------------------------------------------
+# Command-line options
+# ---------------------------------------------------------------------------------------------
+
+def option(low: float | None = None, high: float | None = None, *, open: Literal["", "low", "high", "both"] = "",
+           kind: type = int, note: str = "") -> Callable[[str], Any]:
+    """An argparse `type=`: the text as an int (or float) in the range, else a one-line error
+    ("0 is out of range; expected >= 1")."""
+    spec = Spec(low, high, open, note)
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {describe(kind)}") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+        if (low is not None or high is not None) and not in_range(value, spec):
+            raise argparse.ArgumentTypeError(f"{value!r} is out of range; expected {allowed_range(spec)}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def option_like(group: type, name: str) -> Callable[[str], Any]:
+    """The argparse type of config field `name` of dataclass `group`: its number type and range."""
+    f = next(f for f in dataclasses.fields(group) if f.name == name)
+    spec = f.metadata.get(SPEC) or Spec()
+    return option(spec.low, spec.high, open=spec.open, kind=hints(group)[name], note=spec.note)

@@ -426,3 +426,21 @@ def test_sft_config_round_trips():
 def test_toolbox_keys_are_checked(override, message):
     with pytest.raises(C.ConfigError, match=message):
         C.resolve(C.TrainConfig, overrides=[override])
+
+
+def test_options_are_range_checked_as_config_keys_are():
+    import argparse
+
+    from pillion.eval.samples import EvalConfig
+
+    k, top_p, at_least_one = fields.option_like(EvalConfig, "k"), fields.option_like(EvalConfig, "top_p"), \
+        fields.option(low=1)
+    assert (k("3"), top_p("0.5"), top_p("1")) == (3, 0.5, 1.0)
+    for parse, text, message in [(k, "0", "0 is out of range; expected >= 1"),
+                                 (top_p, "1.5", r"1.5 is out of range; expected a value in \(0, 1\]"),
+                                 (top_p, "0", r"0.0 is out of range; expected a value in \(0, 1\]"),
+                                 (top_p, "nan", "'nan' is not a finite number"),
+                                 (at_least_one, "-5", "-5 is out of range; expected >= 1"),
+                                 (at_least_one, "2.5", "'2.5' is not an int")]:
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            parse(text)

@@ -19,9 +19,10 @@ PACKAGE = Path(pillion.__file__).resolve().parent
 
 FLOORS: list[tuple[str, tuple[str, ...]]] = [
     # The records and rank primitives every layer uses; the error every user mistake raises; config
-    # fields that declare their ranges and the generic resolver (they know no group).
+    # fields that declare their ranges and the generic resolver (they know no group); atomic writes
+    # and a full disk as one line.
     ("ground", ("pillion", "pillion.errors", "pillion.problem", "pillion.ranks", "pillion.threads", "pillion.fields",
-                "pillion.resolver")),
+                "pillion.resolver", "pillion.files")),
     # Pure functions on records and tensors: grading and the RL formulas.
     ("rewards and algorithms", ("pillion.rewards", "pillion.algorithms")),
     # Problems from files and curricula; the model and its checkpoints.

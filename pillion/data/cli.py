@@ -17,8 +17,12 @@ temperature 1, 48 new tokens): use the values of the run that will train on the 
 on it with `data.sources={name: FILE.difficulty.jsonl} data.level_weights={2: 1, 3: 1, 4: 1}`.
 
     pillion data difficulty data/gsm8k_test.jsonl --k 8                      # the shipped tiny model
-    pillion data difficulty train.jsonl --model Qwen2.5-Math-1.5B --template plain \\
+    pillion data difficulty train.jsonl --model Qwen/Qwen2.5-Math-1.5B --template plain \\
         --max-new-tokens 1024 --k 16 --out train.difficulty.jsonl
+
+The output goes beside FILE by default (FILE's folder, `<stem>.difficulty.jsonl`); a Hub
+dataset id's output goes into the current folder. --model takes what `pillion train model=`
+takes (a folder, a run's checkpoint or run folder, a Hub id).
 """
 
 from __future__ import annotations
@@ -31,7 +35,10 @@ from collections import Counter
 from pathlib import Path
 from typing import TextIO
 
-from pillion.data.formats import FORMATS, DataError, ReadReport, read_with_report
+from pillion.data.formats import FORMATS, ReadReport, read_with_report
+from pillion.errors import UserError
+from pillion.fields import option
+from pillion.files import check_writable, write_text_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,20 +48,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", help=".jsonl, .json or .parquet file (or a Hub id with `datasets`)")
     parser.add_argument("--format", default="auto", choices=["auto", *FORMATS],
                         help="dataset schema (default: detect from the fields)")
-    parser.add_argument("--examples", type=int, default=3, help="inspect: how many examples to print")
+    parser.add_argument("--examples", type=option(low=0), default=3, help="inspect: how many examples to print")
     group = parser.add_argument_group("difficulty")
-    group.add_argument("--model", default="default", help="model folder (default: the shipped tiny model)")
-    group.add_argument("--k", type=int, default=8, help="samples per problem (default 8)")
-    group.add_argument("--bins", type=int, default=3,
+    group.add_argument("--model", default="default",
+                       help="model folder, run, checkpoint or Hub id (default: the shipped tiny model)")
+    group.add_argument("--k", type=option(low=1), default=8, help="samples per problem (default 8)")
+    group.add_argument("--bins", type=option(low=1), default=3,
                        help="levels strictly between always and never solved (default 3: levels 1-5)")
-    group.add_argument("--out", default=None, help="output .jsonl (default: ./<file stem>.difficulty.jsonl)")
+    group.add_argument("--out", default=None, help="output .jsonl (default: <file stem>.difficulty.jsonl beside FILE)")
     group.add_argument("--template", default="qa", help="prompt template (default qa, as pillion train)")
-    group.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default 1.0)")
-    group.add_argument("--top-p", type=float, default=1.0, help="nucleus top-p (default 1.0)")
-    group.add_argument("--max-new-tokens", type=int, default=48, help="generation budget (default 48)")
-    group.add_argument("--limit", type=int, default=None, help="only the first N problems of the file")
+    group.add_argument("--temperature", type=option(low=0, kind=float), default=1.0,
+                       help="sampling temperature (default 1.0)")
+    group.add_argument("--top-p", type=option(low=0, high=1, open="low", kind=float), default=1.0,
+                       help="nucleus top-p in (0, 1] (default 1.0)")
+    group.add_argument("--max-new-tokens", type=option(low=1), default=48, help="generation budget (default 48)")
+    group.add_argument("--limit", type=option(low=1), default=None, help="only the first N problems of the file")
     group.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    group.add_argument("--batch-prompts", type=int, default=64, help="prompts per generate call (default 64)")
+    group.add_argument("--batch-prompts", type=option(low=1), default=64,
+                       help="prompts per generate call (default 64)")
     group.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     group.add_argument("--dtype", default=None, choices=["float32", "bfloat16"], help="weights dtype")
 
@@ -98,15 +109,19 @@ def print_report(report: ReadReport, examples: int, out: TextIO) -> None:
 
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    try:
-        report = read_with_report(args.file, format=args.format, on_error="skip")
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    if args.action == "difficulty":  # the output can be written: checked before the file is read
+        args.out = check_writable(args.out or default_out(args.file), "the output file", folder=False)
+    report = read_with_report(args.file, format=args.format, on_error="skip")
     if args.action == "difficulty":
         return difficulty(args, report, out)
     print_report(report, args.examples, out)
     return 0
+
+
+def default_out(file: str) -> Path:
+    """<stem>.difficulty.jsonl beside FILE (a Hub dataset id: in the current folder)."""
+    path = Path(file)
+    return (path.parent if path.exists() else Path(".")) / f"{path.stem}.difficulty.jsonl"
 
 
 def _row(problem, correct: int, k: int, level: int) -> dict:
@@ -127,20 +142,15 @@ def _row(problem, correct: int, k: int, level: int) -> dict:
 
 def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int:
     """Pass rates and levels for every problem with a gradable gold; see the module docstring."""
-    import torch
-
     from pillion.data.templates import ANSWER_STYLE, resolve_template
     from pillion.eval.samples import EvalConfig
     from pillion.eval.select import difficulty_level, gold_issue, pass_counts
     from pillion.model.checkpoint import load_model, resolve_model
-    from pillion.model.hf_config import CheckpointError
     from pillion.model.tokenizer import eos_token_ids, load_tokenizer
     from pillion.rewards import GradingPool, RewardConfig
     from pillion.rollout.engine import Engine
+    from pillion.train.common import drop_long_prompts, resolve_device
 
-    if args.k < 1 or args.bins < 1 or args.max_new_tokens < 1 or args.batch_prompts < 1:
-        print("error: --k, --bins, --max-new-tokens and --batch-prompts must be >= 1", file=sys.stderr)
-        return 2
     # Cleaning counts cover the whole file; --limit then takes the first N problems left.
     no_gold = [s for s in report.skipped if s.missing_answer]
     malformed = [s for s in report.skipped if not s.missing_answer]
@@ -148,16 +158,17 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     unparseable = [p for p in report.problems if issues.get(p.id)]
     gradable = [p for p in report.problems if not issues.get(p.id)]
     kept = gradable[:args.limit] if args.limit is not None else gradable
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device or "auto", "--device"))
     try:
         resolve_template(args.template)
-        model_dir = resolve_model(args.model)
-        tokenizer = load_tokenizer(model_dir)
-        model = load_model(model_dir, dtype=args.dtype, device=device).eval()
-    except (CheckpointError, FileNotFoundError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    target = Path(args.out) if args.out else Path(f"{Path(args.file).stem}.difficulty.jsonl")
+    except ValueError as e:
+        raise UserError(f"--template: {e}") from None
+    model_dir = resolve_model(args.model)
+    tokenizer = load_tokenizer(model_dir)
+    model = load_model(model_dir, dtype=args.dtype, device=device).eval()
+    kept = drop_long_prompts(kept, args.file, tokenizer, args.template,
+                             model.cfg.max_position_embeddings - args.max_new_tokens)
+    target = args.out
     print(f"file:     {report.path} ({report.format}, {report.rows} rows)", file=out)
     print(f"dropped:  {len(no_gold)} without gold answer, {len(unparseable)} with a gold the grader cannot parse, "
           f"{len(malformed)} malformed rows", file=out)
@@ -166,8 +177,7 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     if len(kept) < len(gradable):
         print(f"limit:    the first {len(kept)} of {len(gradable)} gradable problems", file=out)
     if not kept:
-        print("error: no problem left to score", file=sys.stderr)
-        return 1
+        raise UserError(f"no problem left to score in {args.file}")
 
     engine = Engine(model, tokenizer, eos_token_ids(model_dir, tokenizer))
     sampling = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k,
@@ -182,9 +192,8 @@ def difficulty(args: argparse.Namespace, report: ReadReport, out: TextIO) -> int
     seconds = time.perf_counter() - start
     levels = [difficulty_level(c, args.k, args.bins) for c in counts]
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w") as f:
-        for problem, correct, level in zip(kept, counts, levels):
-            f.write(json.dumps(_row(problem, correct, args.k, level)) + "\n")
+    write_text_atomic(target, "".join(json.dumps(_row(problem, correct, args.k, level)) + "\n"
+                                      for problem, correct, level in zip(kept, counts, levels)))
     print(f"scored:   {len(kept)} problems x {args.k} samples in {seconds:.1f} s ({model_dir} on {device}, "
           f"template {args.template!r}, temperature {args.temperature}, max {args.max_new_tokens} new tokens)",
           file=out)

@@ -11,15 +11,38 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from pillion.data import synthetic, synthetic_code
 from pillion.data.formats import FORMATS
 from pillion.data.mixture import _level
 from pillion.data.templates import resolve_template
-from pillion.fields import bounded, checked, free, reject
+from pillion.fields import ConfigError, bounded, checked, free, reject
+
+
+def synthetic_levels(spec: str) -> tuple[int, ...] | None:
+    """The levels a synthetic spec names ("synthetic:1,2", "synthetic_code:1"; none: the
+    curriculum's default), checked against the curriculum's levels; None for a dataset file."""
+    for prefix, module in (("synthetic_code", synthetic_code), ("synthetic", synthetic)):
+        if spec == prefix or spec.startswith(prefix + ":"):
+            try:
+                levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x.strip())
+            except ValueError:
+                raise ValueError(f"{spec!r}: levels are integers, e.g. {prefix}:1,2") from None
+            bad = [level for level in levels if level not in module.LEVELS]
+            if bad:
+                raise ValueError(f"{spec!r} names level {bad[0]}, which {prefix} does not have (its levels: "
+                                 f"{', '.join(map(str, module.LEVELS))})")
+            return levels
+    return None
 
 
 def _sources(sources: dict[str, str], data: DataConfig) -> None:
     if not sources:
         raise reject(sources, "names no source", "a mapping name -> dataset file or synthetic:LEVELS")
+    for name, spec in sources.items():
+        try:
+            synthetic_levels(spec)
+        except ValueError as e:
+            raise ConfigError(f"config key 'data.sources.{name}': {e}") from None
 
 
 def _weights(weights: dict[str, float] | None, data: DataConfig) -> None:

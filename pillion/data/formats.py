@@ -33,7 +33,7 @@ from typing import Any
 
 from pillion.data.code_formats import CODE_PARSERS, detect_code_format
 from pillion.data.math_formats import MATH_PARSERS
-from pillion.data.rows import Parser, RowError
+from pillion.data.rows import Parser, RowError, check_tests
 from pillion.errors import UserError
 from pillion.problem import Problem
 
@@ -236,7 +236,8 @@ def read_with_report(path: str | os.PathLike, format: str = "auto", on_error: st
         try:
             if isinstance(row, RowError):
                 raise row
-            report.problems.append(parse(row, n, src))
+            problem = parse(row, n, src)
+            report.problems.append(check_tests(problem) if problem.kind == "code" else problem)
         except RowError as e:
             if on_error == "raise":
                 raise DataError(path, n, e.field, e.message) from None

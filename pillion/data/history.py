@@ -21,13 +21,17 @@ Stages: SRPO trains on math first, then math + code. `data.stages` is a list suc
 `stage_at(stages, step)` says which stage a (0-based) step belongs to, and its `sources` become
 the mixture's weights (`Mixture.set_weights`). A stage may instead name a preset,
 `{"preset": "concise", "steps": 30}`: then the run is a sequence of phases, each a full RL run
-of its preset (pillion/train/phases.py); `parse_stages` checks both forms.
+of its preset (pillion/train/phases.py); `parse_stages` checks both forms. A schedule whose
+steps do not add up to the run's `steps` is scaled to them (`fit_stages`: every stage keeps at
+least one step, the rest in proportion), and the run prints the schedule it follows (with fewer
+steps than stages, the stages that get no step are named in that line).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pillion.problem import Problem
@@ -138,6 +142,28 @@ def _phase(where: str, item: dict[str, Any]) -> Stage:
                              "run (out), starting from the previous phase's final model (the first: model=), "
                              "and phases do not nest")
     return Stage(sources={}, steps=item["steps"], preset=preset, config=config)
+
+
+def fit_stages(stages: list[Stage], steps: int) -> list[Stage]:
+    """The schedule scaled to `steps` steps in all: stage i gets floor(steps_i * steps / total)
+    steps, at least 1, and the steps left over go one each to the stages with the largest
+    remainders (ties: the earlier stage). Unchanged when it fits; with fewer steps than stages,
+    the first `steps` stages get one step each and the others none (the caller says so).
+    Example: 20 + 40 over steps=4 -> 1.33, 2.67 -> 1 + 2, one left, to the second stage
+    (remainder 0.67 > 0.33): 1 + 3."""
+    total = sum(stage.steps for stage in stages)
+    if total == steps:
+        return stages
+    if steps < len(stages):
+        return [replace(stage, steps=1) for stage in stages[:steps]]
+    exact = [stage.steps * steps / total for stage in stages]
+    fitted = [max(1, math.floor(x)) for x in exact]
+    while sum(fitted) > steps:  # minimums of 1 took more than the floors: the largest stage gives back
+        fitted[max(range(len(fitted)), key=lambda i: fitted[i])] -= 1
+    by_remainder = sorted(range(len(stages)), key=lambda i: (-(exact[i] - math.floor(exact[i])), i))
+    for i in by_remainder[: steps - sum(fitted)]:
+        fitted[i] += 1
+    return [replace(stage, steps=n) for stage, n in zip(stages, fitted)]
 
 
 def stage_at(stages: list[Stage], step: int) -> tuple[int, Stage]:

@@ -22,6 +22,7 @@ from bisect import bisect_right
 from itertools import accumulate
 from typing import Any
 
+from pillion.errors import UserError
 from pillion.problem import Problem
 
 
@@ -136,10 +137,11 @@ class Mixture:
         self._sources = [n for n in self.pools if self.weights[n] > 0]
         for name in self._sources:
             if not any(self._level_weight(name, lv) > 0 for lv in self.buckets[name]):
-                raise ValueError(f"pool {name!r} has weight {self.weights[name]} but no problems "
-                                 f"in a level with positive weight")
+                levels = ", ".join(_key(lv) for lv in self.buckets[name]) or "it is empty"
+                raise UserError(f"config key 'data.level_weights': source {name!r} has no problems in a level with "
+                                f"positive weight in {self.level_weights} (its levels: {levels})")
         if not self._sources:
-            raise ValueError("every pool has weight 0 (or is empty)")
+            raise UserError("config keys 'data.weights' / 'data.stages': every source has weight 0 (or is empty)")
         self._source_cum = list(accumulate(self.weights[n] for n in self._sources))
         self._levels: dict[str, list[int | None]] = {}
         self._level_cum: dict[str, list[float]] = {}

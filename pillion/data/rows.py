@@ -10,6 +10,7 @@ or, with on_error="skip", lists the row as skipped.
     level(row)                       3, "3" and "Level 3" all give 3; absent or "Level ?" give None
     meta(row, used)                  the fields a parser did not use, kept in Problem.meta
     pid(source, key)                 "{source}/{key}": ids are stable across reads
+    check_tests(problem)             a code problem's Python tests compile (never run: the sandbox runs code)
 """
 
 from __future__ import annotations
@@ -85,3 +86,18 @@ def meta(row: dict, used: tuple[str, ...]) -> dict[str, Any]:
 def pid(source: str, key: Any) -> str:
     """A problem id: `{source}/{key}`, key being the row's own unique id or its row number."""
     return f"{source}/{key}"
+
+
+def check_tests(problem: Problem) -> Problem:
+    """A code problem whose Python tests (asserts, a `check(...)` program) do not compile is a bad
+    row, found at load: graded, every answer would fail it and score 0, as if wrong. The tests
+    are only compiled (`compile`), never executed; stdin/stdout tests are data and pass."""
+    for i, test in enumerate(problem.tests, start=1):
+        if not isinstance(test, str):
+            continue
+        try:
+            compile(test, f"test {i}", "exec")
+        except (SyntaxError, ValueError) as e:  # ValueError: a null byte in the source
+            detail = f"{e.msg}, line {e.lineno}" if isinstance(e, SyntaxError) else str(e)
+            raise RowError("tests", f"test {i} does not compile ({type(e).__name__}: {detail})") from None
+    return problem

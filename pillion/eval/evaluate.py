@@ -55,6 +55,7 @@ from pillion.ranks import World
 from pillion.rewards.shaping import RewardConfig
 
 NUM_SAMPLES_KEPT = 5  # examples stored in result["samples"]
+NUM_EXAMPLES = 2  # right and as many wrong samples stored in result["examples"] (the run report shows them)
 
 
 def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "plain",
@@ -66,7 +67,8 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
     by_subject (same shape), mean_length (generated tokens per sample, EOS included),
     truncated (fraction of samples that hit max_new_tokens), ungradable, temperature, top_p,
     max_new_tokens, seed, template, samples (up to 5: question, gold, completion, extracted,
-    correct), and the records of `passk.interval` (pass@1_ci95, pass@1_se, ci), `behaviour` (see
+    correct), examples (up to 2 correct and 2 wrong samples, same fields), and the records of
+    `passk.interval` (pass@1_ci95, pass@1_se, ci), `behaviour` (see
     pillion.eval.behaviour, with `phrases`), template_text, num_prompts and versions.
     `pool` (a rewards.GradingPool) grades symbolic answers in parallel; `world`: several ranks
     share the sampling (`sample_and_grade`) and all return the same result.
@@ -88,6 +90,16 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
             "extracted": graded.answers[i * k],
             "correct": graded.correct[i * k],
         })
+    # A few right and wrong samples for a person to read: the first sample of each kind of the first
+    # problems that have one, one sample per problem.
+    examples: list[dict[str, Any]] = []
+    for want in (True, False):
+        firsts = (next((i * k + j for j in range(k) if graded.correct[i * k + j] is want), None)
+                  for i in range(len(problems)))
+        rows = [r for r in firsts if r is not None][:NUM_EXAMPLES]
+        examples += [{"id": problems[r // k].id, "question": problems[r // k].question,
+                      "gold": problems[r // k].answer, "completion": graded.texts[r], "extracted": graded.answers[r],
+                      "correct": want} for r in rows]
     lengths = graded.num_tokens
 
     overall = passk.group(correct_counts, k)
@@ -114,6 +126,7 @@ def evaluate(engine, problems: list[Problem], cfg: EvalConfig, template: str = "
         "answer_style": reward_cfg.answer_style,
         "versions": versions(),
         "samples": samples,
+        "examples": examples,
     }
 
 
@@ -128,7 +141,8 @@ def evaluate_sets(engine, sets: dict[str, list[Problem]], cfg: EvalConfig, templ
                                           world=world)
         label = f" [{name}]" if len(sets) > 1 else ""
         at_k = f" pass@{result['k']} {result['pass@k']:.3f}" if result["k"] > 1 else ""
-        print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems")
+        print(f"eval {tag}{label}: pass@1 {result['pass@1']:.3f}{at_k} on {result['n']} held-out problems "
+              f"(answers graded in the {result['answer_style']!r} style)")
     return results
 
 

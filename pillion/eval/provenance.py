@@ -55,13 +55,19 @@ def model_record(model_dir: str | Path) -> dict[str, Any]:
 
     The hash covers config.json and the weight files (*.safetensors, *.bin, *.pt, *.pth, in name
     order), each file's name and bytes, read once in 8 MiB blocks: two folders with the same
-    hash hold the same model. Tokenizer files are not included.
+    hash hold the same model. Tokenizer files are not included. A PEFT adapter folder (a LoRA
+    run's checkpoint) hashes adapter_config.json and its weights in place of config.json, and
+    adds its base model's record as `base_model_hash`.
     """
+    from pillion.model import adapters
+
     folder = Path(model_dir)
-    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == "config.json" or
+    adapter = adapters.is_adapter_folder(folder)
+    head = adapters.ADAPTER_CONFIG if adapter else "config.json"
+    files = sorted(p for p in folder.iterdir() if p.is_file() and (p.name == head or
                                                                    p.name.endswith(WEIGHT_SUFFIXES)))
-    if not any(p.name == "config.json" for p in files):
-        raise FileNotFoundError(f"{folder}: no config.json to hash")
+    if not any(p.name == head for p in files):
+        raise FileNotFoundError(f"{folder}: no config.json to hash")  # callers resolved the folder first
     digest = hashlib.sha256()
     for path in files:
         digest.update(path.name.encode() + b"\0")
@@ -69,4 +75,8 @@ def model_record(model_dir: str | Path) -> dict[str, Any]:
             while block := f.read(8 << 20):
                 digest.update(block)
         digest.update(b"\0")
-    return {"model_hash": f"sha256:{digest.hexdigest()}", "model_files": [p.name for p in files]}
+    record = {"model_hash": f"sha256:{digest.hexdigest()}", "model_files": [p.name for p in files]}
+    if adapter:
+        base = adapters.base_folder(adapters.read_adapter_config(folder))
+        record["base_model_hash"] = model_record(base)["model_hash"]
+    return record

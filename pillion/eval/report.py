@@ -17,6 +17,14 @@ Reads, from the run directory:
 - report.json (optional): pass1_before, pass1_after, n_heldout and eval_before / eval_after
   (results of `pillion.eval.evaluate`), shown as a before/after table and the eval table.
 
+A metric that stays constant (to float noise, 1e-6 relative) over more than one logged step
+gets no panel (its axis would read `1e-8+1`): report.md lists it with its value instead.
+With periodic evaluations (eval_every > 0) plots/heldout.png draws held-out pass@1 against the
+step, from the evaluation before training to the one after, one line per held-out set.
+report.md also gives the run's wall time (report.json `wall_seconds`), the answer style and
+template the held-out figures are graded with, every held-out set's results (report.json
+`eval_before/<name>`, ...), and a few right and wrong completions before and after training.
+
 Writes one PNG per metric group that has data (plots/reward.png, plots/length.png,
 plots/behaviour.png, plots/kl_entropy.png, plots/loss.png, plots/optim.png, plots/throughput.png,
 plots/mismatch.png, plots/step_time.png, plots/other.png for metrics no group names), one panel per metric, the raw
@@ -34,6 +42,8 @@ import math
 import sys
 from pathlib import Path
 from typing import Any
+
+from pillion.files import write_text_atomic, writing
 
 # group -> metrics in display order; a metric matches by exact name, "eval/" prefix or substring
 # rules in `group_of`. Anything unmatched lands in "other", so no logged metric goes unplotted.
@@ -115,8 +125,18 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
+FLAT = 1e-6  # a series whose spread is below this fraction of its size is constant (float noise)
+
+
+def is_flat(points: list[tuple[int, float]]) -> bool:
+    """Constant over more than one logged step, to float noise: nothing for a panel to show."""
+    values = [v for _, v in points]
+    return len(values) > 1 and max(values) - min(values) <= FLAT * max(abs(max(values)), abs(min(values)), 1e-12)
+
+
 def plot_groups(series: dict[str, list[tuple[int, float]]], plots_dir: Path) -> dict[str, Path]:
-    """One PNG per non-empty group; returns group -> path."""
+    """One PNG per group with a metric that changes; returns group -> path. Constant metrics
+    (`is_flat`) get no panel."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -124,7 +144,8 @@ def plot_groups(series: dict[str, list[tuple[int, float]]], plots_dir: Path) -> 
 
     by_group: dict[str, list[str]] = {}
     for name in series:
-        by_group.setdefault(group_of(name), []).append(name)
+        if not is_flat(series[name]):
+            by_group.setdefault(group_of(name), []).append(name)
     order = [*GROUPS, "other"]
     written = {}
     plots_dir.mkdir(parents=True, exist_ok=True)
@@ -150,11 +171,60 @@ def plot_groups(series: dict[str, list[tuple[int, float]]], plots_dir: Path) -> 
         for ax in list(axes.flat)[len(names):]:
             ax.axis("off")
         fig.tight_layout()
-        path = plots_dir / f"{group}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        written[group] = path
+        written[group] = _save(fig, plots_dir / f"{group}.png")
     return written
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    try:
+        with writing(path):  # a full disk: one line naming the plot
+            fig.savefig(path, dpi=100)
+    finally:
+        plt.close(fig)
+    return path
+
+
+def heldout_curves(series: dict[str, list[tuple[int, float]]], summary: dict[str, Any]
+                   ) -> dict[str, list[tuple[int, float]]]:
+    """Held-out pass@1 by step for each set: before training (step 0), every periodic evaluation
+    (metrics.jsonl eval/pass@1, or eval/<set>/pass@1 with several sets), after training (the last
+    step). Empty without periodic evaluations."""
+    sets = [key.split("/", 1)[1] for key in summary if key.startswith("pass1_before/")]
+    last = max((s for points in series.values() for s, _ in points), default=0)
+    curves = {}
+    for name in sets or [None]:
+        suffix, metric = (f"/{name}", f"eval/{name}/pass@1") if name else ("", "eval/pass@1")
+        if metric not in series:
+            continue
+        before, after = _number(summary.get(f"pass1_before{suffix}")), _number(summary.get(f"pass1_after{suffix}"))
+        points = [(0, before)] if before is not None else []
+        points += [(s, v) for s, v in series[metric] if after is None or s < last]  # the last step: "after"
+        points += [(last, after)] if after is not None else []
+        curves[name or "held-out"] = points
+    return curves
+
+
+def plot_heldout(curves: dict[str, list[tuple[int, float]]], path: Path) -> Path:
+    """plots/heldout.png: pass@1 against the step, one line per held-out set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name, points in curves.items():
+        ax.plot([s for s, _ in points], [v for _, v in points], marker="o", markersize=4, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel("held-out pass@1")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    if len(curves) > 1:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _fmt(value: Any) -> str:
@@ -291,6 +361,82 @@ def _record_lines(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def duration(seconds: float) -> str:
+    """92.4 -> "1 min 32 s"; 3725 -> "1 h 02 min"; 41.2 -> "41.2 s"."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def _sets(summary: dict[str, Any]) -> list[str]:
+    """The named held-out sets of a run with several (report.json eval_after/<name>), else []."""
+    return [key.split("/", 1)[1] for key in summary if key.startswith("eval_after/") or
+            (key.startswith("eval_before/") and f"eval_after/{key.split('/', 1)[1]}" not in summary)]
+
+
+def _set_table(summary: dict[str, Any], names: list[str]) -> list[str]:
+    """One row per held-out set: its size, pass@1 before and after training."""
+    lines = ["| held-out set | n | pass@1 before | after | change |", "|---|---:|---:|---:|---:|"]
+    for name in names:
+        b, a = _number(summary.get(f"pass1_before/{name}")), _number(summary.get(f"pass1_after/{name}"))
+        n = (summary.get(f"eval_after/{name}") or summary.get(f"eval_before/{name}") or {}).get("n", "-")
+        change = f"{a - b:+.4g}" if a is not None and b is not None else "-"
+        lines.append(f"| {name} | {n} | {_fmt(b) if b is not None else '-'} | {_fmt(a) if a is not None else '-'} "
+                     f"| {change} |")
+    return lines
+
+
+def _short(text: Any, width: int = 400) -> str:
+    text = str(text if text is not None else "")
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _examples(result: dict[str, Any]) -> list[str]:
+    """A few right and wrong completions of one evaluation (its `examples`, else its `samples`)."""
+    lines = []
+    for ex in (result.get("examples") or result.get("samples") or [])[:4]:
+        verdict = {True: "right", False: "wrong"}.get(ex.get("correct"), "ungradable")
+        answer = "none found" if ex.get("extracted") is None else repr(_short(ex["extracted"], 80))
+        lines += [f"- **{verdict}** ({ex.get('id', '?')}): {_short(ex.get('question'), 200)!r}; gold "
+                  f"{_short(ex.get('gold'), 80)!r}, graded answer {answer}",
+                  "", "  ```", *("  " + line for line in _short(ex.get("completion")).splitlines()), "  ```", ""]
+    return lines
+
+
+def _heldout_section(summary: dict[str, Any], series: dict[str, list[tuple[int, float]]], plots_dir: Path
+                     ) -> list[str]:
+    """Grading, the before/after tables of every held-out set, the pass@1 curve, the evaluation
+    tables and a few completions."""
+    lines = []
+    table = _before_after(summary)
+    graded = summary.get("eval_after") or summary.get("eval_before") or {}
+    if graded.get("answer_style"):
+        lines += [f"Answers graded in the {graded['answer_style']!r} style; prompts rendered with template "
+                  f"{graded.get('template', '?')!r}.", ""]
+    names = _sets(summary)
+    if table:
+        lines += [*(["First held-out set:", ""] if names else []), *table, ""]
+    if names:
+        lines += [*_set_table(summary, names), ""]
+    curves = heldout_curves(series, summary)
+    if curves:
+        path = plot_heldout(curves, plots_dir / "heldout.png")
+        lines += [f"![held-out pass@1](plots/{path.name})", ""]
+    evaluations = [(f"eval_{when}/{name}", f"{title}: {name}") for name in names
+                   for when, title in (("before", "before training"), ("after", "after training"))] or \
+        [("eval_before", "before training"), ("eval_after", "after training")]
+    for key, title in evaluations:
+        result = summary.get(key)
+        if isinstance(result, dict) and "k" in result and "pass@1" in result:
+            lines += [f"### Evaluation {title}", "", markdown_table(result)]
+    for key, title in evaluations:
+        result = summary.get(key)
+        if isinstance(result, dict) and (examples := _examples(result)):
+            lines += [f"### Completions {title}", "", *examples]
+    return ["## Held-out evaluation", "", *lines] if lines else []
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/plots/*.png; return the report's path."""
     run_dir = Path(run_dir)
@@ -305,6 +451,8 @@ def write_report(run_dir: str | Path) -> Path:
         lines.append(f"{len(steps)} logged steps, {steps[0]} to {steps[-1]}.")
     else:
         lines.append("No metrics logged (metrics.jsonl missing or empty).")
+    if _number(summary.get("wall_seconds")) is not None:
+        lines.append(f"Wall time: {duration(summary['wall_seconds'])} (evaluations included).")
     if skipped:
         lines.append(f"{skipped} line(s) of metrics.jsonl were not JSON objects and were skipped.")
     for name in ("reward", "accuracy"):
@@ -312,15 +460,13 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"Final {name}: {_fmt(series[name][-1][1])} (first {_fmt(series[name][0][1])}).")
     lines.append("")
 
-    table = _before_after(summary)
-    if table:
-        lines += ["## Held-out evaluation", "", *table, ""]
-    for key, title in (("eval_before", "before training"), ("eval_after", "after training")):
-        result = summary.get(key)
-        if isinstance(result, dict) and "k" in result and "pass@1" in result:
-            lines += [f"### Evaluation {title}", "", markdown_table(result)]
+    lines += _heldout_section(summary, series, run_dir / "plots")
     if series:
         lines += ["## Final metrics", "", *_final_table(series), ""]
+        flat = sorted(name for name, points in series.items() if is_flat(points))
+        if flat:
+            lines += ["Constant over the run (no plot): " + ", ".join(f"{name} {_fmt(series[name][-1][1])}"
+                                                                      for name in flat) + ".", ""]
     breakdown = _step_time_table(series)
     if breakdown:
         lines += ["## Where the step time goes", "", *breakdown, ""]
@@ -332,7 +478,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Config", "", "```yaml", config.read_text().rstrip(), "```", ""]
 
     report = run_dir / "report.md"
-    report.write_text("\n".join(lines).rstrip() + "\n")
+    write_text_atomic(report, "\n".join(lines).rstrip() + "\n")
     return report
 
 

@@ -14,8 +14,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from pillion.model import lora
-from pillion.model.hf_config import CheckpointError
+from pillion.model import hub, lora
+from pillion.model.hf_config import CheckpointError, read_json
 from pillion.model.transformer import Transformer
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
@@ -43,7 +43,10 @@ def save_adapters(model: Transformer, path: Path, source: str | Path | None = No
     if base is None:
         raise CheckpointError(f"{path}: saving adapters needs the base model's folder (pass source=)")
     rank, alpha, targets = lora.settings(model)
-    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": str(Path(base).resolve()),
+    from_hub = hub.snapshot_id(Path(base).resolve())  # a Hub model: its id and commit, as PEFT names them
+    config = {"peft_type": "LORA", "task_type": "CAUSAL_LM",
+              "base_model_name_or_path": from_hub[0] if from_hub else str(Path(base).resolve()),
+              **({"revision": from_hub[1]} if from_hub else {}),
               "r": rank, "lora_alpha": int(alpha) if float(alpha).is_integer() else alpha,
               "target_modules": targets, "lora_dropout": 0.0, "bias": "none", "fan_in_fan_out": False,
               "use_rslora": False, "use_dora": False, "init_lora_weights": True, "inference_mode": True,
@@ -57,18 +60,28 @@ def save_adapters(model: Transformer, path: Path, source: str | Path | None = No
 
 def read_adapter_config(path: Path) -> dict[str, Any]:
     """adapter_config.json of an adapter folder, checked: only plain LoRA, a base folder that
-    exists (`base_model_name_or_path`), a list of target projections."""
+    exists or a Hub id (`base_model_name_or_path`), a list of target projections."""
     config_file = path / ADAPTER_CONFIG
-    config = json.loads(config_file.read_text())
+    config = read_json(config_file)  # malformed: a CheckpointError naming the file
     for key, allowed in PEFT_DEFAULTS.items():
         if config.get(key, allowed[0]) not in allowed:
             raise CheckpointError(f"{config_file}: field '{key}' = {config[key]!r} is not supported")
-    base = Path(config.get("base_model_name_or_path") or "")
-    if not (base / "config.json").exists():
-        raise CheckpointError(f"{config_file}: field 'base_model_name_or_path' = {str(base)!r} is not a model folder")
     if not isinstance(config.get("target_modules"), list):
         raise CheckpointError(f"{config_file}: field 'target_modules' must be a list of projection names")
+    name = str(config.get("base_model_name_or_path") or "")
+    if not hub.is_hub_id(name) and not (Path(name) / "config.json").exists():
+        raise CheckpointError(f"{config_file}: field 'base_model_name_or_path' = {name!r} is not a model folder")
     return config
+
+
+def base_folder(config: dict[str, Any]) -> Path:
+    """The base model's folder an adapter_config.json (`read_adapter_config`) names: a folder, or a
+    Hub id (with its `revision`) fetched into the Hub cache."""
+    name = str(config.get("base_model_name_or_path") or "")
+    if hub.is_hub_id(name):
+        revision = config.get("revision")
+        return hub.fetch(f"{name}@{revision}" if revision else name)
+    return Path(name)
 
 
 def put_adapters(model: Transformer, path: Path, config: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from pillion.model import adapters, lora
+from pillion.model import adapters, hub, lora
 from pillion.model.hf_config import CheckpointError, config_from_hf, hf_config_from, hf_layout, read_json, to_hf
 from pillion.model.tokenizer import copy_tokenizer_files
 from pillion.model.transformer import Transformer
@@ -32,15 +33,46 @@ from pillion.model.transformer import Transformer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
+STEP_DIR = re.compile(r"step-(\d+)")  # a run's checkpoint folders: checkpoints/step-000020
 
 
 def resolve_model(name: str | Path) -> Path:
-    """A model folder; "default" is the tiny SFT-warmed arithmetic model shipped with pillion."""
+    """The model folder `name` stands for: "default" (the tiny SFT-warmed arithmetic model shipped
+    with pillion), a Hugging Face folder, a PEFT adapter folder (a LoRA run's checkpoint), a run
+    folder (its newest complete checkpoint; an SFT run's final model), or a Hugging Face Hub id
+    `org/name[@revision]` (fetched into the Hub cache: hub.py)."""
+    if hub.is_hub_id(str(name)):
+        return hub.fetch(str(name))
     path = DEFAULT_MODEL if str(name) == "default" else Path(name)
-    if not (path / "config.json").exists() and not (path / adapters.ADAPTER_CONFIG).exists():
+    if not _is_model(path) and (path / "config.yaml").is_file():  # a run folder
+        found = newest_checkpoint(path) or (path / "final" if _is_model(path / "final") else None)
+        if found is None:
+            raise CheckpointError(f"run folder {path} has no complete checkpoint yet (checkpoints/step-N)")
+        return found
+    if not _is_model(path):
         hint = " (regenerate it with scripts/make_default_model.py)" if str(name) == "default" else ""
         raise CheckpointError(f"model folder {path} has no config.json (nor {adapters.ADAPTER_CONFIG}){hint}")
     return path
+
+
+def _is_model(path: Path) -> bool:
+    return (path / "config.json").is_file() or (path / adapters.ADAPTER_CONFIG).is_file()
+
+
+def complete_checkpoints(run_dir: Path) -> list[Path]:
+    """A run's complete checkpoints, oldest first: `checkpoints/step-N` folders renamed into place
+    with their trainer state (a `.tmp` folder is a write that did not finish)."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir()
+             if (m := STEP_DIR.fullmatch(p.name)) and (p / "trainer_state.pt").is_file()]
+    return [p for _, p in sorted(found)]
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    done = complete_checkpoints(run_dir)
+    return done[-1] if done else None
 
 
 def _weight_files(path: Path) -> list[Path]:
@@ -84,7 +116,7 @@ def load_model(
     path = Path(path)
     if adapters.is_adapter_folder(path):
         config = adapters.read_adapter_config(path)
-        model = load_model(Path(config.get("base_model_name_or_path") or ""), dtype, device)
+        model = load_model(adapters.base_folder(config), dtype, device)
         adapters.put_adapters(model, path, config)
         return model
     config_file = path / "config.json"

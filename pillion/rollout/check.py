@@ -23,6 +23,8 @@ import sys
 
 import torch
 
+from pillion.fields import option
+
 DEFAULT_PROMPTS = [
     "What is 12 + 35?",
     "Compute 7 * 8 and explain.",
@@ -33,18 +35,19 @@ DEFAULT_PROMPTS = [
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
-                   help="Hugging Face model folder (config.json, *.safetensors, tokenizer), or 'default'")
+                   help="Hugging Face model folder (config.json, *.safetensors, tokenizer), a run folder, a Hub id "
+                        "org/name[@revision], or 'default'")
     p.add_argument("--prompts", help="text file, one prompt per line (default: four built-in math prompts)")
-    p.add_argument("--n", type=int, default=4, help="samples per prompt (default 4)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument(
-        "--temperature", type=float, default=1.0, help="sampling temperature; log-probs use the same scaling"
-    )
+    p.add_argument("--n", type=option(low=1), default=4, help="samples per prompt (default 4)")
+    p.add_argument("--max-new-tokens", type=option(low=1), default=64)
+    p.add_argument("--temperature", type=option(low=0, open="low", kind=float), default=1.0,
+                   help="sampling temperature (> 0); log-probs use the same scaling")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--device", default="auto", help="auto (default: cuda when available), cpu, cuda or cuda:N")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, default=1.05, help="fail above this metric (default 1.05)")
-    p.add_argument("--tools", type=int, default=0, help="Python tool calls per sample (default 0: none)")
+    p.add_argument("--threshold", type=option(low=0, open="low", kind=float), default=1.05,
+                   help="fail above this metric (the metric is >= 1; default 1.05)")
+    p.add_argument("--tools", type=option(low=0), default=0, help="Python tool calls per sample (default 0: none)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
 
 
@@ -122,21 +125,31 @@ def check(model_dir: str, prompts: list[str], n: int, max_new_tokens: int, tempe
 
 
 def run(args) -> int:
-    prompts = DEFAULT_PROMPTS
-    if args.prompts:
-        with open(args.prompts) as f:
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
+    from pillion.errors import UserError
+    from pillion.model import adapters
     from pillion.model.checkpoint import resolve_model
     from pillion.rollout.tools import Tools
+    from pillion.train.common import resolve_device
 
+    device = str(resolve_device(args.device, "--device"))  # one that is not there: one line, before loading
+    prompts = DEFAULT_PROMPTS
+    if args.prompts:
+        with open(args.prompts, encoding="utf-8", errors="replace") as f:
+            prompts = [line.rstrip("\n") for line in f if line.strip()]
+        if not prompts:
+            raise UserError(f"--prompts {args.prompts}: no prompt in the file (one per line)")
+    folder = resolve_model(args.model)
+    if adapters.is_adapter_folder(folder):  # transformers would need peft to read it
+        raise UserError(f"{folder} is a LoRA adapter folder; write full weights first with `pillion export "
+                        f"{folder} OUT --merge`, then check OUT")
     report = check(
-        str(resolve_model(args.model)),
+        str(folder),
         prompts,
         args.n,
         args.max_new_tokens,
         args.temperature,
         args.dtype,
-        args.device,
+        device,
         args.seed,
         Tools(max_calls=args.tools) if args.tools else None,
     )

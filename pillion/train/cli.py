@@ -22,12 +22,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "The formulas behind every key and preset: docs/algorithms.md.\n\n"
         "A run lives in out=DIR (default runs/<time>-<algo>): an existing run is continued with\n"
         "--resume (its saved config.yaml, then your overrides, e.g. steps=200) or replaced with\n"
-        "--overwrite. Ctrl-C stops at once; the run resumes from its last checkpoint."
+        "--overwrite. A resumed run keeps its configuration: only steps, eval_every, save_every,\n"
+        "max_bad_steps, threads, grading_workers, log.* and fsdp.timeout_s may change, others with\n"
+        "--allow-change KEY. Ctrl-C stops at once; the run resumes from its last checkpoint."
     )
     p.add_argument("args", nargs="*", metavar="[CONFIG] key=value",
                    help="an optional YAML config file, then overrides (later wins)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in out=DIR from its newest checkpoint, with its saved config")
+    p.add_argument("--allow-change", action="append", default=[], metavar="KEY",
+                   help="with --resume: let KEY (a config key or group) differ from the run's saved config")
     p.add_argument("--overwrite", action="store_true", help="delete the run in out=DIR and start it over")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -52,17 +56,17 @@ def saved_config(overrides: list[str]) -> dict | None:
 def run(args) -> int:
     from pillion import config as config_lib
     from pillion.errors import UserError
+    from pillion.files import DiskFullError
 
     config_file, overrides = split_args(args.args)
     if args.resume and args.overwrite:
-        print("pillion train: --resume and --overwrite exclude each other", file=sys.stderr)
-        return 2
-    try:
-        base = saved_config(overrides) if args.resume else None
-        cfg = config_lib.resolve(config_lib.TrainConfig, config_file, overrides, base=base)
-    except UserError as e:
-        print(f"pillion train: {e}", file=sys.stderr)
-        return 2
+        raise UserError("--resume and --overwrite exclude each other")
+    if args.allow_change and not args.resume:
+        raise UserError("--allow-change goes with --resume (a new run takes any key=value)")
+    base = saved_config(overrides) if args.resume else None
+    cfg = config_lib.resolve(config_lib.TrainConfig, config_file, overrides, base=base)
+    if base is not None:  # what the run started with, against what this resume asks for
+        config_lib.check_resume(config_lib.resolve(config_lib.TrainConfig, base=base), cfg, args.allow_change)
     if args.print_config:
         print(config_lib.dumps(cfg))
         return 0
@@ -74,9 +78,11 @@ def run(args) -> int:
             run_phases(cfg, config_file, overrides, resume=args.resume, overwrite=args.overwrite)
         else:
             train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except UserError as e:  # config, data, model folder or run folder: one line, nothing half-written
-        print(f"pillion train: {e}", file=sys.stderr)
-        return 2
+    except DiskFullError as e:  # the last complete checkpoint is intact: say how to go on from it
+        if e.run_dir is None:
+            raise
+        raise DiskFullError(f"{e}; free some space, then continue with: pillion train "
+                            f"{shlex.quote(f'out={e.run_dir}')} --resume") from None
     except TrainingStopped as e:
         print(f"pillion train: {e}", file=sys.stderr)
         return 1

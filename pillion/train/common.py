@@ -19,9 +19,12 @@ from pathlib import Path
 import torch
 
 from pillion.data import read, synthetic, synthetic_code
+from pillion.data.config import synthetic_levels
 from pillion.data.templates import render_prompt
 from pillion.errors import UserError
-from pillion.fields import reject
+from pillion.fields import leaves, reject
+from pillion.files import write_text_atomic, writing
+from pillion.model import hub
 from pillion.model.checkpoint import DEFAULT_MODEL, resolve_model  # noqa: F401 (re-exported for the loops)
 from pillion.problem import Problem
 from pillion.train import trackers
@@ -42,15 +45,41 @@ def check_device(name: str, group=None) -> None:
         raise reject(name, "is not a device", "auto, cpu, cuda or cuda:N")
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "config key 'device'") -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N) asks for, on this machine; one that is not
+    there is a RunError naming `key` (a config key, or a command's --device)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if DEVICE_NAMES.fullmatch(name) is None:
+        raise RunError(f"{key}: {name!r} is not a device; expected auto, cpu, cuda or cuda:N")
     device = torch.device(name)
     if device.type == "cuda":
         count = torch.cuda.device_count()
         if count == 0 or (device.index or 0) >= count:
-            raise RunError(f"config key 'device': {name!r} requested but this machine has {count} CUDA device(s)")
+            raise RunError(f"{key}: {name!r} requested but this machine has {count} CUDA device(s)")
     return device
+
+
+def resolve_devices(cfg) -> torch.device:
+    """Every device key of a config (those checked by `check_device`: device, critic.device) on
+    this machine, before anything loads; returns the run's device (`device`)."""
+    for leaf in leaves(cfg):
+        if leaf.spec is not None and leaf.spec.check is check_device and leaf.key != "device":
+            if leaf.value != "auto":
+                resolve_device(leaf.value, f"config key '{leaf.key}'")
+    return resolve_device(cfg.device)
+
+
+def model_folder(cfg) -> Path:
+    """The folder of `cfg.model` (model/checkpoint.py `resolve_model`). A Hugging Face Hub id is
+    pinned in place to the commit it fetched (`org/name@<commit>`), so that the run's config.yaml
+    and report name the exact weights and a resumed run loads them again."""
+    folder = resolve_model(cfg.model)
+    pin = hub.pinned(cfg.model, folder)
+    if pin is not None and pin != cfg.model:
+        print(f"model {cfg.model}: Hugging Face Hub revision {pin.partition('@')[2]} ({folder})")
+        cfg.model = pin
+    return folder
 
 
 def parameter_count(model: torch.nn.Module) -> int:
@@ -67,8 +96,14 @@ def seed_everything(seed: int) -> None:
 # Data
 # ---------------------------------------------------------------------------------------------
 
-def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train") -> list[Problem]:
-    """Problems for one data spec: "synthetic:1,2,3" (levels), "synthetic_code:1,2" or a dataset file."""
+def load_source(spec: str, size: int, data_cfg, seed: int, split: str = "train", key: str = "data.sources"
+                ) -> list[Problem]:
+    """Problems for one data spec: "synthetic:1,2,3" (levels), "synthetic_code:1,2" or a dataset file.
+    A synthetic level the curriculum does not have is a RunError naming the config `key`."""
+    try:
+        synthetic_levels(spec)
+    except ValueError as e:
+        raise RunError(f"config key '{key}': {e}") from None
     if spec.startswith("synthetic_code"):  # the code curriculum; before the "synthetic" prefix test
         levels = tuple(int(x) for x in spec.partition(":")[2].split(",") if x) or (1, 2)
         return synthetic_code.generate(size, levels=levels, seed=seed, split=split)
@@ -132,7 +167,8 @@ def heldout_sets(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | N
     specs = data_cfg.heldout if isinstance(data_cfg.heldout, dict) else {"heldout": data_cfg.heldout}
     sets = {}
     for name, spec in specs.items():
-        problems = load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test")
+        key = f"data.heldout.{name}" if isinstance(data_cfg.heldout, dict) else "data.heldout"
+        problems = load_source(spec, data_cfg.heldout_size, data_cfg, seed + 1, split="test", key=key)
         if tokenizer is not None and max_prompt_tokens is not None:
             label = "held-out set" if len(specs) == 1 else f"held-out set {name!r}"
             problems = drop_long_prompts(problems, label, tokenizer, data_cfg.template, max_prompt_tokens)
@@ -251,12 +287,10 @@ class MetricsLog:
                 raise RunError(f"{self.path}, line {n}: not a JSON record; fix or remove the line") from None
             if record.get("step", 0) <= step:
                 kept.append(line)
-        from pillion.train.state import write_text_atomic
-
         write_text_atomic(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
+        with writing(self.path), self.path.open("a", encoding="utf-8") as f:  # a full disk: one line
             f.write(json.dumps(record) + "\n")
         self.trackers.log(record)
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import logging
 import os
 import sys
@@ -124,12 +125,29 @@ def init(cfg) -> World:
 def record(fn):
     """torchelastic's `@record` under torchrun (which sets TORCHELASTIC_ERROR_FILE): a rank's
     uncaught exception is written where the agent reads it, so the job's failure summary shows
-    it; the function itself otherwise."""
+    it; the function itself otherwise. A UserError passes unrecorded: it is one line, printed
+    by the command line (pillion/cli.py), not a traceback for the summary."""
     if "TORCHELASTIC_ERROR_FILE" not in os.environ:
         return fn
     from torch.distributed.elastic.multiprocessing.errors import record as elastic_record
 
-    return elastic_record(fn)
+    @functools.wraps(fn)
+    def returning_user_errors(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs), None
+        except UserError as e:
+            return None, e
+
+    recorded = elastic_record(returning_user_errors)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        result, error = recorded(*args, **kwargs)
+        if error is not None:
+            raise error
+        return result
+
+    return wrapper
 
 
 def place(device: torch.device, world: World) -> torch.device:

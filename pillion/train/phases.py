@@ -42,6 +42,7 @@ import yaml
 from pillion import config as config_lib
 from pillion.data.history import parse_stages
 from pillion.errors import UserError
+from pillion.files import DiskFullError
 from pillion.train import common, state
 
 # Config keys that decide what the held-out evaluation measures: two phases equal on these give
@@ -119,6 +120,9 @@ def run_phases(cfg: config_lib.TrainConfig, config_file: str | None = None, over
             stopped = TrainingInterrupted(e.step, run_dir)
             stopped.args = (f"phase {i + 1} ({phase.algo}) {e}",)
             raise stopped from None
+        except DiskFullError as e:  # resumed as a whole run, too
+            e.run_dir = run_dir
+            raise
     report = combine(run_dir, configs, reports)
     _write(run_dir, configs, report)
     return report

@@ -35,12 +35,13 @@ import torch
 from pillion import config as config_lib
 from pillion import ranks, threads
 from pillion.algorithms import losses as L
-from pillion.data.history import HistoryResampler, parse_stages, stage_at
+from pillion.data.history import HistoryResampler, fit_stages, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.eval.behaviour import behaviour_metrics
 from pillion.eval.evaluate import eval_metrics, evaluate_sets, report_entries
 from pillion.eval.report import write_report
 from pillion.eval.select import select_training_pool
+from pillion.files import DiskFullError
 from pillion.model.sequences import compile_training
 from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
@@ -140,10 +141,14 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
 
         # ---- final evaluation and report --------------------------------------------------------
         run.report.update(report_entries(evaluate_heldout(run, cfg, "after RL"), "after"))
+        run.report["wall_seconds"] = time.perf_counter() - run.clock
         if run.world.main:
             _write_report(run.run_dir, run.report)
     except KeyboardInterrupt:
         raise TrainingInterrupted(done, run.run_dir) from None
+    except DiskFullError as e:  # a checkpoint, the metrics or the report: the run resumes from its last checkpoint
+        e.run_dir = run.run_dir
+        raise
     finally:
         run.close()
     return run.report
@@ -170,6 +175,7 @@ class Run:
     metrics: common.MetricsLog | parallel.NoLog  # rank 0 writes
     report: dict  # report.json, filled as the run goes
     start: int  # steps done before this call (resume)
+    clock: float  # time.perf_counter() when the run would have started, uninterrupted (report["wall_seconds"])
 
     def close(self) -> None:
         self.grader.close()
@@ -180,11 +186,12 @@ class Run:
 def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     """World, models, optimizers, engine, data and grader; then the run folder, and on resume the
     weights, optimizers, sampler and history of the newest checkpoint."""
+    started = time.perf_counter()
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
     common.seed_everything(cfg.seed)
-    device = parallel.place(common.resolve_device(cfg.device), world)  # cuda:LOCAL_RANK per rank
-    model_dir = common.resolve_model(cfg.model)
+    device = parallel.place(common.resolve_devices(cfg), world)  # every device key checked; cuda:LOCAL_RANK per rank
+    model_dir = common.model_folder(cfg)  # a Hub id: fetched, and pinned in cfg.model to its commit
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
@@ -208,7 +215,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     ranks.barrier(world)
     grader = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
-    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "n_heldout": len(next(iter(heldout.values())))}
+    report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "model": cfg.model,
+                    "n_heldout": len(next(iter(heldout.values())))}
     if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
         with parallel.full_weights(models.policy, world):  # every rank selects alike: same weights, same seeds
             pools, report["select"] = select_training_pool(engine, pools, cfg, grader)
@@ -234,7 +242,7 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     if resume:
         metrics.truncate_after(start)
     return Run(world, run_dir, device, model_dir, models, optimizers, engine, mixture, history, stages, heldout,
-               grader, metrics, report, start)
+               grader, metrics, report, start, started - report.get("wall_seconds", 0.0))
 
 
 def build_data(cfg, tokenizer, context: int):
@@ -244,6 +252,13 @@ def build_data(cfg, tokenizer, context: int):
     heldout = common.heldout_sets(cfg.data, cfg.seed, tokenizer, budget)  # name -> problems, each evaluated alone
     mixture = Mixture(pools, weights=cfg.data.weights, level_weights=cfg.data.level_weights, seed=cfg.seed)
     stages = parse_stages(cfg.data.stages, cfg.data.sources, phases=False) if cfg.data.stages else []
+    if stages:  # a schedule that does not add up to `steps` is scaled to it, and says so
+        fitted = fit_stages(stages, cfg.steps)
+        if fitted != stages:
+            dropped = f" (stages {len(fitted) + 1} to {len(stages)} get no step)" if len(fitted) < len(stages) else ""
+            print(f"data.stages: the schedule's {' + '.join(str(s.steps) for s in stages)} steps do not add up to "
+                  f"steps={cfg.steps}; scaled to {' + '.join(str(s.steps) for s in fitted)}{dropped}")
+        stages = fitted
     return pools, mixture, HistoryResampler(), stages, heldout
 
 
@@ -313,6 +328,7 @@ def evaluate_heldout(run: Run, cfg, tag: str) -> dict:
 
 def save_checkpoint(run: Run, cfg, steps: int) -> None:
     """Weights, optimizers, sampler, history and report after `steps` steps (train/sharded.py)."""
+    run.report["wall_seconds"] = time.perf_counter() - run.clock  # up to here: a resumed run adds to it
     sharded.save(run.run_dir, steps, run.models, run.optimizers.policy, run.optimizers.critic, run.model_dir,
                  run.world, {"mixture": run.mixture.state_dict(), "history": run.history.state_dict(),
                              "report": run.report},

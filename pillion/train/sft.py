@@ -59,7 +59,7 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
                                     num_heads=t.num_heads, num_kv_heads=t.num_kv_heads,
                                     intermediate_size=t.intermediate_size, tie_word_embeddings=t.tie_word_embeddings,
                                     seed=cfg.seed)
-    return common.resolve_model(cfg.model)
+    return common.model_folder(cfg)  # a Hub id is pinned to its commit in cfg.model
 
 
 @parallel.record  # torchrun: a rank's exception reaches the job's failure summary
@@ -139,7 +139,8 @@ def sft(cfg: config_lib.SFTConfig, overwrite: bool = False) -> dict:
         save_model(whole, final, source=model_dir)
         write_recipe(final, {"template": cfg.data.template})
         state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
-    print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f}; model: {final}")
+    print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f} (answers graded in the "
+          f"{result['answer_style']!r} style; pillion train grades in its reward.answer_style); model: {final}")
     ranks.barrier(world)
     parallel.close(world)
     return report

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from pillion.train.cli import split_args
 
@@ -21,14 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from pillion import config as config_lib
-    from pillion.errors import UserError
     from pillion.train.sft import sft
 
     config_file, overrides = split_args(args.args)
-    try:
-        cfg = config_lib.resolve(config_lib.SFTConfig, config_file, overrides, preset_key=None)
-        sft(cfg, overwrite=args.overwrite)
-    except UserError as e:  # config, data, model folder or run folder: one line
-        print(f"pillion sft: {e}", file=sys.stderr)
-        return 2
+    cfg = config_lib.resolve(config_lib.SFTConfig, config_file, overrides, preset_key=None)
+    sft(cfg, overwrite=args.overwrite)
     return 0

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from pillion import ranks
+from pillion.files import save_torch, writing
 from pillion.model.checkpoint import load_model, save_model, write_recipe
 from pillion.model.hf_config import CheckpointError
 from pillion.model.transformer import Transformer
@@ -59,16 +60,18 @@ def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ranks.barrier(world)
-    dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
-    full = full_model(models.policy, world)  # collective; the model on rank 0, None elsewhere
-    if world.main:
-        save_model(full, tmp, source=source)
-        if recipe:
-            write_recipe(tmp, recipe)
-        torch.save({**extra, "step": step, "world_size": world.size, "rng": state.rng_state()},
-                   tmp / "trainer_state.pt")
-        state.fsync_path(tmp / "dcp")
-        state.commit(run_dir, tmp, final)
+    # A full disk: DCP's writer fails on every rank (its results are gathered), rank 0 removes tmp.
+    with writing(final, cleanup=tmp if world.main else None, hint=state.intact(run_dir)):
+        dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
+        full = full_model(models.policy, world)  # collective; the model on rank 0, None elsewhere
+        if world.main:
+            save_model(full, tmp, source=source)
+            if recipe:
+                write_recipe(tmp, recipe)
+            save_torch({**extra, "step": step, "world_size": world.size, "rng": state.rng_state()},
+                       tmp / "trainer_state.pt")
+            state.fsync_path(tmp / "dcp")
+            state.commit(run_dir, tmp, final)
     ranks.barrier(world)  # no rank runs ahead of a checkpoint that is not in place yet
     return final if world.main else None
 

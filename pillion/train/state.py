@@ -12,24 +12,23 @@
 A checkpoint is written into `step-N.tmp/`, every file is fsynced, and the folder is renamed to
 `step-N` (then the parent folder is fsynced): a process killed at any point leaves either the
 complete checkpoint or a `.tmp` folder that `latest` never returns and `clean_stale` removes at
-the next start. Only the newest `keep` checkpoints are kept, pruned after the rename.
+the next start. Only the newest `keep` checkpoints are kept, pruned after the rename. A write
+that fails for lack of space removes its `.tmp` folder at once and ends the run with one line
+(pillion/files.py `writing`): the newest complete checkpoint is never touched before the rename.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from pillion.model.checkpoint import save_model, write_recipe
+from pillion.files import fsync_path, save_torch, write_text_atomic, writing  # noqa: F401 (the loops' writers)
+from pillion.model.checkpoint import complete_checkpoints, save_model, write_recipe
 from pillion.model.hf_config import CheckpointError
-
-_STEP_DIR = re.compile(r"step-(\d+)")
 
 
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
@@ -38,12 +37,7 @@ def checkpoint_dir(run_dir: Path, step: int) -> Path:
 
 def _complete(run_dir: Path) -> list[Path]:
     """Complete checkpoints (renamed into place, trainer state present), oldest first."""
-    folder = run_dir / "checkpoints"
-    if not folder.is_dir():
-        return []
-    found = [(int(m.group(1)), p) for p in folder.iterdir()
-             if (m := _STEP_DIR.fullmatch(p.name)) and (p / "trainer_state.pt").is_file()]
-    return [p for _, p in sorted(found)]
+    return complete_checkpoints(run_dir)
 
 
 def latest(run_dir: Path) -> Path | None:
@@ -59,25 +53,6 @@ def clean_stale(run_dir: Path) -> list[Path]:
     for path in stale:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     return stale
-
-
-def fsync_path(path: Path) -> None:
-    """Flush a file, or a folder's entry list, to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `path` through a temporary file, fsync and rename: readers see old or new, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def rng_state() -> dict[str, Any]:
@@ -101,11 +76,18 @@ def save(run_dir: Path, step: int, model, source: Path, trainer_state: dict[str,
     final = checkpoint_dir(run_dir, step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(model, tmp, source=source)
-    if recipe:
-        write_recipe(tmp, recipe)
-    torch.save({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
-    return commit(run_dir, tmp, final, keep)
+    with writing(final, cleanup=tmp, hint=intact(run_dir)):  # a full disk: one line, tmp removed
+        save_model(model, tmp, source=source)
+        if recipe:
+            write_recipe(tmp, recipe)
+        save_torch({**trainer_state, "step": step, "rng": rng_state()}, tmp / "trainer_state.pt")
+        return commit(run_dir, tmp, final, keep)
+
+
+def intact(run_dir: Path) -> str:
+    """What a failed checkpoint write leaves: the run's newest complete checkpoint."""
+    last = latest(run_dir)
+    return f"; the last complete checkpoint, {last.name}, is intact" if last else "; no checkpoint yet"
 
 
 def commit(run_dir: Path, tmp: Path, final: Path, keep: int = 2) -> Path:

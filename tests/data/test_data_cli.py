@@ -52,5 +52,5 @@ def test_inspect_through_the_pillion_command(tmp_path, capsys):
 
 
 def test_inspect_unreadable_file(tmp_path, capsys):
-    assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 1
+    assert main(["data", "inspect", str(tmp_path / "missing.jsonl")]) == 2  # every command's user errors: exit 2
     assert "no such file" in capsys.readouterr().err

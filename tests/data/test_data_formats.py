@@ -289,3 +289,20 @@ def test_auto_detection_of_minerva_and_olympiadbench():
     assert detect_format(OLYMPIAD) == "olympiadbench"
     # MATH rows (level, no idx) stay "math"; a MATH row that happens to carry idx and a level too
     assert detect_format([{**MATH[0], "idx": 3}]) == "math"
+
+
+def test_a_code_problem_whose_test_does_not_compile_is_a_bad_row(tmp_path, caplog):
+    """Found at load by compiling (never running) the test; stdin/stdout tests are data, not code."""
+    path = tmp_path / "code.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in [
+        {"question": "Write f.", "kind": "code", "tests": ["assert f(1) == 1"]},
+        {"question": "Write g.", "kind": "code", "tests": ["assert g(1) == 1", "assert g(2) == +"]},
+        {"question": "Echo.", "kind": "code", "tests": [{"input": "1 +", "output": "1 +"}]},
+    ]) + "\n")
+    with pytest.raises(DataError, match=r"code.jsonl, row 2: field 'tests': test 2 does not compile \(SyntaxError: "
+                                        r"invalid syntax, line 1\)"):
+        read(path)
+    with caplog.at_level(logging.WARNING):
+        report = read_with_report(path, on_error="skip")
+    assert [p.question for p in report.problems] == ["Write f.", "Echo."]
+    assert [(s.row, s.field) for s in report.skipped] == [(2, "tests")]

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pillion.data.history import HistoryResampler, Stage, parse_stages, stage_at
+from pillion.data.history import HistoryResampler, Stage, fit_stages, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.problem import Problem
 
@@ -83,3 +83,26 @@ def test_stages():
 def test_bad_stages(bad):
     with pytest.raises(ValueError):
         parse_stages(bad)
+
+
+def _steps(*steps):
+    return [Stage(sources={"a": 1.0}, steps=n) for n in steps]
+
+
+@pytest.mark.parametrize("schedule,steps,fitted", [
+    ((20, 40), 60, (20, 40)),  # fits: unchanged
+    ((20, 40), 4, (1, 3)),  # 1.33, 2.67 -> floors 1, 2; the step left goes to the larger remainder (0.67)
+    ((20, 40), 7, (2, 5)),  # 2.33, 4.67 -> 2, 4, one left -> 2, 5
+    ((20, 40), 120, (40, 80)),  # longer runs stretch the schedule too
+    ((1, 100), 3, (1, 2)),  # 0.03, 2.97 -> every stage at least 1: 1, 2
+    ((50, 1, 1), 3, (1, 1, 1)),  # 2.88, 0.06, 0.06 -> 2, 1, 1 = 4 > 3: the largest gives one back
+    ((10, 10, 10), 4, (2, 1, 1)),  # 1.33 each -> 1, 1, 1; ties go to the earlier stage
+])
+def test_fit_stages_scales_a_schedule_to_the_steps(schedule, steps, fitted):
+    out = fit_stages(_steps(*schedule), steps)
+    assert tuple(stage.steps for stage in out) == fitted and sum(fitted) == steps
+    assert all(stage.sources == {"a": 1.0} for stage in out)
+
+
+def test_fit_stages_with_fewer_steps_than_stages_runs_the_first_ones():
+    assert [stage.steps for stage in fit_stages(_steps(20, 40, 10), 2)] == [1, 1]  # the third gets no step

@@ -3,7 +3,7 @@
 import json
 import math
 
-from pillion.eval.report import group_of, read_metrics, write_report
+from pillion.eval.report import duration, group_of, heldout_curves, read_metrics, write_report
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -15,10 +15,11 @@ def write_lines(path, rows):
 def full_run(run_dir, steps=40):
     rows = []
     for step in range(1, steps + 1):
+        # (metrics that stay constant get no panel: see test_constant_metrics_get_no_panel)
         rows.append({"step": step, "reward": 0.2 + step / 100, "accuracy": step / 50, "response_length": 300 - step,
-                     "kl": 0.001 * step, "entropy": 1.0 - step / 100, "loss": 1.0 / step, "clipfrac": 0.02,
-                     "grad_norm": 0.5, "logprob_error": 0.003, "tokens_per_s": 900.0, "step_time": 2.0,
-                     "phase": "rollout", "skipped_groups": None})
+                     "kl": 0.001 * step, "entropy": 1.0 - step / 100, "loss": 1.0 / step, "clipfrac": 0.02 + step / 1e3,
+                     "grad_norm": 0.5 + step / 100, "logprob_error": 0.003 + step / 1e4, "tokens_per_s": 900.0 + step,
+                     "step_time": 2.0 + step / 100, "phase": "rollout", "skipped_groups": None})
         if step % 20 == 0:
             rows.append({"step": step, "eval/pass@1": step / 100})
     rows.append("{truncated line")
@@ -48,7 +49,8 @@ def test_full_report(tmp_path):
     assert "| reward | 0.21 | 0.6 |" in text
     assert "```yaml\nalgorithm: grpo\nlr: 1.0e-6\n```" in text
     expected = {"reward", "length", "kl_entropy", "loss", "optim", "mismatch", "throughput"}
-    assert {p.stem for p in (tmp_path / "plots").iterdir()} == expected
+    # and the held-out pass@1 curve: 0.125 before, 0.2 at step 20 (eval_every), 0.375 after (step 40)
+    assert {p.stem for p in (tmp_path / "plots").iterdir()} == expected | {"heldout"}
     for name in expected:
         assert f"![{name}](plots/{name}.png)" in text
         assert (tmp_path / "plots" / f"{name}.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -115,3 +117,44 @@ def test_behaviour_plots_and_eval_records(tmp_path):
     assert "| mean length, incorrect | 44 | 34 | -10 |" in text
     assert "| mean length, correct |" not in text  # in neither evaluation
     assert "Records: 8 prompts; template 'qa'; model sha256:abababababab." in text
+
+
+def _result(pass1, n=4, examples=()):
+    return {"pass@1": pass1, "pass@k": pass1, "k": 1, "n": n, "temperature": 0.7, "top_p": 0.95, "max_new_tokens": 8,
+            "seed": 0, "mean_length": 5.0, "template": "qa", "answer_style": "boxed", "examples": list(examples)}
+
+
+def test_every_held_out_set_its_curve_examples_and_wall_time(tmp_path):
+    """An SRPO-shaped run: arithmetic and code held-out sets, evaluated every 2 of 4 steps."""
+    rows = [{"step": s, "reward": s / 10, "ratio_max": 1.0, "logprob_error": 1.0 + 1e-9 * s} for s in range(1, 5)]
+    rows += [{"step": 2, "eval/pass@1": 0.3, "eval/arith/pass@1": 0.3, "eval/code/pass@1": 0.6},
+             {"step": 4, "eval/pass@1": 0.35, "eval/arith/pass@1": 0.35, "eval/code/pass@1": 0.7}]
+    write_lines(tmp_path / "metrics.jsonl", rows)
+    right = {"id": "c/1", "question": "def f", "gold": "", "completion": "def f(x):\n    return x", "extracted": "x",
+             "correct": True}
+    wrong = {"id": "a/2", "question": "What is 5+3?", "gold": "8", "completion": "5+3=8. The answer is 8.",
+             "extracted": None, "correct": False}
+    summary = {"pass1_before": 0.25, "pass1_after": 0.5, "n_heldout": 4, "wall_seconds": 92.4,
+               "eval_before": _result(0.25), "eval_after": _result(0.5, examples=[wrong]),
+               "pass1_before/arith": 0.25, "pass1_after/arith": 0.5, "pass1_before/code": 0.5, "pass1_after/code": 0.75,
+               "eval_before/arith": _result(0.25), "eval_after/arith": _result(0.5, examples=[wrong]),
+               "eval_before/code": _result(0.5), "eval_after/code": _result(0.75, examples=[right])}
+    (tmp_path / "report.json").write_text(json.dumps(summary))
+    text = write_report(tmp_path).read_text()
+    assert "Wall time: 1 min 32 s (evaluations included)." in text
+    assert "Answers graded in the 'boxed' style; prompts rendered with template 'qa'." in text
+    assert "| arith | 4 | 0.25 | 0.5 | +0.25 |" in text and "| code | 4 | 0.5 | 0.75 | +0.25 |" in text
+    assert "### Evaluation after training: code" in text and "### Evaluation before training: arith" in text
+    assert "### Completions after training: code" in text and "- **right** (c/1): 'def f'" in text
+    assert "- **wrong** (a/2): 'What is 5+3?'; gold '8', graded answer none found" in text
+    # pass@1 by step, before (0) to after (4); the periodic evaluation at the last step is the "after" one
+    assert heldout_curves(read_metrics(tmp_path / "metrics.jsonl")[0], summary) == {
+        "arith": [(0, 0.25), (2, 0.3), (4, 0.5)], "code": [(0, 0.5), (2, 0.6), (4, 0.75)]}
+    assert "![held-out pass@1](plots/heldout.png)" in text
+    # a metric constant to float noise gets no panel, and is named with its value
+    assert "Constant over the run (no plot): logprob_error 1, ratio_max 1." in text
+    assert {p.stem for p in (tmp_path / "plots").iterdir()} == {"reward", "heldout"}
+
+
+def test_duration():
+    assert (duration(41.24), duration(92.4), duration(3725)) == ("41.2 s", "1 min 32 s", "1 h 02 min")

@@ -172,7 +172,7 @@ def test_difficulty_command_on_the_model(tmp_path, tiny_checkpoint, capsys, monk
 
 
 def test_difficulty_command_errors(tmp_path, capsys):
-    assert main(["data", "difficulty", str(tmp_path / "missing.jsonl")]) == 1
+    assert main(["data", "difficulty", str(tmp_path / "missing.jsonl")]) == 2  # every command's user errors: exit 2
     assert main(["data", "difficulty", str(_fixture(tmp_path)), "--model", str(tmp_path)]) == 2
     assert main(["data", "difficulty", str(_fixture(tmp_path)), "--k", "0"]) == 2
     err = capsys.readouterr().err

@@ -62,8 +62,12 @@ def test_presets_raise_reward(tmp_path, preset):
     # VAPO spends its first 3 steps on value pretraining, and its young critic's advantages are
     # noisy: on the shipped model 20 steps leave it +0.05-0.08 up, 30 steps +0.2 (seeds 0 and 1).
     steps = 30 if preset == "vapo" else 20
+    # SRPO's 20 + 40 step schedule is scaled to the run's steps (7 + 13 here), so its code stage would
+    # enter the accuracy of the last steps; this test keeps the arithmetic stage it always ran
+    # (unscaled, 20 steps of a 60-step schedule never reached code). Both stages: test_train_srpo.py.
+    stages = ["data.stages=[{sources: {arith: 1.0}, steps: 20}]"] if preset == "srpo" else []
     cfg = small(tmp_path / preset, f"algo={preset}", f"steps={steps}", "prompts_per_step=16", "group_size=8",
-                "micro_batch=128", "max_new_tokens=32")
+                "micro_batch=128", "max_new_tokens=32", *stages)
     rl.train(cfg)
     acc = [r["accuracy"] for r in metrics(tmp_path / preset)]
     first, last = sum(acc[:5]) / 5, sum(acc[-5:]) / 5

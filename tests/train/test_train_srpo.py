@@ -46,3 +46,26 @@ def test_srpo_runs_math_then_math_and_code_and_reports_both_sets(tmp_path, monke
             assert on_disk[f"eval_{when}/{name}"]["n"] == 4
         assert on_disk[f"pass1_{when}"] == on_disk[f"pass1_{when}/arith"]  # the first set keeps the old key
     assert report["n_heldout"] == 4
+
+
+@pytest.mark.slow
+def test_srpo_with_fewer_steps_scales_its_schedule_and_reports_code(tmp_path, monkeypatch, capsys):
+    """algo=srpo steps=4: the 20 + 40 step schedule becomes 1 + 3 (printed), so the code stage runs;
+    report.md shows the code held-out set beside arithmetic."""
+    from pillion.cli import main
+
+    kinds_per_step = []
+    real = collect.generate_and_score
+
+    def recording(engine, problems, cfg, seed, pool, **kwargs):
+        kinds_per_step.append({p.kind for p in problems})
+        return real(engine, problems, cfg, seed, pool, **kwargs)
+
+    monkeypatch.setattr(collect, "generate_and_score", recording)
+    assert main(["train", "algo=srpo", "steps=4", f"out={tmp_path}", "prompts_per_step=8", "group_size=2",
+                 "micro_batch=16", "data.heldout_size=4", "eval.k=1", "data.synthetic_size=200"]) == 0
+    assert "data.stages: the schedule's 20 + 40 steps do not add up to steps=4; scaled to 1 + 3" in \
+        capsys.readouterr().out
+    assert kinds_per_step[0] == {"math"} and "code" in set().union(*kinds_per_step[1:])
+    report = (tmp_path / "report.md").read_text()
+    assert "| code | 4 |" in report and "### Evaluation after training: code" in report
