@@ -198,6 +198,7 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     # CPU threads: the cores other work leaves free, or one for a tiny model (pillion/threads.py);
     # chosen before the grading workers start, so that they do not count as other work.
     chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(models.policy)))
+    common.return_freed_memory(device)
     print(chosen.line())
     if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
         compile_training(models.policy)
@@ -322,8 +323,10 @@ def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
 def evaluate_heldout(run: Run, cfg, tag: str) -> dict:
     """{set name: result} on the held-out sets; each rank evaluates its share, all get the results."""
     with parallel.full_weights(run.models.policy, run.world):
-        return evaluate_sets(run.engine, run.heldout, cfg.eval, cfg.data.template, cfg.reward, run.grader, tag,
-                             run.world)
+        results = evaluate_sets(run.engine, run.heldout, cfg.eval, cfg.data.template, cfg.reward, run.grader, tag,
+                                run.world)
+    run.engine.release()  # the evaluation's cache (k samples of every problem) is not kept for the steps
+    return results
 
 
 def save_checkpoint(run: Run, cfg, steps: int) -> None:
