@@ -141,7 +141,7 @@ def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, c
 
 
 def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Models:
-    """Policy, reference (when `loss.kl_coef > 0`) and critic (GAE advantages), as configured."""
+    """Policy, reference (a KL term, or DPO) and critic (GAE advantages), as configured."""
     from pillion.train import parallel
 
     dtype = compute_dtype(cfg.dtype)
@@ -149,7 +149,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
                                             cfg.fsdp.cpu_offload)
     models = Models(policy, params, policy_master=master)
-    if cfg.loss.kl_coef > 0:
+    if cfg.loss.kl_coef > 0 or cfg.adv.name == "dpo":
         if cfg.lora.rank > 0:
             models.lora_reference = True
         else:
@@ -256,6 +256,18 @@ def reference_fn(models: Models, device, temperature: float):
         return None
     ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
     return torch.no_grad()(lambda layout: packed_logprobs(ref, layout, temperature)[0])
+
+
+@torch.no_grad()
+def refresh_reference(models: Models) -> None:
+    """The reference takes the policy's current weights (online DPO's `dpo.ref_update_every`):
+    tensor by tensor in place, so an offloaded reference stays on the CPU and FSDP2 shards copy
+    shard to shard."""
+    if models.ref is None:
+        return
+    target = models.ref.state_dict()
+    for name, value in models.policy.state_dict().items():
+        target[name].copy_(value)
 
 
 def master_state(models: Models) -> dict:
