@@ -18,9 +18,8 @@ import torch
 
 from pillion import ranks
 from pillion.algorithms import advantages as A
-from pillion.algorithms import filters
+from pillion.algorithms import filters, preference
 from pillion.algorithms import losses as L
-from pillion.algorithms import preference
 from pillion.train.batch import TrainBatch
 
 GROUP_ADVANTAGES = {"grpo", "dr_grpo", "rloo", "raw", "raft"}  # one scalar per response
