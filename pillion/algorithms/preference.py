@@ -1,8 +1,9 @@
 """Online iterative DPO: pair selection and the DPO / IPO losses (docs/algorithms.md §16).
 
 Each step samples `group_size` responses per prompt; the best- and worst-rewarded of a group
-form a (chosen, rejected) pair, and a group whose rewards are all equal gives no pair (it is
-skipped and counted). With S = sum_t log pi(y_t | ...) over a response's tokens and
+form a (chosen, rejected) pair, and a group whose rewards are all equal has no preference: its
+pair is kept as two rows outside the loss (`tied_pairs`), so that every rank holds two rows per
+prompt, and counted. With S = sum_t log pi(y_t | ...) over a response's tokens and
 h = (S_c - S_c^ref) - (S_r - S_r^ref), the per-pair losses are
 
     sigmoid (DPO, Rafailov et al. 2305.18290 eq. 7)   l(h) = -log sigmoid(beta * h)
@@ -29,18 +30,26 @@ from torch import Tensor
 KINDS = ("sigmoid", "ipo")
 
 
-def select_pairs(scores: Tensor, group_size: int) -> tuple[Tensor, Tensor, int]:
-    """(chosen [P], rejected [P], tied) for groups of `group_size` contiguous rows of `scores` [B]:
-    in each group the row with the highest score (the first of equals) and the row with the lowest
-    (the last of equals); a group whose scores are all equal gives no pair and counts in `tied`."""
+def select_pairs(scores: Tensor, group_size: int) -> tuple[Tensor, Tensor, Tensor]:
+    """(chosen [N], rejected [N], tied [N] bool) for the N groups of `group_size` contiguous rows of
+    `scores` [B]: in each group the row with the highest score (the first of equals) and the row
+    with the lowest (the last of equals); `tied` marks groups whose scores are all equal (their
+    pair is the group's first and last row, and carries no preference)."""
     if group_size < 2 or scores.numel() % group_size:
         raise ValueError(f"select_pairs: {scores.numel()} scores do not make groups of {group_size} (>= 2)")
     groups = scores.detach().float().view(-1, group_size)  # [N, G]
     best = groups.argmax(-1)  # [N] first maximum
     worst = group_size - 1 - groups.flip(-1).argmin(-1)  # [N] last minimum
-    keep = groups.max(-1).values > groups.min(-1).values  # [N] not all equal
+    tied = groups.max(-1).values == groups.min(-1).values  # [N] all equal
     base = torch.arange(groups.shape[0], device=scores.device) * group_size  # [N]
-    return (base + best)[keep], (base + worst)[keep], int((~keep).sum())
+    return base + best, base + worst, tied
+
+
+def tied_pairs(scores: Tensor) -> Tensor:
+    """bool [P]: pairs (rows 2k, 2k+1 of `scores` [2P]) whose two scores are equal, i.e. from a
+    group whose scores were all equal; the loss leaves them out."""
+    pairs = scores.view(-1, 2)  # [P, 2]
+    return pairs[:, 0] == pairs[:, 1]
 
 
 def margins(logp_sums: Tensor, ref_sums: Tensor) -> Tensor:

@@ -108,13 +108,14 @@ def judged(samples: list[Sample], judge, group_size: int, seed: int, first_group
 
 
 def preference_pairs(samples: list[Sample], group_size: int) -> tuple[list[Sample], int]:
-    """Online DPO: each group's best and worst sample as (chosen, rejected), in that order;
-    groups with all rewards equal give no pair and are counted (algorithms/preference.py)."""
+    """Online DPO: each group's best and worst sample as (chosen, rejected), in that order, and
+    the count of groups whose rewards were all equal: their pair stays, outside the loss
+    (`objective.loss_mask`), so every rank keeps two rows per prompt (algorithms/preference.py)."""
     if not samples:
         return [], 0
     scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
     chosen, rejected, tied = select_pairs(scores, group_size)
-    return [samples[i] for c, r in zip(chosen.tolist(), rejected.tolist()) for i in (c, r)], tied
+    return [samples[i] for c, r in zip(chosen.tolist(), rejected.tolist()) for i in (c, r)], int(tied.sum())
 
 
 def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world, judge=None) -> Rollout:
@@ -157,4 +158,6 @@ def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world, ju
     kept, tied = buffer.rows, 0
     if cfg.adv.name == "dpo":  # a group's rows are on one rank, so its pair is too
         kept, tied = preference_pairs(kept, G)
+        if ranks.sum_int(len(kept) // 2 - tied, world) == 0:  # no rank has a preference: no update anywhere
+            kept = []
     return Rollout(kept, generated, gen_batch + 1, gen_seconds, grade_seconds, tied)

@@ -99,6 +99,7 @@ def preference_metrics(cfg, batch: TrainBatch, world=None) -> dict[str, float]:
     dpo_loss (the mean loss), dpo_accuracy (pairs with h > 0), dpo_margin (mean h)."""
     mask = batch.response_mask
     h = preference.margins((batch.old_logprobs * mask).sum(-1), (batch.ref_logprobs * mask).sum(-1))  # [P]
+    h = h[~preference.tied_pairs(batch.scores)]  # the pairs with a preference
     sums = ranks.sum_floats({"pairs": float(h.numel()), "loss": float(preference.dpo_loss(h, cfg.dpo.beta,
                             cfg.dpo.kind).sum()), "right": float((h > 0).sum()), "margin": float(h.sum())},
                            world or ranks.World())
@@ -106,11 +107,14 @@ def preference_metrics(cfg, batch: TrainBatch, world=None) -> dict[str, float]:
     return {"dpo_loss": sums["loss"] / n, "dpo_accuracy": sums["right"] / n, "dpo_margin": sums["margin"] / n}
 
 
-def loss_mask(cfg, mask, correct, truncated):
-    """The tokens the actor loss sees: RAFT trains on positives only (docs/algorithms.md §9), and
-    overlong filtering drops truncated responses (§6.4); their scores still shaped the groups."""
+def loss_mask(cfg, mask, correct, truncated, scores=None):
+    """The tokens the actor loss sees: RAFT trains on positives only (docs/algorithms.md §9), DPO
+    on pairs with a preference (§16), and overlong filtering drops truncated responses (§6.4);
+    their scores still shaped the groups."""
     if cfg.adv.name == "raft":
         mask = mask * correct.to(mask.dtype)[:, None]
+    if cfg.adv.name == "dpo":
+        mask = mask * (~preference.tied_pairs(scores)).repeat_interleave(2).to(mask.dtype)[:, None]
     if cfg.filter.overlong_mask:
         mask = filters.overlong_mask(mask, truncated)
     return mask

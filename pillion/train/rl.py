@@ -60,6 +60,7 @@ from pillion.train.objective import advantages, loss_mask, preference_metrics, r
 from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
+SUMMED = ("kept_groups", "tied_groups")  # metrics that count over ranks (the rest are means)
 
 
 class TrainingStopped(RuntimeError):
@@ -97,7 +98,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             record = rollout_metrics(ro, run.engine, cfg, step)
             if not ro.samples:
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
-                run.metrics.write({**record, "skipped_updates": 1})
+                run.metrics.write({**ranks.reduce_record(record, run.world, sums=SUMMED), "skipped_updates": 1})
                 bar.update(1)
                 continue
 
@@ -118,7 +119,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             rollout_logprobs = batch.old_logprobs if batch.old_logprobs is not None else batch.engine_logprobs
             batch.advantages, batch.returns = advantages(cfg, batch.scores, batch.response_mask, rollout_logprobs,
                                                          batch.ref_logprobs, batch.values, run.world)
-            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
+            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated, batch.scores)
             if cfg.adv.name == "dpo":  # the pairs' DPO loss, accuracy and margin before the update
                 record.update(preference_metrics(cfg, batch, run.world))
 
@@ -302,7 +303,8 @@ def rollout_metrics(ro: Rollout, engine: Engine, cfg, step: int) -> dict:
     return {"step": step + 1, "reward": sum(r.score for r in rewards) / n,
             "accuracy": sum(bool(r.correct) for r in rewards) / n,
             "answered": sum(r.answer is not None for r in rewards) / n,  # a final answer in the graded style
-            "kept_groups": len(ro.samples) // rows_per_group(cfg), "gen_batches": ro.gen_batches,
+            "kept_groups": max(len(ro.samples) // rows_per_group(cfg) - ro.tied_groups, 0),  # DPO: pairs that train
+            "gen_batches": ro.gen_batches,
             **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
                                 [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
             **tool_metrics(engine.tools, [s.completion for s in ro.generated]),  # calls, errors per sample
@@ -328,7 +330,7 @@ def step_metrics(record: dict, stats: dict, batch: TrainBatch, ro: Rollout, run:
 def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
     """Write the step's record (the ranks' means; rank 0 writes) and show it on the progress bar,
     or without a terminal as a line every 10 steps."""
-    record = ranks.reduce_record(record, run.world, sums=("kept_groups", "tied_groups"))
+    record = ranks.reduce_record(record, run.world, sums=SUMMED)
     run.metrics.write(record)
     bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                     len=f"{record['response_length']:.0f}")

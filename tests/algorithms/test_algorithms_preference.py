@@ -12,10 +12,12 @@ from pillion.algorithms import preference as P
 
 def test_select_pairs_by_hand():
     scores = torch.tensor([1.0, 0.0, 1.0, 0.0,  # best: row 0 (first of the two 1s), worst: row 3 (last 0)
-                           0.5, 0.5, 0.5, 0.5,  # all equal: no pair, counted
+                           0.5, 0.5, 0.5, 0.5,  # all equal: tied, its first and last row
                            0.0, 0.0, 1.0, 2.0])  # best: row 11, worst: row 9 (last of the two 0s)
     chosen, rejected, tied = P.select_pairs(scores, 4)
-    assert chosen.tolist() == [0, 11] and rejected.tolist() == [3, 9] and tied == 1
+    assert chosen.tolist() == [0, 4, 11] and rejected.tolist() == [3, 7, 9] and tied.tolist() == [False, True, False]
+    pair_scores = scores[torch.stack([chosen, rejected], -1).reshape(-1)]  # the batch's rows: [1, 0, .5, .5, 2, 0]
+    assert P.tied_pairs(pair_scores).tolist() == [False, True, False]
 
 
 def test_select_pairs_refuses_group_of_one():
