@@ -60,3 +60,35 @@ def test_bad_input_is_one_line_with_exit_2(tmp_path, capsys, row):
     assert err.count("\n") == 1 and "Traceback" not in err and err.startswith("pillion train: "), err
     assert re.search(message, err), err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_a_resumed_run_takes_the_refreshed_reference(tmp_path, monkeypatch):
+    """save_every a multiple of dpo.ref_update_every: the checkpoint's policy is the round's
+    reference, so a run stopped after step 3 and resumed from step 2 logs what the straight run logs."""
+    from pillion.train.update import TIMING_FIELDS
+
+    def cfg(out):
+        return C.resolve(C.TrainConfig, overrides=["algo=dpo", f"out={out}", "dpo.ref_update_every=2", "lr=1e-3",
+                                                   *SMALL, "steps=4", "save_every=2"])
+
+    rl.train(cfg(tmp_path / "straight"))
+    real, calls = rl.rollout, {"n": 0}
+
+    def stop_at_third_step(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rl, "rollout", stop_at_third_step)
+    with pytest.raises(rl.TrainingInterrupted):
+        rl.train(cfg(tmp_path / "stopped"))
+    monkeypatch.setattr(rl, "rollout", real)
+    rl.train(cfg(tmp_path / "stopped"), resume=True)
+
+    def strip(rows):
+        return [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+
+    straight = strip(metrics(tmp_path / "straight"))
+    assert any("dpo_loss" in r for r in straight[2:])  # the resumed steps train
+    assert strip(metrics(tmp_path / "stopped")) == straight
