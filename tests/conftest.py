@@ -33,14 +33,17 @@ def tiny_checkpoint(tmp_path_factory):
 
 
 @pytest.fixture
-def benchmark_script():
-    """benchmark_script(name) -> benchmarks/NAME.py loaded as a module (the folder is no package)."""
+def benchmark_script(monkeypatch):
+    """benchmark_script(name) -> benchmarks/NAME.py loaded as a module (the folder is no package;
+    it is put on sys.path, as running a script there does, for the scripts that import each other)."""
     import importlib.util
     from pathlib import Path
 
+    folder = Path(__file__).resolve().parents[1] / "benchmarks"
+    monkeypatch.syspath_prepend(str(folder))
+
     def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parents[1] / "benchmarks"
-                                                      / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         return module
