@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import tempfile
 from pathlib import Path
 
 import step_cpu  # benchmarks/step_cpu.py (the script's folder is on sys.path)
-from trl_env import trl_python
 
 
 def fit_exponent(tokens: list[int], seconds: list[float]) -> float:
@@ -58,12 +56,7 @@ def main() -> int:
         p.error(f"unknown model(s) {unknown}; choose among {', '.join(step_cpu.MODELS)}")
     # what step_cpu.run_workload reads of its arguments: pillion eager only, no KL, no extra keys
     args.extra, args.kl, args.eager_only = [], 0.0, True
-    trl = trl_python(args)
-    print(f"threads: {args.threads or 'torch default'} on both sides; load average {os.getloadavg()[0]:.1f}; "
-          f"{args.steps} steps per side and point (the first a warm-up)")
-    if not trl:
-        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trl = step_cpu.begin(args, f"{args.steps} steps per side and point (the first a warm-up)")
     points: dict[tuple[str, int, int], dict] = {}
     for model in models:
         for group in groups:

@@ -312,6 +312,17 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> dict[str, dict
                   "rss": max(r.get("rss", 0) for r in times[who])} for who, rows in counted.items()}
 
 
+def begin(args, setting: str) -> str | None:
+    """The run's first lines (threads, `setting`, load; TRL or why not) and its work folder;
+    returns TRL's python, or None."""
+    trl = trl_python(args)
+    print(f"threads: {args.threads or 'torch default'} on both sides; {setting}; load average {os.getloadavg()[0]:.1f}")
+    if not trl:
+        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    return trl
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workloads", "--workload", default=",".join(WORKLOADS),
@@ -335,12 +346,7 @@ def main() -> int:
     unknown = [n for n in names if n != "readme" and n not in WORKLOADS and n.split("/")[0] not in MODELS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose among {', '.join(WORKLOADS)}")
-    trl = trl_python(args)
-    print(f"threads: {args.threads or 'torch default'} on both sides; KL coefficient {args.kl}; "
-          f"load average {os.getloadavg()[0]:.1f}")
-    if not trl:
-        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trl = begin(args, f"KL coefficient {args.kl}")
     for name in names:
         run_workload(name, args, trl, args.work_dir)
     return 0
