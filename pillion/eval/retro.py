@@ -184,8 +184,8 @@ def revise(engine, problems: list[Problem], cfg: RetroConfig, template: str, rew
     out = []
     for i, (problem, trace, result) in enumerate(zip(problems, traces, graded)):
         best = (len(trace.ids), trace.text, False) if result.correct else None
-        for r, (owner, ids) in enumerate(jobs):
-            if owner == i and rescored[r].correct and (best is None or len(ids) < best[0]):
+        for r, (owner, _) in enumerate(jobs):
+            if owner == i and rescored[r].correct and (best is None or len(revisions[r]) < best[0]):
                 best = (len(revisions[r]), texts[r], True)
         out.append(Revision(problem, trace.text, len(trace.ids), bool(result.correct), switches[i],
                             best[1] if best else None, best[0] if best else None, bool(best and best[2])))
