@@ -107,3 +107,45 @@ def test_retro_search_writes_rows_and_resumes(tmp_path, capsys):
     assert main(["data", "retro-search", "--data", str(data), "--out", str(resumed), *common]) == 0
     assert "8 problems; 4 already in resumed.jsonl or resumed.unsolved.jsonl" in capsys.readouterr().out
     assert resumed.read_text() == straight.read_text()
+
+
+def _sft(folder, data, capsys):
+    """`pillion sft` of the verbose model on `data`: (held-out pass@1, mean response length)."""
+    assert main(["sft", "model=verbose", f"out={folder}", "steps=80", "lr=5e-4", "batch_size=32", "warmup_steps=5",
+                 f"data.sources={{traces: '{data}'}}", "data.heldout_size=200", "eval.max_new_tokens=64"]) == 0
+    capsys.readouterr()
+    report = json.loads((folder / "report.json").read_text())
+    return report["pass@1"], report["eval"]["mean_length"]
+
+
+@pytest.mark.slow
+def test_sft_on_revised_traces_is_shorter_at_equal_pass1(tmp_path, capsys):
+    """The issue's must-show: Retro-Search over training problems with the shipped verbose model
+    (its answers often end in a redundant `Let me check: N is right.`), then `pillion sft` on the
+    revised traces against `pillion sft` on the same problems' unrevised traces. Asserted: the
+    revised model answers the held-out set in fewer tokens, at a held-out pass@1 no more than
+    2 points lower (the figures are printed; docs/algorithms.md §16)."""
+    from pillion.data import synthetic
+
+    data = problems_file(tmp_path / "train.jsonl", [
+        {"id": p.id, "question": p.question, "answer": p.answer, "level": p.level}
+        for p in synthetic.generate(256, levels=(1, 2), seed=11)])
+    out = tmp_path / "revised.jsonl"
+    assert main(["data", "retro-search", "--model", "verbose", "--data", str(data), "--out", str(out), "--k", "4",
+                 "--temperature", "0.7", "--max-new-tokens", "64", "--device", "cpu"]) == 0
+    summary = capsys.readouterr().out
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    # the same problems both ways: those whose first trace was right
+    same = [r for r in rows if r["original_correct"]]
+    unrevised = problems_file(tmp_path / "unrevised.jsonl", [{**r, "solution": r["original_solution"]} for r in same])
+    revised = problems_file(tmp_path / "revised_same.jsonl", same)
+    pass_u, length_u = _sft(tmp_path / "sft-unrevised", unrevised, capsys)
+    pass_r, length_r = _sft(tmp_path / "sft-revised", revised, capsys)
+    traces = sum(r["original_length"] for r in same) / len(same), sum(r["revised_length"] for r in same) / len(same)
+    with capsys.disabled():
+        print(f"\nretro-search: {summary.strip()}\n  {len(same)} problems with a right first trace: trace length "
+              f"{traces[0]:.2f} -> {traces[1]:.2f}\n  sft on unrevised: pass@1 {pass_u:.3f}, held-out length "
+              f"{length_u:.2f}\n  sft on revised:   pass@1 {pass_r:.3f}, held-out length {length_r:.2f}")
+    assert traces[1] < traces[0]
+    assert length_r < length_u
+    assert pass_r >= pass_u - 0.02
