@@ -9,11 +9,15 @@ context = the prompt and every token before the action (earlier actions and tool
 target = the action's tokens. Only the target carries loss: the context is prompt.
 
 As a row (`generic` format, so every reader takes it): `question`, `answer` and the problem's
-id as usual, `prefix` = the response text before the action (it follows the rendered prompt),
+id as usual, `step_context` = the response text before the action (`render_prompt` appends it
+to the rendered prompt, so sampling and training start from the step),
 `solution` = the action's text, `continues` = True when a tool output follows the action (no
 EOS is trained after it: the model must stop there for the tool, not end its answer), and
 `step`, `steps`, `trajectory` to find a sample's place. `pillion sft` trains on such rows with
-the loss on the action span only (train/sft.py `examples`).
+the loss on the action span only (train/sft.py `examples`). `pillion train` takes them too: its
+rollouts start from the step's context and the sampled continuation carries the loss, which is
+the action alone for a last step (`continues` false); for a step that continues, everything the
+policy samples after it (the later actions too) is scored by the final answer.
 
 Filtering (SWiRL §3, Goldie et al. 2504.04736): the paper keeps steps by a judge of each step
 (process filtering) and/or by whether the trajectory reached the right answer (outcome
@@ -26,6 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from pillion.data.templates import STEP_CONTEXT
 from pillion.problem import Problem
 
 StepJudge = Callable[[Problem, str, str], bool]
@@ -84,6 +89,6 @@ def row(sample: StepSample, decode: Callable[[list[int]], str]) -> dict:
     prefix = f"{p.source}/"
     uid = p.id[len(prefix):] if p.id.startswith(prefix) else p.id
     return {"id": f"{uid}/t{sample.trajectory}/s{sample.step}", "source": p.source, "question": p.question,
-            "answer": p.answer, "prefix": decode(sample.context_ids), "solution": decode(sample.action_ids),
+            "answer": p.answer, STEP_CONTEXT: decode(sample.context_ids), "solution": decode(sample.action_ids),
             "continues": sample.continues, "problem_id": p.id, "trajectory": sample.trajectory,
             "step": sample.step, "steps": sample.steps}

@@ -53,7 +53,7 @@ def test_the_cut_by_hand(trajectory):
     assert [len(s.action_ids) for s in samples] == [30, 31, 24]
     decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
     rows = [swirl.row(s, decode) for s in samples]
-    assert [r["prefix"] for r in rows] == ["", ACTION_1 + OUTPUT_1, ACTION_1 + OUTPUT_1 + ACTION_2 + OUTPUT_2]
+    assert [r["step_context"] for r in rows] == ["", ACTION_1 + OUTPUT_1, ACTION_1 + OUTPUT_1 + ACTION_2 + OUTPUT_2]
     assert [r["solution"] for r in rows] == [ACTION_1, ACTION_2, ACTION_3]  # EOS is SFT's to add
     assert [r["id"] for r in rows] == ["7/t3/s1", "7/t3/s2", "7/t3/s3"]
     assert all(r["problem_id"] == "arith/7" and r["answer"] == "17" for r in rows)
@@ -132,3 +132,15 @@ def test_sft_trains_on_step_rows(trajectory, tmp_path):
                  "data.heldout_size=2", "eval.k=1", "eval.max_new_tokens=8"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert torch.isfinite(torch.tensor(report["final_loss"]))
+
+
+def test_step_rows_render_from_their_context_and_train_runs_on_them(trajectory, tmp_path):
+    tokenizer, problem, ids, sampled = trajectory
+    decode = lambda t: tokenizer.decode(t, skip_special_tokens=True)  # noqa: E731
+    path = tmp_path / "steps.jsonl"
+    path.write_text("".join(json.dumps(swirl.row(s, decode)) + "\n" for s in swirl.cut(problem, 0, ids, sampled)))
+    last = read(str(path))[2]
+    assert render_prompt(last, "qa") == render_prompt(problem, "qa") + ACTION_1 + OUTPUT_1 + ACTION_2 + OUTPUT_2
+    assert main(["train", f"out={tmp_path / 'rl'}", "steps=1", "prompts_per_step=2", "group_size=2",
+                 "max_new_tokens=16", f"data.sources={{steps: '{path}'}}", "data.heldout_size=2", "eval.k=1",
+                 "eval.max_new_tokens=16"]) == 0
