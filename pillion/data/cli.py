@@ -1,4 +1,4 @@
-"""`pillion data inspect FILE` and `pillion data difficulty FILE`: a dataset before training on it.
+"""`pillion data inspect | difficulty | retro-search | swirl`: a dataset before training on it.
 
 inspect prints the detected format, counts by source and by level, how many rows lack an
 extractable gold answer, other malformed rows, and a few examples. Reads with on_error="skip",
@@ -20,7 +20,16 @@ on it with `data.sources={name: FILE.difficulty.jsonl} data.level_weights={2: 1,
     pillion data difficulty train.jsonl --model Qwen/Qwen2.5-Math-1.5B --template plain \\
         --max-new-tokens 1024 --k 16 --out train.difficulty.jsonl
 
-The output goes beside FILE by default (FILE's folder, `<stem>.difficulty.jsonl`); a Hub
+retro-search revises a model's traces at their thought switches and writes SFT rows with the
+shortest correct version (pillion/eval/retro.py, docs/algorithms.md §16); swirl rolls out
+tool-using trajectories and writes one row per action of those that reach the gold answer
+(pillion/eval/swirl.py, §17). Both need a gold answer on every row, append whole rows after
+each batch of --batch-prompts problems and skip, when run again, the problems already done.
+
+    pillion data retro-search --model verbose --data train.jsonl --out revised.jsonl --k 4
+    pillion data swirl --model DIR --data train.jsonl --out steps.jsonl --max-calls 2 --k 4
+
+The output goes beside FILE by default (FILE's folder, `<stem>.<action>.jsonl`); a Hub
 dataset id's output goes into the current folder. --model takes what `pillion train model=`
 takes (a folder, a run's checkpoint or run folder, a Hub id).
 """

@@ -171,6 +171,10 @@ def revise(engine, problems: list[Problem], cfg: RetroConfig, template: str, rew
     tails = {r: [] for r in range(len(jobs))}
     if open_rows:
         budget = cfg.max_new_tokens - min(len(jobs[r][1]) for r in open_rows)
+        # One budget for the call: the shortest head's, within the context of the longest row
+        # (a row whose own budget is cut by that ends as "length", and is not kept).
+        longest = max(len(prompts[jobs[r][0]]) + len(jobs[r][1]) for r in open_rows)
+        budget = min(budget, model.cfg.max_position_embeddings - longest)
         rest = engine.generate([prompts[jobs[r][0]] + jobs[r][1] for r in open_rows],
                                SamplingParams(n=1, temperature=cfg.temperature, top_p=cfg.top_p,
                                               max_new_tokens=budget, seed=cfg.seed + 1))
