@@ -58,6 +58,14 @@ def test_sample_avoiding_never_samples_the_banned_token(tiny_checkpoint):
     assert eos == [[second]] * 3  # the row ends at its EOS, which it keeps
 
 
+def test_the_verbose_asset_is_shipped_small():
+    from pillion.model.checkpoint import resolve_model
+
+    folder = resolve_model("verbose")
+    assert folder.name == "tiny-arith-verbose" and folder.parent == resolve_model("default").parent
+    assert sum(f.stat().st_size for f in folder.iterdir()) < 5 * 2**20  # a few MB, as the default
+
+
 def problems_file(path, rows):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -112,7 +120,7 @@ def test_retro_search_writes_rows_and_resumes(tmp_path, capsys):
 def _sft(folder, data, capsys):
     """`pillion sft` of the verbose model on `data`: (held-out pass@1, mean response length)."""
     assert main(["sft", "model=verbose", f"out={folder}", "steps=80", "lr=5e-4", "batch_size=32", "warmup_steps=5",
-                 f"data.sources={{traces: '{data}'}}", "data.heldout_size=200", "eval.max_new_tokens=64"]) == 0
+                 f"data.sources={{traces: '{data}'}}", "data.heldout_size=200", "eval.max_new_tokens=96"]) == 0
     capsys.readouterr()
     report = json.loads((folder / "report.json").read_text())
     return report["pass@1"], report["eval"]["mean_length"]
@@ -132,7 +140,7 @@ def test_sft_on_revised_traces_is_shorter_at_equal_pass1(tmp_path, capsys):
         for p in synthetic.generate(256, levels=(1, 2), seed=11)])
     out = tmp_path / "revised.jsonl"
     assert main(["data", "retro-search", "--model", "verbose", "--data", str(data), "--out", str(out), "--k", "4",
-                 "--temperature", "0.7", "--max-new-tokens", "64", "--device", "cpu"]) == 0
+                 "--temperature", "0.7", "--max-new-tokens", "96", "--device", "cpu"]) == 0
     summary = capsys.readouterr().out
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     # the same problems both ways: those whose first trace was right
