@@ -134,7 +134,7 @@ def print_report(report: ReadReport, examples: int, out: TextIO) -> None:
 def run(args: argparse.Namespace, out: TextIO | None = None) -> int:
     out = out or sys.stdout
     if (args.file is None) == (args.data is None):
-        raise UserError(f"pillion data {args.action}: name the data file once, as FILE or as --data FILE")
+        raise UserError("name the data file once, as FILE or as --data FILE")
     args.file = args.file or args.data
     if args.action != "inspect":  # the output can be written: checked before the file is read
         args.out = check_writable(args.out or default_out(args.file, args.action), "the output file", folder=False)
