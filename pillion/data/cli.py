@@ -21,9 +21,9 @@ on it with `data.sources={name: FILE.difficulty.jsonl} data.level_weights={2: 1,
         --max-new-tokens 1024 --k 16 --out train.difficulty.jsonl
 
 retro-search revises a model's traces at their thought switches and writes SFT rows with the
-shortest correct version (pillion/eval/retro.py, docs/algorithms.md §16); swirl rolls out
+shortest correct version (pillion/eval/retro.py, docs/algorithms.md §18); swirl rolls out
 tool-using trajectories and writes one row per action of those that reach the gold answer
-(pillion/eval/swirl.py, §17). Both need a gold answer on every row, append whole rows after
+(pillion/eval/swirl.py, §19). Both need a gold answer on every row, append whole rows after
 each batch of --batch-prompts problems and skip, when run again, the problems already done.
 
     pillion data retro-search --model verbose --data train.jsonl --out revised.jsonl --k 4

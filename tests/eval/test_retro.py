@@ -132,7 +132,7 @@ def test_sft_on_revised_traces_is_shorter_at_equal_pass1(tmp_path, capsys):
     (its answers often end in a redundant `Let me check: N is right.`), then `pillion sft` on the
     revised traces against `pillion sft` on the same problems' unrevised traces. Asserted: the
     revised model answers the held-out set in fewer tokens (the direction), and its held-out
-    pass@1 is not below the noise band (the figures are printed; docs/algorithms.md §16).
+    pass@1 is not below the noise band (the figures are printed; docs/algorithms.md §18).
     Measured: 42.55 -> 27.67 tokens at 0.540 -> 0.540; with SFT seeds 1 and 2 pass@1 moves by
     -3.9 and -0.4 points at the same one-third cut, so the pass@1 guard is 5 points, not 0."""
     from pillion.data import synthetic

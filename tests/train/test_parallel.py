@@ -153,6 +153,18 @@ def test_a_ppo_step_with_a_sharded_critic_matches_one_process(tmp_path):
 
 
 @pytest.mark.slow
+def test_dpo_steps_on_two_ranks_match_one_process(tmp_path):
+    """Online DPO: each rank pairs its own groups, the DPO loss's normalisers count every rank's
+    pairs, and the reference refresh copies shard to shard (dpo.ref_update_every=1)."""
+    args = ["algo=dpo", "steps=2", "save_every=5", "dpo.ref_update_every=1", "lr=1e-3", *SMALL]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'one'}", *args]))
+    launch(["train", f"out={tmp_path / 'two'}", *args])
+    one = rows(tmp_path / "one")
+    assert any("dpo_loss" in r for r in one)
+    assert_same(one, rows(tmp_path / "two"))
+
+
+@pytest.mark.slow
 def test_three_sft_steps_match_one_process(tmp_path):
     args = ["init=tiny", "steps=3", "batch_size=8", "data.heldout_size=6", "eval.k=1", "eval.max_new_tokens=8",
             "data.synthetic_size=200", "tiny.hidden_size=64", "tiny.num_layers=2", "tiny.intermediate_size=128"]
