@@ -29,7 +29,7 @@ from pillion import config as config_lib
 from pillion import ranks, threads
 from pillion.algorithms.losses import aggregate
 from pillion.data.mixture import Mixture
-from pillion.data.templates import render_prompt
+from pillion.data.templates import STEP_CONTEXT, render_prompt
 from pillion.eval.evaluate import evaluate
 from pillion.model.checkpoint import save_model, write_recipe
 from pillion.model.sequences import pack, response_logprobs
@@ -41,11 +41,17 @@ from pillion.train.optim import make_optimizer
 
 
 def examples(problems, tokenizer, template: str, eos_id: int) -> list[tuple[list[int], list[int]]]:
-    """(prompt ids, solution ids + EOS) per problem (`sft` checks that every problem has one)."""
+    """(prompt ids, solution ids + EOS) per problem (`sft` checks that every problem has one).
+
+    A step row (`pillion data swirl`, data/swirl.py) carries `step_context`, the response before
+    its action, which `render_prompt` appends to the prompt: the action alone carries loss; with
+    `continues` a tool output follows the action, and no EOS is trained after it."""
     out = []
     for p in problems:
-        prompt = tokenizer.encode(render_prompt(p, template, tokenizer), add_special_tokens=False)
-        out.append((prompt, tokenizer.encode(p.solution, add_special_tokens=False) + [eos_id]))
+        prompt = render_prompt(p, template, tokenizer)
+        end = [] if p.meta.get(STEP_CONTEXT) is not None and p.meta.get("continues") is True else [eos_id]
+        out.append((tokenizer.encode(prompt, add_special_tokens=False),
+                    tokenizer.encode(p.solution, add_special_tokens=False) + end))
     return out
 
 
