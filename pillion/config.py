@@ -29,7 +29,7 @@ Every group is a dataclass beside the code that uses its values, and declares it
 its range, its check: `fields.check_tree`), then checks what spans groups (`_across_groups`).
 Each error is one line naming the key and what is allowed.
 
-A resumed run (`pillion train out=DIR --resume key=value`) keeps the configuration it started
+A resumed run (`pillion train|sft out=DIR --resume key=value`) keeps the configuration it started
 with: `check_resume` refuses a change to any key but those of `RESUMABLE` (how long the run
 goes, how often it saves, evaluates and logs, and the threads and workers it uses: none changes
 what a step computes), unless the user names the key with `--allow-change KEY`.
@@ -184,6 +184,7 @@ class SFTConfig:
     warmup_steps: int = bounded(20, low=0)
     weight_decay: float = bounded(0.0, low=0)
     grad_clip: float = bounded(1.0, low=0, open="low")
+    save_every: int = bounded(100, low=1)  # a checkpoint every N steps and after the last (`pillion sft --resume`)
     data: DataConfig = field(default_factory=DataConfig)  # no stages, history or selection: RL's
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion
@@ -253,10 +254,11 @@ def check_resume(saved, cfg, allow: list[str] | tuple[str, ...] = ()) -> None:
     changed = [leaf.key for leaf in leaves(cfg) if leaf.value != before[leaf.key]]
     refused = [key for key in changed if not _under(key, (*RESUMABLE, *allow))]
     if refused:
+        resumable = [name for name in RESUMABLE if any(_under(key, [name]) for key in known)]  # this command's
         shown = "; ".join(f"{key}: {before[key]!r} -> {_value(cfg, key)!r}" for key in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
         raise ConfigError(f"--resume keeps the run's configuration, and {', '.join(refused)} would change ({shown}"
-                          f"{more}); keys that may change on resume: {', '.join(RESUMABLE)}. Start a new run "
+                          f"{more}); keys that may change on resume: {', '.join(resumable)}. Start a new run "
                           f"(another out=), or change them anyway with "
                           f"{' '.join(f'--allow-change {key}' for key in refused)}")
 
