@@ -167,9 +167,12 @@ def sft_runs(tmp_path_factory):
     import shutil
 
     base = tmp_path_factory.mktemp("sft")
-    # uninterrupted: one checkpoint, after the last step (save_every changes no logged number)
-    assert main(["sft", f"out={base / 'one'}", *SFT, "save_every=16"]) == 0
+    # uninterrupted (save_every changes no logged number): the one-process run's step-8 checkpoint
+    # is resumed at N=2 too
+    assert main(["sft", f"out={base / 'one'}", *SFT, "save_every=8"]) == 0
     launch(["sft", f"out={base / 'two'}", *SFT, "save_every=16"])
+    _copy_until(base / "one", base / "one_then_two", 8)
+    launch(["sft", f"out={base / 'one_then_two'}", "--resume"])
     rng = random.Random()
     victim, k = rng.choice([0, 1]), rng.randint(2, 5)
     out = base / "killed"
@@ -208,6 +211,16 @@ def test_sixteen_sft_steps_on_two_ranks_match_one_process(sft_runs):
     assert (base / "two" / "final" / "model.safetensors").is_file()
     assert sorted(p.name for p in (base / "two" / "checkpoints" / "step-000016" / "dcp").glob("*.distcp")) == [
         "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.slow
+def test_a_one_process_sft_checkpoint_resumes_at_two_ranks(sft_runs):
+    """Saved by one process after step 8 (plain optimizer state, whole weights), resumed under
+    torchrun at N=2: each rank keeps its shards of the whole state; steps 9-16 are one process's."""
+    base, _ = sft_runs
+    assert not (base / "one_then_two" / "checkpoints" / "step-000008" / "dcp").exists()
+    assert (base / "one_then_two" / "checkpoints" / "step-000016" / "dcp").is_dir()  # written at N=2
+    assert_same(rows(base / "one"), rows(base / "one_then_two"))
 
 
 @pytest.mark.slow

@@ -183,7 +183,8 @@ def test_resume_of_another_commands_run_or_with_changed_keys_is_one_line_and_wri
               f"run; continue it with `pillion train out={rl_run} --resume`, or give this sft run another out="),
              (["train", f"out={sft_run}", "--resume"],
               f"pillion train: --resume: out={sft_run} holds a `pillion sft` run (its config.yaml), not a `pillion "
-              f"train` run; continue it with `pillion sft out={sft_run} --resume`, or give this train run another out="),
+              f"train` run; continue it with `pillion sft out={sft_run} --resume`, or give this train run another "
+              "out="),
              (["sft", f"out={sft_run}", "--resume", "lr=0.5", "batch_size=8"],
               "pillion sft: --resume keeps the run's configuration, and batch_size, lr would change (batch_size: 64 "
               "-> 8; lr: 0.001 -> 0.5); keys that may change on resume: steps, save_every, threads, log, "
