@@ -192,13 +192,27 @@ class SFTConfig:
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
 
 
+def _sft_start(cfg: SFTConfig) -> None:
+    """`init` says where SFT starts, `model=` (init=none) or a fresh model of the `tiny` sizes:
+    the keys of the other start would do nothing, so they are refused."""
+    if cfg.init == "tiny" and cfg.model != "default":
+        raise ConfigError(f"config key 'model': init=tiny starts from a fresh tiny model, so model={cfg.model!r} "
+                          "would be ignored; drop model= or init=tiny")
+    if cfg.init == "none":
+        changed = [leaf.key for leaf in leaves(cfg.tiny, "tiny.") if leaf.value != leaf.default]
+        if changed:
+            raise ConfigError(f"config key '{changed[0]}': the tiny.* sizes build the fresh model of init=tiny, and "
+                              f"this run starts from model={cfg.model!r}; drop {', '.join(changed)} or set init=tiny")
+
+
 def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
     """The rules that join keys of several groups (each group's own rules are its fields' checks)."""
     if cfg.optim.name != "adamw" and cfg.dtype != "float32":
         raise ConfigError(f"config key 'optim': {cfg.optim.name} steps the model's own float32 weights; with "
                           f"dtype={cfg.dtype} the optimizer steps separate float32 masters: use optim=adamw or "
                           "dtype=float32")
-    if not isinstance(cfg, TrainConfig):
+    if isinstance(cfg, SFTConfig):
+        _sft_start(cfg)
         return
     if cfg.optim.name != "adamw" and cfg.lora.rank > 0:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} needs the model's hidden matrices, and "

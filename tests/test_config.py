@@ -324,7 +324,14 @@ def test_named_range_checks(override, message):
         ("train", ["critic.device=banana"], "config key 'critic.device': 'banana' is not a device"),
         ("sft", ["data.select.size=4"], "unknown config key 'data.select.size'"),
         ("sft", ["optim=muon", "dtype=bfloat16"], "config key 'optim': muon steps the model's own float32 weights"),
-        ("sft", ["tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide tiny.num_heads=4"),
+        ("sft", ["init=tiny", "tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide "
+                                                      "tiny.num_heads=4"),
+        # keys that would do nothing: the other start's
+        ("sft", ["init=tiny", "model=some/folder"], "config key 'model': init=tiny starts from a fresh tiny model, "
+                                                    "so model='some/folder' would be ignored"),
+        ("sft", ["tiny.hidden_size=64", "tiny.num_layers=1"],
+         "config key 'tiny.hidden_size': the tiny.* sizes build the fresh model of init=tiny, and this run starts "
+         "from model='default'; drop tiny.hidden_size, tiny.num_layers or set init=tiny"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, message):

@@ -44,7 +44,7 @@ def test_examples_put_the_loss_on_the_solution_and_eos_only():
 
 
 def test_sft_config_has_no_preset_and_checks_keys():
-    cfg = C.resolve(C.SFTConfig, overrides=["steps=3", "tiny.num_layers=1"], preset_key=None)
+    cfg = C.resolve(C.SFTConfig, overrides=["steps=3", "init=tiny", "tiny.num_layers=1"], preset_key=None)
     assert cfg.steps == 3 and cfg.tiny.num_layers == 1
 
 
