@@ -123,13 +123,30 @@ def comparable(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def wait_for_checkpoint_write(out: Path, proc: subprocess.Popen, deadline: float) -> bool:
-    """Poll for a step-*.tmp folder (a checkpoint being written); False if the run ends first."""
+    """Poll for a step-*.tmp folder (a checkpoint being written) that this run made, not one a
+    previous kill left (the run removes those at its start); False if the run ends first."""
     folder = out / "checkpoints"
+    stale = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     while time.monotonic() < deadline and proc.poll() is None:
-        if folder.is_dir() and any(p.name.endswith(".tmp") for p in folder.iterdir()):
+        if folder.is_dir() and any(p.name.endswith(".tmp") and p.name not in stale for p in folder.iterdir()):
             return True
         time.sleep(0.002)
     return False
+
+
+def first_difference(run_dir: Path, reference: Path) -> str:
+    """Where a run's comparable records first differ from the reference's (for the printout)."""
+    (rows, report), (ref_rows, ref_report) = comparable(run_dir), comparable(reference)
+    if [r.get("step") for r in rows] != [r.get("step") for r in ref_rows]:
+        return f"logged steps {[r.get('step') for r in rows]} vs {[r.get('step') for r in ref_rows]}"
+    for row, ref in zip(rows, ref_rows):
+        for key in sorted(set(row) | set(ref)):
+            if row.get(key) != ref.get(key):
+                return f"step {row.get('step')} {key}: {row.get(key)!r} vs {ref.get(key)!r}"
+    for key in sorted(set(report) | set(ref_report)):
+        if report.get(key) != ref_report.get(key):
+            return f"report.json {key}: {str(report.get(key))[:200]} vs {str(ref_report.get(key))[:200]}"
+    return "none"
 
 
 def fill(path: Path) -> int:
@@ -280,6 +297,8 @@ def main() -> int:
     print(f"kills survived / kills tried: {survived}/{tried} ({inside} inside checkpoint writes, "
           f"{tried - inside} at random moments)")
     print(f"metrics.jsonl and report.json equal to the uninterrupted run on every non-timing field: {matched}")
+    if final == 0 and not matched:
+        print(f"first difference (resumed vs uninterrupted): {first_difference(out, reference)}")
     print(f"total {time.monotonic() - t0:.0f} s")
     if args.keep:
         print(f"run folders: {root}")

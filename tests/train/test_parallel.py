@@ -84,7 +84,7 @@ def _copy_until(src: Path, dst: Path, step: int) -> None:
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory):
     """3 GRPO steps in one process and on 2 ranks (checkpoints at steps 2 and 3), then the
-    2-rank run resumed from step 2 at N=1 and at N=2."""
+    2-rank run resumed from step 2 at N=1 and at N=2, and the one-process run at N=2."""
     base = tmp_path_factory.mktemp("grpo")
     args = ["steps=3", "save_every=2", *SMALL]
     rl.train(C.resolve(C.TrainConfig, overrides=[f"out={base / 'one'}", *args]))
@@ -95,6 +95,8 @@ def grpo(tmp_path_factory):
             assert main(["train", f"out={base / 'resume1'}", "--resume"]) == 0
         else:
             launch(["train", f"out={base / 'resume2'}", "--resume"])
+    _copy_until(base / "one", base / "one_then_two", 2)  # and a one-process checkpoint at N=2
+    launch(["train", f"out={base / 'one_then_two'}", "--resume"])
     return base
 
 
@@ -138,6 +140,14 @@ def test_a_two_rank_checkpoint_resumes_at_one_and_two_ranks(grpo, n):
     """Saved at N=2 after step 2, resumed at N: step 3 is the uninterrupted run's (weights,
     optimizer moments and data state all came back, resharded)."""
     assert_same(rows(grpo / "two"), rows(grpo / f"resume{n}"))
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_at_two_ranks(grpo):
+    """Saved by one process after step 2 (whole weights, position-keyed AdamW state), resumed at
+    N=2: each rank keeps its shards of it, and step 3 is the uninterrupted run's."""
+    assert not (grpo / "one_then_two" / "checkpoints" / "step-000002" / "dcp").exists()
+    assert_same(rows(grpo / "one"), rows(grpo / "one_then_two"))
 
 
 @pytest.mark.slow
