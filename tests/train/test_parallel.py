@@ -213,6 +213,18 @@ def sft_runs(tmp_path_factory):
 
 
 @pytest.mark.slow
+def test_dpo_steps_on_two_ranks_match_one_process(tmp_path):
+    """Online DPO: each rank pairs its own groups, the DPO loss's normalisers count every rank's
+    pairs, and the reference refresh copies shard to shard (dpo.ref_update_every=1)."""
+    args = ["algo=dpo", "steps=2", "save_every=5", "dpo.ref_update_every=1", "lr=1e-3", *SMALL]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'one'}", *args]))
+    launch(["train", f"out={tmp_path / 'two'}", *args])
+    one = rows(tmp_path / "one")
+    assert any("dpo_loss" in r for r in one)
+    assert_same(one, rows(tmp_path / "two"))
+
+
+@pytest.mark.slow
 def test_sixteen_sft_steps_on_two_ranks_match_one_process(sft_runs):
     base, _ = sft_runs
     one = rows(base / "one")
