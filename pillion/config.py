@@ -30,7 +30,7 @@ Every group is a dataclass beside the code that uses its values, and declares it
 its range, its check: `fields.check_tree`), then checks what spans groups (`_across_groups`).
 Each error is one line naming the key and what is allowed.
 
-A resumed run (`pillion train out=DIR --resume key=value`) keeps the configuration it started
+A resumed run (`pillion train|sft out=DIR --resume key=value`) keeps the configuration it started
 with: `check_resume` refuses a change to any key but those of `RESUMABLE` (how long the run
 goes, how often it saves, evaluates and logs, and the threads and workers it uses: none changes
 what a step computes), unless the user names the key with `--allow-change KEY`.
@@ -186,11 +186,25 @@ class SFTConfig:
     warmup_steps: int = bounded(20, low=0)
     weight_decay: float = bounded(0.0, low=0)
     grad_clip: float = bounded(1.0, low=0, open="low")
+    save_every: int = bounded(100, low=1)  # a checkpoint every N steps and after the last (`pillion sft --resume`)
     data: DataConfig = field(default_factory=DataConfig)  # no stages, history or selection: RL's
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion
     log: LogConfig = field(default_factory=LogConfig)  # trackers: tensorboard, wandb
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+
+
+def _sft_start(cfg: SFTConfig) -> None:
+    """`init` says where SFT starts, `model=` (init=none) or a fresh model of the `tiny` sizes:
+    the keys of the other start would do nothing, so they are refused."""
+    if cfg.init == "tiny" and cfg.model != "default":
+        raise ConfigError(f"config key 'model': init=tiny starts from a fresh tiny model, so model={cfg.model!r} "
+                          "would be ignored; drop model= or init=tiny")
+    if cfg.init == "none":
+        changed = [leaf.key for leaf in leaves(cfg.tiny, "tiny.") if leaf.value != leaf.default]
+        if changed:
+            raise ConfigError(f"config key '{changed[0]}': the tiny.* sizes build the fresh model of init=tiny, and "
+                              f"this run starts from model={cfg.model!r}; drop {', '.join(changed)} or set init=tiny")
 
 
 def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
@@ -199,7 +213,8 @@ def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} steps the model's own float32 weights; with "
                           f"dtype={cfg.dtype} the optimizer steps separate float32 masters: use optim=adamw or "
                           "dtype=float32")
-    if not isinstance(cfg, TrainConfig):
+    if isinstance(cfg, SFTConfig):
+        _sft_start(cfg)
         return
     if cfg.optim.name != "adamw" and cfg.lora.rank > 0:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} needs the model's hidden matrices, and "
@@ -280,10 +295,11 @@ def check_resume(saved, cfg, allow: list[str] | tuple[str, ...] = ()) -> None:
     changed = [leaf.key for leaf in leaves(cfg) if leaf.value != before[leaf.key]]
     refused = [key for key in changed if not _under(key, (*RESUMABLE, *allow))]
     if refused:
+        resumable = [name for name in RESUMABLE if any(_under(key, [name]) for key in known)]  # this command's
         shown = "; ".join(f"{key}: {before[key]!r} -> {_value(cfg, key)!r}" for key in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
         raise ConfigError(f"--resume keeps the run's configuration, and {', '.join(refused)} would change ({shown}"
-                          f"{more}); keys that may change on resume: {', '.join(RESUMABLE)}. Start a new run "
+                          f"{more}); keys that may change on resume: {', '.join(resumable)}. Start a new run "
                           f"(another out=), or change them anyway with "
                           f"{' '.join(f'--allow-change {key}' for key in refused)}")
 

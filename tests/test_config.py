@@ -162,7 +162,7 @@ SFT_KEYS = [
     'eval.batch_prompts', 'eval.k', 'eval.max_new_tokens', 'eval.seed', 'eval.temperature', 'eval.top_p',
     'fsdp.cpu_offload', 'fsdp.timeout_s', 'grad_clip', 'init', 'log.tensorboard', 'log.wandb.mode',
     'log.wandb.project', 'lr', 'lr_schedule', 'model', 'optim.lr_scale', 'optim.momentum', 'optim.name',
-    'optim.rank_fraction', 'out', 'seed', 'steps', 'threads', 'tiny.family', 'tiny.hidden_size',
+    'optim.rank_fraction', 'out', 'save_every', 'seed', 'steps', 'threads', 'tiny.family', 'tiny.hidden_size',
     'tiny.intermediate_size', 'tiny.num_heads', 'tiny.num_kv_heads', 'tiny.num_layers', 'tiny.tie_word_embeddings',
     'warmup_steps', 'weight_decay',
 ]
@@ -327,7 +327,14 @@ def test_named_range_checks(override, message):
         ("train", ["critic.device=banana"], "config key 'critic.device': 'banana' is not a device"),
         ("sft", ["data.select.size=4"], "unknown config key 'data.select.size'"),
         ("sft", ["optim=muon", "dtype=bfloat16"], "config key 'optim': muon steps the model's own float32 weights"),
-        ("sft", ["tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide tiny.num_heads=4"),
+        ("sft", ["init=tiny", "tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide "
+                                                      "tiny.num_heads=4"),
+        # keys that would do nothing: the other start's
+        ("sft", ["init=tiny", "model=some/folder"], "config key 'model': init=tiny starts from a fresh tiny model, "
+                                                    "so model='some/folder' would be ignored"),
+        ("sft", ["tiny.hidden_size=64", "tiny.num_layers=1"],
+         "config key 'tiny.hidden_size': the tiny.* sizes build the fresh model of init=tiny, and this run starts "
+         "from model='default'; drop tiny.hidden_size, tiny.num_layers or set init=tiny"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, message):
