@@ -210,7 +210,6 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     # CPU threads: the cores other work leaves free, or one for a tiny model (pillion/threads.py);
     # chosen before the grading workers start, so that they do not count as other work.
     chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(models.policy)))
-    common.return_freed_memory(device)
     print(chosen.line())
     if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
         compile_training(models.policy)
