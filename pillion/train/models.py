@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from pillion import ranks
-from pillion.eval.behaviour import kl_to_initial
+from pillion.eval.behaviour import kl_sums, probe_rows
 from pillion.fields import bounded, checked, free
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
@@ -176,12 +176,19 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     return models
 
 
-def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int) -> dict[str, float]:
+def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int, global_rows=None,
+             world=None) -> dict[str, float]:
     """`behaviour.kl_probe_*`: KL(policy || initial policy) on `rows` rows of the step's batch,
     against the reference when there is one, else the starting model read again from its folder
     (loaded one tensor at a time to the batch's device, freed when the probe ends: a 0.5B model
     would otherwise hold 2 GB more for the whole run); {} with LoRA (its initial policy is the
-    adapters-off policy, which the probe does not switch to)."""
+    adapters-off policy, which the probe does not switch to).
+
+    With several ranks the probe's rows are those one process would take from the global batch
+    (`global_rows`: each local row's place in it, -1 for padding), each scored on the rank that
+    holds it, and the token sums added over ranks: one number for any N. A rank holding none of
+    them still runs the forwards (FSDP2 gathers weights in each, on every rank) on a row it
+    then weighs 0."""
     device = batch.input_ids.device
     if models.ref is not None:
         initial = models.ref
@@ -192,7 +199,14 @@ def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int
         initial.eval().requires_grad_(False)
     else:
         return {}
-    return kl_to_initial(models.policy, initial, batch, temperature, rows)
+    world = world or ranks.World()
+    device_rows = torch.arange(batch.input_ids.shape[0], device=device) if global_rows is None else global_rows
+    chosen = probe_rows(ranks.sum_int(int((device_rows >= 0).sum()), world), rows).to(device)
+    local = torch.nonzero(torch.isin(device_rows, chosen)).flatten()  # [r] this rank's probe rows
+    weight = 1.0 if len(local) else 0.0
+    sums = kl_sums(models.policy, initial, batch.rows(local if len(local) else local.new_zeros(1)), temperature)
+    sums = ranks.sum_floats({k: weight * v for k, v in sums.items()}, world)
+    return {k: sums[k] / sums["tokens"] if sums["tokens"] else 0.0 for k in ("kl_initial", "kl_initial_k1")}
 
 
 @dataclass

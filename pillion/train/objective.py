@@ -35,8 +35,12 @@ class Counts:
     num_positive_tokens: int  # tokens of correct rows (VAPO / RAFT NLL)
 
     @staticmethod
-    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float) -> Counts:
-        rows = mask.shape[0] if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
+    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float,
+           real: torch.Tensor | None = None) -> Counts:
+        """real [B] bool: rows that are samples (padding rows, which hold no valid token, are
+        not sequences of the sum_norm mode's count); None: every row."""
+        every = mask.shape[0] if real is None else int(real.sum())
+        rows = every if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
         positive = int((mask.bool() & correct.bool()[:, None]).sum())
         return Counts(int(mask.sum()), rows, norm_len, positive)
 

@@ -228,10 +228,10 @@ def gather_samples(samples: list, world: World) -> list:
 
 
 def balanced_groups(costs: list[int], size: int) -> list[list[int]]:
-    """Which groups each of `size` ranks holds: as many each (len(costs) divides by size), their
-    costs balanced (heaviest group first, to the lightest rank with room; ties to the lower
-    group and rank), each rank's groups in their original order."""
-    per = len(costs) // size
+    """Which groups each of `size` ranks holds: ceil(len(costs) / size) at most each, their costs
+    balanced (heaviest group first, to the lightest rank with room; ties to the lower group and
+    rank), each rank's groups in their original order."""
+    per = -(-len(costs) // size)
     ranks: list[list[int]] = [[] for _ in range(size)]
     load = [0] * size
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
@@ -241,26 +241,85 @@ def balanced_groups(costs: list[int], size: int) -> list[list[int]]:
     return [sorted(r) for r in ranks]
 
 
-def balance_groups(samples: list, group_size: int, world: World) -> list:
-    """This rank's samples after whole groups move between ranks so that every rank updates on
-    about as many tokens (`balanced_groups`; each keeps its number of groups). Each step rolls out
-    a contiguous share of the groups, and a long tail on one rank would hold every other rank at
-    each FSDP2 collective of the update. The update is the same wherever a group lies (loss
-    normalisers are global sums, gradients are summed). Groups move only when that lowers the
-    heaviest rank's tokens; otherwise only the costs are gathered."""
+@dataclass
+class Share:
+    """This rank's rows of the step after `balance_groups`."""
+
+    samples: list  # whole groups, mini-batch by mini-batch; a mini-batch's padding groups last
+    global_rows: list[int]  # each sample's row in the step's global batch; -1 for a padding copy
+    mini_batch_rows: list[int]  # rows of each mini-batch (the same on every rank)
+
+
+def balance_groups(samples: list, positions: list[int], kept: int, group_size: int, mini_batches: int,
+                   world: World) -> Share:
+    """This rank's groups for the update. The step's `kept` groups (in the order `positions`
+    counts: one process's batch order) form `mini_batches` global mini-batches of
+    ceil(kept / mini_batches) whole groups; every rank holds ceil(n / N) groups of a mini-batch of
+    n, so that ranks run as many forwards and optimizer steps (every FSDP2 forward is
+    collective), whatever the group filters left where. A rank short of groups holds padding
+    copies of a group, with no valid token (`TrainBatch.real`): they change no loss, count or
+    statistic. Within a mini-batch, groups move between ranks when that lowers the heaviest
+    rank's tokens (a long tail on one rank would hold every other rank at each collective) or
+    when a rank holds more than its share (filters); only the moved groups travel, point to
+    point. The update is the same wherever a group lies: loss normalisers are global sums and
+    gradients are summed."""
+    G = group_size
+    chunk = max(-(-kept // mini_batches), 1)
+    chunks = [list(range(i, min(i + chunk, kept))) for i in range(0, kept, chunk)]
+    groups = {p: samples[i * G : (i + 1) * G] for i, p in enumerate(positions)}
     if world.size == 1:
-        return samples
-    mine = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
-    costs = gather_list([sum(len(s.completion.prompt_ids) + len(s.completion.ids) for s in g) for g in mine], world)
-    if len(costs) % world.size:
-        return samples  # unequal shares (no group filter runs with several ranks, so not expected)
-    assignment = balanced_groups(costs, world.size)
-    per = len(costs) // world.size
-    if max(sum(costs[i] for i in a) for a in assignment) >= max(sum(costs[r * per : (r + 1) * per])
-                                                               for r in range(world.size)):
-        return samples  # the contiguous shares are as even: nothing moves
-    everything = gather_list(samples, world)  # rank order: global group order
-    return [s for i in assignment[world.rank] for s in everything[i * group_size : (i + 1) * group_size]]
+        return Share([s for c in chunks for p in c for s in groups[p]], [p * G + j for c in chunks for p in c
+                                                                          for j in range(G)],
+                     [len(c) * G for c in chunks])
+    held = gather_list([(world.rank, p, sum(len(s.completion.prompt_ids) + len(s.completion.ids)
+                                            for s in groups[p])) for p in positions], world)
+    holder = {p: r for r, p, _ in held}
+    cost = {p: c for _, p, c in held}
+    owner: dict[int, int] = {}  # position -> the rank that updates on it
+    for c in chunks:
+        per = -(-len(c) // world.size)
+        current = [[p for p in c if holder[p] == r] for r in range(world.size)]
+        balanced = [[c[i] for i in part] for part in balanced_groups([cost[p] for p in c], world.size)]
+        heaviest = lambda parts: max(sum(cost[p] for p in part) for part in parts)  # noqa: E731
+        keep = all(len(part) <= per for part in current) and heaviest(current) <= heaviest(balanced)
+        for r, part in enumerate(current if keep else balanced):
+            owner.update({p: r for p in part})
+    # A rank left without a real group pads with a copy of the step's first group.
+    idle = [r for r in range(world.size) if r not in owner.values()]
+    moves = sorted({(holder[p], owner[p], p) for p in owner if holder[p] != owner[p]}
+                   | {(holder[0], r, 0) for r in idle if holder[0] != r})
+    received = exchange(groups, moves, world)
+    mine = {p: received.get(p) or groups[p] for p in owner if owner[p] == world.rank}
+    template = next(iter(mine.values()), None) or received.get(0) or groups.get(0)
+    out, rows, sizes = [], [], []
+    for c in chunks:
+        per = -(-len(c) // world.size)
+        real = [p for p in c if owner[p] == world.rank]
+        for p in real:
+            out += mine[p]
+            rows += [p * G + j for j in range(G)]
+        out += template * (per - len(real))
+        rows += [-1] * (G * (per - len(real)))
+        sizes.append(per * G)
+    return Share(out, rows, sizes)
+
+
+def exchange(groups: dict[int, list], moves: list[tuple[int, int, int]], world: World) -> dict[int, list]:
+    """Send each moved group (src, dst, position) from its holder to its new rank, point to point:
+    one message per (src, dst) pair, pairs in the same order on every rank (so a blocking send
+    always meets its receive). Returns the groups this rank received, by position."""
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for src, dst, p in moves:
+        pairs.setdefault((src, dst), []).append(p)
+    received: dict[int, list] = {}
+    for (src, dst), moved in sorted(pairs.items()):
+        if world.rank == src:
+            dist.send_object_list([[groups[p] for p in moved]], dst=dst)
+        elif world.rank == dst:
+            box: list = [None]
+            dist.recv_object_list(box, src=src)
+            received.update(zip(moved, box[0]))
+    return received
 
 
 def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:

@@ -34,7 +34,6 @@ import torch
 
 from pillion import config as config_lib
 from pillion import ranks, threads
-from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, fit_stages, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.eval.behaviour import behaviour_metrics
@@ -49,6 +48,7 @@ from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
+from pillion.train import stats as stats_lib
 from pillion.train.batch import Sample, TrainBatch, make_batch
 from pillion.train.collect import Rollout, prompt_batches, rollout
 from pillion.train.models import Models, Optimizers, build_models, build_optimizers, kl_probe
@@ -91,16 +91,18 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 1. Rollout: the step's prompts -> G completions each -> rewards, with the group filters applied.
             ro = generate(run, cfg, step)
             record = rollout_metrics(ro, run.engine, cfg, step)
-            if not ro.samples:
+            if not ro.kept_groups:  # over every rank: all ranks skip together
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
                 run.metrics.write({**record, "skipped_updates": 1})
                 bar.update(1)
                 continue
 
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
-            #    With several ranks, whole groups first move so that ranks hold about as many tokens.
-            batch = make_batch(parallel.balance_groups(ro.samples, cfg.group_size, run.world), run.engine.pad_id,
-                               run.device)
+            #    With several ranks, whole groups first move so that ranks hold as many groups of
+            #    each mini-batch (padding copies where the filters left too few) and about as many tokens.
+            share = parallel.balance_groups(ro.samples, ro.positions, ro.kept_groups, cfg.group_size,
+                                            cfg.mini_batches, run.world)
+            batch = make_batch(share.samples, run.engine.pad_id, run.device, share.global_rows, share.mini_batch_rows)
 
             # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
             #    reference log-probs (a KL term), values (a critic).
@@ -117,7 +119,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
             #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
             if cfg.behaviour.kl_probe_every and step % cfg.behaviour.kl_probe_every == 0:
-                record.update(kl_probe(run.models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows))
+                record.update(kl_probe(run.models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows,
+                                       batch.global_rows, run.world))
             train_policy = run.models.critic is None or step >= cfg.ppo.value_pretrain_steps
             stats = update(run.models, run.optimizers, cfg, batch, run.world, train_policy=train_policy)
 
@@ -273,8 +276,9 @@ def generate(run: Run, cfg, step: int) -> Rollout:
     with parallel.full_weights(run.models.policy, run.world):  # the engine reads whole weights: gathered once
         ro = rollout(run.engine, prompt_batches(run.mixture, cfg.prompts_per_step), cfg, step, run.grader, run.world)
     run.models.policy.train()
-    if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
-        record_history(run.history, run.mixture, ro.samples, cfg.group_size)
+    if cfg.data.history_resampling:  # SRPO: record outcomes (every rank's kept groups), rebuild pools at epoch ends
+        kept = [s for row in ro.kept for s in ro.generated[row : row + cfg.group_size]]
+        record_history(run.history, run.mixture, kept, cfg.group_size)
     return ro
 
 
@@ -285,7 +289,7 @@ def rollout_metrics(ro: Rollout, engine: Engine, cfg, step: int) -> dict:
     return {"step": step + 1, "reward": sum(r.score for r in rewards) / n,
             "accuracy": sum(bool(r.correct) for r in rewards) / n,
             "answered": sum(r.answer is not None for r in rewards) / n,  # a final answer in the graded style
-            "kept_groups": len(ro.samples) // cfg.group_size, "gen_batches": ro.gen_batches,
+            "kept_groups": ro.kept_groups, "gen_batches": ro.gen_batches,
             **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
                                 [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
             **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
@@ -297,19 +301,21 @@ def step_metrics(record: dict, stats: dict, batch: TrainBatch, ro: Rollout, run:
     variance, and where the step's time went (measured last)."""
     lengths = batch.response_mask.sum(-1)  # [B]
     record = {**record, **stats,
-              "response_length": float(lengths.mean()),
-              "truncated": float(batch.truncated.float().mean()),
+              # means over the kept rows of every rank (padding rows left out)
+              **stats_lib.row_means({"response_length": lengths, "truncated": batch.truncated.float()}, batch.real,
+                                    run.world),
               "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
               "lr": run.optimizers.policy.param_groups[0]["lr"]}
-    if run.models.critic is not None:
-        record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns, batch.response_mask))
+    if run.models.critic is not None:  # over every rank's tokens
+        record["explained_variance"] = stats_lib.explained_variance(batch.values, batch.returns, batch.response_mask,
+                                                                    run.world)
     return {**record, **step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0)}
 
 
 def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
     """Write the step's record (the ranks' means; rank 0 writes) and show it on the progress bar,
     or without a terminal as a line every 10 steps."""
-    record = ranks.reduce_record(record, run.world, sums=("kept_groups",))
+    record = ranks.reduce_record(record, run.world)  # per-rank timings averaged; the rest is global already
     run.metrics.write(record)
     bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                     len=f"{record['response_length']:.0f}")
