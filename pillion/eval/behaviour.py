@@ -132,5 +132,6 @@ def kl_sums(policy, initial, batch, temperature: float = 1.0) -> dict[str, float
     logp = response_logprobs(policy, batch, temperature)[0]  # [r, T]
     init_logp = response_logprobs(initial, batch, temperature)[0]  # [r, T]
     mask = batch.response_mask.float()  # [r, T]
-    return {"kl_initial": float(kl(logp, init_logp, "k3", mask).sum()),
-            "kl_initial_k1": float(kl(logp, init_logp, "k1", mask).sum()), "tokens": float(mask.sum())}
+    # float64 sums: k1's signed terms cancel, and partial sums (one per rank) must add up to the whole
+    return {"kl_initial": float(kl(logp, init_logp, "k3", mask).double().sum()),
+            "kl_initial_k1": float(kl(logp, init_logp, "k1", mask).double().sum()), "tokens": float(mask.sum())}

@@ -13,8 +13,11 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
 - data: every rank draws the same global list of `prompts_per_step` prompts (same seed) and
   rolls out its contiguous share of whole groups (`my_range`); sampling randomness is keyed by
   the GLOBAL row (`SamplingParams.row_offset`), so the same rows get the same samples at any N;
-  before the update whole groups move between ranks so that each holds about as many tokens
-  (`balance_groups`), and with `micro_batch_tokens` ranks run as many micro-batches each;
+  the group filters (Reinforce-Rej, DAPO's dynamic sampling) judge the gathered global batch,
+  so the kept groups and DAPO's refills are one process's; before the update whole groups move
+  between ranks so that each holds as many groups of each mini-batch (padding copies with no
+  valid token where the filters left too few) and about as many tokens (`balance_groups`, point
+  to point), and with `micro_batch_tokens` ranks run as many micro-batches each;
 - models: policy, reference and critic are sharded with `fully_shard`, block by block and then
   the root, float32 parameters with a `MixedPrecisionPolicy` (compute in `dtype`, gradients
   reduced in float32): FSDP2's float32 shards are the master weights, so `precision.py`'s
@@ -29,14 +32,15 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
   alternative, a full-state-dict copy into a second, unsharded engine model, holds that copy
   for the whole run (or re-allocates it every step) and copies it once more per step;
 - records: the step's generated samples are gathered (`gather_list`) so reward, accuracy and
-  behaviour metrics are global; per-rank numbers are averaged (`reduce_record`); rank 0 alone
-  writes files and prints (the others print only errors).
+  behaviour metrics are global; the update's statistics are reduced by their weight over
+  micro-batches and ranks (`train/stats.py`, docs/algorithms.md §1.4); rank 0 alone writes
+  files and prints (the others print only errors).
 
 A rank that dies brings the job down: torchrun's agent stops the others and names the failed
-rank; collectives time out after `fsdp.timeout_s`. Not supported with N > 1 (each refused by
-`init` with one line): LoRA, reference offload, a separate critic device, Muon/Dion, group
-filters (they leave ranks with different row counts, and every FSDP forward is collective),
-SRPO history resampling.
+rank; collectives time out after `fsdp.timeout_s`. `ref.offload` with N > 1 is FSDP2's CPU offload
+of the reference's shards; `critic.device=cpu` keeps the critic's shards in CPU memory (a gloo
+group beside nccl). Not supported with N > 1 (each refused by `init` with one line): LoRA,
+Muon/Dion, a critic on another GPU (`critic.device=cuda:K`: every GPU is a rank's).
 """
 
 from __future__ import annotations
@@ -78,9 +82,7 @@ def check(cfg, size: int) -> None:
     Each key declares beside its field how it meets several ranks (`ranks=`, pillion/fields.py),
     so this holds for any config (train, sft) and for keys added later: a global batch
     ("split": prompts_per_step, batch_size) is divided among the ranks, and a feature that runs
-    in one process only ("one": lora.rank, ref.offload, critic.device, optim.name,
-    filter.reject, filter.dynamic_sampling, data.history_resampling, tool.max_calls) is refused
-    at any value but its default."""
+    in one process only ("one": lora.rank, optim.name) is refused at any value but its default."""
     if size == 1:
         return
     declared = [leaf for leaf in leaves(cfg) if leaf.spec is not None]
@@ -110,10 +112,16 @@ def init(cfg) -> World:
     if cfg.fsdp.cpu_offload and not cuda:  # FSDP2 offloads from an accelerator (pinned CPU memory)
         raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
                             "memory already)")
+    critic = getattr(getattr(cfg, "critic", None), "device", "auto")
+    if cuda and critic.startswith("cuda"):  # each rank's GPU is its own: no spare one to give a critic
+        raise ParallelError(f"config key 'critic.device': {critic} with several ranks; each rank's critic lives on "
+                            "its rank's GPU (critic.device=auto) or in CPU memory (critic.device=cpu)")
     if cuda:
         place(torch.device("cuda"), world)  # fewer GPUs than local ranks: one line, before joining
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.fsdp.timeout_s))
+        # A critic in CPU memory next to CUDA policies: its collectives run on gloo, the rest on nccl.
+        backend = ("cpu:gloo,cuda:nccl" if critic == "cpu" else "nccl") if cuda else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.fsdp.timeout_s))
     if not world.main:  # one voice: rank 0 prints and logs; the others keep stderr for errors only
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         os.environ["TQDM_DISABLE"] = "1"
@@ -186,10 +194,15 @@ def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None 
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    mesh = None  # the default: the ranks' accelerator (or CPU without one)
+    if next(model.parameters()).device.type == "cpu" and torch.cuda.is_available() and not cpu_offload:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (world.size,))  # critic.device=cpu beside CUDA policies: stays in CPU memory
     trunk = getattr(model, "trunk", model)  # the critic wraps a transformer
     for block in trunk.model.layers:  # activation checkpointing wrappers first, then FSDP (torchtitan)
-        fully_shard(block, mp_policy=policy, offload_policy=offload)
-    fully_shard(model, mp_policy=policy, offload_policy=offload)
+        fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
     if hasattr(model, "packed_values"):
         register_fsdp_forward_method(model, "packed_values")
     for module in model.modules():

@@ -192,6 +192,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     started = time.perf_counter()
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
+    if resume and state.latest(run_dir) is not None:  # adapters vs full weights: refused before anything is written
+        sharded.check_lora(state.latest(run_dir), cfg.lora.rank > 0)
     common.seed_everything(cfg.seed)
     device = parallel.place(common.resolve_devices(cfg), world)  # every device key checked; cuda:LOCAL_RANK per rank
     model_dir = common.model_folder(cfg)  # a Hub id: fetched, and pinned in cfg.model to its commit
