@@ -81,19 +81,14 @@ def check(cfg, size: int) -> None:
 
     Each key declares beside its field how it meets several ranks (`ranks=`, pillion/fields.py),
     so this holds for any config (train, sft) and for keys added later: a global batch
-    ("split": prompts_per_step, batch_size) is divided among the ranks, and a feature that runs
-    in one process only ("one": lora.rank, optim.name) is refused at any value but its default."""
+    ("split": prompts_per_step, batch_size) is divided among the ranks; every other key means
+    the same at any number of ranks."""
     if size == 1:
         return
-    declared = [leaf for leaf in leaves(cfg) if leaf.spec is not None]
-    for leaf in declared:
-        if leaf.spec.ranks == "split" and leaf.value % size:
+    for leaf in leaves(cfg):
+        if leaf.spec is not None and leaf.spec.ranks == "split" and leaf.value % size:
             raise ParallelError(f"config key '{leaf.key}': {leaf.value} is not divisible by the {size} ranks (it is "
                                 f"the global batch; each rank takes {leaf.key}/{size})")
-    for leaf in declared:
-        if leaf.spec.ranks == "one" and leaf.value != leaf.default:
-            raise ParallelError(f"config key '{leaf.key}' is not supported with several ranks (WORLD_SIZE={size}) "
-                                "yet; run it in one process (see pillion/train/parallel.py)")
 
 
 def init(cfg) -> World:

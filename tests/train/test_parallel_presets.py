@@ -29,12 +29,21 @@ COMMON = ["steps=3", "save_every=10", "prompts_per_step=4", "group_size=4", "max
 CASES = {name: [f"algo={name}"] for name in PRESETS}
 CASES["concise"] += ["data.select.size=4", "data.select.k=4", "data.select.max_candidates=32"]
 CASES["srpo"] += ["data.synthetic_size=8"]
+CASES["vapo"] += ["ppo.value_pretrain_steps=1"]  # the critic alone in step 1, then the policy too
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
 # Checkpoints at steps 2 and 3: the LoRA one a PEFT folder, Muon's and Dion's with their optimizer state.
-CASES["lora"] = ["algo=grpo", "lora.rank=4", "lora.alpha=8", "lr=1e-3", "save_every=2"]
-CASES["muon"] = ["algo=grpo", "optim=muon", "save_every=2"]
-CASES["dion"] = ["algo=grpo", "optim=dion", "optim.rank_fraction=0.5", "save_every=2"]
+# Learning rates that move the policy in step 2, so that step 3's KLs and gradient are not ~0
+# (where float32 noise, not the reduction, would decide a relative comparison).
+CASES["lora"] = ["algo=grpo", "lora.rank=4", "lora.alpha=8", "lr=1e-2", "save_every=2"]
+CASES["muon"] = ["algo=grpo", "optim=muon", "lr=1e-3", "save_every=2"]
+# Dion at a rank below the gradient's: at rank_fraction 0.5 some of Q's columns sit at the
+# rank tolerance of a low-rank GRPO gradient (optim.py, departure 1), and float32 noise decides
+# whether they update, at N=1 as at N=2 (kl_initial then differs by 1e-3 relative).
+CASES["dion"] = ["algo=grpo", "optim=dion", "optim.rank_fraction=0.125", "lr=1e-3", "save_every=2"]
+# torch.optim.Muon runs Newton-Schulz in bfloat16: gradients equal to float32 rounding (summed in
+# another order on two ranks) give updates equal to bf16 rounding, so step 3 agrees to 3e-4.
+REL = {"muon": 1e-3}
 
 DRIVER = """
 import json, sys
@@ -81,7 +90,8 @@ def rows(run_dir: Path) -> list[dict]:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
 def test_two_ranks_log_what_one_process_logs(runs, case):
-    """Same steps, same fields, every number within 1e-4 relative (1e-9 absolute). Two fields
+    """Same steps, same fields, every number within 1e-4 relative (1e-9 absolute; Muon 1e-3,
+    for its bf16 Newton-Schulz: REL above). Two fields
     get an absolute floor of 1e-6: pg_loss, a float32 sum whose exact value is about 0 with
     centred advantages (1e-8 in one process, 4e-8 on two ranks), and kl_initial_k1, a mean of
     signed per-token log-ratios of about 1e-4 that cancel (float32 forwards of the same rows
@@ -92,7 +102,7 @@ def test_two_ranks_log_what_one_process_logs(runs, case):
         assert x.keys() == y.keys(), (x["step"], set(x) ^ set(y))
         for k in x:
             floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
-            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=floor), (x["step"], k, x[k], y[k])
+            assert y[k] == pytest.approx(x[k], rel=REL.get(case, 1e-4), abs=floor), (x["step"], k, x[k], y[k])
     updated = [r for r in one if "entropy" in r]
     assert updated and all({"entropy", "grad_norm", "response_length"} <= r.keys() for r in updated)
     if case not in ("raft", "rloo"):  # an NLL and a REINFORCE loss: no ratio, no clipping
