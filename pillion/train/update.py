@@ -141,9 +141,10 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
 
 
 def mini_batches(batch: TrainBatch, count: int) -> list[torch.Tensor]:
-    """Row indices of each mini-batch: with several ranks, the row counts `balance_groups` laid
-    out (every rank holds its share of each global mini-batch, so ranks step together on the
-    same global rows); in one process `count` chunks of whole groups."""
+    """Row indices of each mini-batch: the row counts `parallel.balance_groups` laid out (whole
+    groups in the step's order; with several ranks each rank's share of every global mini-batch,
+    so ranks step together on the same global rows), or for a batch made without them `count`
+    chunks of rows."""
     rows = torch.arange(batch.num_rows)
     sizes = batch.mini_batch_rows or [batch.num_rows]
     if batch.mini_batch_rows is None and count > 1:
