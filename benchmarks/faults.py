@@ -3,6 +3,7 @@
     python benchmarks/faults.py                 # 20 kills, ~5-8 minutes on 2 CPU cores
     python benchmarks/faults.py --kills 5 --steps 12
     python benchmarks/faults.py --disk-full     # 10 full disks instead (root: mounts a small tmpfs)
+    python benchmarks/faults.py --ranks 2       # 2-rank runs under torchrun (gloo): SIGKILL of one rank
 
 A reference run goes straight through. The same run is then started, killed with SIGKILL (the
 whole process group: trainer and grading workers) and resumed with `--resume`, `--kills` times:
@@ -13,6 +14,13 @@ by a fresh start, as a user would do. Finally the run is resumed to the end, and
 metrics.jsonl and report.json are compared with the reference on every field that is not a
 wall-clock time. Prints kills survived / kills tried and whether the metrics matched; exits 1
 otherwise. Not part of CI (it takes minutes and is timing-driven by design).
+
+--ranks N: every run (the reference too) is `torchrun --standalone --nproc_per_node=N -m pillion
+train ...` on CPU (gloo), and each kill is a SIGKILL of one rank, drawn (found among the agent's
+children through /proc; the whole job while its workers are not started yet): torchrun's agent
+then stops the other ranks and exits, as on a cluster where one node dies. Whatever the job
+left (its grading workers) is then killed with the process group. Resumes run at N ranks too;
+the comparison with the reference is exact, as at N=1.
 
 --disk-full: the run folder lives on a tmpfs of --disk-mb MiB that the script mounts (root only;
 without the right to mount it says so and exits 0). `--fills` times, a run is started, the
@@ -28,6 +36,7 @@ survived / fills tried.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import os
@@ -51,9 +60,57 @@ def config(steps: int) -> list[str]:
             "reward.answer_style=auto"]  # auto: some answers go through the symbolic grading worker
 
 
-def start(out: Path, args: list[str], log) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pillion", "train", f"out={out}", *args],
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+def start(out: Path, args: list[str], log, ranks: int = 1) -> subprocess.Popen:
+    """`pillion train` in a session of its own (one kill reaches its grading workers too); with
+    ranks > 1 under torchrun, one thread per rank."""
+    if ranks == 1:
+        cmd, env = [sys.executable, "-m", "pillion"], None
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}", "-m",
+               "pillion"]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([*cmd, "train", f"out={out}", *args], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, env=env)
+
+
+def rank_pids(parent: int) -> dict[int, int]:
+    """RANK -> pid of torchrun's workers (children of the agent `parent`) that run now."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            env = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == parent:
+            rank = next((int(v[5:]) for v in env if v.startswith(b"RANK=")), None)
+            if rank is not None:
+                found[rank] = int(entry.name)
+    return found
+
+
+def kill(proc: subprocess.Popen, ranks: int, rng: random.Random) -> str:
+    """SIGKILL the run: one process, or one drawn rank of a torchrun job (then wait for the agent
+    to stop the others); then whatever is left of its process group. Returns what was killed."""
+    what = "the process"
+    workers = rank_pids(proc.pid) if ranks > 1 else {}
+    if workers:
+        rank = rng.choice(sorted(workers))
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(workers[rank], signal.SIGKILL)
+        what = f"rank {rank}"
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            what += " (the agent did not stop the job in 300 s)"
+    elif ranks > 1:
+        what = "the whole job (workers not started yet)"
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return what
 
 
 def comparable(run_dir: Path) -> tuple[list[dict], dict]:
@@ -66,13 +123,30 @@ def comparable(run_dir: Path) -> tuple[list[dict], dict]:
 
 
 def wait_for_checkpoint_write(out: Path, proc: subprocess.Popen, deadline: float) -> bool:
-    """Poll for a step-*.tmp folder (a checkpoint being written); False if the run ends first."""
+    """Poll for a step-*.tmp folder (a checkpoint being written) that this run made, not one a
+    previous kill left (the run removes those at its start); False if the run ends first."""
     folder = out / "checkpoints"
+    stale = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
     while time.monotonic() < deadline and proc.poll() is None:
-        if folder.is_dir() and any(p.name.endswith(".tmp") for p in folder.iterdir()):
+        if folder.is_dir() and any(p.name.endswith(".tmp") and p.name not in stale for p in folder.iterdir()):
             return True
         time.sleep(0.002)
     return False
+
+
+def first_difference(run_dir: Path, reference: Path) -> str:
+    """Where a run's comparable records first differ from the reference's (for the printout)."""
+    (rows, report), (ref_rows, ref_report) = comparable(run_dir), comparable(reference)
+    if [r.get("step") for r in rows] != [r.get("step") for r in ref_rows]:
+        return f"logged steps {[r.get('step') for r in rows]} vs {[r.get('step') for r in ref_rows]}"
+    for row, ref in zip(rows, ref_rows):
+        for key in sorted(set(row) | set(ref)):
+            if row.get(key) != ref.get(key):
+                return f"step {row.get('step')} {key}: {row.get(key)!r} vs {ref.get(key)!r}"
+    for key in sorted(set(report) | set(ref_report)):
+        if report.get(key) != ref_report.get(key):
+            return f"report.json {key}: {str(report.get(key))[:200]} vs {str(ref_report.get(key))[:200]}"
+    return "none"
 
 
 def fill(path: Path) -> int:
@@ -164,7 +238,10 @@ def main() -> int:
     parser.add_argument("--disk-full", action="store_true", help="fill the disk instead of killing (root: tmpfs)")
     parser.add_argument("--fills", type=int, default=10, help="--disk-full: runs to fill, free and resume")
     parser.add_argument("--disk-mb", type=int, default=64, help="--disk-full: size of the tmpfs in MiB")
+    parser.add_argument("--ranks", type=int, default=1, help="ranks per run (torchrun, gloo); kills hit one rank")
     args = parser.parse_args()
+    if args.ranks > 1 and args.disk_full:
+        parser.error("--disk-full runs one process; leave out --ranks")
     rng = random.Random(args.seed)
     root = Path(tempfile.mkdtemp(prefix="pillion-faults-"))
     log = open(root / "log.txt", "w")
@@ -172,7 +249,7 @@ def main() -> int:
 
     t0 = time.monotonic()
     reference = root / "reference"
-    if start(reference, cfg, log).wait() != 0:
+    if start(reference, cfg, log, args.ranks).wait() != 0:
         print(f"the reference run failed; see {root / 'log.txt'}")
         return 1
     clean_seconds = time.monotonic() - t0
@@ -192,7 +269,7 @@ def main() -> int:
     inside = 0
     while tried < args.kills:
         resume = (out / "config.yaml").is_file()
-        proc = start(out, ["--resume"] if resume else cfg, log)
+        proc = start(out, ["--resume"] if resume else cfg, log, args.ranks)
         inside_write = tried % 2 == 1
         if inside_write:
             hit = wait_for_checkpoint_write(out, proc, time.monotonic() + clean_seconds)
@@ -207,20 +284,21 @@ def main() -> int:
                 return 1
             shutil.rmtree(out)  # it finished: start the whole run again to place more kills
             continue
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        what = kill(proc, args.ranks, rng)
         tried += 1
         inside += hit
         done = sorted(p.name for p in (out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() else []
-        print(f"kill {tried}: {'inside a checkpoint write' if hit else 'at a random moment'}; checkpoints "
+        print(f"kill {tried} ({what}): {'inside a checkpoint write' if hit else 'at a random moment'}; checkpoints "
               f"folder: {done}", flush=True)
 
-    final = start(out, ["--resume"] if (out / "config.yaml").is_file() else cfg, log).wait()
+    final = start(out, ["--resume"] if (out / "config.yaml").is_file() else cfg, log, args.ranks).wait()
     survived = tried if final == 0 else tried - 1
     matched = final == 0 and comparable(out) == comparable(reference)
     print(f"kills survived / kills tried: {survived}/{tried} ({inside} inside checkpoint writes, "
           f"{tried - inside} at random moments)")
     print(f"metrics.jsonl and report.json equal to the uninterrupted run on every non-timing field: {matched}")
+    if final == 0 and not matched:
+        print(f"first difference (resumed vs uninterrupted): {first_difference(out, reference)}")
     print(f"total {time.monotonic() - t0:.0f} s")
     if args.keep:
         print(f"run folders: {root}")

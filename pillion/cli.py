@@ -5,6 +5,7 @@
     pillion eval --model DIR --data FILE     pass@1 / pass@k evaluation
     pillion logprob-check --model DIR        engine vs trainer vs transformers log-probabilities
     pillion data inspect FILE                counts, missing gold answers, examples
+    pillion data retro-search | swirl ...    training rows from a model's revised traces, tool steps
     pillion export CKPT OUT [--merge]        a Hugging Face folder (LoRA adapters merged)
 
 Each command lives in its own module exposing `add_arguments(parser)` and `run(args) -> int`;

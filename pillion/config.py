@@ -11,7 +11,8 @@ group: `adv=rloo` sets `adv.name`, `loss=nll` sets `loss.name`, and `adv.whiten=
 Every group is a dataclass beside the code that uses its values, and declares its choices
 (`Literal`) and ranges beside its fields (pillion/fields.py):
 
-    adv, loss, ppo, filter                  train/knobs.py
+    adv, loss, ppo, filter, dpo             train/knobs.py
+    reward.judge                            rewards/judge.py
     reward, reward.overlong                 rewards/shaping.py
     data                                    data/config.py (the loop's stages, history, select: below)
     data.select                             eval/select.py
@@ -29,7 +30,7 @@ Every group is a dataclass beside the code that uses its values, and declares it
 its range, its check: `fields.check_tree`), then checks what spans groups (`_across_groups`).
 Each error is one line naming the key and what is allowed.
 
-A resumed run (`pillion train out=DIR --resume key=value`) keeps the configuration it started
+A resumed run (`pillion train|sft out=DIR --resume key=value`) keeps the configuration it started
 with: `check_resume` refuses a change to any key but those of `RESUMABLE` (how long the run
 goes, how often it saves, evaluates and logs, and the threads and workers it uses: none changes
 what a step computes), unless the user names the key with `--allow-change KEY`.
@@ -55,7 +56,7 @@ from pillion.resolver import dumps, load_yaml, parse_overrides, save, set_key, t
 from pillion.rewards.shaping import RewardConfig
 from pillion.rollout.tools import ToolConfig
 from pillion.train.common import check_device
-from pillion.train.knobs import AdvConfig, FilterConfig, LossConfig, PPOConfig
+from pillion.train.knobs import AdvConfig, DpoConfig, FilterConfig, LossConfig, PPOConfig
 from pillion.train.models import CheckpointingConfig, CriticConfig, RefConfig
 from pillion.train.optim import OptimConfig
 from pillion.train.parallel import FsdpConfig
@@ -148,6 +149,7 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     ppo: PPOConfig = field(default_factory=PPOConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
+    dpo: DpoConfig = field(default_factory=DpoConfig)  # online DPO (adv=dpo)
     # Grade the final \boxed{} answer, the format every prompt template asks for.
     reward: RewardConfig = field(default_factory=lambda: RewardConfig(answer_style="boxed"))
     data: TrainDataConfig = field(default_factory=TrainDataConfig)
@@ -184,11 +186,25 @@ class SFTConfig:
     warmup_steps: int = bounded(20, low=0)
     weight_decay: float = bounded(0.0, low=0)
     grad_clip: float = bounded(1.0, low=0, open="low")
+    save_every: int = bounded(100, low=1)  # a checkpoint every N steps and after the last (`pillion sft --resume`)
     data: DataConfig = field(default_factory=DataConfig)  # no stages, history or selection: RL's
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion
     log: LogConfig = field(default_factory=LogConfig)  # trackers: tensorboard, wandb
     fsdp: FsdpConfig = field(default_factory=FsdpConfig)
+
+
+def _sft_start(cfg: SFTConfig) -> None:
+    """`init` says where SFT starts, `model=` (init=none) or a fresh model of the `tiny` sizes:
+    the keys of the other start would do nothing, so they are refused."""
+    if cfg.init == "tiny" and cfg.model != "default":
+        raise ConfigError(f"config key 'model': init=tiny starts from a fresh tiny model, so model={cfg.model!r} "
+                          "would be ignored; drop model= or init=tiny")
+    if cfg.init == "none":
+        changed = [leaf.key for leaf in leaves(cfg.tiny, "tiny.") if leaf.value != leaf.default]
+        if changed:
+            raise ConfigError(f"config key '{changed[0]}': the tiny.* sizes build the fresh model of init=tiny, and "
+                              f"this run starts from model={cfg.model!r}; drop {', '.join(changed)} or set init=tiny")
 
 
 def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
@@ -197,7 +213,8 @@ def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} steps the model's own float32 weights; with "
                           f"dtype={cfg.dtype} the optimizer steps separate float32 masters: use optim=adamw or "
                           "dtype=float32")
-    if not isinstance(cfg, TrainConfig):
+    if isinstance(cfg, SFTConfig):
+        _sft_start(cfg)
         return
     if cfg.optim.name != "adamw" and cfg.lora.rank > 0:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} needs the model's hidden matrices, and "
@@ -208,9 +225,34 @@ def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
     if cfg.data.select.size and (cfg.data.weights or any("sources" in stage for stage in cfg.data.stages)):
         raise ConfigError("config key 'data.select.size': the selected problems form one pool, so data.weights "
                           "and data.stages with sources cannot apply; drop them or set data.select.size=0")
+    if cfg.adv.name == "dpo":
+        _dpo_rules(cfg)
+    if cfg.algo == "pairwise" and cfg.reward.judge.model is None:
+        raise ConfigError("config key 'reward.judge.model': algo=pairwise optimises a judge's pairwise preferences; "
+                          "give the judge's model folder (reward.judge.model=DIR)")
     if cfg.group_size == 1 and cfg.adv.name in ("grpo", "dr_grpo", "rloo"):
         warnings.warn(f"group_size=1 with adv={cfg.adv.name}: every advantage is 0, nothing will be learned",
                       stacklevel=3)
+
+
+def _dpo_rules(cfg: TrainConfig) -> None:
+    """Online DPO pairs each group's best and worst responses and reaches the DPO gradient through
+    per-row advantages computed before the update (algorithms/preference.py): one update per
+    rollout, an unclipped sequence-sum loss, and a reference the policy can be copied into."""
+    if cfg.group_size < 2:
+        raise ConfigError(f"config key 'group_size': adv=dpo pairs the best and worst of each prompt's samples and "
+                          f"needs group_size >= 2, got {cfg.group_size}")
+    if cfg.ppo_epochs != 1 or cfg.mini_batches != 1:
+        raise ConfigError("config key 'ppo_epochs': adv=dpo computes its advantages at the rollout's weights, so it "
+                          f"takes one update per rollout (ppo_epochs=1 mini_batches=1), got ppo_epochs="
+                          f"{cfg.ppo_epochs} mini_batches={cfg.mini_batches}")
+    if cfg.loss.name != "reinforce" or cfg.loss.agg != "seq_mean_token_sum":
+        raise ConfigError(f"config key 'loss': adv=dpo needs loss.name=reinforce loss.agg=seq_mean_token_sum (its "
+                          f"advantages give the DPO gradient through that loss), got loss.name={cfg.loss.name} "
+                          f"loss.agg={cfg.loss.agg}")
+    if cfg.dpo.ref_update_every and cfg.lora.rank > 0:
+        raise ConfigError("config key 'dpo.ref_update_every': with LoRA the reference is the policy with its adapters "
+                          "off and cannot be refreshed; set dpo.ref_update_every=0 or lora.rank=0")
 
 
 def validate(cfg: TrainConfig | SFTConfig) -> None:
@@ -253,10 +295,11 @@ def check_resume(saved, cfg, allow: list[str] | tuple[str, ...] = ()) -> None:
     changed = [leaf.key for leaf in leaves(cfg) if leaf.value != before[leaf.key]]
     refused = [key for key in changed if not _under(key, (*RESUMABLE, *allow))]
     if refused:
+        resumable = [name for name in RESUMABLE if any(_under(key, [name]) for key in known)]  # this command's
         shown = "; ".join(f"{key}: {before[key]!r} -> {_value(cfg, key)!r}" for key in refused[:4])
         more = f" and {len(refused) - 4} more" if len(refused) > 4 else ""
         raise ConfigError(f"--resume keeps the run's configuration, and {', '.join(refused)} would change ({shown}"
-                          f"{more}); keys that may change on resume: {', '.join(RESUMABLE)}. Start a new run "
+                          f"{more}); keys that may change on resume: {', '.join(resumable)}. Start a new run "
                           f"(another out=), or change them anyway with "
                           f"{' '.join(f'--allow-change {key}' for key in refused)}")
 

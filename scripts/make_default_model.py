@@ -1,6 +1,8 @@
 """Regenerate pillion/assets/tiny-arith: the tiny SFT-warmed model behind `pillion train`.
 
     python scripts/make_default_model.py [--steps 1000]     # about 5-8 minutes on 2 CPU cores
+    python scripts/make_default_model.py --boxed-share 0.4 --check-share 0.6 \
+        --out pillion/assets/tiny-arith-verbose              # the verbose sibling (`model=verbose`)
 
 A fresh random qwen2-shaped model (hidden 128, 4 layers, byte tokenizer; pillion/model/tiny.py)
 is fine-tuned with `pillion sft` on the synthetic arithmetic curriculum (levels 1-2) and the

@@ -15,13 +15,14 @@ from pillion.cli import main
 from pillion.train import parallel
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "ppo", "vapo", "rloo", "reinforce_pp", "gspo", "raft", "raft_pp",
-           "reinforce_rej", "srpo", "tool", "concise"]
+           "reinforce_rej", "srpo", "tool", "concise", "dpo", "pairwise"]
 
 
 def test_every_preset_ships_and_resolves():
     assert sorted(p.stem for p in C.PRESET_DIR.glob("*.yaml")) == sorted(PRESETS)
     for name in PRESETS:
-        cfg = C.resolve(C.TrainConfig, overrides=[f"algo={name}"])
+        judge = ["reward.judge.model=JUDGE"] if name == "pairwise" else []  # its judge is the user's model
+        cfg = C.resolve(C.TrainConfig, overrides=[f"algo={name}", *judge])
         assert cfg.algo == name
 
 
@@ -137,17 +138,19 @@ TRAIN_KEYS = [
     'critic.device', 'data.format', 'data.heldout', 'data.heldout_size', 'data.history_resampling',
     'data.level_weights', 'data.max_prompt_tokens', 'data.on_error', 'data.select.k', 'data.select.max_candidates',
     'data.select.max_pass', 'data.select.min_pass', 'data.select.size', 'data.sources', 'data.stages',
-    'data.synthetic_size', 'data.template', 'data.weights', 'device', 'dtype', 'eval.batch_prompts', 'eval.k',
-    'eval.max_new_tokens', 'eval.seed', 'eval.temperature', 'eval.top_p', 'eval_every', 'filter.dynamic_sampling',
-    'filter.max_gen_batches', 'filter.overlong_mask', 'filter.reject', 'fsdp.cpu_offload', 'fsdp.timeout_s',
-    'grad_clip', 'grading_workers', 'group_size', 'log.tensorboard', 'log.wandb.mode', 'log.wandb.project',
-    'lora.alpha', 'lora.rank', 'lora.targets', 'loss.agg', 'loss.clip_high', 'loss.clip_low', 'loss.dual_clip',
-    'loss.entropy_coef', 'loss.kl_coef', 'loss.kl_in', 'loss.kl_kind', 'loss.name', 'loss.nll_coef', 'loss.norm_len',
-    'loss.ratio_level', 'loss.tis_cap', 'lr', 'lr_schedule', 'max_bad_steps', 'max_new_tokens', 'micro_batch',
-    'micro_batch_tokens', 'mini_batches', 'model', 'optim.lr_scale', 'optim.momentum', 'optim.name',
-    'optim.rank_fraction', 'out', 'ppo.critic_lr', 'ppo.gamma', 'ppo.lam', 'ppo.lam_critic', 'ppo.value_clip',
-    'ppo.value_pretrain_steps', 'ppo.vapo_alpha', 'ppo.vf_coef', 'ppo_epochs', 'prompts_per_step', 'ref.offload',
-    'reward.answer_style', 'reward.code_reward', 'reward.correct', 'reward.format_weight', 'reward.incorrect',
+    'data.synthetic_size', 'data.template', 'data.weights', 'device', 'dpo.beta', 'dpo.kind',
+    'dpo.ref_update_every', 'dtype', 'eval.batch_prompts', 'eval.k', 'eval.max_new_tokens', 'eval.seed',
+    'eval.temperature', 'eval.top_p', 'eval_every', 'filter.dynamic_sampling', 'filter.max_gen_batches',
+    'filter.overlong_mask', 'filter.reject', 'fsdp.cpu_offload', 'fsdp.timeout_s', 'grad_clip', 'grading_workers',
+    'group_size', 'log.tensorboard', 'log.wandb.mode', 'log.wandb.project', 'lora.alpha', 'lora.rank',
+    'lora.targets', 'loss.agg', 'loss.clip_high', 'loss.clip_low', 'loss.dual_clip', 'loss.entropy_coef',
+    'loss.kl_coef', 'loss.kl_in', 'loss.kl_kind', 'loss.name', 'loss.nll_coef', 'loss.norm_len', 'loss.ratio_level',
+    'loss.tis_cap', 'lr', 'lr_schedule', 'max_bad_steps', 'max_new_tokens', 'micro_batch', 'micro_batch_tokens',
+    'mini_batches', 'model', 'optim.lr_scale', 'optim.momentum', 'optim.name', 'optim.rank_fraction', 'out',
+    'ppo.critic_lr', 'ppo.gamma', 'ppo.lam', 'ppo.lam_critic', 'ppo.value_clip', 'ppo.value_pretrain_steps',
+    'ppo.vapo_alpha', 'ppo.vf_coef', 'ppo_epochs', 'prompts_per_step', 'ref.offload', 'reward.answer_style',
+    'reward.code_reward', 'reward.correct', 'reward.format_weight', 'reward.incorrect', 'reward.judge.model',
+    'reward.judge.opponents', 'reward.judge.principle', 'reward.judge.template', 'reward.judge.weight',
     'reward.length_weight', 'reward.overlong.enable', 'reward.overlong.factor', 'reward.overlong.l_cache',
     'reward.overlong.l_max', 'reward.think_tags', 'reward.timeout', 'save_every', 'seed', 'share_prompts', 'steps',
     'temperature', 'threads', 'tool.end', 'tool.max_calls', 'tool.max_output_tokens', 'tool.output', 'tool.start',
@@ -159,7 +162,7 @@ SFT_KEYS = [
     'eval.batch_prompts', 'eval.k', 'eval.max_new_tokens', 'eval.seed', 'eval.temperature', 'eval.top_p',
     'fsdp.cpu_offload', 'fsdp.timeout_s', 'grad_clip', 'init', 'log.tensorboard', 'log.wandb.mode',
     'log.wandb.project', 'lr', 'lr_schedule', 'model', 'optim.lr_scale', 'optim.momentum', 'optim.name',
-    'optim.rank_fraction', 'out', 'seed', 'steps', 'threads', 'tiny.family', 'tiny.hidden_size',
+    'optim.rank_fraction', 'out', 'save_every', 'seed', 'steps', 'threads', 'tiny.family', 'tiny.hidden_size',
     'tiny.intermediate_size', 'tiny.num_heads', 'tiny.num_kv_heads', 'tiny.num_layers', 'tiny.tie_word_embeddings',
     'warmup_steps', 'weight_decay',
 ]
@@ -168,7 +171,7 @@ SFT_KEYS = [
 def test_flag_surface_is_guarded():
     """Adding a knob is a decision: update these lists (and docs/algorithms.md §0) on purpose, so the
     flag surface stays small and every key is one someone chose."""
-    assert len(_keys(C.TrainConfig())) == 118, sorted(_keys(C.TrainConfig()))
+    assert len(_keys(C.TrainConfig())) == 126, sorted(_keys(C.TrainConfig()))
     assert sorted(_keys(C.TrainConfig())) == TRAIN_KEYS
     assert sorted(_keys(C.SFTConfig())) == SFT_KEYS
 
@@ -216,7 +219,7 @@ def test_every_leaf_declares_its_values(command):
         assert kinds["critic.device"] == kinds["device"] == "check"
     assert sorted(k for k, kind in kinds.items() if kind == "free") == sorted(
         {"train": ["data.heldout", "eval.seed", "model", "out", "reward.correct", "reward.format_weight",
-                   "reward.incorrect", "seed", "tool.start"],
+                   "reward.incorrect", "reward.judge.model", "reward.judge.principle", "seed", "tool.start"],
          "sft": ["data.heldout", "eval.seed", "model", "out", "seed"]}[command])
 
 
@@ -324,7 +327,14 @@ def test_named_range_checks(override, message):
         ("train", ["critic.device=banana"], "config key 'critic.device': 'banana' is not a device"),
         ("sft", ["data.select.size=4"], "unknown config key 'data.select.size'"),
         ("sft", ["optim=muon", "dtype=bfloat16"], "config key 'optim': muon steps the model's own float32 weights"),
-        ("sft", ["tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide tiny.num_heads=4"),
+        ("sft", ["init=tiny", "tiny.num_kv_heads=3"], "config key 'tiny.num_kv_heads': 3 does not divide "
+                                                      "tiny.num_heads=4"),
+        # keys that would do nothing: the other start's
+        ("sft", ["init=tiny", "model=some/folder"], "config key 'model': init=tiny starts from a fresh tiny model, "
+                                                    "so model='some/folder' would be ignored"),
+        ("sft", ["tiny.hidden_size=64", "tiny.num_layers=1"],
+         "config key 'tiny.hidden_size': the tiny.* sizes build the fresh model of init=tiny, and this run starts "
+         "from model='default'; drop tiny.hidden_size, tiny.num_layers or set init=tiny"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, message):
@@ -388,7 +398,8 @@ def test_several_ranks_divide_the_global_batch_and_refuse_no_feature():
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_print_config_round_trips(preset, capsys):
-    args = [f"algo={preset}", "data.level_weights={1: 0.5, null: 1}", "data.heldout={a: 'synthetic:1'}"]
+    args = [f"algo={preset}", "data.level_weights={1: 0.5, null: 1}", "data.heldout={a: 'synthetic:1'}",
+            *(["reward.judge.model=JUDGE"] if preset == "pairwise" else [])]
     assert main(["train", "--print-config", *args]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert C.from_dict(C.TrainConfig, printed) == C.resolve(C.TrainConfig, overrides=args)

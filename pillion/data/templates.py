@@ -69,12 +69,19 @@ def resolve_template(template: str, kind: str = "math") -> str:
     return template
 
 
+# A step row's field (`pillion data swirl`, data/swirl.py): the response so far, before the step's
+# action. It follows the rendered prompt, so that sampling and training start from the step.
+STEP_CONTEXT = "step_context"
+
+
 def render_prompt(problem: Problem, template: str = "plain", tokenizer: Any = None) -> str:
-    """The prompt text for `problem` under `template` (see the module docstring)."""
+    """The prompt text for `problem` under `template` (see the module docstring), followed by
+    its step context when it is a step row."""
     text = resolve_template(template, problem.kind).replace("{question}", problem.question)
+    context = problem.meta.get(STEP_CONTEXT) or ""
     if template != CHAT_TEMPLATE_NAME:
-        return text
+        return text + context
     if tokenizer is None or not hasattr(tokenizer, "apply_chat_template"):
         raise ValueError("template 'chat' needs a tokenizer with apply_chat_template")
     messages = [{"role": "user", "content": text}]
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + context

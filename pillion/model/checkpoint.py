@@ -33,24 +33,27 @@ from pillion.model.transformer import Transformer
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "assets" / "tiny-arith"
+# The same recipe, its answers often ending in a redundant self-check: something to shorten.
+SHIPPED = {"default": DEFAULT_MODEL, "verbose": DEFAULT_MODEL.with_name("tiny-arith-verbose")}
 STEP_DIR = re.compile(r"step-(\d+)")  # a run's checkpoint folders: checkpoints/step-000020
 
 
 def resolve_model(name: str | Path) -> Path:
     """The model folder `name` stands for: "default" (the tiny SFT-warmed arithmetic model shipped
-    with pillion), a Hugging Face folder, a PEFT adapter folder (a LoRA run's checkpoint), a run
+    with pillion), "verbose" (its sibling with redundant self-checks, for the methods that
+    shorten reasoning), a Hugging Face folder, a PEFT adapter folder (a LoRA run's checkpoint), a run
     folder (its newest complete checkpoint; an SFT run's final model), or a Hugging Face Hub id
     `org/name[@revision]` (fetched into the Hub cache: hub.py)."""
     if hub.is_hub_id(str(name)):
         return hub.fetch(str(name))
-    path = DEFAULT_MODEL if str(name) == "default" else Path(name)
+    path = SHIPPED.get(str(name), Path(name))
     if not _is_model(path) and (path / "config.yaml").is_file():  # a run folder
         found = newest_checkpoint(path) or (path / "final" if _is_model(path / "final") else None)
         if found is None:
             raise CheckpointError(f"run folder {path} has no complete checkpoint yet (checkpoints/step-N)")
         return found
     if not _is_model(path):
-        hint = " (regenerate it with scripts/make_default_model.py)" if str(name) == "default" else ""
+        hint = " (regenerate it with scripts/make_default_model.py)" if str(name) in SHIPPED else ""
         raise CheckpointError(f"model folder {path} has no config.json (nor {adapters.ADAPTER_CONFIG}){hint}")
     return path
 

@@ -44,6 +44,7 @@ from pillion.fields import bounded, checked, free, reject
 from pillion.problem import Problem
 from pillion.rewards.code import SandboxLimits, code_reward, extract_code, program_of
 from pillion.rewards.extract import STYLES, all_answers, answer_for
+from pillion.rewards.judge import JudgeConfig
 from pillion.rewards.math import imaginary_unit
 from pillion.rewards.pool import GradingPool, math_equal
 
@@ -91,6 +92,7 @@ class RewardConfig:
     answer_style: str = checked("fallback", _answer_style)
     timeout: float = bounded(5.0, low=0, open="low")  # seconds per math comparison; wall clock per code run
     code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # a pairwise judge model's term (rewards/judge.py)
 
 
 def overlong_penalty(num_tokens: int, l_max: int, l_cache: int) -> float:

@@ -42,15 +42,25 @@ def split_args(items: list[str]) -> tuple[str | None, list[str]]:
     return None, items
 
 
-def saved_config(overrides: list[str]) -> dict | None:
-    """The config.yaml of the run named by out= (the base of a resumed run's config), if any."""
+def saved_config(overrides: list[str], command: str = "train") -> dict | None:
+    """The config.yaml of the run named by out= (the base of a resumed run's config), if any. A
+    run of the other command (`pillion sft` for train, `pillion train` for sft) is refused in one
+    line before anything is read or written: its keys, checkpoints and metrics are another loop's."""
     from pathlib import Path
 
     from pillion import config as config_lib
+    from pillion.errors import UserError
 
     out = dict(config_lib.parse_overrides(overrides)).get("out")
     path = Path(str(out)) / "config.yaml" if out else None
-    return config_lib.load_yaml(path) if path is not None and path.is_file() else None
+    saved = config_lib.load_yaml(path) if path is not None and path.is_file() else None
+    if isinstance(saved, dict):
+        kind = "train" if "algo" in saved else "sft"  # `algo` is a TrainConfig key only
+        if kind != command:
+            raise UserError(f"--resume: out={out} holds a `pillion {kind}` run (its config.yaml), not a `pillion "
+                            f"{command}` run; continue it with `pillion {kind} {shlex.quote(f'out={out}')} --resume`, "
+                            f"or give this {command} run another out=")
+    return saved
 
 
 def run(args) -> int:

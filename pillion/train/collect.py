@@ -25,11 +25,13 @@ import torch
 
 from pillion import ranks
 from pillion.algorithms import filters
+from pillion.algorithms.preference import select_pairs
 from pillion.data.mixture import Mixture
 from pillion.data.templates import render_prompt
 from pillion.problem import Problem
 from pillion.rewards import score_batch
 from pillion.rollout.engine import SamplingParams
+from pillion.rollout.judge import group_rewards
 from pillion.train import parallel
 from pillion.train.batch import Sample
 
@@ -38,13 +40,14 @@ log = logging.getLogger("pillion.train")
 
 @dataclass
 class Rollout:
-    samples: list[Sample]  # this rank's kept groups, in the step's order; rows of a group (`group_size`) contiguous
+    samples: list[Sample]  # this rank's kept groups in the step's order, rows of a group contiguous; DPO: pairs
     positions: list[int]  # each of those groups' place among the step's kept groups (every rank's)
     kept: list[int]  # the step's kept groups: the index of each one's first row in `generated`
     generated: list[Sample]  # every rank's generated samples in global order, kept or filtered out
     gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
     gen_seconds: float  # the engine, with the grading that ran beside it
     grade_seconds: float = 0.0  # grading left after the last completion (the critical path)
+    tied_groups: int = 0  # DPO: kept groups (over every rank) whose rewards were all equal, so gave no pair
 
     @property
     def kept_groups(self) -> int:
@@ -96,7 +99,34 @@ def prompt_batches(mixture: Mixture, n: int) -> Iterator[list[Problem]]:
         yield mixture.sample(n)
 
 
-def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world) -> Rollout:
+def judged(samples: list[Sample], judge, group_size: int, seed: int, first_group: int) -> list[Sample]:
+    """Samples with the judge's term added: reward.judge.weight x each response's mean win
+    probability in its group (rollout/judge.py), as the reward part "judge". Random opponents are
+    drawn from (seed, global group index): the same for any number of ranks."""
+    out = []
+    for g in range(0, len(samples), group_size):
+        group = samples[g : g + group_size]
+        generator = torch.Generator().manual_seed(seed * 7919 + first_group + g // group_size)
+        wins = group_rewards(judge, group[0].problem.question, [s.completion.text for s in group], generator)
+        for s, win in zip(group, wins.tolist()):
+            term = judge.cfg.weight * win
+            reward = replace(s.reward, score=s.reward.score + term, parts={**s.reward.parts, "judge": term})
+            out.append(Sample(s.problem, s.completion, reward))
+    return out
+
+
+def preference_pairs(samples: list[Sample], group_size: int) -> tuple[list[Sample], int]:
+    """Online DPO: each group's best and worst sample as (chosen, rejected), in that order, and
+    the count of groups whose rewards were all equal: their pair stays, outside the loss
+    (`objective.loss_mask`), so every rank keeps two rows per prompt (algorithms/preference.py)."""
+    if not samples:
+        return [], 0
+    scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
+    chosen, rejected, tied = select_pairs(scores, group_size)
+    return [samples[i] for c, r in zip(chosen.tolist(), rejected.tolist()) for i in (c, r)], int(tied.sum())
+
+
+def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world, judge=None) -> Rollout:
     """Generate and grade one step's groups, applying Reinforce-Rej / DAPO filters. `prompts`
     yields the global list of the step's prompts (the same on every rank), one list per generation
     batch: one batch, or with DAPO's dynamic sampling a further one each time the kept groups fall
@@ -119,6 +149,10 @@ def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world) ->
         # Keyed by the global row, not the rank: the same samples for any number of ranks.
         seed = cfg.seed * 1_000_003 + step * 1009 + gen_batch
         samples, gen, grade = generate_and_score(engine, problems[first:end], cfg, seed, pool, row_offset=first * G)
+        if judge is not None:  # the judge's pairwise term, after the verifiable grade; counted as grading time
+            start = time.perf_counter()
+            samples = judged(samples, judge, G, seed, first)
+            grade += time.perf_counter() - start
         gen_seconds, grade_seconds = gen_seconds + gen, grade_seconds + grade
         offset = len(generated)
         mine.update({offset + first * G + i: s for i, s in enumerate(samples)})
@@ -139,4 +173,8 @@ def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world) ->
     kept = buffer.rows[::G]  # first global row of each kept group, in the step's order
     positions = [p for p, row in enumerate(kept) if row in mine]
     samples = [mine[kept[p] + j] for p in positions for j in range(G)]
-    return Rollout(samples, positions, kept, generated, gen_batch + 1, gen_seconds, grade_seconds)
+    tied = 0
+    if cfg.adv.name == "dpo":  # each of this rank's groups becomes its pair (two rows), in the same order
+        samples, tied = preference_pairs(samples, G)
+        tied = ranks.sum_int(tied, world)
+    return Rollout(samples, positions, kept, generated, gen_batch + 1, gen_seconds, grade_seconds, tied)

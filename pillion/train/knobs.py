@@ -1,4 +1,4 @@
-"""The algorithm's knobs: `adv.*`, `loss.*`, `ppo.*` and `filter.*` (docs/algorithms.md §0).
+"""The algorithm's knobs: `adv.*`, `loss.*`, `ppo.*`, `filter.*` and `dpo.*` (docs/algorithms.md §0).
 
 Each group declares its choices and ranges beside its fields (pillion/fields.py). The loop's
 modules turn them into calls of the pure functions in pillion/algorithms/: objective.py
@@ -16,7 +16,7 @@ from pillion.fields import bounded, free
 
 @dataclass
 class AdvConfig:
-    name: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae", "raw", "raft"] = "grpo"
+    name: Literal["grpo", "dr_grpo", "rloo", "reinforce_pp", "gae", "raw", "raft", "dpo"] = "grpo"
     std_normalize: bool = True
     eps: float = bounded(1e-6, low=0, open="low")  # added to the group's std: 0 would give 0/0 on a uniform group
     whiten: bool = False  # whiten advantages over the batch's valid tokens (verl GAE default)
@@ -64,3 +64,13 @@ class FilterConfig:
     dynamic_sampling: bool = free(False)  # DAPO: keep mixed groups, refill the batch
     max_gen_batches: int = bounded(10, low=1)
     overlong_mask: bool = False  # zero the loss of truncated responses
+
+
+@dataclass
+class DpoConfig:
+    """Online DPO (adv=dpo; docs/algorithms.md §16): read only with that advantage."""
+
+    beta: float = bounded(0.1, low=0, open="low")  # the implicit reward's scale beta
+    kind: Literal["sigmoid", "ipo"] = "sigmoid"  # sigmoid: DPO's -log sigmoid(beta h); ipo: (h - 1/(2 beta))^2
+    # copy the policy into the reference every N steps (iterative DPO's rounds); 0: the reference stays the start
+    ref_update_every: int = bounded(0, low=0, note="0: never")

@@ -148,7 +148,7 @@ def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, c
 
 
 def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Models:
-    """Policy, reference (when `loss.kl_coef > 0`) and critic (GAE advantages), as configured."""
+    """Policy, reference (a KL term, or DPO) and critic (GAE advantages), as configured."""
     from pillion.train import parallel
 
     dtype = compute_dtype(cfg.dtype)
@@ -156,7 +156,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
                                             cfg.fsdp.cpu_offload)
     models = Models(policy, params, policy_master=master)
-    if cfg.loss.kl_coef > 0:
+    if cfg.loss.kl_coef > 0 or cfg.adv.name == "dpo":
         if cfg.lora.rank > 0:
             models.lora_reference = True
         else:
@@ -180,7 +180,10 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
         critic = parallel.shard(critic, world, dtype if sharded else None, cfg.fsdp.cpu_offload)
         models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         models.critic = critic
-    if models.ref is None and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
+    # The probe's initial policy is read from the folder without a reference, and when online DPO
+    # refreshes the reference (after a refresh it is no longer the initial policy).
+    refreshed = cfg.adv.name == "dpo" and cfg.dpo.ref_update_every > 0
+    if (models.ref is None or refreshed) and cfg.lora.rank == 0 and cfg.behaviour.kl_probe_every > 0:
         models.initial_dir, models.initial_dtype = Path(model_dir), dtype
     return models
 
@@ -188,7 +191,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
 def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int, global_rows=None,
              world=None) -> dict[str, float]:
     """`behaviour.kl_probe_*`: KL(policy || initial policy) on `rows` rows of the step's batch,
-    against the reference when there is one, else the starting model read again from its folder
+    against the reference when it is the starting model, else the starting model read again from its folder
     (loaded one tensor at a time to the batch's device, freed when the probe ends: a 0.5B model
     would otherwise hold 2 GB more for the whole run); {} with LoRA (its initial policy is the
     adapters-off policy, which the probe does not switch to).
@@ -199,13 +202,13 @@ def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int
     them still runs the forwards (FSDP2 gathers weights in each, on every rank) on a row it
     then weighs 0."""
     device = batch.input_ids.device
-    if models.ref is not None:
+    if models.initial_dir is not None:
+        initial = load_model(models.initial_dir, dtype=models.initial_dtype, device=device)
+        initial.eval().requires_grad_(False)
+    elif models.ref is not None:
         initial = models.ref
         if next(initial.parameters()).device != device and not hasattr(initial, "unshard"):  # FSDP2 gathers its own
             initial = device_copy(initial, device)  # freed when the probe ends
-    elif models.initial_dir is not None:
-        initial = load_model(models.initial_dir, dtype=models.initial_dtype, device=device)
-        initial.eval().requires_grad_(False)
     else:
         return {}
     world = world or ranks.World()
@@ -279,6 +282,18 @@ def reference_fn(models: Models, device, temperature: float):
         return None
     ref = device_copy(models.ref, device) if models.ref_offloaded else models.ref
     return torch.no_grad()(lambda layout: packed_logprobs(ref, layout, temperature)[0])
+
+
+@torch.no_grad()
+def refresh_reference(models: Models) -> None:
+    """The reference takes the policy's current weights (online DPO's `dpo.ref_update_every`):
+    tensor by tensor in place, so an offloaded reference stays on the CPU and FSDP2 shards copy
+    shard to shard."""
+    if models.ref is None:
+        return
+    target = models.ref.state_dict()
+    for name, value in models.policy.state_dict().items():
+        target[name].copy_(value)
 
 
 def master_state(models: Models) -> dict:

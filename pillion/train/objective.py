@@ -18,7 +18,7 @@ import torch
 
 from pillion import ranks
 from pillion.algorithms import advantages as A
-from pillion.algorithms import filters
+from pillion.algorithms import filters, preference
 from pillion.algorithms import losses as L
 from pillion.train.batch import TrainBatch
 
@@ -60,7 +60,11 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None, wor
     name = cfg.adv.name
     kl_in_reward = cfg.loss.kl_in == "reward" and cfg.loss.kl_coef > 0 and ref_logp is not None
     returns = None
-    if name in GROUP_ADVANTAGES:
+    if name == "dpo":  # rows in (chosen, rejected) pairs: the DPO gradient as advantages (§16)
+        seq = preference.dpo_advantages((old_logp * mask).sum(-1), (ref_logp * mask).sum(-1), cfg.dpo.beta,
+                                        cfg.dpo.kind)  # [B]
+        adv = A.expand(seq, mask)  # [B, T]
+    elif name in GROUP_ADVANTAGES:
         if kl_in_reward:
             scores = scores - cfg.loss.kl_coef * sequence_kl(old_logp, ref_logp, mask)
         if name == "grpo":
@@ -89,11 +93,33 @@ def advantages(cfg, scores, mask, old_logp=None, ref_logp=None, values=None, wor
     return adv, returns
 
 
-def loss_mask(cfg, mask, correct, truncated):
-    """The tokens the actor loss sees: RAFT trains on positives only (docs/algorithms.md §9), and
-    overlong filtering drops truncated responses (§6.4); their scores still shaped the groups."""
+def rows_per_group(cfg) -> int:
+    """Rows the batch holds per prompt: DPO keeps a pair of each group, the rest all `group_size`."""
+    return 2 if cfg.adv.name == "dpo" else cfg.group_size
+
+
+def preference_metrics(cfg, batch: TrainBatch, world=None) -> dict[str, float]:
+    """DPO's logged figures over every rank's pairs, at the rollout policy (before the update):
+    dpo_loss (the mean loss), dpo_accuracy (pairs with h > 0), dpo_margin (mean h)."""
+    mask = batch.response_mask
+    h = preference.margins((batch.old_logprobs * mask).sum(-1), (batch.ref_logprobs * mask).sum(-1))  # [P]
+    real = batch.real.view(-1, 2)[:, 0]  # [P] several ranks: a padding pair (a copy) is no pair
+    h = h[~preference.tied_pairs(batch.scores) & real]  # the pairs with a preference
+    sums = ranks.sum_floats({"pairs": float(h.numel()), "loss": float(preference.dpo_loss(h, cfg.dpo.beta,
+                            cfg.dpo.kind).sum()), "right": float((h > 0).sum()), "margin": float(h.sum())},
+                           world or ranks.World())
+    n = max(sums["pairs"], 1.0)
+    return {"dpo_loss": sums["loss"] / n, "dpo_accuracy": sums["right"] / n, "dpo_margin": sums["margin"] / n}
+
+
+def loss_mask(cfg, mask, correct, truncated, scores=None):
+    """The tokens the actor loss sees: RAFT trains on positives only (docs/algorithms.md §9), DPO
+    on pairs with a preference (§16), and overlong filtering drops truncated responses (§6.4);
+    their scores still shaped the groups."""
     if cfg.adv.name == "raft":
         mask = mask * correct.to(mask.dtype)[:, None]
+    if cfg.adv.name == "dpo":
+        mask = mask * (~preference.tied_pairs(scores)).repeat_interleave(2).to(mask.dtype)[:, None]
     if cfg.filter.overlong_mask:
         mask = filters.overlong_mask(mask, truncated)
     return mask

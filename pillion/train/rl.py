@@ -1,4 +1,4 @@
-"""The RL loop: GRPO and its family, PPO with a critic, VAPO, RAFT and Reinforce-Rej.
+"""The RL loop: GRPO and its family, PPO with a critic, VAPO, RAFT, Reinforce-Rej, online DPO.
 
     pillion train                                     # the CPU default: tiny model, GRPO, eval before/after
     pillion train configs/dapo.yaml model=DIR         # one process: CPU or one GPU
@@ -20,6 +20,9 @@ old log-probs are the trainer's own log-probs of the same forward (ratio exactly
 separate no-grad pass is spent; the engine's log-probs are compared with them every step
 (`logprob_error`, docs/algorithms.md §13.1) rather than trusted. A non-finite loss or gradient
 skips the update; `max_bad_steps` in a row stop the run with the last good checkpoint intact.
+Online DPO (adv=dpo) keeps each group's best and worst sample as a pair in step 1 and turns the
+DPO loss into per-row advantages in step 4 (docs/algorithms.md §16); a judge model
+(reward.judge.model) adds its pairwise term to the rewards in step 1 (§17).
 """
 
 from __future__ import annotations
@@ -46,13 +49,14 @@ from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
 from pillion.rewards import GradingPool
 from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
+from pillion.rollout.judge import Judge, load_judge
 from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
 from pillion.train import stats as stats_lib
 from pillion.train.batch import Sample, TrainBatch, make_batch
 from pillion.train.collect import Rollout, prompt_batches, rollout
-from pillion.train.models import Models, Optimizers, build_models, build_optimizers, kl_probe
-from pillion.train.objective import advantages, loss_mask
+from pillion.train.models import Models, Optimizers, build_models, build_optimizers, kl_probe, refresh_reference
+from pillion.train.objective import advantages, loss_mask, preference_metrics, rows_per_group
 from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
@@ -91,22 +95,24 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 1. Rollout: the step's prompts -> G completions each -> rewards, with the group filters applied.
             ro = generate(run, cfg, step)
             record = rollout_metrics(ro, run.engine, cfg, step)
-            if not ro.kept_groups:  # over every rank: all ranks skip together
+            if ro.kept_groups - ro.tied_groups <= 0:  # over every rank (DPO: no pair with a preference): all skip
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
-                run.metrics.write({**record, "skipped_updates": 1})
+                run.metrics.write({**ranks.reduce_record(record, run.world), "skipped_updates": 1})
                 bar.update(1)
                 continue
 
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
             #    With several ranks, whole groups first move so that ranks hold as many groups of
             #    each mini-batch (padding copies where the filters left too few) and about as many tokens.
-            share = parallel.balance_groups(ro.samples, ro.positions, ro.kept_groups, cfg.group_size,
+            share = parallel.balance_groups(ro.samples, ro.positions, ro.kept_groups, rows_per_group(cfg),
                                             cfg.mini_batches, run.world)
             batch = make_batch(share.samples, run.engine.pad_id, run.device, share.global_rows, share.mini_batch_rows)
 
             # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
-            #    reference log-probs (a KL term), values (a critic).
-            on_policy = cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
+            #    reference log-probs (a KL term, DPO), values (a critic). DPO's advantages need the
+            #    whole pair's log-probs before any backward, so it always takes the old ones.
+            on_policy = (cfg.ppo_epochs == 1 and cfg.mini_batches == 1 and cfg.loss.tis_cap is None
+                         and cfg.adv.name != "dpo")
             logprob_seconds = logprob_pass(run.models, cfg, batch, need_old=not on_policy, world=run.world)
 
             # 4. Advantages [B, T] (and critic returns for GAE). With kl_in=reward the KL penalty
@@ -114,7 +120,9 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             rollout_logprobs = batch.old_logprobs if batch.old_logprobs is not None else batch.engine_logprobs
             batch.advantages, batch.returns = advantages(cfg, batch.scores, batch.response_mask, rollout_logprobs,
                                                          batch.ref_logprobs, batch.values, run.world)
-            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated)
+            batch.loss_mask = loss_mask(cfg, batch.response_mask, batch.correct, batch.truncated, batch.scores)
+            if cfg.adv.name == "dpo":  # the pairs' DPO loss, accuracy and margin before the update
+                record.update(preference_metrics(cfg, batch, run.world))
 
             # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
             #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
@@ -123,6 +131,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
                                        batch.global_rows, run.world))
             train_policy = run.models.critic is None or step >= cfg.ppo.value_pretrain_steps
             stats = update(run.models, run.optimizers, cfg, batch, run.world, train_policy=train_policy)
+            if cfg.adv.name == "dpo" and cfg.dpo.ref_update_every and (step + 1) % cfg.dpo.ref_update_every == 0:
+                refresh_reference(run.models)  # iterative DPO: the next round's reference is this policy
 
             # 6. Log: rewards, lengths, KL, clipping, alignment of engine and trainer log-probs, speed.
             record = step_metrics(record, stats, batch, ro, run, logprob_seconds, t0)  # where the time went last
@@ -170,6 +180,7 @@ class Run:
     models: Models  # policy, reference, critic (train/models.py)
     optimizers: Optimizers
     engine: Engine
+    judge: Judge | None  # reward.judge.model: the pairwise judge, frozen
     mixture: Mixture  # the training pools' sampler
     history: HistoryResampler  # SRPO: outcomes per prompt
     stages: list  # SRPO: source weights by step
@@ -208,6 +219,7 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
         compile_training(models.policy)
     tokenizer = load_tokenizer(model_dir)
     optimizers = build_optimizers(models, cfg)  # bf16: masters rounded into the model per step
+    judge = load_judge(cfg.reward.judge, device, models.policy.lm_head.weight.dtype)  # before the run folder exists
     decode_fn = compiled_decode_step() if cfg.compile else decode_step
     with parallel.full_weights(models.policy, world):  # the engine's device is the gathered weights' (fsdp.cpu_offload)
         engine = Engine(models.policy, tokenizer, eos_token_ids(model_dir, tokenizer), decode_fn=decode_fn,
@@ -236,6 +248,10 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
             mixture.replace_pool(name, [p for p in problems if history.keep(p)])
         mixture.load_state_dict(saved["mixture"])
         start, report = saved["step"], saved["report"]
+        if cfg.adv.name == "dpo" and cfg.dpo.ref_update_every and start >= cfg.dpo.ref_update_every:
+            # the round's reference is the policy of its first step: the resumed one exactly when the
+            # checkpoint fell on a refresh (save_every a multiple of ref_update_every), else a later one
+            refresh_reference(models)
         if cfg.threads == "auto" and report.get("threads", chosen.threads) != chosen.threads:
             # the run's count from its start: another count may sum floats in another order
             chosen = threads.apply(threads.ThreadChoice(report["threads"], "auto, as the run started with"))
@@ -246,8 +262,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     report["threads"] = chosen.threads
     if resume:
         metrics.truncate_after(start)
-    return Run(world, run_dir, device, model_dir, models, optimizers, engine, mixture, history, stages, heldout,
-               grader, metrics, report, start, started - report.get("wall_seconds", 0.0))
+    return Run(world, run_dir, device, model_dir, models, optimizers, engine, judge, mixture, history, stages,
+               heldout, grader, metrics, report, start, started - report.get("wall_seconds", 0.0))
 
 
 def build_data(cfg, tokenizer, context: int):
@@ -276,7 +292,8 @@ def generate(run: Run, cfg, step: int) -> Rollout:
         run.mixture.set_weights(stage_at(run.stages, step)[1].sources)
     run.models.policy.eval()
     with parallel.full_weights(run.models.policy, run.world):  # the engine reads whole weights: gathered once
-        ro = rollout(run.engine, prompt_batches(run.mixture, cfg.prompts_per_step), cfg, step, run.grader, run.world)
+        ro = rollout(run.engine, prompt_batches(run.mixture, cfg.prompts_per_step), cfg, step, run.grader, run.world,
+                     run.judge)
     run.models.policy.train()
     if cfg.data.history_resampling:  # SRPO: record outcomes (every rank's kept groups), rebuild pools at epoch ends
         kept = [s for row in ro.kept for s in ro.generated[row : row + cfg.group_size]]
@@ -291,10 +308,13 @@ def rollout_metrics(ro: Rollout, engine: Engine, cfg, step: int) -> dict:
     return {"step": step + 1, "reward": sum(r.score for r in rewards) / n,
             "accuracy": sum(bool(r.correct) for r in rewards) / n,
             "answered": sum(r.answer is not None for r in rewards) / n,  # a final answer in the graded style
-            "kept_groups": ro.kept_groups, "gen_batches": ro.gen_batches,
+            "kept_groups": max(ro.kept_groups - ro.tied_groups, 0),  # over every rank; DPO: pairs that train
+            "gen_batches": ro.gen_batches,
             **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
                                 [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
-            **tool_metrics(engine.tools, [s.completion for s in ro.generated])}  # calls, errors per sample
+            **tool_metrics(engine.tools, [s.completion for s in ro.generated]),  # calls, errors per sample
+            **({"tied_groups": ro.tied_groups} if cfg.adv.name == "dpo" else {}),  # groups without a pair
+            **({"judge": sum(r.parts["judge"] for r in rewards) / n} if cfg.reward.judge.model else {})}
 
 
 def step_metrics(record: dict, stats: dict, batch: TrainBatch, ro: Rollout, run: Run, logprob_seconds: float,

@@ -17,8 +17,10 @@ killed at any point leaves a `.tmp` folder that `latest` never returns (state.py
 tensors by name and reshards them at load, so a checkpoint saved at N ranks resumes at M: at
 M > 1 through FSDP2's state-dict API, at M = 1 by loading the named tensors straight into the
 model's parameters (or its float32 masters with dtype=bfloat16) and the optimizer's state
-(DCP reads without a process group in one process). A one-process checkpoint resumes in one
-process only.
+(DCP reads without a process group in one process). A one-process checkpoint resumes at N > 1
+too: every rank reads the whole state (the weights, or the float32 masters a bf16 run saved, and
+the optimizer state, keyed by position, renamed by parameter name) and keeps its shards of it
+(FSDP2's full-state-dict API); this costs one whole copy per rank while loading.
 """
 
 from __future__ import annotations
@@ -85,8 +87,11 @@ def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: ranks
         _load_distributed(checkpoint / "dcp", models, optimizer, critic_opt, world)
         return saved
     if world.size > 1:
-        raise CheckpointError(f"{checkpoint} was written by one process: resume it in one process (without "
-                              "torchrun), or start this run again at several ranks")
+        if lora.has_adapters(models.policy):  # its PEFT folder holds adapters only, not the shards' layout
+            raise CheckpointError(f"{checkpoint} is a one-process LoRA checkpoint: resume it in one process "
+                                  "(without torchrun); its next checkpoint then resumes at any number of ranks")
+        _load_one_process(checkpoint, saved, models, optimizer, critic_opt)
+        return saved
     weight = models.policy.model.embed_tokens.weight  # in the compute dtype (also under LoRA)
     models.policy.load_state_dict(load_model(checkpoint, dtype=weight.dtype, device=weight.device).state_dict())
     optimizer.load_state_dict(saved["optimizer"])
@@ -106,6 +111,39 @@ def check_lora(checkpoint: Path, lora_run: bool) -> None:
             "full weights", "LoRA (lora.rank > 0)")
         raise CheckpointError(f"{checkpoint} holds {held} but this run asks for {asked}; resume with the run's own "
                               "config key 'lora.rank'")
+
+
+def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, optimizer, critic_opt) -> None:
+    """A one-process checkpoint (state.py's format) into sharded models and optimizers."""
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
+
+    masters = saved.get("master") or {}
+    pairs = [(models.policy, optimizer, load_model(checkpoint, dtype=torch.float32, device="cpu").state_dict(),
+              saved["optimizer"], masters.get("policy"))]
+    if models.critic is not None:
+        pairs.append((models.critic, critic_opt, saved["critic"], saved["critic_optimizer"], masters.get("critic")))
+    whole = StateDictOptions(full_state_dict=True)
+    for model, opt, weights, opt_state, master in pairs:
+        named = {id(p): name.replace(WRAPPER_PREFIX, "") for name, p in model.named_parameters()}
+        if master is not None:  # dtype=bfloat16: the float32 masters, one per trainable parameter, in order
+            trainable = [named[id(p)] for p in model.parameters() if p.requires_grad]
+            weights = {**weights, **dict(zip(trainable, master))}
+        groups = opt_state.get("param_groups") if isinstance(opt_state, dict) else None
+        if not groups or len(groups) != len(opt.param_groups) or any(
+                len(g["params"]) != len(h["params"]) for g, h in zip(groups, opt.param_groups)):
+            raise CheckpointError(f"{checkpoint}: its optimizer state does not match this run's optimizer; resume "
+                                  "it in one process (without torchrun)")
+        # position in the saved groups -> the parameter's name (every rank builds the same optimizer)
+        by_position = {i: named[id(p)] for g, h in zip(groups, opt.param_groups) for i, p in zip(g["params"],
+                                                                                              h["params"])}
+        renamed = {"state": {by_position[i]: value for i, value in opt_state["state"].items()},
+                   "param_groups": [{**g, "params": [by_position[i] for i in g["params"]]} for g in groups]}
+        set_model_state_dict(model, {k: v.float() for k, v in weights.items()}, options=whole)
+        set_optimizer_state_dict(model, opt, renamed, options=whole)
 
 
 def full_model(policy: nn.Module, world: ranks.World) -> Transformer | None:

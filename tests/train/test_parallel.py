@@ -84,7 +84,7 @@ def _copy_until(src: Path, dst: Path, step: int) -> None:
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory):
     """3 GRPO steps in one process and on 2 ranks (checkpoints at steps 2 and 3), then the
-    2-rank run resumed from step 2 at N=1 and at N=2."""
+    2-rank run resumed from step 2 at N=1 and at N=2, and the one-process run at N=2."""
     base = tmp_path_factory.mktemp("grpo")
     args = ["steps=3", "save_every=2", *SMALL]
     rl.train(C.resolve(C.TrainConfig, overrides=[f"out={base / 'one'}", *args]))
@@ -95,6 +95,8 @@ def grpo(tmp_path_factory):
             assert main(["train", f"out={base / 'resume1'}", "--resume"]) == 0
         else:
             launch(["train", f"out={base / 'resume2'}", "--resume"])
+    _copy_until(base / "one", base / "one_then_two", 2)  # and a one-process checkpoint at N=2
+    launch(["train", f"out={base / 'one_then_two'}", "--resume"])
     return base
 
 
@@ -141,6 +143,14 @@ def test_a_two_rank_checkpoint_resumes_at_one_and_two_ranks(grpo, n):
 
 
 @pytest.mark.slow
+def test_a_one_process_checkpoint_resumes_at_two_ranks(grpo):
+    """Saved by one process after step 2 (whole weights, position-keyed AdamW state), resumed at
+    N=2: each rank keeps its shards of it, and step 3 is the uninterrupted run's."""
+    assert not (grpo / "one_then_two" / "checkpoints" / "step-000002" / "dcp").exists()
+    assert_same(rows(grpo / "one"), rows(grpo / "one_then_two"))
+
+
+@pytest.mark.slow
 def test_a_ppo_step_with_a_sharded_critic_matches_one_process(tmp_path):
     """PPO: critic sharded too, values through its `values` method, whitened advantages over
     the global batch, two epochs (old log-probs from a no-grad pass)."""
@@ -152,14 +162,101 @@ def test_a_ppo_step_with_a_sharded_critic_matches_one_process(tmp_path):
     assert_same(one, rows(tmp_path / "two"))
 
 
+SFT = ["init=tiny", "steps=16", "save_every=1", "batch_size=8", "data.heldout_size=6", "eval.k=1",
+       "eval.max_new_tokens=8", "data.synthetic_size=200", "tiny.hidden_size=64", "tiny.num_layers=2",
+       "tiny.intermediate_size=128"]
+
+
+@pytest.fixture(scope="module")
+def sft_runs(tmp_path_factory):
+    """16 SFT steps in one process and on 2 ranks; the same 2-rank run under torchrun with one
+    rank (0 or 1, drawn) SIGKILLed once checkpoint k (drawn in 2..5) is in place: the kill lands
+    wherever the job then is (a step, a checkpoint write), a moment set by the run's progress,
+    not by the wall clock. The killed folder is then resumed at N=2 and, copied, at N=1."""
+    import random
+    import shutil
+
+    base = tmp_path_factory.mktemp("sft")
+    # uninterrupted (save_every changes no logged number): the one-process run's step-8 checkpoint
+    # is resumed at N=2 too
+    assert main(["sft", f"out={base / 'one'}", *SFT, "save_every=8"]) == 0
+    launch(["sft", f"out={base / 'two'}", *SFT, "save_every=16"])
+    _copy_until(base / "one", base / "one_then_two", 8)
+    launch(["sft", f"out={base / 'one_then_two'}", "--resume"])
+    rng = random.Random()
+    victim, k = rng.choice([0, 1]), rng.randint(2, 5)
+    out = base / "killed"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pillion",
+           "sft", f"out={out}", *SFT]
+    job = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600  # a hang guard, not a timing assertion
+        while job.poll() is None and time.monotonic() < deadline:
+            last = state.latest(out)
+            if last is not None and int(last.name.split("-")[1]) >= k:
+                break
+            time.sleep(0.01)
+        pid = _rank_pid(job.pid, victim)
+        assert pid is not None and job.poll() is None, f"the job ended before checkpoint {k}"
+        os.kill(pid, signal.SIGKILL)
+        output = job.communicate(timeout=120)[0]  # the other rank and the agent stop
+    finally:
+        if job.poll() is None:
+            job.kill()
+    assert job.returncode != 0 and "SIGKILL" in output, output[-3000:]
+    killed_at = int(state.latest(out).name.split("-")[1])
+    shutil.copytree(out, base / "killed1")
+    launch(["sft", f"out={out}", "--resume"])
+    assert main(["sft", f"out={base / 'killed1'}", "--resume"]) == 0
+    return base, (victim, k, killed_at)
+
+
 @pytest.mark.slow
-def test_three_sft_steps_match_one_process(tmp_path):
-    args = ["init=tiny", "steps=3", "batch_size=8", "data.heldout_size=6", "eval.k=1", "eval.max_new_tokens=8",
-            "data.synthetic_size=200", "tiny.hidden_size=64", "tiny.num_layers=2", "tiny.intermediate_size=128"]
-    assert main(["sft", f"out={tmp_path / 'one'}", *args]) == 0
-    launch(["sft", f"out={tmp_path / 'two'}", *args])
-    assert_same(rows(tmp_path / "one"), rows(tmp_path / "two"))
-    assert (tmp_path / "two" / "final" / "model.safetensors").is_file()
+def test_dpo_steps_on_two_ranks_match_one_process(tmp_path):
+    """Online DPO: each rank pairs its own groups, the DPO loss's normalisers count every rank's
+    pairs, and the reference refresh copies shard to shard (dpo.ref_update_every=1)."""
+    args = ["algo=dpo", "steps=2", "save_every=5", "dpo.ref_update_every=1", "lr=1e-3", *SMALL]
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'one'}", *args]))
+    launch(["train", f"out={tmp_path / 'two'}", *args])
+    one = rows(tmp_path / "one")
+    assert any("dpo_loss" in r for r in one)
+    assert_same(one, rows(tmp_path / "two"))
+
+
+@pytest.mark.slow
+def test_sixteen_sft_steps_on_two_ranks_match_one_process(sft_runs):
+    base, _ = sft_runs
+    one = rows(base / "one")
+    assert len(one) == 16 and len({r["loss"] for r in one}) == 16
+    assert_same(one, rows(base / "two"))
+    assert (base / "two" / "final" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (base / "two" / "checkpoints" / "step-000016" / "dcp").glob("*.distcp")) == [
+        "__0_0.distcp", "__1_0.distcp"]
+
+
+@pytest.mark.slow
+def test_a_one_process_sft_checkpoint_resumes_at_two_ranks(sft_runs):
+    """Saved by one process after step 8 (plain optimizer state, whole weights), resumed under
+    torchrun at N=2: each rank keeps its shards of the whole state; steps 9-16 are one process's."""
+    base, _ = sft_runs
+    assert not (base / "one_then_two" / "checkpoints" / "step-000008" / "dcp").exists()
+    assert (base / "one_then_two" / "checkpoints" / "step-000016" / "dcp").is_dir()  # written at N=2
+    assert_same(rows(base / "one"), rows(base / "one_then_two"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("resumed", ["killed", "killed1"])
+def test_a_two_rank_sft_killed_by_sigkill_resumes_at_two_and_one_ranks_as_if_uninterrupted(sft_runs, resumed):
+    """SIGKILL of one rank after a drawn checkpoint; `pillion sft --resume` at N=2 (killed) and at
+    N=1 (killed1) logs every step of the uninterrupted 2-rank run (loss, grad_norm, lr) and
+    evaluates the same final model."""
+    base, drawn = sft_runs
+    assert_same(rows(base / "two"), rows(base / resumed))
+    report, reference = (json.loads((base / name / "report.json").read_text()) for name in (resumed, "two"))
+    assert report["pass@1"] == reference["pass@1"], drawn
+    assert report["final_loss"] == pytest.approx(reference["final_loss"], rel=1e-4), drawn
+    assert not list((base / resumed / "checkpoints").glob("*.tmp")), drawn
 
 
 def _rank_pid(parent: int, rank: int) -> int | None:

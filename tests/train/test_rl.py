@@ -13,7 +13,7 @@ from pillion.train import update as rl_update
 from pillion.train.update import TIMING_FIELDS
 
 PRESETS = ["grpo", "dr_grpo", "dapo", "ppo", "vapo", "rloo", "reinforce_pp", "gspo", "raft", "raft_pp",
-           "reinforce_rej", "srpo"]
+           "reinforce_rej", "srpo", "dpo"]
 TIMING = TIMING_FIELDS  # wall-clock fields differ between runs
 
 

@@ -44,7 +44,7 @@ def test_examples_put_the_loss_on_the_solution_and_eos_only():
 
 
 def test_sft_config_has_no_preset_and_checks_keys():
-    cfg = C.resolve(C.SFTConfig, overrides=["steps=3", "tiny.num_layers=1"], preset_key=None)
+    cfg = C.resolve(C.SFTConfig, overrides=["steps=3", "init=tiny", "tiny.num_layers=1"], preset_key=None)
     assert cfg.steps == 3 and cfg.tiny.num_layers == 1
 
 
@@ -114,3 +114,84 @@ def test_sft_draws_only_the_levels_level_weights_keep(tmp_path, monkeypatch):
     levels.clear()
     assert main(["sft", *QUICK, "steps=3", "batch_size=8", f"out={tmp_path / 'both'}"]) == 0
     assert sorted(set(levels)) == [1, 2]  # without level weights, "synthetic:1,2" draws both levels
+
+
+# ---- checkpoints and --resume ----------------------------------------------------------------
+
+def _rows(run_dir):
+    return [{k: v for k, v in json.loads(line).items() if k != "step_time"}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _report(run_dir):
+    report = json.loads((run_dir / "report.json").read_text())
+    report.pop("model")  # the folder's own path
+    return report
+
+
+def test_an_interrupted_sft_resumes_where_the_message_says_and_logs_the_uninterrupted_run(tmp_path, capsys,
+                                                                                           monkeypatch):
+    """Ctrl-C at step 4 of 5 (checkpoints every 2 steps): exit 130 and one line naming the last
+    checkpoint and the command; that command, run over what a kill -9 inside the next checkpoint
+    write would also leave (a step-*.tmp folder, a half-written metrics line), logs the same
+    losses, gradient norms and learning rates as the uninterrupted run and writes the same model."""
+    args = [*QUICK, "steps=5", "save_every=2", "lr_schedule=cosine", "warmup_steps=1"]
+    assert main(["sft", *args, f"out={tmp_path / 'full'}"]) == 0
+    full = _rows(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3, 4, 5] and len({r["loss"] for r in full}) == 5
+    assert sorted(p.name for p in (tmp_path / "full" / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+
+    out, calls, real = tmp_path / "cut", [], sft_module.examples
+
+    def interrupted_at_step_4(*a):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a)
+
+    monkeypatch.setattr(sft_module, "examples", interrupted_at_step_4)
+    capsys.readouterr()
+    assert main(["sft", *args, f"out={out}"]) == 130
+    err = capsys.readouterr().err
+    assert err == (f"pillion sft: interrupted at step 3 (last checkpoint: {out / 'checkpoints' / 'step-000002'}); "
+                   f"resume with: pillion sft out={out} --resume\n")
+    monkeypatch.setattr(sft_module, "examples", real)
+    (out / "checkpoints" / "step-000004.tmp").mkdir()  # a checkpoint write cut short
+    (out / "checkpoints" / "step-000004.tmp" / "model.safetensors").write_bytes(b"\0" * 10)
+    with (out / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 4, "lo')  # a metrics line cut short
+    command = err.split("resume with: ")[1].split()
+    assert command[:2] == ["pillion", "sft"]
+    assert main(command[1:]) == 0
+    assert "resumed from" in capsys.readouterr().out
+    assert _rows(out) == full  # exactly: the same process count, the same float sums
+    assert _report(out) == _report(tmp_path / "full")
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000004", "step-000005"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in (tmp_path / "full").iterdir())
+    one, two = (AutoModelForCausalLM.from_pretrained(str(d / "final")).state_dict() for d in (tmp_path / "full", out))
+    assert all(torch.equal(one[k], two[k]) for k in one)
+
+
+def test_resume_of_another_commands_run_or_with_changed_keys_is_one_line_and_writes_nothing(tmp_path, capsys):
+    rl_run, sft_run = tmp_path / "rl", tmp_path / "sft"
+    for run, cfg in ((rl_run, C.resolve(C.TrainConfig)), (sft_run, C.resolve(C.SFTConfig, preset_key=None))):
+        run.mkdir()
+        (run / "config.yaml").write_text(C.dumps(cfg))
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    cases = [(["sft", f"out={rl_run}", "--resume"],
+              f"pillion sft: --resume: out={rl_run} holds a `pillion train` run (its config.yaml), not a `pillion sft` "
+              f"run; continue it with `pillion train out={rl_run} --resume`, or give this sft run another out="),
+             (["train", f"out={sft_run}", "--resume"],
+              f"pillion train: --resume: out={sft_run} holds a `pillion sft` run (its config.yaml), not a `pillion "
+              f"train` run; continue it with `pillion sft out={sft_run} --resume`, or give this train run another "
+              "out="),
+             (["sft", f"out={sft_run}", "--resume", "lr=0.5", "batch_size=8"],
+              "pillion sft: --resume keeps the run's configuration, and batch_size, lr would change (batch_size: 64 "
+              "-> 8; lr: 0.001 -> 0.5); keys that may change on resume: steps, save_every, threads, log, "
+              "fsdp.timeout_s, out. Start a new run (another out=), or change them anyway with --allow-change "
+              "batch_size --allow-change lr")]
+    for argv, line in cases:
+        capsys.readouterr()
+        assert main(argv) == 2
+        assert capsys.readouterr().err == line + "\n"
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

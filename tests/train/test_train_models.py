@@ -320,3 +320,26 @@ def test_rl_with_memory_options_saves_and_resumes_exactly(tmp_path, options):
         assert all(torch.equal(p, m.to(torch.bfloat16)) for p, m in zip(model.parameters(), masters))
         start = load_model(resolve_model("default"))
         assert any(not torch.equal(m, p) for m, p in zip(masters, start.parameters()))
+
+
+def test_dpo_refreshes_the_reference_and_probes_the_starting_model(tiny_checkpoint):
+    """dpo.ref_update_every: the reference takes the policy's weights; the KL probe still measures
+    the drift from the starting model (read from its folder), not from the refreshed reference."""
+    from pillion.eval.behaviour import kl_to_initial
+
+    path = tiny_checkpoint("qwen2")
+    cfg = C.resolve(C.TrainConfig, overrides=["algo=dpo", "dpo.ref_update_every=1"])
+    models = M.build_models(cfg, path, torch.device("cpu"))
+    assert models.ref is not None and models.initial_dir == Path(path)
+    with torch.no_grad():
+        for p in models.policy.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    M.refresh_reference(models)
+    for name, value in models.policy.state_dict().items():
+        torch.testing.assert_close(models.ref.state_dict()[name], value, rtol=0, atol=0)
+    batch = _batch()
+    probed = M.kl_probe(models, batch, 1.0, 8)
+    assert probed["kl_initial"] > 1e-4  # against the refreshed reference it would be 0
+    assert probed == pytest.approx(kl_to_initial(models.policy, load_model(path), batch, 1.0, 8), rel=1e-6, abs=1e-9)
+    without = M.build_models(C.resolve(C.TrainConfig, overrides=["algo=dpo"]), path, torch.device("cpu"))
+    assert without.ref is not None and without.initial_dir is None  # a reference that stays the start serves
