@@ -29,6 +29,7 @@ COMMON = ["steps=3", "save_every=10", "prompts_per_step=4", "group_size=4", "max
 CASES = {name: [f"algo={name}"] for name in PRESETS}
 CASES["concise"] += ["data.select.size=4", "data.select.k=4", "data.select.max_candidates=32"]
 CASES["srpo"] += ["data.synthetic_size=8"]
+CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-arith'}"]  # the shipped model judges
 CASES["vapo"] += ["ppo.value_pretrain_steps=1"]  # the critic alone in step 1, then the policy too
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
@@ -105,7 +106,7 @@ def test_two_ranks_log_what_one_process_logs(runs, case):
             assert y[k] == pytest.approx(x[k], rel=REL.get(case, 1e-4), abs=floor), (x["step"], k, x[k], y[k])
     updated = [r for r in one if "entropy" in r]
     assert updated and all({"entropy", "grad_norm", "response_length"} <= r.keys() for r in updated)
-    if case not in ("raft", "rloo"):  # an NLL and a REINFORCE loss: no ratio, no clipping
+    if case not in ("raft", "rloo", "dpo"):  # an NLL and REINFORCE losses: no ratio, no clipping
         assert all({"clipfrac", "ratio_min", "ratio_max"} <= r.keys() for r in updated)
 
 
