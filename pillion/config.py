@@ -102,7 +102,7 @@ class TrainDataConfig(DataConfig):
     """`data.*` of the RL loop: the shared group, plus SRPO's history resampling and stages and
     the pass-rate selection of the concise preset (docs/algorithms.md §10, §11)."""
 
-    history_resampling: bool = free(False, ranks="one")  # SRPO
+    history_resampling: bool = free(False)  # SRPO
     # [{sources: {name: weight}, steps: N}, ...] (one run) or [{preset: NAME, steps: N}, ...] (phases)
     stages: list[dict] = checked([], _stages)
     select: SelectConfig = field(default_factory=SelectConfig)  # concise phase: sometimes-solved problems

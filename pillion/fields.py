@@ -16,8 +16,8 @@ a bool nor a `Literal` and declares nothing is a programming error (TypeError), 
 be added without its check. A user's error is a `ConfigError`, one line naming the key.
 
 `ranks=` says how a leaf meets several ranks (pillion/train/parallel.py `check`): "split" is a
-global count divided among them (a multiple of their number), "one" a feature that runs in one
-process only (any value but the default is refused). `aka=` lists the names other projects give
+global count divided among them (a multiple of their number); every other key means the same
+at any number of ranks. `aka=` lists the names other projects give
 a key, so that an unknown key suggests it ("ppo.gae_lambda": did you mean ppo.lam?).
 
 Command-line options are checked the same way before any work starts: `option(low=1)` is an
@@ -57,7 +57,7 @@ class Spec:
     note: str = ""  # appended to the allowed range in messages, e.g. "0: off"
     check: Callable[[Any, Any], None] | None = None  # (value, group): raises ValueError or ConfigError
     aka: tuple[str, ...] = ()
-    ranks: Literal["any", "split", "one"] = "any"
+    ranks: Literal["any", "split"] = "any"
 
 
 def _field(default: Any, spec: Spec) -> Any:
@@ -68,7 +68,7 @@ def _field(default: Any, spec: Spec) -> Any:
 
 def bounded(default: Any, low: float | None = None, high: float | None = None, *,
             open: Literal["", "low", "high", "both"] = "", note: str = "", check=None, aka: str | tuple = (),
-            ranks: Literal["any", "split", "one"] = "any") -> Any:
+            ranks: Literal["any", "split"] = "any") -> Any:
     """A number in [low, high] (`open` makes a bound strict); null passes when the type allows it.
     In a mapping or list, each number is checked."""
     if low is None and high is None:
@@ -78,14 +78,14 @@ def bounded(default: Any, low: float | None = None, high: float | None = None, *
 
 
 def checked(default: Any, check: Callable[[Any, Any], None], *, note: str = "", aka: str | tuple = (),
-            ranks: Literal["any", "split", "one"] = "any") -> Any:
+            ranks: Literal["any", "split"] = "any") -> Any:
     """A value `check(value, group)` accepts: it raises ValueError (the message after the key,
     e.g. "'x' is not a format; expected ...") or ConfigError (the whole message)."""
     aka = (aka,) if isinstance(aka, str) else tuple(aka)
     return _field(default, Spec(note=note, check=check, aka=aka, ranks=ranks))
 
 
-def free(default: Any, *, aka: str | tuple = (), ranks: Literal["any", "split", "one"] = "any") -> Any:
+def free(default: Any, *, aka: str | tuple = (), ranks: Literal["any", "split"] = "any") -> Any:
     """Any value of the type: a name or path checked where it is used, a seed, a reward value
     (or a bool or Literal, whose type says it all, that needs only `aka=` or `ranks=`)."""
     aka = (aka,) if isinstance(aka, str) else tuple(aka)

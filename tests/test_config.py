@@ -377,26 +377,19 @@ def test_bounds_and_good_values_pass():
     assert cfg.data.level_weights == {1: 0.0, None: 2.0} and cfg.activation_checkpointing.name == "every_k"
 
 
-def test_several_ranks_refuse_what_the_fields_declare_one_process():
-    """train/parallel.py `check` reads `ranks=` from the declarations: the global batch must divide,
-    and the one-process features are refused at any value but their default, in train and sft."""
-    one = sorted(leaf.key for leaf in fields.leaves(C.TrainConfig()) if leaf.spec and leaf.spec.ranks == "one")
-    assert one == ["critic.device", "data.history_resampling", "filter.dynamic_sampling", "filter.reject",
-                   "lora.rank", "optim.name", "ref.offload", "tool.max_calls"]
-    parallel.check(C.resolve(C.TrainConfig, overrides=["prompts_per_step=4"]), 2)  # the defaults run on 2 ranks
-    for override, key in [("lora.rank=4", "lora.rank"), ("ref.offload=true", "ref.offload"),
-                          ("optim=muon", "optim.name"), ("critic.device=cpu", "critic.device"),
-                          ("algo=reinforce_rej", "filter.reject"),
-                          ("algo=dapo", "filter.dynamic_sampling"), ("algo=srpo", "data.history_resampling"),
-                          ("algo=tool", "tool.max_calls")]:
-        cfg = C.resolve(C.TrainConfig, overrides=["prompts_per_step=4", override])
-        with pytest.raises(parallel.ParallelError, match=rf"config key '{key}' is not supported with several ranks"):
-            parallel.check(cfg, 2)
+def test_several_ranks_divide_the_global_batch_and_refuse_no_feature():
+    """train/parallel.py `check` reads `ranks=` from the declarations: the global batch must
+    divide, in train and sft; every preset and memory option runs at several ranks."""
+    split = sorted(leaf.key for leaf in fields.leaves(C.TrainConfig()) if leaf.spec and leaf.spec.ranks == "split")
+    assert split == ["prompts_per_step"]
+    for override in ["lora.rank=4", "ref.offload=true", "optim=muon", "optim=dion", "critic.device=cpu",
+                     "algo=reinforce_rej", "algo=dapo", "algo=srpo", "algo=tool"]:
+        parallel.check(C.resolve(C.TrainConfig, overrides=["prompts_per_step=4", override]), 2)
+    with pytest.raises(parallel.ParallelError, match=r"config key 'prompts_per_step': 6 is not divisible by the 4"):
+        parallel.check(C.resolve(C.TrainConfig, overrides=["prompts_per_step=6"]), 4)
     sft = C.resolve(C.SFTConfig, overrides=["batch_size=6", "optim=dion"], preset_key=None)
     with pytest.raises(parallel.ParallelError, match=r"config key 'batch_size': 6 is not divisible by the 4 ranks"):
         parallel.check(sft, 4)
-    with pytest.raises(parallel.ParallelError, match=r"config key 'optim.name' is not supported with several ranks"):
-        parallel.check(sft, 2)
 
 
 # ---------------------------------------------------------------------------------------------

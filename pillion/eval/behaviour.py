@@ -117,13 +117,21 @@ def kl_to_initial(policy, initial, batch, temperature: float = 1.0, rows: int = 
     batch: a `pillion.model.sequences.SequenceBatch` ([B, P + T] rows as the trainer packs
     them). Returns {"kl_initial": k3 token mean, "kl_initial_k1": k1 token mean}.
     """
-    from pillion.algorithms.losses import aggregate, kl
+    index = probe_rows(batch.input_ids.shape[0], rows).to(batch.input_ids.device)
+    sums = kl_sums(policy, initial, batch.rows(index), temperature)
+    return {name: sums[name] / sums["tokens"] if sums["tokens"] else 0.0 for name in ("kl_initial", "kl_initial_k1")}
+
+
+@torch.no_grad()
+def kl_sums(policy, initial, batch, temperature: float = 1.0) -> dict[str, float]:
+    """Sums over the response tokens of `batch` (a SequenceBatch) of KL(policy || initial), k3
+    and k1, and the token count: the parts of `kl_to_initial` that add up over ranks."""
+    from pillion.algorithms.losses import kl
     from pillion.model.sequences import response_logprobs
 
-    index = probe_rows(batch.input_ids.shape[0], rows).to(batch.input_ids.device)
-    sub = batch.rows(index)
-    logp = response_logprobs(policy, sub, temperature)[0]  # [r, T]
-    init_logp = response_logprobs(initial, sub, temperature)[0]  # [r, T]
-    mask = sub.response_mask.float()  # [r, T]
-    return {name: float(aggregate(kl(logp, init_logp, kind, mask), mask, "token_mean"))
-            for name, kind in (("kl_initial", "k3"), ("kl_initial_k1", "k1"))}
+    logp = response_logprobs(policy, batch, temperature)[0]  # [r, T]
+    init_logp = response_logprobs(initial, batch, temperature)[0]  # [r, T]
+    mask = batch.response_mask.float()  # [r, T]
+    # float64 sums: k1's signed terms cancel, and partial sums (one per rank) must add up to the whole
+    return {"kl_initial": float(kl(logp, init_logp, "k3", mask).double().sum()),
+            "kl_initial_k1": float(kl(logp, init_logp, "k1", mask).double().sum()), "tokens": float(mask.sum())}

@@ -56,7 +56,7 @@ def _targets(targets: list[str], lora: LoraConfig) -> None:
 class LoraConfig:
     """`lora.*` of the trainer config: adapters on the projections; rank 0 trains every weight."""
 
-    rank: int = bounded(0, low=0, note="0: no adapters", ranks="one")
+    rank: int = bounded(0, low=0, note="0: no adapters")
     alpha: float = bounded(32.0, low=0, open="low")  # adapter output scaled by alpha / rank, as PEFT
     # Hugging Face projection names; pillion's fused q|k|v and gate|up take one adapter per name.
     targets: list[str] = checked(list(TARGETS), _targets)

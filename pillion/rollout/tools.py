@@ -71,7 +71,7 @@ def _output_frame(output: str, tool: ToolConfig) -> None:
 class ToolConfig:
     """`tool.*` of the trainer config: Python tool calls inside rollouts; max_calls 0: no tools."""
 
-    max_calls: int = bounded(0, low=0, note="0: no tools", ranks="one")  # per sample
+    max_calls: int = bounded(0, low=0, note="0: no tools")  # per sample
     start: str = free("```python")  # a call's code follows the last start marker ...
     end: str = checked("```output", _end_marker)  # ... and is run when the model writes the end marker
     output: str = checked("\n{output}\n```\n", _output_frame)  # appended after the end marker (context only)

@@ -51,6 +51,12 @@ class TrainBatch:
     correct: Tensor  # [B] bool
     truncated: Tensor  # [B] bool, stopped by max_new_tokens
     engine_logprobs: Tensor  # [B, T]
+    # [B] long: each row's place in the step's global batch (kept groups in rollout order, rows of
+    # a group in order); -1 on a padding row (several ranks: a rank short of groups holds copies
+    # whose response_mask is 0, so that every rank runs every collective; parallel.balance_groups).
+    # None: rows 0..B-1 in order.
+    global_rows: Tensor | None = None
+    mini_batch_rows: list[int] | None = None  # rows of each mini-batch, in order (None: update.py's chunks)
     old_logprobs: Tensor | None = None  # [B, T]
     ref_logprobs: Tensor | None = None  # [B, T]
     values: Tensor | None = None  # [B, T] critic at rollout time
@@ -65,15 +71,25 @@ class TrainBatch:
     def num_rows(self) -> int:
         return self.response_mask.shape[0]
 
+    @property
+    def real(self) -> Tensor:
+        """[B] bool: the rows that are samples, not padding."""
+        if self.global_rows is None:
+            return torch.ones(self.num_rows, dtype=torch.bool, device=self.response_mask.device)
+        return self.global_rows >= 0
+
     def rows(self, index: Tensor) -> TrainBatch:
         """The micro-batch of rows `index`: every tensor sliced the same way."""
-        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "schedule"}
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                  if f.name not in ("schedule", "mini_batch_rows")}
         return TrainBatch(**{k: v.rows(index) if isinstance(v, SequenceBatch) else v[index] if isinstance(v, Tensor)
                              else v for k, v in fields.items()})
 
 
-def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> TrainBatch:
-    """[left-padded prompt | right-padded response] rows, engine log-probs, rewards, flags."""
+def make_batch(samples: list[Sample], pad_id: int, device: torch.device, global_rows: list[int] | None = None,
+               mini_batch_rows: list[int] | None = None) -> TrainBatch:
+    """[left-padded prompt | right-padded response] rows, engine log-probs, rewards, flags.
+    global_rows: each sample's row in the step's global batch, -1 for padding (default: in order)."""
     completions = [s.completion for s in samples]
     seqs = pack([c.prompt_ids for c in completions], [c.ids for c in completions], pad_id, device)
     engine_logprobs = torch.zeros(seqs.response_mask.shape, dtype=torch.float32, device=device)  # [B, T]
@@ -82,6 +98,9 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> Trai
         engine_logprobs[i, : len(c.ids)] = c.logprobs.to(device)
         if c.sampled is not None:  # tool output: in the context (seqs), out of loss, KL and log-prob check
             response_mask[i, : len(c.ids)] *= c.sampled.to(device)
+    rows = torch.tensor(global_rows if global_rows is not None else range(len(samples)), dtype=torch.long,
+                        device=device)  # [B]
+    response_mask *= (rows >= 0).to(response_mask.dtype)[:, None]  # padding rows: no token counts
     return TrainBatch(
         seqs=seqs,
         response_mask=response_mask,
@@ -89,4 +108,6 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device) -> Trai
         correct=torch.tensor([bool(s.reward.correct) for s in samples], device=device),
         truncated=torch.tensor([c.finish_reason == "length" for c in completions], device=device),
         engine_logprobs=engine_logprobs,
+        global_rows=rows,
+        mini_batch_rows=mini_batch_rows,
     )

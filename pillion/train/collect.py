@@ -4,7 +4,8 @@ The group filters (docs/algorithms.md §8) run per generation batch: Reinforce-R
 whose rewards are all equal; DAPO's dynamic sampling keeps only groups with mixed outcomes and
 generates more batches (up to `filter.max_gen_batches`) until the step's groups are full.
 Every generated sample is kept in `Rollout.generated`, so that the step's logged accuracy is
-the policy's, not that of the groups the filters kept.
+the policy's, not that of the groups the filters kept. With several ranks the filters judge the
+gathered global batch, so the kept groups, DAPO's refills and its counts are one process's.
 
 Grading overlaps generation: the engine streams completions as rows finish (`Engine.stream`),
 and each prompt's group is graded in a background thread (the GradingPool's workers for
@@ -39,12 +40,19 @@ log = logging.getLogger("pillion.train")
 
 @dataclass
 class Rollout:
-    samples: list[Sample]  # the kept groups, rows of a group (`group_size`) contiguous; DPO: (chosen, rejected) pairs
-    generated: list[Sample]  # every generated sample, kept or filtered out (the policy's accuracy, behaviour)
+    samples: list[Sample]  # this rank's kept groups in the step's order, rows of a group contiguous; DPO: pairs
+    positions: list[int]  # each of those groups' place among the step's kept groups (every rank's)
+    kept: list[int]  # the step's kept groups: the index of each one's first row in `generated`
+    generated: list[Sample]  # every rank's generated samples in global order, kept or filtered out
     gen_batches: int  # generation batches spent (DAPO dynamic sampling may use several)
     gen_seconds: float  # the engine, with the grading that ran beside it
     grade_seconds: float = 0.0  # grading left after the last completion (the critical path)
-    tied_groups: int = 0  # DPO: groups whose rewards were all equal, so gave no pair
+    tied_groups: int = 0  # DPO: kept groups (over every rank) whose rewards were all equal, so gave no pair
+
+    @property
+    def kept_groups(self) -> int:
+        """Groups kept over every rank (the update runs when there is one)."""
+        return len(self.kept)
 
 
 def generate_and_score(engine, problems, cfg, seed, pool, row_offset: int = 0) -> tuple[list[Sample], float, float]:
@@ -122,13 +130,19 @@ def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world, ju
     """Generate and grade one step's groups, applying Reinforce-Rej / DAPO filters. `prompts`
     yields the global list of the step's prompts (the same on every rank), one list per generation
     batch: one batch, or with DAPO's dynamic sampling a further one each time the kept groups fall
-    short, up to filter.max_gen_batches (`prompt_batches`, or a plain list's iterator)."""
+    short, up to filter.max_gen_batches (`prompt_batches`, or a plain list's iterator).
+
+    Each rank generates its contiguous share of a batch's groups; the graded samples are gathered
+    (without log-probs) after every batch, so the filters, the count of kept groups and the
+    decision to draw another batch are made on the global batch, the same on every rank and the
+    same as one process's. A rank keeps the kept groups it generated (`samples`, with their
+    `positions` in the step's order); `parallel.balance_groups` then evens them out."""
     G = cfg.group_size
-    target = len(ranks.my_slice(list(range(cfg.prompts_per_step)), world))
-    buffer = filters.GroupBuffer(target_groups=max(target, 1), group_size=G)
+    buffer = filters.GroupBuffer(target_groups=cfg.prompts_per_step, group_size=G)  # global rows of kept groups
     max_batches = cfg.filter.max_gen_batches if cfg.filter.dynamic_sampling else 1
     gen_seconds = grade_seconds = 0.0
-    generated: list[Sample] = []
+    generated: list[Sample] = []  # every rank's, in global order
+    mine: dict[int, Sample] = {}  # global row -> this rank's sample (with its log-probs)
     for gen_batch in range(max_batches):
         problems = next(prompts)  # drawn now, not before: only the batches the step runs are drawn
         first, end = ranks.my_range(len(problems), world)
@@ -140,24 +154,27 @@ def rollout(engine, prompts: Iterator[list[Problem]], cfg, step, pool, world, ju
             samples = judged(samples, judge, G, seed, first)
             grade += time.perf_counter() - start
         gen_seconds, grade_seconds = gen_seconds + gen, grade_seconds + grade
-        generated += samples
-        scores = torch.tensor([s.reward.score for s in samples], dtype=torch.float32)  # [B]
-        correct = torch.tensor([bool(s.reward.correct) for s in samples])  # [B]
-        keep = torch.ones(len(samples), dtype=torch.bool)
+        offset = len(generated)
+        mine.update({offset + first * G + i: s for i, s in enumerate(samples)})
+        everyone = parallel.gather_samples(samples, world)  # the batch's samples of every rank, in order
+        generated += everyone
+        scores = torch.tensor([s.reward.score for s in everyone], dtype=torch.float32)  # [B]
+        correct = torch.tensor([bool(s.reward.correct) for s in everyone])  # [B]
+        keep = torch.ones(len(everyone), dtype=torch.bool)
         if cfg.filter.reject == "all_equal":  # Reinforce-Rej: drop all-right / all-wrong groups
             keep = filters.reject_all_equal(scores, G)
         if cfg.filter.dynamic_sampling:  # DAPO: keep groups with mixed outcomes (accuracy)
             keep = keep & filters.mixed_groups(correct, G)
-        buffer.add(keep, samples)
+        buffer.add(keep, list(range(offset, offset + len(everyone))))
         if buffer.full:
             break
     if cfg.filter.dynamic_sampling and not buffer.full:
         log.warning(buffer.give_up_message(max_batches))
-    # Every rank's samples for the step's metrics (the update uses this rank's `buffer.rows`).
-    generated = parallel.gather_samples(generated, world)
-    kept, tied = buffer.rows, 0
-    if cfg.adv.name == "dpo":  # a group's rows are on one rank, so its pair is too
-        kept, tied = preference_pairs(kept, G)
-        if ranks.sum_int(len(kept) // 2 - tied, world) == 0:  # no rank has a preference: no update anywhere
-            kept = []
-    return Rollout(kept, generated, gen_batch + 1, gen_seconds, grade_seconds, tied)
+    kept = buffer.rows[::G]  # first global row of each kept group, in the step's order
+    positions = [p for p, row in enumerate(kept) if row in mine]
+    samples = [mine[kept[p] + j] for p in positions for j in range(G)]
+    tied = 0
+    if cfg.adv.name == "dpo":  # each of this rank's groups becomes its pair (two rows), in the same order
+        samples, tied = preference_pairs(samples, G)
+        tied = ranks.sum_int(tied, world)
+    return Rollout(samples, positions, kept, generated, gen_batch + 1, gen_seconds, grade_seconds, tied)

@@ -60,8 +60,8 @@ class PPOConfig:
 
 @dataclass
 class FilterConfig:
-    reject: Literal["none", "all_equal"] = free("none", ranks="one")  # all_equal: Reinforce-Rej
-    dynamic_sampling: bool = free(False, ranks="one")  # DAPO: keep mixed groups, refill the batch
+    reject: Literal["none", "all_equal"] = free("none")  # all_equal: Reinforce-Rej
+    dynamic_sampling: bool = free(False)  # DAPO: keep mixed groups, refill the batch
     max_gen_batches: int = bounded(10, low=1)
     overlong_mask: bool = False  # zero the loss of truncated responses
 

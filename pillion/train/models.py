@@ -31,7 +31,7 @@ from torch import nn
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 
 from pillion import ranks
-from pillion.eval.behaviour import kl_to_initial
+from pillion.eval.behaviour import kl_sums, probe_rows
 from pillion.fields import bounded, checked, free
 from pillion.model import lora
 from pillion.model.checkpoint import load_model
@@ -47,12 +47,12 @@ CHECKPOINTING = ("none", "blocks", "every_k")
 
 @dataclass
 class RefConfig:
-    offload: bool = free(False, ranks="one")  # the reference on CPU, copied to the device for its one pass per step
+    offload: bool = free(False)  # the reference on CPU, copied to the device for its one pass per step
 
 
 @dataclass
 class CriticConfig:
-    device: str = checked("auto", check_device, ranks="one")  # auto: the policy's device; or cpu | cuda | cuda:1 ...
+    device: str = checked("auto", check_device)  # auto: the policy's device; or cpu | cuda | cuda:1 ...
 
 
 @dataclass
@@ -119,15 +119,22 @@ def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, c
     LoRA: the base in `dtype`, frozen, with float32 adapters. Full training in bf16: loaded in
     float32, then split into a bf16 model and its float32 masters. Otherwise the weights.
     Several ranks: float32 weights sharded by FSDP2, computing in `dtype` (train/parallel.py).
+    LoRA there: the adapters are sharded with their block, beside its frozen base (one FSDP2
+    unit per block, as without LoRA): one path for gathers, gradient reduce-scatters, the
+    optimizer and DCP checkpoints, and the frozen base held 1/N per rank, which is what LoRA on
+    several GPUs is for. Replicating the adapters instead would need their own gradient
+    all-reduce and checkpoint path, for a saving of a few small all-gathers.
     """
     if world is not None and world.size > 1:
         from pillion.train import parallel
 
         model = load_model(model_dir, dtype=torch.float32, device=device)
+        if lora_cfg is not None and lora_cfg.rank > 0:
+            lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets)  # base frozen
         if checkpointing is not None:
             apply_activation_checkpointing(model, checkpointing.name, checkpointing.k)
         model = parallel.shard(model, world, dtype, cpu_offload)
-        return model, list(model.parameters()), None
+        return model, [p for p in model.parameters() if p.requires_grad], None
     if lora_cfg is not None and lora_cfg.rank > 0:
         model = load_model(model_dir, dtype=dtype, device=device)
         params, master = lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets), None
@@ -155,12 +162,14 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
         else:
             offload = cfg.ref.offload and torch.device(device).type != "cpu"
             ref = load_model(model_dir, dtype=dtype, device="cpu" if offload else device)
-            if offload and torch.cuda.is_available():
+            if offload and torch.cuda.is_available() and world.size == 1:
                 for p in ref.parameters():  # pinned: the per-step copy runs at full bus speed
                     p.data = p.data.pin_memory()
             ref = ref.eval().requires_grad_(False)
-            models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload)  # loaded in `dtype`
-            models.ref_offloaded = cfg.ref.offload
+            # Several ranks: an offloaded reference is FSDP2's CPU offload of its shards (each block
+            # copied to the device for its forward, freed after), not a whole-model copy per step.
+            models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload or offload)  # in `dtype`
+            models.ref_offloaded = cfg.ref.offload and world.size == 1
     if cfg.adv.name == "gae":
         critic_device = device if cfg.critic.device == "auto" else torch.device(cfg.critic.device)
         critic = Critic(load_model(model_dir, dtype=torch.float32, device=critic_device))
@@ -179,23 +188,37 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     return models
 
 
-def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int) -> dict[str, float]:
+def kl_probe(models: Models, batch: SequenceBatch, temperature: float, rows: int, global_rows=None,
+             world=None) -> dict[str, float]:
     """`behaviour.kl_probe_*`: KL(policy || initial policy) on `rows` rows of the step's batch,
     against the reference when it is the starting model, else the starting model read again from its folder
     (loaded one tensor at a time to the batch's device, freed when the probe ends: a 0.5B model
     would otherwise hold 2 GB more for the whole run); {} with LoRA (its initial policy is the
-    adapters-off policy, which the probe does not switch to)."""
+    adapters-off policy, which the probe does not switch to).
+
+    With several ranks the probe's rows are those one process would take from the global batch
+    (`global_rows`: each local row's place in it, -1 for padding), each scored on the rank that
+    holds it, and the token sums added over ranks: one number for any N. A rank holding none of
+    them still runs the forwards (FSDP2 gathers weights in each, on every rank) on a row it
+    then weighs 0."""
     device = batch.input_ids.device
     if models.initial_dir is not None:
         initial = load_model(models.initial_dir, dtype=models.initial_dtype, device=device)
         initial.eval().requires_grad_(False)
     elif models.ref is not None:
         initial = models.ref
-        if next(initial.parameters()).device != device:
+        if next(initial.parameters()).device != device and not hasattr(initial, "unshard"):  # FSDP2 gathers its own
             initial = device_copy(initial, device)  # freed when the probe ends
     else:
         return {}
-    return kl_to_initial(models.policy, initial, batch, temperature, rows)
+    world = world or ranks.World()
+    device_rows = torch.arange(batch.input_ids.shape[0], device=device) if global_rows is None else global_rows
+    chosen = probe_rows(ranks.sum_int(int((device_rows >= 0).sum()), world), rows).to(device)
+    local = torch.nonzero(torch.isin(device_rows, chosen)).flatten()  # [r] this rank's probe rows
+    weight = 1.0 if len(local) else 0.0
+    sums = kl_sums(models.policy, initial, batch.rows(local if len(local) else local.new_zeros(1)), temperature)
+    sums = ranks.sum_floats({k: weight * v for k, v in sums.items()}, world)
+    return {k: sums[k] / sums["tokens"] if sums["tokens"] else 0.0 for k in ("kl_initial", "kl_initial_k1")}
 
 
 @dataclass

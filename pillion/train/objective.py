@@ -35,8 +35,12 @@ class Counts:
     num_positive_tokens: int  # tokens of correct rows (VAPO / RAFT NLL)
 
     @staticmethod
-    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float) -> Counts:
-        rows = mask.shape[0] if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
+    def of(mask: torch.Tensor, correct: torch.Tensor, agg: str, norm_len: float,
+           real: torch.Tensor | None = None) -> Counts:
+        """real [B] bool: rows that are samples (padding rows, which hold no valid token, are
+        not sequences of the sum_norm mode's count); None: every row."""
+        every = mask.shape[0] if real is None else int(real.sum())
+        rows = every if agg == "seq_mean_token_sum_norm" else int((mask.sum(-1) > 0).sum())
         positive = int((mask.bool() & correct.bool()[:, None]).sum())
         return Counts(int(mask.sum()), rows, norm_len, positive)
 
@@ -99,7 +103,8 @@ def preference_metrics(cfg, batch: TrainBatch, world=None) -> dict[str, float]:
     dpo_loss (the mean loss), dpo_accuracy (pairs with h > 0), dpo_margin (mean h)."""
     mask = batch.response_mask
     h = preference.margins((batch.old_logprobs * mask).sum(-1), (batch.ref_logprobs * mask).sum(-1))  # [P]
-    h = h[~preference.tied_pairs(batch.scores)]  # the pairs with a preference
+    real = batch.real.view(-1, 2)[:, 0]  # [P] several ranks: a padding pair (a copy) is no pair
+    h = h[~preference.tied_pairs(batch.scores) & real]  # the pairs with a preference
     sums = ranks.sum_floats({"pairs": float(h.numel()), "loss": float(preference.dpo_loss(h, cfg.dpo.beta,
                             cfg.dpo.kind).sum()), "right": float((h > 0).sum()), "margin": float(h.sum())},
                            world or ranks.World())

@@ -47,8 +47,13 @@ matrix-rank tolerance (max column norm * max(m, n) * machine eps, numpy's `matri
 zero: it contributes no update (B has no such direction; normalising rounding noise would add a
 random one) and keeps its previous warm-start vector, where the paper's R / (||R|| + 1e-8) would
 make it zero for good and stall the power iteration (a zero gradient, e.g. a GRPO batch where
-every group is all right or all wrong, would do that to every column); (2) one process only: the paper's sharded version
-(FSDP/TP all-reduces of P and R) is not here yet; `pillion.train.parallel` is single-process.
+every group is all right or all wrong, would do that to every column); (2) with several ranks
+(FSDP2 shards each matrix by rows) the momentum plus gradient B is gathered whole once per
+step and the step runs on it on every rank, which keeps only its rows of M and of the update:
+one all-gather of each hidden matrix per step and one
+whole matrix held at a time, not the paper's distributed form (all-reduces of the [m, r] and
+[n, r] factors only), which moves less. Muon with several ranks (`GatheredMuon`) does the same
+for its Newton-Schulz step.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor, distribute_tensor
 
 from pillion.fields import bounded, free
 
@@ -72,7 +78,7 @@ LR_SCALES = ("match_rms_adamw", "paper")
 class OptimConfig:
     """`optim.*` in the trainer and SFT configs; `optim=muon` sets the name."""
 
-    name: Literal["adamw", "muon", "dion"] = free("adamw", ranks="one")
+    name: Literal["adamw", "muon", "dion"] = free("adamw")
     momentum: float = bounded(0.95, low=0, high=1, open="high")  # muon / dion momentum (Dion's mu)
     # dion: r = ceil(rank_fraction * min(m, n)); the paper also runs 1/4, 1/16
     rank_fraction: float = bounded(1.0, low=0, high=1, open="low")
@@ -105,7 +111,20 @@ def dion_scale(m: int, n: int, r: int, lr_scale: str) -> float:
 def dion_update(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor, q: torch.Tensor, lr: float,
                 mu: float, weight_decay: float, scale: float) -> None:
     """One Dion step on `param` [m, n] in place (Algorithm 1 above); momentum [m, n] and q [n, r]
-    are updated in place too. scale multiplies lr for the orthonormal update."""
+    are updated in place too. scale multiplies lr for the orthonormal update.
+
+    FSDP2's sharded matrices (DTensor rows): B = M + G is gathered whole (one all-gather of the
+    matrix per step), the power-iteration step runs on it on every rank alike (q is the same
+    full [n, r] on every rank), and each rank keeps its rows of M and of the update."""
+    if isinstance(param, DTensor):
+        whole = (momentum + grad.to(momentum.dtype)).full_tensor()  # B [m, n], gathered
+        delta = torch.zeros_like(whole)  # [m, n]: the update P Q^T, applied below
+        dion_update(delta, torch.zeros_like(whole), whole, q, 1.0, mu, 0.0, -1.0)  # delta = P Q^T; whole = new M
+        momentum.copy_(rows_of(whole, momentum))
+        if weight_decay:
+            param.mul_(1.0 - lr * weight_decay)
+        param.add_(rows_of(delta, param).to(param.dtype), alpha=-lr * scale)
+        return
     b = momentum.add_(grad.to(momentum.dtype))  # B = M + G, [m, n]
     p, _ = torch.linalg.qr(b @ q)  # [m, r] orthonormal columns
     r = b.t() @ p  # [n, r]
@@ -121,6 +140,43 @@ def dion_update(param: torch.Tensor, grad: torch.Tensor, momentum: torch.Tensor,
     if weight_decay:
         param.mul_(1.0 - lr * weight_decay)
     param.add_((p @ right.t()).to(param.dtype), alpha=-lr * scale)  # X -= lr s P Q^T
+
+
+def rows_of(whole: torch.Tensor, like: DTensor) -> DTensor:
+    """`whole` (the same full tensor on every rank) as a DTensor sharded as `like`: each rank's
+    own rows, cut locally (no communication)."""
+    return distribute_tensor(whole, like.device_mesh, like.placements, src_data_rank=None)
+
+
+class GatheredMuon(torch.optim.Muon):
+    """torch.optim.Muon over FSDP2's sharded matrices (several ranks). The momentum is elementwise
+    and stays sharded; Newton-Schulz needs the whole matrix, so each update is gathered (one
+    all-gather of the matrix per step), orthogonalised on every rank alike, and each rank applies
+    its own rows: the step of torch.optim.Muon on the full matrix."""
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        from torch.optim._muon import _adjust_lr, _zeropower_via_newtonschulz
+
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p.grad)
+                buf = state["momentum_buffer"]
+                buf.lerp_(p.grad, 1 - group["momentum"])
+                update = p.grad.lerp(buf, group["momentum"]) if group["nesterov"] else buf
+                whole = _zeropower_via_newtonschulz(update.full_tensor(), group["ns_coefficients"], group["ns_steps"],
+                                                    group["eps"])  # [m, n], gathered
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(rows_of(whole, p), alpha=-_adjust_lr(group["lr"], group["adjust_lr_fn"], p.shape))
+        return loss
 
 
 class Dion(torch.optim.Optimizer):
@@ -159,7 +215,7 @@ class Dion(torch.optim.Optimizer):
                 if not state:
                     dtype = torch.promote_types(p.dtype, torch.float32)
                     m, n = p.shape
-                    state["momentum"] = torch.zeros((m, n), dtype=dtype, device=p.device)
+                    state["momentum"] = torch.zeros_like(p, dtype=dtype)  # sharded as p with several ranks
                     # A random start: power iteration needs Q not orthogonal to B's top subspace.
                     q = torch.randn((n, self.rank(p.shape, group["rank_fraction"])), dtype=dtype, device=p.device)
                     state["q"] = q / q.norm(dim=0, keepdim=True)
@@ -234,8 +290,10 @@ def make_optimizer(params_or_model, cfg: OptimConfig | None = None, lr: float = 
         if cfg.lr_scale not in LR_SCALES:
             dion_scale(1, 1, 1, cfg.lr_scale)  # raises with the key name
         adjust = "match_rms_adamw" if cfg.lr_scale == "match_rms_adamw" else "original"
-        main = torch.optim.Muon(matrices, lr=lr, weight_decay=weight_decay, momentum=cfg.momentum, nesterov=True,
-                                adjust_lr_fn=adjust)
+        sharded = any(isinstance(p, DTensor) for p in matrices)  # several ranks: FSDP2's row shards
+        kind = GatheredMuon if sharded else torch.optim.Muon
+        main = kind(matrices, lr=lr, weight_decay=weight_decay, momentum=cfg.momentum, nesterov=True,
+                    adjust_lr_fn=adjust)
     else:
         main = Dion(matrices, lr=lr, momentum=cfg.momentum, rank_fraction=cfg.rank_fraction,
                     weight_decay=weight_decay, lr_scale=cfg.lr_scale)

@@ -13,8 +13,11 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
 - data: every rank draws the same global list of `prompts_per_step` prompts (same seed) and
   rolls out its contiguous share of whole groups (`my_range`); sampling randomness is keyed by
   the GLOBAL row (`SamplingParams.row_offset`), so the same rows get the same samples at any N;
-  before the update whole groups move between ranks so that each holds about as many tokens
-  (`balance_groups`), and with `micro_batch_tokens` ranks run as many micro-batches each;
+  the group filters (Reinforce-Rej, DAPO's dynamic sampling) judge the gathered global batch,
+  so the kept groups and DAPO's refills are one process's; before the update whole groups move
+  between ranks so that each holds as many groups of each mini-batch (padding copies with no
+  valid token where the filters left too few) and about as many tokens (`balance_groups`, point
+  to point), and with `micro_batch_tokens` ranks run as many micro-batches each;
 - models: policy, reference and critic are sharded with `fully_shard`, block by block and then
   the root, float32 parameters with a `MixedPrecisionPolicy` (compute in `dtype`, gradients
   reduced in float32): FSDP2's float32 shards are the master weights, so `precision.py`'s
@@ -29,14 +32,15 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
   alternative, a full-state-dict copy into a second, unsharded engine model, holds that copy
   for the whole run (or re-allocates it every step) and copies it once more per step;
 - records: the step's generated samples are gathered (`gather_list`) so reward, accuracy and
-  behaviour metrics are global; per-rank numbers are averaged (`reduce_record`); rank 0 alone
-  writes files and prints (the others print only errors).
+  behaviour metrics are global; the update's statistics are reduced by their weight over
+  micro-batches and ranks (`train/stats.py`, docs/algorithms.md §1.4); rank 0 alone writes
+  files and prints (the others print only errors).
 
 A rank that dies brings the job down: torchrun's agent stops the others and names the failed
-rank; collectives time out after `fsdp.timeout_s`. Not supported with N > 1 (each refused by
-`init` with one line): LoRA, reference offload, a separate critic device, Muon/Dion, group
-filters (they leave ranks with different row counts, and every FSDP forward is collective),
-SRPO history resampling.
+rank; collectives time out after `fsdp.timeout_s`. `ref.offload` with N > 1 is FSDP2's CPU offload
+of the reference's shards; `critic.device=cpu` keeps the critic's shards in CPU memory (a gloo
+group beside nccl). Not supported with N > 1 (each refused by `init` with one line): LoRA,
+Muon/Dion, a critic on another GPU (`critic.device=cuda:K`: every GPU is a rank's).
 """
 
 from __future__ import annotations
@@ -77,21 +81,14 @@ def check(cfg, size: int) -> None:
 
     Each key declares beside its field how it meets several ranks (`ranks=`, pillion/fields.py),
     so this holds for any config (train, sft) and for keys added later: a global batch
-    ("split": prompts_per_step, batch_size) is divided among the ranks, and a feature that runs
-    in one process only ("one": lora.rank, ref.offload, critic.device, optim.name,
-    filter.reject, filter.dynamic_sampling, data.history_resampling, tool.max_calls) is refused
-    at any value but its default."""
+    ("split": prompts_per_step, batch_size) is divided among the ranks; every other key means
+    the same at any number of ranks."""
     if size == 1:
         return
-    declared = [leaf for leaf in leaves(cfg) if leaf.spec is not None]
-    for leaf in declared:
-        if leaf.spec.ranks == "split" and leaf.value % size:
+    for leaf in leaves(cfg):
+        if leaf.spec is not None and leaf.spec.ranks == "split" and leaf.value % size:
             raise ParallelError(f"config key '{leaf.key}': {leaf.value} is not divisible by the {size} ranks (it is "
                                 f"the global batch; each rank takes {leaf.key}/{size})")
-    for leaf in declared:
-        if leaf.spec.ranks == "one" and leaf.value != leaf.default:
-            raise ParallelError(f"config key '{leaf.key}' is not supported with several ranks (WORLD_SIZE={size}) "
-                                "yet; run it in one process (see pillion/train/parallel.py)")
 
 
 def init(cfg) -> World:
@@ -110,10 +107,16 @@ def init(cfg) -> World:
     if cfg.fsdp.cpu_offload and not cuda:  # FSDP2 offloads from an accelerator (pinned CPU memory)
         raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
                             "memory already)")
+    critic = getattr(getattr(cfg, "critic", None), "device", "auto")
+    if cuda and critic.startswith("cuda"):  # each rank's GPU is its own: no spare one to give a critic
+        raise ParallelError(f"config key 'critic.device': {critic} with several ranks; each rank's critic lives on "
+                            "its rank's GPU (critic.device=auto) or in CPU memory (critic.device=cpu)")
     if cuda:
         place(torch.device("cuda"), world)  # fewer GPUs than local ranks: one line, before joining
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=cfg.fsdp.timeout_s))
+        # A critic in CPU memory next to CUDA policies: its collectives run on gloo, the rest on nccl.
+        backend = ("cpu:gloo,cuda:nccl" if critic == "cpu" else "nccl") if cuda else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=cfg.fsdp.timeout_s))
     if not world.main:  # one voice: rank 0 prints and logs; the others keep stderr for errors only
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the life of the process)
         os.environ["TQDM_DISABLE"] = "1"
@@ -186,10 +189,15 @@ def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None 
 
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     offload = CPUOffloadPolicy() if cpu_offload else OffloadPolicy()
+    mesh = None  # the default: the ranks' accelerator (or CPU without one)
+    if next(model.parameters()).device.type == "cpu" and torch.cuda.is_available() and not cpu_offload:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        mesh = init_device_mesh("cpu", (world.size,))  # critic.device=cpu beside CUDA policies: stays in CPU memory
     trunk = getattr(model, "trunk", model)  # the critic wraps a transformer
     for block in trunk.model.layers:  # activation checkpointing wrappers first, then FSDP (torchtitan)
-        fully_shard(block, mp_policy=policy, offload_policy=offload)
-    fully_shard(model, mp_policy=policy, offload_policy=offload)
+        fully_shard(block, mesh=mesh, mp_policy=policy, offload_policy=offload)
+    fully_shard(model, mesh=mesh, mp_policy=policy, offload_policy=offload)
     if hasattr(model, "packed_values"):
         register_fsdp_forward_method(model, "packed_values")
     for module in model.modules():
@@ -228,10 +236,10 @@ def gather_samples(samples: list, world: World) -> list:
 
 
 def balanced_groups(costs: list[int], size: int) -> list[list[int]]:
-    """Which groups each of `size` ranks holds: as many each (len(costs) divides by size), their
-    costs balanced (heaviest group first, to the lightest rank with room; ties to the lower
-    group and rank), each rank's groups in their original order."""
-    per = len(costs) // size
+    """Which groups each of `size` ranks holds: ceil(len(costs) / size) at most each, their costs
+    balanced (heaviest group first, to the lightest rank with room; ties to the lower group and
+    rank), each rank's groups in their original order."""
+    per = -(-len(costs) // size)
     ranks: list[list[int]] = [[] for _ in range(size)]
     load = [0] * size
     for i in sorted(range(len(costs)), key=lambda i: (-costs[i], i)):
@@ -241,26 +249,85 @@ def balanced_groups(costs: list[int], size: int) -> list[list[int]]:
     return [sorted(r) for r in ranks]
 
 
-def balance_groups(samples: list, group_size: int, world: World) -> list:
-    """This rank's samples after whole groups move between ranks so that every rank updates on
-    about as many tokens (`balanced_groups`; each keeps its number of groups). Each step rolls out
-    a contiguous share of the groups, and a long tail on one rank would hold every other rank at
-    each FSDP2 collective of the update. The update is the same wherever a group lies (loss
-    normalisers are global sums, gradients are summed). Groups move only when that lowers the
-    heaviest rank's tokens; otherwise only the costs are gathered."""
+@dataclass
+class Share:
+    """This rank's rows of the step after `balance_groups`."""
+
+    samples: list  # whole groups, mini-batch by mini-batch; a mini-batch's padding groups last
+    global_rows: list[int]  # each sample's row in the step's global batch; -1 for a padding copy
+    mini_batch_rows: list[int]  # rows of each mini-batch (the same on every rank)
+
+
+def balance_groups(samples: list, positions: list[int], kept: int, group_size: int, mini_batches: int,
+                   world: World) -> Share:
+    """This rank's groups for the update. The step's `kept` groups (in the order `positions`
+    counts: one process's batch order) form `mini_batches` global mini-batches of
+    ceil(kept / mini_batches) whole groups; every rank holds ceil(n / N) groups of a mini-batch of
+    n, so that ranks run as many forwards and optimizer steps (every FSDP2 forward is
+    collective), whatever the group filters left where. A rank short of groups holds padding
+    copies of a group, with no valid token (`TrainBatch.real`): they change no loss, count or
+    statistic. Within a mini-batch, groups move between ranks when that lowers the heaviest
+    rank's tokens (a long tail on one rank would hold every other rank at each collective) or
+    when a rank holds more than its share (filters); only the moved groups travel, point to
+    point. The update is the same wherever a group lies: loss normalisers are global sums and
+    gradients are summed."""
+    G = group_size
+    chunk = max(-(-kept // mini_batches), 1)
+    chunks = [list(range(i, min(i + chunk, kept))) for i in range(0, kept, chunk)]
+    groups = {p: samples[i * G : (i + 1) * G] for i, p in enumerate(positions)}
     if world.size == 1:
-        return samples
-    mine = [samples[i : i + group_size] for i in range(0, len(samples), group_size)]
-    costs = gather_list([sum(len(s.completion.prompt_ids) + len(s.completion.ids) for s in g) for g in mine], world)
-    if len(costs) % world.size:
-        return samples  # unequal shares (no group filter runs with several ranks, so not expected)
-    assignment = balanced_groups(costs, world.size)
-    per = len(costs) // world.size
-    if max(sum(costs[i] for i in a) for a in assignment) >= max(sum(costs[r * per : (r + 1) * per])
-                                                               for r in range(world.size)):
-        return samples  # the contiguous shares are as even: nothing moves
-    everything = gather_list(samples, world)  # rank order: global group order
-    return [s for i in assignment[world.rank] for s in everything[i * group_size : (i + 1) * group_size]]
+        return Share([s for c in chunks for p in c for s in groups[p]], [p * G + j for c in chunks for p in c
+                                                                          for j in range(G)],
+                     [len(c) * G for c in chunks])
+    held = gather_list([(world.rank, p, sum(len(s.completion.prompt_ids) + len(s.completion.ids)
+                                            for s in groups[p])) for p in positions], world)
+    holder = {p: r for r, p, _ in held}
+    cost = {p: c for _, p, c in held}
+    owner: dict[int, int] = {}  # position -> the rank that updates on it
+    for c in chunks:
+        per = -(-len(c) // world.size)
+        current = [[p for p in c if holder[p] == r] for r in range(world.size)]
+        balanced = [[c[i] for i in part] for part in balanced_groups([cost[p] for p in c], world.size)]
+        heaviest = lambda parts: max(sum(cost[p] for p in part) for part in parts)  # noqa: E731
+        keep = all(len(part) <= per for part in current) and heaviest(current) <= heaviest(balanced)
+        for r, part in enumerate(current if keep else balanced):
+            owner.update({p: r for p in part})
+    # A rank left without a real group pads with a copy of the step's first group.
+    idle = [r for r in range(world.size) if r not in owner.values()]
+    moves = sorted({(holder[p], owner[p], p) for p in owner if holder[p] != owner[p]}
+                   | {(holder[0], r, 0) for r in idle if holder[0] != r})
+    received = exchange(groups, moves, world)
+    mine = {p: received.get(p) or groups[p] for p in owner if owner[p] == world.rank}
+    template = next(iter(mine.values()), None) or received.get(0) or groups.get(0)
+    out, rows, sizes = [], [], []
+    for c in chunks:
+        per = -(-len(c) // world.size)
+        real = [p for p in c if owner[p] == world.rank]
+        for p in real:
+            out += mine[p]
+            rows += [p * G + j for j in range(G)]
+        out += template * (per - len(real))
+        rows += [-1] * (G * (per - len(real)))
+        sizes.append(per * G)
+    return Share(out, rows, sizes)
+
+
+def exchange(groups: dict[int, list], moves: list[tuple[int, int, int]], world: World) -> dict[int, list]:
+    """Send each moved group (src, dst, position) from its holder to its new rank, point to point:
+    one message per (src, dst) pair, pairs in the same order on every rank (so a blocking send
+    always meets its receive). Returns the groups this rank received, by position."""
+    pairs: dict[tuple[int, int], list[int]] = {}
+    for src, dst, p in moves:
+        pairs.setdefault((src, dst), []).append(p)
+    received: dict[int, list] = {}
+    for (src, dst), moved in sorted(pairs.items()):
+        if world.rank == src:
+            dist.send_object_list([[groups[p] for p in moved]], dst=dst)
+        elif world.rank == dst:
+            box: list = [None]
+            dist.recv_object_list(box, src=src)
+            received.update(zip(moved, box[0]))
+    return received
 
 
 def clip_grad_norm(params: list, max_norm: float) -> torch.Tensor:

@@ -37,7 +37,6 @@ import torch
 
 from pillion import config as config_lib
 from pillion import ranks, threads
-from pillion.algorithms import losses as L
 from pillion.data.history import HistoryResampler, fit_stages, parse_stages, stage_at
 from pillion.data.mixture import Mixture
 from pillion.eval.behaviour import behaviour_metrics
@@ -53,6 +52,7 @@ from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
 from pillion.rollout.judge import Judge, load_judge
 from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
+from pillion.train import stats as stats_lib
 from pillion.train.batch import Sample, TrainBatch, make_batch
 from pillion.train.collect import Rollout, prompt_batches, rollout
 from pillion.train.models import Models, Optimizers, build_models, build_optimizers, kl_probe, refresh_reference
@@ -60,7 +60,6 @@ from pillion.train.objective import advantages, loss_mask, preference_metrics, r
 from pillion.train.update import logprob_pass, step_times, update
 
 log = logging.getLogger("pillion.train")
-SUMMED = ("kept_groups", "tied_groups")  # metrics that count over ranks (the rest are means)
 
 
 class TrainingStopped(RuntimeError):
@@ -96,16 +95,18 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 1. Rollout: the step's prompts -> G completions each -> rewards, with the group filters applied.
             ro = generate(run, cfg, step)
             record = rollout_metrics(ro, run.engine, cfg, step)
-            if not ro.samples:
+            if ro.kept_groups - ro.tied_groups <= 0:  # over every rank (DPO: no pair with a preference): all skip
                 log.warning("step %d: no groups left after filtering; skipping the update", step + 1)
-                run.metrics.write({**ranks.reduce_record(record, run.world, sums=SUMMED), "skipped_updates": 1})
+                run.metrics.write({**ranks.reduce_record(record, run.world), "skipped_updates": 1})
                 bar.update(1)
                 continue
 
             # 2. Tensors: [left-padded prompt | response] rows, engine log-probs, rewards, masks.
-            #    With several ranks, whole groups first move so that ranks hold about as many tokens.
-            batch = make_batch(parallel.balance_groups(ro.samples, rows_per_group(cfg), run.world),
-                               run.engine.pad_id, run.device)
+            #    With several ranks, whole groups first move so that ranks hold as many groups of
+            #    each mini-batch (padding copies where the filters left too few) and about as many tokens.
+            share = parallel.balance_groups(ro.samples, ro.positions, ro.kept_groups, rows_per_group(cfg),
+                                            cfg.mini_batches, run.world)
+            batch = make_batch(share.samples, run.engine.pad_id, run.device, share.global_rows, share.mini_batch_rows)
 
             # 3. One no-grad pass: old log-probs (only when a rollout feeds several updates),
             #    reference log-probs (a KL term, DPO), values (a critic). DPO's advantages need the
@@ -126,7 +127,8 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             # 5. Policy (and critic) updates; VAPO pretrains the critic alone first. Every
             #    behaviour.kl_probe_every steps, the drift from the initial policy before it.
             if cfg.behaviour.kl_probe_every and step % cfg.behaviour.kl_probe_every == 0:
-                record.update(kl_probe(run.models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows))
+                record.update(kl_probe(run.models, batch.seqs, cfg.temperature, cfg.behaviour.kl_probe_rows,
+                                       batch.global_rows, run.world))
             train_policy = run.models.critic is None or step >= cfg.ppo.value_pretrain_steps
             stats = update(run.models, run.optimizers, cfg, batch, run.world, train_policy=train_policy)
             if cfg.adv.name == "dpo" and cfg.dpo.ref_update_every and (step + 1) % cfg.dpo.ref_update_every == 0:
@@ -201,6 +203,8 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     started = time.perf_counter()
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
+    if resume and state.latest(run_dir) is not None:  # adapters vs full weights: refused before anything is written
+        sharded.check_lora(state.latest(run_dir), cfg.lora.rank > 0)
     common.seed_everything(cfg.seed)
     device = parallel.place(common.resolve_devices(cfg), world)  # every device key checked; cuda:LOCAL_RANK per rank
     model_dir = common.model_folder(cfg)  # a Hub id: fetched, and pinned in cfg.model to its commit
@@ -291,8 +295,9 @@ def generate(run: Run, cfg, step: int) -> Rollout:
         ro = rollout(run.engine, prompt_batches(run.mixture, cfg.prompts_per_step), cfg, step, run.grader, run.world,
                      run.judge)
     run.models.policy.train()
-    if cfg.data.history_resampling:  # SRPO: record outcomes, rebuild pools at epoch ends
-        record_history(run.history, run.mixture, ro.samples, cfg.group_size)
+    if cfg.data.history_resampling:  # SRPO: record outcomes (every rank's kept groups), rebuild pools at epoch ends
+        kept = [s for row in ro.kept for s in ro.generated[row : row + cfg.group_size]]
+        record_history(run.history, run.mixture, kept, cfg.group_size)
     return ro
 
 
@@ -303,7 +308,7 @@ def rollout_metrics(ro: Rollout, engine: Engine, cfg, step: int) -> dict:
     return {"step": step + 1, "reward": sum(r.score for r in rewards) / n,
             "accuracy": sum(bool(r.correct) for r in rewards) / n,
             "answered": sum(r.answer is not None for r in rewards) / n,  # a final answer in the graded style
-            "kept_groups": max(len(ro.samples) // rows_per_group(cfg) - ro.tied_groups, 0),  # DPO: pairs that train
+            "kept_groups": max(ro.kept_groups - ro.tied_groups, 0),  # over every rank; DPO: pairs that train
             "gen_batches": ro.gen_batches,
             **behaviour_metrics([s.completion.text for s in ro.generated], [r.correct for r in rewards],
                                 [len(s.completion.ids) for s in ro.generated], cfg.behaviour.phrases),
@@ -318,19 +323,21 @@ def step_metrics(record: dict, stats: dict, batch: TrainBatch, ro: Rollout, run:
     variance, and where the step's time went (measured last)."""
     lengths = batch.response_mask.sum(-1)  # [B]
     record = {**record, **stats,
-              "response_length": float(lengths.mean()),
-              "truncated": float(batch.truncated.float().mean()),
+              # means over the kept rows of every rank (padding rows left out)
+              **stats_lib.row_means({"response_length": lengths, "truncated": batch.truncated.float()}, batch.real,
+                                    run.world),
               "tokens_per_s": float(lengths.sum()) / max(ro.gen_seconds, 1e-9),
               "lr": run.optimizers.policy.param_groups[0]["lr"]}
-    if run.models.critic is not None:
-        record["explained_variance"] = float(L.explained_variance(batch.values, batch.returns, batch.response_mask))
+    if run.models.critic is not None:  # over every rank's tokens
+        record["explained_variance"] = stats_lib.explained_variance(batch.values, batch.returns, batch.response_mask,
+                                                                    run.world)
     return {**record, **step_times(record, ro.gen_seconds, ro.grade_seconds, logprob_seconds, t0)}
 
 
 def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
     """Write the step's record (the ranks' means; rank 0 writes) and show it on the progress bar,
     or without a terminal as a line every 10 steps."""
-    record = ranks.reduce_record(record, run.world, sums=SUMMED)
+    record = ranks.reduce_record(record, run.world)  # per-rank timings averaged; the rest is global already
     run.metrics.write(record)
     bar.set_postfix(reward=f"{record['reward']:.3f}", acc=f"{record['accuracy']:.2f}",
                     len=f"{record['response_length']:.0f}")

@@ -35,6 +35,7 @@ from torch import nn
 
 from pillion import ranks
 from pillion.files import save_torch, writing
+from pillion.model import lora
 from pillion.model.checkpoint import load_model, save_model, write_recipe
 from pillion.model.hf_config import CheckpointError
 from pillion.model.transformer import Transformer
@@ -86,6 +87,9 @@ def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: ranks
         _load_distributed(checkpoint / "dcp", models, optimizer, critic_opt, world)
         return saved
     if world.size > 1:
+        if lora.has_adapters(models.policy):  # its PEFT folder holds adapters only, not the shards' layout
+            raise CheckpointError(f"{checkpoint} is a one-process LoRA checkpoint: resume it in one process "
+                                  "(without torchrun); its next checkpoint then resumes at any number of ranks")
         _load_one_process(checkpoint, saved, models, optimizer, critic_opt)
         return saved
     weight = models.policy.model.embed_tokens.weight  # in the compute dtype (also under LoRA)
@@ -96,6 +100,17 @@ def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: ranks
         critic_opt.load_state_dict(saved["critic_optimizer"])
     load_master_state(models, saved.get("master"))
     return saved
+
+
+def check_lora(checkpoint: Path, lora_run: bool) -> None:
+    """A LoRA run's checkpoint (a PEFT adapter folder) resumed without LoRA, or the reverse: one
+    line naming the checkpoint and the key."""
+    saved = (checkpoint / "adapter_config.json").is_file()
+    if saved != lora_run:
+        held, asked = ("LoRA adapters", "lora.rank=0 (every weight trained)") if saved else (
+            "full weights", "LoRA (lora.rank > 0)")
+        raise CheckpointError(f"{checkpoint} holds {held} but this run asks for {asked}; resume with the run's own "
+                              "config key 'lora.rank'")
 
 
 def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, optimizer, critic_opt) -> None:
@@ -141,7 +156,9 @@ def full_model(policy: nn.Module, world: ranks.World) -> Transformer | None:
         return None
     with torch.device("meta"):
         model = Transformer(policy.cfg)
-    model.load_state_dict(full, strict=False, assign=True)
+    if lora.has_adapters(policy):  # LoRA: the same adapters, saved as a PEFT folder by save_model
+        lora.apply_lora(model, *lora.settings(policy))
+    model.load_state_dict({k.replace(WRAPPER_PREFIX, ""): v for k, v in full.items()}, strict=False, assign=True)
     if policy.cfg.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight
     missing = [k for k, v in model.state_dict().items() if v.is_meta]
@@ -156,11 +173,17 @@ def _distributed_state(models: Models, optimizer, critic_opt) -> dict[str, Any]:
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     out = {"policy": get_model_state_dict(models.policy),
-           "optimizer": get_optimizer_state_dict(models.policy, optimizer)}
+           "optimizer": get_optimizer_state_dict(models.policy, members(optimizer))}
     if models.critic is not None:
         out["critic"] = get_model_state_dict(models.critic)
-        out["critic_optimizer"] = get_optimizer_state_dict(models.critic, critic_opt)
+        out["critic_optimizer"] = get_optimizer_state_dict(models.critic, members(critic_opt))
     return out
+
+
+def members(optimizer):
+    """The torch optimizers behind one (optim.Chained: Muon or Dion beside AdamW), as FSDP2's
+    state-dict API takes them."""
+    return getattr(optimizer, "optimizers", optimizer)
 
 
 def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world: ranks.World) -> None:
@@ -177,18 +200,20 @@ def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world
             dcp.load(target, checkpoint_id=folder)
             for model_key, opt_key, model, opt, _ in pairs:
                 set_model_state_dict(model, target[model_key])
-                set_optimizer_state_dict(model, opt, target[opt_key])
+                set_optimizer_state_dict(model, members(opt), target[opt_key])
             return
         # One process: load the named tensors in place into the parameters (or masters) and the
         # optimizer's state, which a zero step creates first.
         target = {}
         for model_key, opt_key, model, opt, master in pairs:
             tensors = _trainable_by_name(model, master)
-            _create_optimizer_state(opt)
             names = {id(t): name for name, t in tensors.items()}
             target[model_key] = tensors
-            target[opt_key] = {"state": {names[id(p)]: opt.state[p]
-                                         for group in opt.param_groups for p in group["params"]}}
+            target[opt_key] = {"state": {}}
+            for member in ([opt] if isinstance(opt, torch.optim.Optimizer) else members(opt)):
+                _create_optimizer_state(member)
+                target[opt_key]["state"].update({names[id(p)]: member.state[p] for group in member.param_groups
+                                                 for p in group["params"]})
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore")
             dcp.load(target, checkpoint_id=folder, no_dist=True)

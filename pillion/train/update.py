@@ -24,6 +24,7 @@ import torch
 from pillion import ranks
 from pillion.model.sequences import packed_logprobs
 from pillion.train import parallel, schedule
+from pillion.train import stats as stats_lib
 from pillion.train.batch import TrainBatch
 from pillion.train.models import Models, Optimizers, optimizer_params, reference_fn
 from pillion.train.objective import Counts, actor_loss, critic_loss, grad_free_rows, rollout_checks
@@ -36,7 +37,8 @@ TIMING_FIELDS = frozenset({"tokens_per_s", "step_time", "time_generate", "time_g
 
 # Logged losses that each micro-batch holds a share of (normalised by the mini-batch's global counts):
 # summed over micro-batches and ranks into the optimizer step's loss, then averaged over steps.
-PARTS = ("pg_loss", "kl_loss", "value_loss")
+# Every other statistic is a token mean, a minimum or a maximum, reduced by stats.Tally.
+PARTS = ("pg_loss", "kl_loss", "nll_loss", "value_loss")
 
 
 def seconds_since(start: float, device) -> float:
@@ -88,17 +90,17 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
     seconds (`time_update`)."""
     start = time.perf_counter()
     plan = schedule.of(batch, cfg, world)
-    stats: dict[str, list[float]] = {}  # per micro-batch, or per optimizer step (PARTS, grad_norm)
+    stats: dict[str, list[float]] = {}  # per optimizer step: PARTS, grad_norm
+    tally = stats_lib.Tally()  # the rest: token means (weighted by tokens), ratio_min / ratio_max
     sums = {"tokens": 0.0, "logprob_error": 0.0, "kl": 0.0}  # token-weighted, first epoch
     skipped = 0
-    size = -(-batch.num_rows // cfg.mini_batches)
     # Rows whose loss has no gradient run their forward without autograd (one process only: with
     # FSDP2 every rank must run the same forwards).
     free = grad_free_rows(cfg, batch.advantages, batch.loss_mask) if world is None or world.size == 1 else None
     for epoch in range(cfg.ppo_epochs):
-        for mb in [torch.arange(batch.num_rows)[i : i + size] for i in range(0, batch.num_rows, size)]:
+        for mb in mini_batches(batch, cfg.mini_batches):
             counts = Counts.of(batch.loss_mask[mb], batch.correct[mb], cfg.loss.agg,
-                               cfg.loss.norm_len or cfg.max_new_tokens)
+                               cfg.loss.norm_len or cfg.max_new_tokens, batch.real[mb])
             counts.num_tokens = ranks.sum_int(counts.num_tokens, world)
             counts.num_seqs = ranks.sum_int(counts.num_seqs, world)
             counts.num_positive_tokens = ranks.sum_int(counts.num_positive_tokens, world)
@@ -118,11 +120,11 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
                     loss, st = actor_loss(cfg, logp, old, sub, counts, entropy)
                     if loss.requires_grad:  # else every row of the micro-batch is free
                         loss.backward()
-                    keep_stats(st, shares, stats)
+                    keep_stats(st, shares, tally, float(sub.loss_mask.sum()))
                 if models.critic is not None:
                     loss, st = critic_loss(cfg, models.critic.packed_values(micro.layout), sub, counts)  # [b, T] values
                     loss.backward()
-                    keep_stats(st, shares, stats)
+                    keep_stats(st, shares, tally, float(sub.loss_mask.sum()))
             for k, v in shares.items():
                 stats.setdefault(k, []).append(v)
             if train_policy:
@@ -133,8 +135,9 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
                 _, ok = optimizer_step(optimizer_params(optimizers.critic), optimizers.critic, cfg.grad_clip)
                 skipped += not ok
     sums = ranks.sum_floats(sums, world)  # token-weighted over every rank's rows
-    out = {k: sum(v) / len(v) for k, v in stats.items()}  # means over optimizer steps (losses) or micro-batches
+    out = {k: sum(v) / len(v) for k, v in stats.items()}  # means over optimizer steps
     out.update(ranks.sum_floats({k: out[k] for k in PARTS if k in out}, world))  # every rank's share of the loss
+    out.update(tally.result(world))  # token means over every rank's tokens, minima and maxima
     out["skipped_updates"] = skipped
     out["logprob_error"] = sums["logprob_error"] / sums["tokens"] if sums["tokens"] else 1.0
     if batch.ref_logprobs is not None and sums["tokens"]:
@@ -162,13 +165,26 @@ def policy_logprobs(policy, cfg, plan, micro, free: torch.Tensor | None):
     return torch.cat([o[0] for o in outs])[order], torch.cat([o[1] for o in outs])[order]
 
 
-def keep_stats(step_stats: dict[str, float], shares: dict[str, float], stats: dict[str, list[float]]) -> None:
-    """A micro-batch's stats: its shares of the optimizer step's losses (PARTS) summed, the rest kept."""
-    for k, v in step_stats.items():
-        if k in PARTS:
-            shares[k] = shares.get(k, 0.0) + v
-        else:
-            stats.setdefault(k, []).append(v)
+def mini_batches(batch: TrainBatch, count: int) -> list[torch.Tensor]:
+    """Row indices of each mini-batch: the row counts `parallel.balance_groups` laid out (whole
+    groups in the step's order; with several ranks each rank's share of every global mini-batch,
+    so ranks step together on the same global rows), or for a batch made without them `count`
+    chunks of rows."""
+    rows = torch.arange(batch.num_rows)
+    sizes = batch.mini_batch_rows or [batch.num_rows]
+    if batch.mini_batch_rows is None and count > 1:
+        size = -(-batch.num_rows // count)
+        sizes = [min(size, batch.num_rows - i) for i in range(0, batch.num_rows, size)]
+    return list(torch.split(rows, sizes))
+
+
+def keep_stats(step_stats: dict[str, float], shares: dict[str, float], tally: stats_lib.Tally, tokens: float) -> None:
+    """A micro-batch's stats: its shares of the optimizer step's losses (PARTS) summed, the rest
+    (token means over its `tokens` loss tokens, minima, maxima) into the step's tally."""
+    tally.add({k: v for k, v in step_stats.items() if k not in PARTS}, tokens)
+    for k in PARTS:
+        if k in step_stats:
+            shares[k] = shares.get(k, 0.0) + step_stats[k]
 
 
 def step_times(record: dict, gen_seconds: float, grade_seconds: float, logprob_seconds: float, start: float) -> dict:

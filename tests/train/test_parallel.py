@@ -365,7 +365,8 @@ def _torchrun_env(monkeypatch, size=2):
                  r"ranks with `torchrun --nproc_per_node=2"),
     ("indivisible", r"config key 'prompts_per_step': 3 is not divisible by the 2 ranks"),
     ("few_gpus", r"config key 'device': cuda with 2 ranks on this node but it has 1 CUDA device\(s\)"),
-    ("lora", r"config key 'lora.rank' is not supported with several ranks"),
+    ("critic_gpu", r"config key 'critic.device': cuda:1 with several ranks; each rank's critic lives on its rank's "
+                   r"GPU \(critic.device=auto\) or in CPU memory \(critic.device=cpu\)"),
     ("offload", r"config key 'fsdp.cpu_offload': true needs device=cuda"),
 ])
 def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, capsys, case, message):
@@ -381,8 +382,10 @@ def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, caps
     if case == "few_gpus":
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         args.append("device=cuda")
-    if case in ("lora", "offload"):
-        args.append("lora.rank=4" if case == "lora" else "fsdp.cpu_offload=true")
+    if case == "critic_gpu":
+        args += ["algo=ppo", "device=cuda", "critic.device=cuda:1"]
+    if case == "offload":
+        args.append("fsdp.cpu_offload=true")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"pillion train: " + message + r".*", err) and "\n" not in err, err
@@ -467,19 +470,40 @@ from pillion import config as C
 from pillion.train import parallel
 
 world = parallel.init(C.resolve(C.TrainConfig, overrides=[]))
-# Two groups of two samples per rank, a sample n tokens (1 prompt + n - 1 response): group costs
-# 10 and 8 on rank 0, 2 and 2 on rank 1 (global groups 0, 1, 2, 3).
-sizes = [[5, 4], [1, 1]][world.rank]
-samples = [types.SimpleNamespace(completion=types.SimpleNamespace(prompt_ids=[1], ids=[2] * (n - 1)),
-                                 tag=f"{world.rank}.{g}.{j}") for g, n in enumerate(sizes) for j in range(2)]
-kept = parallel.balance_groups(samples, 2, world)
-print("SAYS", json.dumps([s.tag for s in kept]), file=sys.stderr)
+
+
+def groups(sizes):
+    # Groups of two samples, a sample n tokens (1 prompt + n - 1 response): a group costs 2n.
+    return [types.SimpleNamespace(completion=types.SimpleNamespace(prompt_ids=[1], ids=[2] * (n - 1)),
+                                  tag=f"{world.rank}.{g}.{j}") for g, n in enumerate(sizes) for j in range(2)]
+
+
+said = []
+# (this rank's group sizes, their places among the kept groups, kept groups, mini-batches) per case
+for sizes, positions, kept, mini in [
+        ([[5, 4], [1, 1]], [[0, 1], [2, 3]], 4, 1),  # A: costs 10, 8 | 2, 2; no filter
+        ([[5, 4, 1], []], [[0, 1, 2], []], 3, 1),  # B: the filters left rank 1 nothing, rank 0 three
+        ([[], [3]], [[], [0]], 1, 1),  # C: one group kept, on rank 1
+        ([[5, 4], [1, 1]], [[0, 1], [2, 3]], 4, 2)]:  # D: two mini-batches of two groups
+    share = parallel.balance_groups(groups(sizes[world.rank]), positions[world.rank], kept, 2, mini, world)
+    said.append([[s.tag for s in share.samples], share.global_rows, share.mini_batch_rows])
+print("SAYS", json.dumps(said), file=sys.stderr)
 parallel.close(world)
 """
 
 
-def test_whole_groups_move_between_ranks_to_even_their_tokens():
-    """Contiguous shares hold 18 and 4 tokens; after `balance_groups` rank 0 holds groups 0 and 3
-    (12), rank 1 groups 1 and 2 (10), each group whole and in its original order."""
-    kept = ranks_say(_BALANCE)
-    assert kept == [["0.0.0", "0.0.1", "1.1.0", "1.1.1"], ["0.1.0", "0.1.1", "1.0.0", "1.0.1"]]
+def test_whole_groups_move_between_ranks_to_even_their_groups_and_tokens():
+    """A: contiguous shares hold 18 and 4 tokens; after `balance_groups` rank 0 holds groups 0
+    and 3 (12), rank 1 groups 1 and 2 (10), each whole and in the step's order. B: three kept
+    groups on rank 0, none on rank 1: two each (ceil(3 / 2)), costs 10 | 8 + 2, and rank 0's
+    second is a padding copy (global rows -1). C: one group, on rank 1, stays there; rank 0
+    gets a copy of it to pad with (sent, since it holds none). D: each of two mini-batches
+    spread over both ranks, one group each."""
+    a, b, c, d = zip(*ranks_say(_BALANCE))
+    assert a[0] == [["0.0.0", "0.0.1", "1.1.0", "1.1.1"], [0, 1, 6, 7], [4]]
+    assert a[1] == [["0.1.0", "0.1.1", "1.0.0", "1.0.1"], [2, 3, 4, 5], [4]]
+    assert b[0] == [["0.0.0", "0.0.1", "0.0.0", "0.0.1"], [0, 1, -1, -1], [4]]
+    assert b[1] == [["0.1.0", "0.1.1", "0.2.0", "0.2.1"], [2, 3, 4, 5], [4]]
+    assert c[0] == [["1.0.0", "1.0.1"], [-1, -1], [2]] and c[1] == [["1.0.0", "1.0.1"], [0, 1], [2]]
+    assert d[0] == [["0.0.0", "0.0.1", "1.0.0", "1.0.1"], [0, 1, 4, 5], [2, 2]]
+    assert d[1] == [["0.1.0", "0.1.1", "1.1.0", "1.1.1"], [2, 3, 6, 7], [2, 2]]

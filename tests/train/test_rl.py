@@ -159,17 +159,19 @@ PINNED_ARGS = ["steps=3", "prompts_per_step=8", "group_size=4", "max_new_tokens=
                "mini_batches=2", "lr=3e-4", "data.heldout_size=8", "eval.k=1", "eval.max_new_tokens=24",
                "save_every=2", "data.synthetic_size=400", "seed=5"]
 
+# entropy and clipfrac are token means over the step's tokens and ratio_max the largest ratio
+# of any micro-batch (docs/algorithms.md §1.4), not means over micro-batches.
 PINNED = [
     {"reward": 0.34375, "accuracy": 0.34375, "pg_loss": 3.725290298461914e-09, "kl_loss": 1.9011943436453294e-05,
-     "entropy": 0.062151080230250955, "grad_norm": 0.8882471232209355, "clipfrac": 0.0,
-     "ratio_max": 1.0044549107551575, "response_length": 22.0, "kl": 0.0, "logprob_error": 1.0000003271097753},
+     "entropy": 0.06279923834054815, "grad_norm": 0.8882471232209355, "clipfrac": 0.0,
+     "ratio_max": 1.0121042728424072, "response_length": 22.0, "kl": 0.0, "logprob_error": 1.0000003271097753},
     {"reward": 0.5, "accuracy": 0.5, "pg_loss": 2.7939677238464355e-09, "kl_loss": 0.013302754588494281,
-     "entropy": 0.04645368061028421, "grad_norm": 0.6717789690592326, "clipfrac": 0.0,
-     "ratio_max": 1.0070224404335022, "response_length": 20.59375, "kl": 0.014048620331543683,
+     "entropy": 0.04896127096234576, "grad_norm": 0.6717789690592326, "clipfrac": 0.0,
+     "ratio_max": 1.027813196182251, "response_length": 20.59375, "kl": 0.014048620331543683,
      "logprob_error": 1.0000003523473207},
     {"reward": 0.375, "accuracy": 0.375, "pg_loss": 0.001369265839457512, "kl_loss": 0.016697325131190155,
-     "entropy": 0.04223062191158533, "grad_norm": 0.8998730480670929, "clipfrac": 0.004010695032775402,
-     "ratio_max": 1.6056163012981415, "response_length": 21.6875, "kl": 0.015232302493134632,
+     "entropy": 0.04357688474101189, "grad_norm": 0.8998730480670929, "clipfrac": 0.00432276640420173,
+     "ratio_max": 3.394691228866577, "response_length": 21.6875, "kl": 0.015232302493134632,
      "logprob_error": 1.0000003102237958},
 ]
 

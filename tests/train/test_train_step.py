@@ -101,6 +101,30 @@ def test_update_with_token_budget_micro_batches_equals_one_micro_batch(tiny_chec
     torch.testing.assert_close(after[2], after[0], atol=1e-6, rtol=1e-5)
 
 
+def test_every_logged_statistic_is_the_same_whatever_the_micro_batch_split(tiny_checkpoint):
+    """Entropy, clip fractions, approx_kl and the ratio statistics are token means (min, max) over
+    the step's tokens: one micro-batch of 6 rows, 3 of 2 rows and a token budget log the same
+    numbers (a mean of micro-batch means would not: their token counts differ)."""
+    logged = []
+    for extra in (["micro_batch=128"], ["micro_batch=2"], ["micro_batch=128", "micro_batch_tokens=40"]):
+        cfg = C.resolve(C.TrainConfig, overrides=["loss.kl_coef=0", "lr=1e-2", "loss.clip_high=0.1", *extra])
+        batch = _train_batch()
+        g = torch.Generator().manual_seed(1)
+        # old log-probs far from the policy's: ratios spread, some clipped
+        batch.old_logprobs = -5.5 - torch.rand(batch.response_mask.shape, generator=g)  # [B, T]
+        policy = load_model(tiny_checkpoint())
+        stats = update(M.Models(policy, []), M.Optimizers(torch.optim.SGD(policy.parameters(), lr=cfg.lr)), cfg,
+                       batch, World())
+        logged.append({k: v for k, v in stats.items() if k != "time_update"})
+    keys = {"entropy", "clipfrac", "approx_kl", "ratio_mean", "ratio_min", "ratio_max", "pg_loss"}
+    assert keys <= logged[0].keys() and 0 < logged[0]["clipfrac"] < 1
+    assert logged[0]["ratio_min"] < logged[0]["ratio_mean"] < logged[0]["ratio_max"]
+    for other in logged[1:]:
+        assert other.keys() == logged[0].keys()
+        for k in logged[0]:
+            assert other[k] == pytest.approx(logged[0][k], rel=1e-5, abs=1e-7), k
+
+
 def test_share_prompts_reaches_every_forward_of_the_step_and_keeps_the_update(tiny_checkpoint, monkeypatch):
     """`share_prompts` (default on): the update, old log-probs and the reference all take the
     shared-prompt forward when rows repeat a prompt, none does when it is off, and the weights

@@ -1,0 +1,159 @@
+"""Every preset, and the memory options, at N=2 ranks on CPU (gloo) log what one process logs:
+3 steps each, every non-timing field of metrics.jsonl within 1e-4 relative (docs/algorithms.md
+§1.4 says how each field is reduced over micro-batches and ranks).
+
+One launch of two ranks runs every case in turn (a driver that calls `rl.train` per case in the
+same process group), and one process runs them all for the reference, so the checks share their
+start-up cost. `micro_batch=3` splits a rank's 8 rows 3 + 3 + 2 and one process's 16 rows
+3 x 5 + 1, so a statistic averaged per micro-batch (rather than weighted by tokens) would
+differ. The sizes are chosen so that the filters drop groups: DAPO keeps 0 and then 2 groups of
+4, Reinforce-Rej 0 and 1 (one rank holds none and pads), and SRPO's pool (8 problems, 4 a step)
+ends an epoch in the run, so history resampling rebuilds it.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pillion.train.update import TIMING_FIELDS
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESETS = sorted(p.stem for p in (ROOT / "pillion" / "configs").glob("*.yaml"))
+COMMON = ["steps=3", "save_every=10", "prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=3",
+          "data.heldout_size=2", "eval.k=1", "eval.max_new_tokens=8", "eval.batch_prompts=2",
+          "data.synthetic_size=400", "behaviour.kl_probe_every=1", "behaviour.kl_probe_rows=5",
+          "filter.max_gen_batches=3"]
+CASES = {name: [f"algo={name}"] for name in PRESETS}
+CASES["concise"] += ["data.select.size=4", "data.select.k=4", "data.select.max_candidates=32"]
+CASES["srpo"] += ["data.synthetic_size=8"]
+CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-arith'}"]  # the shipped model judges
+CASES["vapo"] += ["ppo.value_pretrain_steps=1"]  # the critic alone in step 1, then the policy too
+CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
+CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
+# Checkpoints at steps 2 and 3: the LoRA one a PEFT folder, Muon's and Dion's with their optimizer state.
+# Learning rates that move the policy in step 2, so that step 3's KLs and gradient are not ~0
+# (where float32 noise, not the reduction, would decide a relative comparison).
+CASES["lora"] = ["algo=grpo", "lora.rank=4", "lora.alpha=8", "lr=1e-2", "save_every=2"]
+CASES["muon"] = ["algo=grpo", "optim=muon", "lr=1e-3", "save_every=2"]
+# Dion at a rank below the gradient's: at rank_fraction 0.5 some of Q's columns sit at the
+# rank tolerance of a low-rank GRPO gradient (optim.py, departure 1), and float32 noise decides
+# whether they update, at N=1 as at N=2 (kl_initial then differs by 1e-3 relative).
+CASES["dion"] = ["algo=grpo", "optim=dion", "optim.rank_fraction=0.125", "lr=1e-3", "save_every=2"]
+# torch.optim.Muon runs Newton-Schulz in bfloat16: gradients equal to float32 rounding (summed in
+# another order on two ranks) give updates equal to bf16 rounding, so step 3 agrees to 3e-4.
+REL = {"muon": 1e-3}
+
+DRIVER = """
+import json, sys
+import torch.distributed as dist
+from pillion import config as C
+from pillion.train import parallel, rl
+
+out, cases = sys.argv[1], json.loads(sys.argv[2])
+parallel.close = lambda world: None  # one process group for every case: closed once, at the end
+for name, overrides in cases.items():
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={out}/{name}", *overrides]))
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+
+
+def _run(out: Path, size: int) -> None:
+    from tests.train.test_parallel import _env, _free_port
+
+    cases = json.dumps({name: [*COMMON, *overrides] for name, overrides in CASES.items()})
+    port = _free_port()
+    envs = [_env(r, size, port) for r in range(size)]
+    if size == 1:  # one process: no process group at all
+        envs = [{k: v for k, v in envs[0].items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}]
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, str(out), cases], env=env, cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in envs]
+    outputs = [p.communicate(timeout=1200)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0] * size, "\n".join(outputs[::-1])[-4000:]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("presets")
+    _run(base / "one", 1)
+    _run(base / "two", 2)
+    return base
+
+
+def rows(run_dir: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k not in TIMING_FIELDS}
+            for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", list(CASES))
+def test_two_ranks_log_what_one_process_logs(runs, case):
+    """Same steps, same fields, every number within 1e-4 relative (1e-9 absolute; Muon 1e-3,
+    for its bf16 Newton-Schulz: REL above). Two fields
+    get an absolute floor of 1e-6: pg_loss, a float32 sum whose exact value is about 0 with
+    centred advantages (1e-8 in one process, 4e-8 on two ranks), and kl_initial_k1, a mean of
+    signed per-token log-ratios of about 1e-4 that cancel (float32 forwards of the same rows
+    packed with other rows differ by 1e-7 per token)."""
+    one, two = rows(runs / "one" / case), rows(runs / "two" / case)
+    assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
+    for x, y in zip(one, two):
+        assert x.keys() == y.keys(), (x["step"], set(x) ^ set(y))
+        for k in x:
+            floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
+            assert y[k] == pytest.approx(x[k], rel=REL.get(case, 1e-4), abs=floor), (x["step"], k, x[k], y[k])
+    updated = [r for r in one if "entropy" in r]
+    assert updated and all({"entropy", "grad_norm", "response_length"} <= r.keys() for r in updated)
+    if case not in ("raft", "rloo", "dpo"):  # an NLL and REINFORCE losses: no ratio, no clipping
+        assert all({"clipfrac", "ratio_min", "ratio_max"} <= r.keys() for r in updated)
+
+
+@pytest.mark.slow
+def test_the_filters_drop_groups_in_the_comparison(runs):
+    """The comparison covers what the filters do at N ranks: steps with no group left (skipped
+    on every rank), fewer groups than ranks (one rank holds only padding), DAPO's refills."""
+    dapo, rej = rows(runs / "one" / "dapo"), rows(runs / "one" / "reinforce_rej")
+    assert [r["kept_groups"] for r in dapo] == [0, 2, 2] and all(r["gen_batches"] == 3 for r in dapo)
+    assert [r["kept_groups"] for r in rej] == [0, 1, 0]
+    assert sum(r.get("skipped_updates", 0) for r in rej) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["lora", "dion"])
+def test_a_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path, case):
+    """Saved at N=2 after step 2 (DCP shards of the adapters, or of Dion's state beside AdamW's),
+    resumed in one process: step 3 is the uninterrupted 2-rank run's. A LoRA checkpoint is a
+    PEFT folder written once, by rank 0."""
+    from pillion.cli import main
+    from tests.train.test_parallel import _copy_until
+
+    _copy_until(runs / "two" / case, tmp_path / "run", 2)
+    assert main(["train", f"out={tmp_path / 'run'}", "--resume"]) == 0
+    one, two = rows(tmp_path / "run"), rows(runs / "two" / case)
+    assert [r["step"] for r in one] == [1, 2, 3]
+    for k in two[2]:
+        floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
+        assert one[2][k] == pytest.approx(two[2][k], rel=1e-4, abs=floor), k
+    if case == "lora":
+        final = runs / "two" / "lora" / "checkpoints" / "step-000003"
+        assert (final / "adapter_config.json").is_file() and (final / "adapter_model.safetensors").is_file()
+        assert not (final / "model.safetensors").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("saved,asked", [("lora", "lora.rank=0"), ("grpo", "lora.rank=4")])
+def test_resuming_across_lora_and_full_weights_is_one_line(runs, tmp_path, capsys, saved, asked):
+    """A LoRA run's checkpoint resumed without LoRA (or the reverse): exit 2, one line naming
+    the checkpoint and the key, and nothing in the run folder changed."""
+    import shutil
+
+    from pillion.cli import main
+
+    shutil.copytree(runs / "one" / saved, tmp_path / "run")
+    before = {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()}
+    assert main(["train", f"out={tmp_path / 'run'}", "--resume", asked, "--allow-change", "lora.rank"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "step-000003" in err and "lora.rank" in err, err
+    assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
