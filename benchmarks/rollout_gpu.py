@@ -3,6 +3,7 @@
     python benchmarks/rollout_gpu.py                 # meant to take < 5 minutes on one H100 (mostly compiling)
     python benchmarks/rollout_gpu.py --only pillion  # pillion's three variants alone
     python benchmarks/rollout_gpu.py --smoke         # the same code on CPU, a tiny model (a test runs this)
+    python benchmarks/rollout_gpu.py --engines "pillion cuda-graphs,transformers dynamic" --json rollout.json
 
 The model has the Qwen2.5-1.5B shape (hidden 1536, 28 layers, 12 heads, 2 KV heads,
 intermediate 8960, vocab 151,936, tied embeddings), random-initialised in memory in bf16
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import sys
 import time
 
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     ap.add_argument("--prompt-len", type=int, default=32)
     ap.add_argument("--new", type=int, default=512, help="sampled tokens per prompt")
     ap.add_argument("--only", choices=("all", "pillion", "transformers"), default="all")
+    ap.add_argument("--engines", help=f"comma-separated among: {', '.join(ENGINES)} (default: as --only says)")
+    ap.add_argument("--json", help="also write {engine: tokens/s} and the seconds to this JSON file")
     ap.add_argument("--smoke", action="store_true",
                     help="on CPU: a tiny model, 4 prompts x 8 tokens, eager and uncompiled engines only")
     args = ap.parse_args(argv)
@@ -137,6 +141,11 @@ def main(argv=None) -> int:
     else:
         device, dtype, shape = "cuda", torch.bfloat16, QWEN25_15B
         engines = [e for e in ENGINES if args.only == "all" or e.startswith(args.only)]
+        if args.engines:
+            engines = args.engines.split(",")
+            unknown = [e for e in engines if e not in ENGINES]
+            if unknown:
+                ap.error(f"unknown engine(s) {unknown}; choose among {', '.join(ENGINES)}")
 
     wall = time.perf_counter()
     hf, model = build_models(shape, device, dtype)
@@ -169,6 +178,10 @@ def main(argv=None) -> int:
         base = rates["transformers dynamic"]
         print("  vs transformers dynamic: " + ", ".join(f"{e} {r / base:.2f}x" for e, r in rates.items()))
     print(f"total {time.perf_counter() - wall:.0f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"tokens_per_s": rates, "prompts": args.prompts, "new_tokens": args.new,
+                       "seconds": time.perf_counter() - wall}, f, indent=1)
     return 0
 
 

@@ -4,6 +4,7 @@
     python benchmarks/step_cpu.py --workloads tiny --steps 8
     python benchmarks/step_cpu.py --trl-python PATH/TO/venv-trl/bin/python   # or $PILLION_TRL_PYTHON
     python benchmarks/step_cpu.py --threads 1     # both sides on one intra-op thread
+    python benchmarks/step_cpu.py --workload readme --eager-only [--kl 0.04]   # the README's default job
 
 Workloads (GRPO, no KL term on either side, so neither runs a reference model; on-policy, one
 optimizer step per rollout; the same checkpoint folder, sizes and learning rate for both):
@@ -16,7 +17,13 @@ optimizer step per rollout; the same checkpoint folder, sizes and learning rate 
             answers stop within ~40 tokens, a few ramble to the cap. Also prints the padding
             fraction of the update's tokens before packing ([B, P + T] padded rows) and after
             (the packed forward holds the rows' real tokens only), and the share of those real
-            tokens the linear layers see when each group's prompt runs once.
+            tokens the linear layers see when each group's prompt runs once;
+  readme    the README's default job: the shipped model, 32 prompts x 8 samples x 48 tokens, EOS
+            honoured, the default job's data, template and learning rate (not part of "all").
+
+`--kl C` puts a k3 KL term of coefficient C in both losses (pillion loss.kl_coef, TRL beta), so
+each side runs its reference model. A workload may also be named MODEL/PxSxT (tiny or 24m, P
+prompts x S samples x T tokens, EOS ignored): benchmarks/scaling_cpu.py runs its grid that way.
 
 Three processes per workload: pillion as configured (eager), pillion with `compile=true` (the
 decode step and the training forward/backward through torch.compile; its first step, not
@@ -54,12 +61,32 @@ from trl_env import trl_python  # benchmarks/trl_env.py (the script's folder is 
 
 ROOT = Path(__file__).resolve().parent.parent
 LR, TEMPLATE = 1e-5, "qa"
+MODELS = {"tiny": dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256),
+          "24m": dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536)}
 # name -> (model spec or "default", prompts, samples, max_new_tokens, ignore EOS)
 WORKLOADS = {
-    "tiny": (dict(hidden_size=96, num_layers=3, num_heads=4, num_kv_heads=2, intermediate_size=256), 8, 8, 64, True),
-    "24m": (dict(hidden_size=512, num_layers=8, num_heads=8, num_kv_heads=2, intermediate_size=1536), 4, 4, 64, True),
+    "tiny": (MODELS["tiny"], 8, 8, 64, True),
+    "24m": (MODELS["24m"], 4, 4, 64, True),
     "longtail": ("default", 8, 8, 384, False),
 }
+README = ("default", 32, 8, 48, False)  # the default job's sizes (pillion/config.py TrainConfig)
+
+
+def workload(name: str) -> tuple:
+    """(model spec, prompts, samples, tokens, ignore EOS) of a named workload or of MODEL/PxSxT."""
+    if name == "readme":
+        return README
+    if name in WORKLOADS:
+        return WORKLOADS[name]
+    model, _, sizes = name.partition("/")
+    prompts, samples, tokens = (int(x) for x in sizes.split("x"))
+    return MODELS[model], prompts, samples, tokens, True
+
+
+def peak_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 def gate(info: dict | None = None) -> bool:
@@ -94,14 +121,14 @@ def pillion_child(args) -> None:
     from pillion.model.sequences import packed_layout
     from pillion.train import rl
 
-    model, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
+    model, prompts, samples, new, ignore_eos = workload(args.workloads)
     clock, padding = Clock(), []
     real_rollout, real_make_batch = rl.rollout, rl.make_batch
 
     def gated_rollout(engine, *a, **k):
         if ignore_eos:
             engine.eos_ids = []  # every row runs to max_new_tokens, as TRL's min_new_tokens
-        info = {**clock.lap(), "threads": torch.get_num_threads()}
+        info = {**clock.lap(), "threads": torch.get_num_threads(), "rss": peak_rss()}
         if padding:
             info["padding"] = padding.pop()
         if not gate(info):
@@ -119,11 +146,14 @@ def pillion_child(args) -> None:
         return batch
 
     rl.rollout, rl.make_batch = gated_rollout, measured_batch
-    cfg = C.resolve(C.TrainConfig, overrides=[
-        f"model={args.model_dir}", f"out={args.out}", f"steps={args.steps + 1}", f"prompts_per_step={prompts}",
-        f"group_size={samples}", f"max_new_tokens={new}", f"lr={LR}", "loss.kl_coef=0", "micro_batch=1024",
-        f"data.template={TEMPLATE}", "data.heldout_size=1", "eval.k=1", "eval.max_new_tokens=1", "save_every=100000",
-        "data.synthetic_size=2000", *args.extra])
+    sizes = [f"model={args.model_dir}", f"out={args.out}", f"steps={args.steps + 1}", f"prompts_per_step={prompts}",
+             f"group_size={samples}", f"max_new_tokens={new}", f"loss.kl_coef={args.kl}", "data.heldout_size=1",
+             "eval.k=1", "eval.max_new_tokens=1", "save_every=100000"]
+    if args.threads:  # the same on both sides (otherwise pillion's threads=auto chooses)
+        sizes.append(f"threads={args.threads}")
+    if args.workloads != "readme":  # readme: the default job's data, template, learning rate and micro-batch
+        sizes += [f"lr={LR}", "micro_batch=1024", f"data.template={TEMPLATE}", "data.synthetic_size=2000"]
+    cfg = C.resolve(C.TrainConfig, overrides=[*sizes, *args.extra])
     rl.train(cfg, overwrite=True)
 
 
@@ -138,8 +168,10 @@ def trl_child(args) -> None:
     from pillion.data.templates import render_prompt
     from pillion.rewards import RewardConfig, score
 
-    _, prompts, samples, new, ignore_eos = WORKLOADS[args.workload]
-    problems = generate(prompts * (args.steps + 2), levels=(1, 2), seed=0)
+    _, prompts, samples, new, ignore_eos = workload(args.workloads)
+    readme = args.workloads == "readme"
+    # readme: the default job's levels (the curriculum's default) and learning rate
+    problems = generate(prompts * (args.steps + 2), **({} if readme else {"levels": (1, 2)}), seed=0)
     by_question = {p.question: p for p in problems}
     reward_cfg = RewardConfig(answer_style="boxed")
     tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
@@ -152,7 +184,7 @@ def trl_child(args) -> None:
 
     class Gate(TrainerCallback):
         def on_step_begin(self, args_, state, control, **kwargs):
-            if not gate({**clock.lap(), "threads": torch.get_num_threads()}):
+            if not gate({**clock.lap(), "threads": torch.get_num_threads(), "rss": peak_rss()}):
                 raise SystemExit(0)
             clock.lap()
 
@@ -160,7 +192,8 @@ def trl_child(args) -> None:
                                  "question": [p.question for p in problems]})
     with tempfile.TemporaryDirectory() as out_dir:
         config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts * samples, num_generations=samples,
-                            max_completion_length=new, max_steps=args.steps + 1, learning_rate=LR, beta=0.0,
+                            max_completion_length=new, max_steps=args.steps + 1,
+                            learning_rate=1e-4 if readme else LR, beta=args.kl,
                             temperature=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
                             disable_tqdm=True, seed=0, model_init_kwargs={"dtype": torch.float32},
                             generation_kwargs={"min_new_tokens": new} if ignore_eos else None)
@@ -169,15 +202,15 @@ def trl_child(args) -> None:
         trainer.train()
 
 
-def make_model(workload: str, folder: Path) -> Path:
+def make_model(name: str, folder: Path) -> Path:
     from pillion.model.tiny import make_tiny_checkpoint
     from pillion.train.common import resolve_model
 
-    spec = WORKLOADS[workload][0]
+    spec = workload(name)[0]
     if spec == "default":
         return Path(resolve_model("default"))
     if not (folder / "config.json").exists():
-        make_tiny_checkpoint(folder, "qwen2", max_position_embeddings=1024, **spec)
+        make_tiny_checkpoint(folder, "qwen2", max_position_embeddings=4096, **spec)  # room for 2048 new tokens
     return folder
 
 
@@ -190,8 +223,9 @@ class Child:
     """A gated child process: `step()` lets it run one step and returns what it reported."""
 
     def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args, extra=()):
-        cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workload", workload, "--model-dir",
+        cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workloads", workload, "--model-dir",
                str(model_dir), "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
+               "--kl", str(args.kl),
                *sum([["--extra", e] for e in [*args.extra, *extra]], [])]
         self.log = open(out.with_suffix(f".{kind}.log"), "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
@@ -221,25 +255,30 @@ def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def run_workload(name: str, args, trl: str | None, work: Path) -> None:
-    model_dir = make_model(name, work / f"model-{name}")
-    _, prompts, samples, new, ignore_eos = WORKLOADS[name]
+def run_workload(name: str, args, trl: str | None, work: Path) -> dict[str, dict[str, float]]:
+    """Runs the workload's processes step by step in turn and prints the medians; returns them
+    ({who: {wall, cpu, rss}}; empty when a process exited early)."""
+    model_dir = make_model(name, work / f"model-{name.split('/')[0]}")
+    _, prompts, samples, new, ignore_eos = workload(name)
     print(f"\n{name}: {prompts} prompts x {samples} samples x {new} tokens{' (EOS ignored)' if ignore_eos else ''}, "
           f"model {model_dir}", flush=True)
-    outs = {"pillion": work / f"{name}-pillion", "pillion+compile": work / f"{name}-pillion-compiled"}
+    tag = name.replace("/", "-")
+    outs = {"pillion": work / f"{tag}-pillion", "pillion+compile": work / f"{tag}-pillion-compiled"}
     children = {"pillion": Child(sys.executable, "pillion", name, model_dir, outs["pillion"], args)}
     if not args.eager_only:
         children["pillion+compile"] = Child(sys.executable, "pillion", name, model_dir, outs["pillion+compile"], args,
                                             ["compile=true"])
     if trl:
-        children["TRL"] = Child(trl, "trl", name, model_dir, work / f"{name}-trl", args)
+        children["TRL"] = Child(trl, "trl", name, model_dir, work / f"{tag}-trl", args)
     times: dict[str, list[dict]] = {k: [] for k in children}
     for _ in range(args.steps):  # alternating: one step of each in turn
         for who, child in children.items():
             report = child.step()
             if report is None:
                 print(f"  {who} exited early; its log: {child.log.name}")
-                return
+                for other in children.values():
+                    other.stop()
+                return {}
             times[who].append(report)
     for child in children.values():
         child.stop()
@@ -269,20 +308,34 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> None:
         print(f"  update padding: {median([p['padding'] for p in pads]):.3f} of [B, P + T] before packing, 0.000 after "
               f"(packed rows hold only real tokens); with each group's prompt once, the linear layers see "
               f"{median([p['shared'] for p in pads]):.3f} of the real tokens")
+    return {who: {"wall": median([r["wall"] for r in rows]), "cpu": median([r["cpu"] for r in rows]),
+                  "rss": max(r.get("rss", 0) for r in times[who])} for who, rows in counted.items()}
+
+
+def begin(args, setting: str) -> str | None:
+    """The run's first lines (threads, `setting`, load; TRL or why not) and its work folder;
+    returns TRL's python, or None."""
+    trl = trl_python(args)
+    print(f"threads: {args.threads or 'torch default'} on both sides; {setting}; load average {os.getloadavg()[0]:.1f}")
+    if not trl:
+        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    return trl
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--workloads", "--workload", default=",".join(WORKLOADS),
+                   help=f"comma-separated among {', '.join(WORKLOADS)}, readme, or MODEL/PxSxT")
     p.add_argument("--steps", type=int, default=5, help="steps of each, the first a warm-up")
     p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-step-cpu")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
+    p.add_argument("--kl", type=float, default=0.0, help="k3 KL coefficient on both sides (default 0: no reference)")
     p.add_argument("--eager-only", action="store_true",
                    help="skip the third process, pillion with compile=true (its first step compiles for ~0.5-1 min)")
     p.add_argument("--child", choices=["pillion", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--workload", help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -290,14 +343,10 @@ def main() -> int:
         (pillion_child if args.child == "pillion" else trl_child)(args)
         return 0
     names = args.workloads.split(",")
-    unknown = [n for n in names if n not in WORKLOADS]
+    unknown = [n for n in names if n != "readme" and n not in WORKLOADS and n.split("/")[0] not in MODELS]
     if unknown:
         p.error(f"unknown workload(s) {unknown}; choose among {', '.join(WORKLOADS)}")
-    trl = trl_python(args)
-    print(f"threads: {args.threads or 'torch default'} on both sides; load average {os.getloadavg()[0]:.1f}")
-    if not trl:
-        print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
-    args.work_dir.mkdir(parents=True, exist_ok=True)
+    trl = begin(args, f"KL coefficient {args.kl}")
     for name in names:
         run_workload(name, args, trl, args.work_dir)
     return 0

@@ -3,6 +3,7 @@
     python benchmarks/step_gpu.py                                   # skips without CUDA
     python benchmarks/step_gpu.py --trl-python /path/to/python       # + TRL's GRPOTrainer on the same model
     python benchmarks/step_gpu.py --smoke                            # the script's logic on CPU, tiny sizes
+    python benchmarks/step_gpu.py --only pillion --json step.json    # one side; the measures as JSON too
 
 A Qwen2.5-1.5B-shaped model (hidden 1536, 28 layers, 12 heads, 2 KV heads, intermediate 8960,
 vocabulary 151,936, tied embeddings), initialised at random by `transformers` and saved once
@@ -62,7 +63,10 @@ def make_model(folder: Path, shape: dict) -> None:
     tokenizer = make_tokenizer()
     config = Qwen2Config(**shape, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                          bos_token_id=None)
-    Qwen2ForCausalLM(config).to(torch.bfloat16).save_pretrained(str(folder))
+    # Initialised on the GPU where there is one: seconds instead of a minute of CPU initialisation.
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = Qwen2ForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
 
 
@@ -152,7 +156,7 @@ def peak_flops(args) -> float:
     return (312e12 if "A100" in name else 989e12)  # H100 / H200 SXM dense bf16
 
 
-def main() -> int:
+def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-qwen2.5-1.5b-random")
     p.add_argument("--steps", type=int, default=3, help="steps of each, the first a warm-up")
@@ -162,9 +166,11 @@ def main() -> int:
     p.add_argument("--micro-batch-tokens", type=int, default=32768)
     p.add_argument("--peak-tflops", type=float, help="the GPU's peak dense bf16 TFLOP/s (default: by its name)")
     p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
+    p.add_argument("--only", choices=["all", "pillion", "trl"], default="all", help="one side only")
+    p.add_argument("--json", type=Path, help="also write the measures to this JSON file")
     p.add_argument("--smoke", action="store_true", help="tiny shapes on CPU: checks this script, measures nothing")
     p.add_argument("--child", choices=["trl"], help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     args.device, args.dtype = ("cpu", "float32") if args.smoke else ("cuda", "bfloat16")
     if args.smoke:
         args.model_dir = Path(tempfile.gettempdir()) / "pillion-step-gpu-smoke"
@@ -181,11 +187,21 @@ def main() -> int:
     if not (args.model_dir / "config.json").exists():
         print(f"writing a random Qwen2.5-1.5B-shaped model (bf16) to {args.model_dir} ...", flush=True)
         make_model(args.model_dir, SMOKE if args.smoke else QWEN25_15B)
-    work = Path(tempfile.mkdtemp(prefix="pillion-step-gpu-"))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() and not args.smoke else "cpu (smoke)"
     print(f"{device}: {args.prompts} prompts x {args.samples} samples x {args.tokens} tokens, {args.dtype}, "
           f"micro-batches of {args.micro_batch_tokens} tokens, {args.steps} steps (first a warm-up)", flush=True)
-    ours = pillion_run(args, work)
+    result: dict = {"device": device}
+    code = 0 if args.only == "trl" else pillion_side(args, result)
+    if code == 0 and args.only != "pillion":
+        trl_side(args, result)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+    return code
+
+
+def pillion_side(args, result: dict) -> int:
+    """pillion's steps: the median phases, update tokens/s and MFU printed and put in `result`."""
+    ours = pillion_run(args, Path(tempfile.mkdtemp(prefix="pillion-step-gpu-")))
     rows = ours["rows"]
     if not rows:
         print("pillion: no counted step (use --steps >= 2)")
@@ -199,14 +215,23 @@ def main() -> int:
     body = ours["params"] - head * (1 if cfg["tie_word_embeddings"] else 2)
     flops = (6 * body * tokens + 6 * head * scored
              + 12 * cfg["num_hidden_layers"] * cfg["hidden_size"] * squares / 2)  # forward + backward, causal
+    mfu = flops / med["time_update"] / peak_flops(args)
     print(f"update: {tokens:.0f} tokens through the linear layers ({scored:.0f} scored), "
           f"{tokens / med['time_update']:.0f} tokens/s, "
-          f"MFU {100 * flops / med['time_update'] / peak_flops(args):.1f}% (target >= 50%)"
+          f"MFU {100 * mfu:.1f}% (target >= 50%)"
           + (f"; peak memory {ours['peak_memory'] / 2**30:.1f} GiB" if ours["peak_memory"] else ""), flush=True)
+    result.update(step_s=med["step_time"], phases_s={k[5:]: med[k] for k in PHASES},
+                  update_tokens_per_s=tokens / med["time_update"], mfu=mfu, run_s=ours["seconds"],
+                  peak_memory_gib=ours["peak_memory"] / 2**30 if ours["peak_memory"] else None)
+    return 0
+
+
+def trl_side(args, result: dict) -> None:
+    """TRL's GRPOTrainer on the same folder and workload, in a fresh process under its interpreter."""
     trl = trl_python(args)
     if not trl:
         print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
-        return 0
+        return
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     cmd = [trl, __file__, "--child", "trl", "--model-dir", str(args.model_dir), "--steps", str(args.steps),
@@ -215,12 +240,12 @@ def main() -> int:
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
         print("TRL failed: " + " | ".join((proc.stderr or proc.stdout).strip().splitlines()[-3:]))
-        return 0
+        return
     theirs = json.loads(lines[-1])["steps"][1:]
     if theirs:
-        trl_step = statistics.median(theirs)
-        print(f"TRL median step {trl_step:.2f} s; TRL / pillion {trl_step / med['step_time']:.2f}x")
-    return 0
+        result["trl_step_s"] = trl_step = statistics.median(theirs)
+        ratio = f"; TRL / pillion {trl_step / result['step_s']:.2f}x" if "step_s" in result else ""
+        print(f"TRL median step {trl_step:.2f} s{ratio}")
 
 
 if __name__ == "__main__":

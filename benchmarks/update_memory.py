@@ -5,6 +5,7 @@
     python benchmarks/update_memory.py --precision                     # + bf16: masters vs autocast
     python benchmarks/update_memory.py --device cuda                   # bf16, torch.cuda.max_memory_allocated
     python benchmarks/update_memory.py --layers 4 --settings full,lora # a quick look
+    python benchmarks/update_memory.py --smoke --json memory.json      # a tiny model: checks the script
 
 The model is Qwen2.5-0.5B's configuration (hidden 896, 24 layers, 14 heads, 2 KV heads,
 intermediate 4864, vocabulary 151,936, tied embeddings), initialised at random by
@@ -46,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 QWEN25_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
                   num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
                   rms_norm_eps=1e-6, tie_word_embeddings=True, architectures=["Qwen2ForCausalLM"])
+SMOKE = dict(QWEN25_05B, vocab_size=320, hidden_size=64, intermediate_size=128, num_attention_heads=4)
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 ROWS, PROMPT, RESPONSE, RANK, ALPHA, LR = 8, 16, 256, 16, 32, 1e-6
 # name -> (LoRA, activation checkpointing); the TRL rows use the same names.
@@ -62,7 +64,7 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
-def make_model(folder: Path, layers: int) -> None:
+def make_model(folder: Path, layers: int, shape: dict) -> None:
     """A random-init Qwen2.5-0.5B-shaped folder (float32) with pillion's byte-level tokenizer."""
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -71,9 +73,11 @@ def make_model(folder: Path, layers: int) -> None:
 
     torch.manual_seed(0)
     tokenizer = make_tokenizer()
-    config = Qwen2Config(**{**QWEN25_05B, "num_hidden_layers": layers}, eos_token_id=tokenizer.eos_token_id,
+    config = Qwen2Config(**{**shape, "num_hidden_layers": layers}, eos_token_id=tokenizer.eos_token_id,
                          pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    Qwen2ForCausalLM(config).save_pretrained(str(folder))
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # seconds on a GPU, not a minute
+        model = Qwen2ForCausalLM(config)
+    model.save_pretrained(str(folder))
     tokenizer.save_pretrained(str(folder))
 
 
@@ -228,12 +232,16 @@ def main() -> int:
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated among {', '.join(SETTINGS)}")
     p.add_argument("--precision", action="store_true", help=f"also pillion {' and '.join(PRECISION)}")
     p.add_argument("--trl-python", help="python of an environment with trl + peft (or $PILLION_TRL_PYTHON)")
+    p.add_argument("--json", type=Path, help="also write every setting's measures to this JSON file")
+    p.add_argument("--smoke", action="store_true", help="a 2-layer model with hidden size 64: checks the script")
     p.add_argument("--child", choices=["pillion", "trl", "make"], help=argparse.SUPPRESS)
     args = p.parse_args()
     settings = args.settings.split(",")
+    if args.smoke:
+        args.model_dir, args.layers = Path(tempfile.gettempdir()) / "pillion-update-memory-smoke", 2
 
     if args.child == "make":
-        make_model(args.model_dir, args.layers)
+        make_model(args.model_dir, args.layers, SMOKE if args.smoke else QWEN25_05B)
         return 0
     if args.child:
         fn = pillion_child if args.child == "pillion" else trl_child
@@ -254,7 +262,8 @@ def main() -> int:
               flush=True)
         # In a process of its own: building the model takes memory this process should not keep.
         subprocess.run([sys.executable, __file__, "--child", "make", "--model-dir", str(args.model_dir),
-                        "--layers", str(args.layers)], check=True, env=child_env())
+                        "--layers", str(args.layers), *(["--smoke"] if args.smoke else [])], check=True,
+                       env=child_env())
     trl = trl_python(args, ("trl", "peft", "datasets"))
     cuda = args.device.startswith("cuda")
     metric = "torch.cuda.max_memory_allocated" if cuda else "peak RSS"
@@ -303,6 +312,9 @@ def main() -> int:
         for who, r in (("pillion", ours), ("TRL", theirs)):
             if r and "error" in r:
                 print(f"{name}: {who} failed: {r['error']}")
+    if args.json:
+        args.json.write_text(json.dumps({name: {"pillion": ours, "trl": theirs} for name, ours, theirs in rows},
+                                        indent=1))
     measured = {name: ours for name, ours, _ in rows if "error" not in ours}
     if "full" in measured:
         for name in ("full+ckpt", "lora", "lora+ckpt", *PRECISION):

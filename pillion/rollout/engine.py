@@ -241,23 +241,18 @@ class Engine:
     def __init__(self, model: Transformer, tokenizer, eos_ids: list[int], decode_fn=decode_step, check_every: int = 8,
                  max_rows: int | None = None, cache_bytes: int | None = None, sampler: str | None = None,
                  static: bool | None = None, prefill_tokens: int = 1024, tools: tool_calls.Tools | None = None):
-        self.model = model
-        self.tokenizer = tokenizer
+        self.model, self.tokenizer = model, tokenizer
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self.decode_fn = decode_fn
-        self.check_every = check_every
+        self.decode_fn, self.check_every = decode_fn, check_every
         self.max_rows, self.cache_bytes = max_rows, cache_bytes
         self.device = model.lm_head.weight.device
         self.sampler = sampler or ("race" if self.device.type == "cuda" else "cdf")
         if self.sampler not in ("cdf", "race"):
             raise ValueError(f"Engine: sampler {sampler!r} is not one of 'cdf', 'race'")
         self.static = self.device.type == "cuda" if static is None else static
-        self.prefill_tokens = prefill_tokens
-        self.tools = tools
-        self.cache: KVCache | None = None
-        self.slots: Slots | None = None
-        self.rope: torch.Tensor | None = None
+        self.prefill_tokens, self.tools = prefill_tokens, tools
+        self.cache, self.slots, self.rope = None, None, None  # KVCache, Slots, RoPE table
 
     def encode(self, prompt: str | list[int]) -> list[int]:
         if isinstance(prompt, str):
@@ -588,6 +583,11 @@ class Engine:
                 out_logprobs=zeros(S, width, dtype=torch.float32),
             )
             self._pin(*vars(s).values())
+
+    def release(self) -> None:
+        """Drop the cache and slots (remade by the next call; kept with static shapes: graphs hold them)."""
+        if not self.static:
+            self.cache = self.slots = self.rope = None
 
     def _pin(self, *tensors: torch.Tensor) -> None:
         """On CUDA, mark tensors that a captured graph reads or writes in place as static inputs,

@@ -173,6 +173,20 @@ def actor_loss(cfg, logp, old_logp, mb: TrainBatch, counts: Counts, entropy=None
     return loss, stats
 
 
+def grad_free_rows(cfg, advantages: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor | None:
+    """[B] bool: the rows whose actor loss has no gradient, or None when no row can be without.
+
+    Every policy-gradient term (PPO clip with or without dual clip, GSPO, REINFORCE, with TIS
+    weights) is the advantage times a function of the ratio, so a row with advantage 0 on every
+    loss token adds exactly 0 to the gradient (a GRPO group whose rewards are all equal: often
+    half the rows). Only the KL, entropy and NLL terms reach such a row; with any of them on, or
+    with the NLL loss, no row is free."""
+    if (cfg.loss.name == "nll" or cfg.loss.entropy_coef > 0 or cfg.loss.nll_coef > 0
+            or (cfg.loss.kl_in == "loss" and cfg.loss.kl_coef > 0)):
+        return None
+    return ((advantages != 0) & (loss_mask != 0)).sum(-1) == 0  # [B]
+
+
 def critic_loss(cfg, values, mb: TrainBatch, counts: Counts):
     """The critic objective of micro-batch `mb` at values [b, T]: vf_coef x the clipped value loss
     against the returns, a token mean over the step's global token count; returns (loss, stats)."""

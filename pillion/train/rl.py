@@ -350,8 +350,10 @@ def log_step(run: Run, cfg, record: dict, step: int, bar) -> None:
 def evaluate_heldout(run: Run, cfg, tag: str) -> dict:
     """{set name: result} on the held-out sets; each rank evaluates its share, all get the results."""
     with parallel.full_weights(run.models.policy, run.world):
-        return evaluate_sets(run.engine, run.heldout, cfg.eval, cfg.data.template, cfg.reward, run.grader, tag,
-                             run.world)
+        results = evaluate_sets(run.engine, run.heldout, cfg.eval, cfg.data.template, cfg.reward, run.grader, tag,
+                                run.world)
+    run.engine.release()  # the evaluation's cache (k samples of every problem) is not kept for the steps
+    return results
 
 
 def save_checkpoint(run: Run, cfg, steps: int) -> None:

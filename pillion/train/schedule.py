@@ -71,6 +71,10 @@ class Schedule:
                               for rows in self.split(index)]
         return self.done[key]
 
+    def layout(self, rows: Tensor) -> PackedLayout:
+        """The packed layout of the rows `rows` in one forward (no split)."""
+        return packed_layout(self.seqs.rows(rows), self.share)
+
 
 def of(batch, cfg, world=None) -> Schedule:
     """The schedule of a TrainBatch: made on first use and kept on it (`batch.schedule`), so that

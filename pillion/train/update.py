@@ -27,7 +27,7 @@ from pillion.train import parallel, schedule
 from pillion.train import stats as stats_lib
 from pillion.train.batch import TrainBatch
 from pillion.train.models import Models, Optimizers, optimizer_params, reference_fn
-from pillion.train.objective import Counts, actor_loss, critic_loss, rollout_checks
+from pillion.train.objective import Counts, actor_loss, critic_loss, grad_free_rows, rollout_checks
 
 # Wall-clock fields of a step's metrics record: the only ones that differ between two runs of
 # the same config and seed (resume, fault and multi-rank tests compare all the others).
@@ -94,6 +94,9 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
     tally = stats_lib.Tally()  # the rest: token means (weighted by tokens), ratio_min / ratio_max
     sums = {"tokens": 0.0, "logprob_error": 0.0, "kl": 0.0}  # token-weighted, first epoch
     skipped = 0
+    # Rows whose loss has no gradient run their forward without autograd (one process only: with
+    # FSDP2 every rank must run the same forwards).
+    free = grad_free_rows(cfg, batch.advantages, batch.loss_mask) if world is None or world.size == 1 else None
     for epoch in range(cfg.ppo_epochs):
         for mb in mini_batches(batch, cfg.mini_batches):
             counts = Counts.of(batch.loss_mask[mb], batch.correct[mb], cfg.loss.agg,
@@ -102,18 +105,21 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
             counts.num_seqs = ranks.sum_int(counts.num_seqs, world)
             counts.num_positive_tokens = ranks.sum_int(counts.num_positive_tokens, world)
             shares: dict[str, float] = {}  # PARTS: the micro-batches' shares of this optimizer step's losses
+            # With no row to backpropagate the optimizer would see no gradient instead of a zero one
+            # (AdamW still moves on its moments): such a mini-batch runs as usual.
+            mb_free = free if free is not None and not bool(free[mb].all()) else None
             for micro in plan.micro_batches(mb):
                 sub = batch.rows(micro.rows)
                 if train_policy:
-                    logp, entropy = packed_logprobs(models.policy, micro.layout, cfg.temperature,
-                                                    with_entropy=True)  # [b, T]
+                    logp, entropy = policy_logprobs(models.policy, cfg, plan, micro, mb_free)  # [b, T]
                     # On-policy (one update per rollout) the first forward is pi_old: ratio exactly 1.
                     old = sub.old_logprobs if sub.old_logprobs is not None else logp.detach()
                     if epoch == 0:  # the rollout policy as the trainer sees it, against the engine's
                         for k, v in rollout_checks(old, sub).items():
                             sums[k] += v
                     loss, st = actor_loss(cfg, logp, old, sub, counts, entropy)
-                    loss.backward()
+                    if loss.requires_grad:  # else every row of the micro-batch is free
+                        loss.backward()
                     keep_stats(st, shares, tally, float(sub.loss_mask.sum()))
                 if models.critic is not None:
                     loss, st = critic_loss(cfg, models.critic.packed_values(micro.layout), sub, counts)  # [b, T] values
@@ -138,6 +144,25 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
         out["kl"] = sums["kl"] / sums["tokens"]
     out["time_update"] = seconds_since(start, batch.response_mask.device)
     return out
+
+
+def policy_logprobs(policy, cfg, plan, micro, free: torch.Tensor | None):
+    """The micro-batch's [b, T] log-probs and entropies under the policy. Rows in `free` (their
+    loss has no gradient: `grad_free_rows`) take a forward without autograd, which neither keeps
+    activations nor runs backward; the others one with it; the two are put back in row order, so
+    every logged statistic sees the same values (up to float summation order)."""
+    temperature = cfg.temperature
+    if free is None or not bool(free[micro.rows].any()):
+        return packed_logprobs(policy, micro.layout, temperature, with_entropy=True)
+    is_free = free[micro.rows]  # [b]
+    parts = [micro.rows[~is_free], micro.rows[is_free]]
+    outs = []
+    for rows, grad in zip(parts, (True, False)):
+        if len(rows):
+            with torch.set_grad_enabled(grad):
+                outs.append(packed_logprobs(policy, plan.layout(rows), temperature, with_entropy=True))
+    order = torch.argsort(torch.cat(parts))  # (grad rows, free rows) -> the micro-batch's order
+    return torch.cat([o[0] for o in outs])[order], torch.cat([o[1] for o in outs])[order]
 
 
 def mini_batches(batch: TrainBatch, count: int) -> list[torch.Tensor]:

@@ -146,6 +146,25 @@ def test_cache_is_reused_and_bad_input_rejected(tiny_checkpoint):
         engine.generate(["hi"], SamplingParams(max_new_tokens=10**6))
 
 
+def test_release_drops_the_cache_and_the_next_call_is_unchanged(tiny_checkpoint):
+    """`release` (after an evaluation's large call) frees the cache; the next call makes a fresh
+    one and samples what it would have; with static shapes (CUDA graphs' addresses) it is kept."""
+    params = SamplingParams(n=3, max_new_tokens=8, seed=1)
+    kept = _engine(tiny_checkpoint("qwen2"))
+    released = _engine(tiny_checkpoint("qwen2"))
+    for engine in (kept, released):
+        engine.generate(PROMPTS, SamplingParams(n=4, max_new_tokens=16, seed=0))  # the large call
+    released.release()
+    assert released.cache is None and released.slots is None
+    _assert_same(released.generate(PROMPTS[:2], params), kept.generate(PROMPTS[:2], params))
+    assert released.cache.rows == 6 and kept.cache.rows == 12  # sized for this call, not the large one
+    static = _engine(tiny_checkpoint("qwen2"), static=True)
+    static.generate(PROMPTS, params)
+    cache = static.cache
+    static.release()
+    assert static.cache is cache
+
+
 @pytest.mark.slow  # an inductor compile of the whole step (decode, sampling, bookkeeping): ~25-50 s here
 def test_compiled_decode_matches_eager(tiny_checkpoint):
     """The fast path (torch.compile of the decode step) against the reference eager step."""

@@ -1,24 +1,12 @@
 """benchmarks/rollout_gpu.py is ready to run where CUDA is: its code runs here on CPU (--smoke:
 the same model building, engines and timing on a tiny model), and it skips cleanly."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "rollout_gpu.py"
 
-
-def _script():
-    spec = importlib.util.spec_from_file_location("rollout_gpu", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_smoke_run_on_cpu_builds_equal_models_and_times_every_engine(capsys):
-    bench = _script()
+def test_smoke_run_on_cpu_builds_equal_models_and_times_every_engine(capsys, benchmark_script):
+    bench = benchmark_script("rollout_gpu")
     hf, model = bench.build_models(bench.TINY, "cpu", torch.float32)
     ids = torch.randint(1, 1024, (2, 9), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the in-memory conversion gives pillion transformers' weights
@@ -32,6 +20,6 @@ def test_smoke_run_on_cpu_builds_equal_models_and_times_every_engine(capsys):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
-def test_skips_cleanly_without_cuda(capsys):
-    assert _script().main([]) == 0
+def test_skips_cleanly_without_cuda(capsys, benchmark_script):
+    assert benchmark_script("rollout_gpu").main([]) == 0
     assert "skipped, no CUDA device" in capsys.readouterr().out

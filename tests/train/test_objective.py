@@ -10,7 +10,7 @@ import torch
 from pillion import config as C
 from pillion.model.sequences import pack
 from pillion.train.batch import TrainBatch
-from pillion.train.objective import Counts, actor_loss, advantages, loss_mask
+from pillion.train.objective import Counts, actor_loss, advantages, grad_free_rows, loss_mask
 
 
 def cfg(*overrides):
@@ -112,3 +112,15 @@ def test_tis_weights_use_the_engine_logprobs():
     tis, _ = actor_loss(c, logp, logp, weighted, counts)
     # l = -A: (-1 + 0.5) / 2 = -0.25 without weights, -0.5 with w = 2.
     assert float(base) == pytest.approx(-0.25) and float(tis) == pytest.approx(-0.5)
+
+
+def test_grad_free_rows_are_those_with_zero_advantage_on_every_loss_token():
+    # row 0: advantage 0 everywhere; row 1: 0.5 on a loss token; row 2: 0.5 only where the loss
+    # mask is 0 (prompt padding or a masked token): no gradient reaches it; row 3: -1 on a token.
+    adv = torch.tensor([[0.0, 0.0], [0.5, 0.0], [0.0, 0.5], [0.0, -1.0]])  # [4, 2]
+    mask = torch.tensor([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])  # [4, 2]
+    assert grad_free_rows(cfg("loss.kl_coef=0"), adv, mask).tolist() == [True, False, True, False]
+    assert grad_free_rows(cfg("loss.kl_in=reward"), adv, mask).tolist() == [True, False, True, False]
+    assert grad_free_rows(cfg(), adv, mask) is None  # grpo: a KL term (0.04) in the loss reaches every row
+    for other in ("loss.entropy_coef=0.01", "loss.nll_coef=0.1", "loss.name=nll"):  # terms without the advantage
+        assert grad_free_rows(cfg("loss.kl_coef=0", other), adv, mask) is None, other

@@ -281,3 +281,51 @@ def test_a_rollout_draws_one_prompt_batch_per_generation_batch(monkeypatch):
     prompts = collect.prompt_batches(mixture, 3)
     assert mixture.draws == 0  # nothing drawn before the rollout takes a batch
     assert len(next(prompts)) == 3 and mixture.draws == 3
+
+
+@pytest.mark.parametrize("budget", [0, 40])
+def test_rows_without_gradient_take_a_forward_only_and_change_nothing(tiny_checkpoint, monkeypatch, budget):
+    """Rows with advantage 0 on every token (no KL, entropy or NLL term) add nothing to the
+    gradient: they run without autograd, and the gradient (SGD at lr 1: the weights move by it)
+    and every logged statistic are those of the update that backpropagates every row."""
+    from pillion.train import update as U
+
+    batch = _train_batch(3, n=8)
+    batch.advantages[[1, 2, 5]] = 0.0  # three rows with nothing to learn
+    real = U.packed_logprobs
+    results = []
+    for skip in (False, True):
+        grad = []  # autograd on or off, per policy forward
+        with monkeypatch.context() as m:
+            m.setattr(U, "packed_logprobs", lambda *a, g=grad, **k: g.append(torch.is_grad_enabled()) or real(*a, **k))
+            if not skip:
+                m.setattr(U, "grad_free_rows", lambda *a: None)
+            cfg = C.resolve(C.TrainConfig, overrides=["loss.kl_coef=0", "lr=1", "grad_clip=1e9",
+                                                      f"micro_batch_tokens={budget}"])
+            policy = load_model(tiny_checkpoint())
+            optimizer = torch.optim.SGD(policy.parameters(), lr=cfg.lr)
+            stats = update(M.Models(policy, []), M.Optimizers(optimizer), cfg, batch, World())
+        results.append((torch.cat([p.detach().flatten() for p in policy.parameters()]), stats, grad))
+    (before, full, every), (after, skipped, split) = results
+    assert all(every) and False in split and True in split  # free rows without autograd, the rest with it
+    torch.testing.assert_close(after, before, atol=1e-6, rtol=1e-5)
+    assert skipped.keys() == full.keys()
+    for k, v in full.items():
+        if k != "time_update":
+            assert skipped[k] == pytest.approx(v, rel=1e-5, abs=1e-7), k
+
+
+def test_a_mini_batch_with_no_gradient_at_all_still_steps_adamw(tiny_checkpoint):
+    """All advantages 0: AdamW must see zero gradients (its moments still move the weights), so
+    the usual path runs; the weights move exactly as they do with every row backpropagated."""
+    batch = _train_batch(4, n=4)
+    batch.advantages.zero_()
+    policy = load_model(tiny_checkpoint())
+    start = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2, weight_decay=0.1)
+    cfg = C.resolve(C.TrainConfig, overrides=["loss.kl_coef=0", "lr=1e-2"])
+    update(M.Models(policy, []), M.Optimizers(optimizer), cfg, batch, World())
+    assert all(p.grad is None for p in policy.parameters())  # zeroed after the step as always
+    assert optimizer.state[next(policy.parameters())]["step"] == 1  # zero gradients were stepped
+    moved = torch.cat([p.detach().flatten() for p in policy.parameters()])
+    assert not torch.equal(moved, start)  # weight decay 0.1 x lr 1e-2 shrinks every weight
