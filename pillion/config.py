@@ -115,8 +115,8 @@ class TrainConfig:
     out: str | None = free(None)  # run directory; default runs/<time>-<algo>
     seed: int = free(0)
     device: str = checked("auto", check_device)  # auto | cpu | cuda | cuda:N
-    # CPU intra-op threads: auto counts the cores other work leaves free (one for tiny models;
-    # pillion/threads.py); a number sets it
+    # CPU intra-op threads: auto counts the cores other work leaves free when the run starts
+    # (pillion/threads.py); a number sets it
     threads: int | Literal["auto"] = bounded("auto", low=1)
     dtype: Literal["float32", "bfloat16"] = "float32"
     steps: int = bounded(60, low=1)  # the CPU default: ~1.5 min of GRPO on 2 cores

@@ -5,8 +5,9 @@ another process holds a core (a browser, an editor, a second run), the thread on
 at a fraction of its speed and every op waits for it: measured on 2 cores with one busy process
 beside it, the README job took 3-5x longer with two threads than with one (table in
 benchmarks/threads_cpu.py). So `threads=auto` (the default) counts the cores that other
-processes leave free when the command starts and uses that many, and uses one thread for models
-too small to gain from a second (their ops are too short to split). A number sets it outright;
+processes leave free when the command starts and uses that many (even the shipped 0.8M-parameter
+model gains from a second idle core: the README job 72 s at two threads, 94 s at one). A number
+sets it outright;
 `OMP_NUM_THREADS` in the environment is honoured as such a number. With CUDA the CPU only feeds
 the GPU, and torch's own default stays.
 
@@ -22,9 +23,6 @@ from dataclasses import dataclass
 
 import torch
 
-# Below this many parameters a second thread saves nothing measurable and costs a lot under load
-# (benchmarks/threads_cpu.py: the shipped 0.8M-parameter model at 1 and 2 threads).
-SMALL_MODEL_PARAMS = 5_000_000
 # A core counts as busy when other processes use at least this share of it.
 BUSY_SHARE = 0.5
 
@@ -76,9 +74,9 @@ def busy_cores(window: float = 0.3) -> float:
     return max(0.0, others / (ticks * window))
 
 
-def choose(setting: int | str, device: torch.device, params: int | None, busy: float | None = None) -> ThreadChoice:
-    """The intra-op thread count for `setting` (a number, or "auto"). `params`: the model's
-    parameter count (None: unknown); `busy`: cores busy with other work (None: measured now).
+def choose(setting: int | str, device: torch.device, busy: float | None = None) -> ThreadChoice:
+    """The intra-op thread count for `setting` (a number, or "auto"). `busy`: cores busy with
+    other work (None: measured now).
     Under torchrun the LOCAL_WORLD_SIZE ranks on this machine share its cores."""
     if setting != "auto":
         return ThreadChoice(int(setting), "threads key")
@@ -86,8 +84,6 @@ def choose(setting: int | str, device: torch.device, params: int | None, busy: f
         return ThreadChoice(int(os.environ["OMP_NUM_THREADS"]), "OMP_NUM_THREADS")
     if device.type != "cpu":
         return ThreadChoice(torch.get_num_threads(), f"torch's default beside {device.type}")
-    if params is not None and params < SMALL_MODEL_PARAMS:
-        return ThreadChoice(1, f"auto: a {params / 1e6:.1f}M-parameter model runs as fast on one thread")
     total = cores()
     ranks_here = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     share = max(1, total // max(1, ranks_here))  # each of this job's processes on this machine

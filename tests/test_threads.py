@@ -9,7 +9,6 @@ import torch
 
 from pillion import threads
 
-BIG = 24_000_000  # parameters: past the one-thread size
 CPU = torch.device("cpu")
 
 
@@ -29,33 +28,28 @@ def two_cores(monkeypatch):
     (5.0, 1),
 ])
 def test_auto_counts_the_cores_other_work_leaves_free(two_cores, busy, expected):
-    choice = threads.choose("auto", CPU, BIG, busy=busy)
+    choice = threads.choose("auto", CPU, busy=busy)
     assert choice.threads == expected
     assert f"{busy:.1f} busy" in choice.reason
 
 
-def test_auto_uses_one_thread_for_a_small_model_whatever_the_load(two_cores):
-    assert threads.choose("auto", CPU, 800_000, busy=0.0).threads == 1
-    assert threads.choose("auto", CPU, threads.SMALL_MODEL_PARAMS, busy=0.0).threads == 2
-
-
 def test_a_number_and_omp_num_threads_are_taken_as_they_are(two_cores, monkeypatch):
-    assert threads.choose(3, CPU, 800_000, busy=2.0).threads == 3
+    assert threads.choose(3, CPU, busy=2.0).threads == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "4")
-    choice = threads.choose("auto", CPU, BIG, busy=0.0)
+    choice = threads.choose("auto", CPU, busy=0.0)
     assert (choice.threads, choice.reason) == (4, "OMP_NUM_THREADS")
 
 
 def test_ranks_on_one_machine_share_its_cores(two_cores, monkeypatch):
     monkeypatch.setattr(threads, "cores", lambda: 8)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
-    assert threads.choose("auto", CPU, BIG, busy=0.0).threads == 4
+    assert threads.choose("auto", CPU, busy=0.0).threads == 4
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
-    assert threads.choose("auto", CPU, BIG, busy=0.0).threads == 1
+    assert threads.choose("auto", CPU, busy=0.0).threads == 1
 
 
 def test_cuda_keeps_torchs_default(two_cores):
-    assert threads.choose("auto", torch.device("cuda"), BIG, busy=2.0).threads == torch.get_num_threads()
+    assert threads.choose("auto", torch.device("cuda"), busy=2.0).threads == torch.get_num_threads()
 
 
 def test_busy_cores_sees_a_busy_process_and_leaves_this_one_out():

@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
     from pillion.rewards import RewardConfig
     from pillion.rewards.extract import STYLES
     from pillion.rollout.engine import Engine
-    from pillion.train.common import drop_long_prompts, parameter_count, resolve_device
+    from pillion.train.common import drop_long_prompts, resolve_device
 
     device = str(resolve_device(args.device or "auto", "--device"))  # one that is not there: one line, now
     folder = resolve_model(args.model)  # "default", a folder, a LoRA checkpoint, a run folder, a Hub id
@@ -157,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
     if not problems:
         raise UserError(f"no problems to evaluate in {args.data}")
 
-    chosen = threads.apply(threads.choose(args.threads, torch.device(device), parameter_count(model)))
+    chosen = threads.apply(threads.choose(args.threads, torch.device(device)))
     engine = Engine(model, tokenizer, eos_token_ids(folder, tokenizer))
     cfg = EvalConfig(temperature=args.temperature, top_p=args.top_p, k=args.k, max_new_tokens=args.max_new_tokens,
                      seed=args.seed, batch_prompts=args.batch_prompts)

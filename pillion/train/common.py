@@ -82,11 +82,6 @@ def model_folder(cfg) -> Path:
     return folder
 
 
-def parameter_count(model: torch.nn.Module) -> int:
-    """Parameters of the whole model (a rank's FSDP2 shards are counted at their full size)."""
-    return sum(p.numel() for p in model.parameters())
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)

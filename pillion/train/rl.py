@@ -213,7 +213,7 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     models = build_models(cfg, model_dir, device, world)
     # CPU threads: the cores other work leaves free, or one for a tiny model (pillion/threads.py);
     # chosen before the grading workers start, so that they do not count as other work.
-    chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(models.policy)))
+    chosen = threads.apply(threads.choose(cfg.threads, device))
     print(chosen.line())
     if cfg.compile:  # the training forward too (dynamic shapes: one graph for every packed length)
         compile_training(models.policy)

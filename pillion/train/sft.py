@@ -113,7 +113,7 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
         # dtype=bfloat16: bf16 compute over float32 master weights, the optimizer's (train/precision.py).
         model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device, world=world,
                                                cpu_offload=cfg.fsdp.cpu_offload)
-        chosen = threads.apply(threads.choose(cfg.threads, device, common.parameter_count(model)))
+        chosen = threads.apply(threads.choose(cfg.threads, device))
         print(chosen.line())
         tokenizer = load_tokenizer(model_dir)
         budget = common.prompt_budget(cfg.data, model.cfg.max_position_embeddings, cfg.eval.max_new_tokens)
