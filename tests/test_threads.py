@@ -85,6 +85,9 @@ def test_a_run_prints_and_records_its_choice(tiny_checkpoint, tmp_path, capsys, 
     from pillion.train.rl import train
 
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    monkeypatch.setattr(threads, "cores", lambda: 2)
+    monkeypatch.setattr(threads, "busy_cores", lambda: 1.0)  # one core taken by other work
     before = torch.get_num_threads()
     try:
         cfg = config_lib.resolve(config_lib.TrainConfig, None, [
@@ -92,7 +95,7 @@ def test_a_run_prints_and_records_its_choice(tiny_checkpoint, tmp_path, capsys, 
             "group_size=2", "max_new_tokens=4", "data.heldout_size=2", "eval.k=1", "eval.max_new_tokens=4",
             "threads=auto"])
         train(cfg)
-        assert capsys.readouterr().out.splitlines()[0].startswith("threads: 1 (auto: a ")
+        assert capsys.readouterr().out.splitlines()[0].startswith("threads: 1 (auto: 2 cores, 1.0 busy with other work)")
         assert json.loads((tmp_path / "run" / "report.json").read_text())["threads"] == 1
         assert torch.get_num_threads() == 1
     finally:
