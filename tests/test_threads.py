@@ -95,7 +95,8 @@ def test_a_run_prints_and_records_its_choice(tiny_checkpoint, tmp_path, capsys, 
             "group_size=2", "max_new_tokens=4", "data.heldout_size=2", "eval.k=1", "eval.max_new_tokens=4",
             "threads=auto"])
         train(cfg)
-        assert capsys.readouterr().out.splitlines()[0].startswith("threads: 1 (auto: 2 cores, 1.0 busy with other work)")
+        first = capsys.readouterr().out.splitlines()[0]
+        assert first.startswith("threads: 1 (auto: 2 cores, 1.0 busy with other work)")
         assert json.loads((tmp_path / "run" / "report.json").read_text())["threads"] == 1
         assert torch.get_num_threads() == 1
     finally:
