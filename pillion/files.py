@@ -135,8 +135,14 @@ def write_text_atomic(path: Path, text: str) -> None:
 
 def save_torch(obj: Any, path: Path) -> None:
     """torch.save into `path` through a Python file, so that a failed write keeps its OSError
-    (torch.save given a path reports only "enforce fail at inline_container.cc")."""
+    (torch.save given a path reports only "enforce fail at inline_container.cc"), and a Ctrl-C
+    during the write is a KeyboardInterrupt (torch.save wraps it in that RuntimeError too)."""
     import torch
 
     with open(path, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:  # Ctrl-C inside the writer comes back wrapped: it stays a Ctrl-C
+            if isinstance(e.__context__, KeyboardInterrupt):
+                raise KeyboardInterrupt from None
+            raise

@@ -159,3 +159,34 @@ def test_a_run_stopped_by_a_full_disk_resumes_as_if_uninterrupted(tmp_path, monk
     assert _rows(run) == _rows(tmp_path / "straight")
     straight, resumed = (json.loads((p / "report.json").read_text()) for p in (tmp_path / "straight", run))
     assert resumed["pass1_after"] == straight["pass1_after"] and resumed["eval_after"] == straight["eval_after"]
+
+
+def test_ctrl_c_inside_torch_save_stays_a_ctrl_c(tmp_path, monkeypatch):
+    """torch.save wraps an exception raised by the file's write in a RuntimeError ("enforce fail at
+    inline_container.cc"); a Ctrl-C there must reach the trainer's interrupt handling as one."""
+    real_open = open
+    writes = []
+
+    class Interrupted:
+        def __init__(self, f):
+            self.f = f
+
+        def write(self, b):
+            writes.append(len(b))
+            if len(writes) == 3:
+                raise KeyboardInterrupt
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    monkeypatch.setattr("builtins.open", lambda *a, **k: Interrupted(real_open(*a, **k)))
+    with pytest.raises(KeyboardInterrupt):
+        files.save_torch({"x": torch.zeros(10_000)}, tmp_path / "state.pt")
+    assert len(writes) == 3

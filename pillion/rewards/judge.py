@@ -19,9 +19,11 @@ probabilities rather than generated, so one forward per order and pair, no sampl
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
+if TYPE_CHECKING:  # the grading workers import rewards/ and must not pay for torch
+    import torch
+    from torch import Tensor
 
 from pillion.fields import bounded, checked, free, reject
 
@@ -63,6 +65,8 @@ def opponent_pairs(group_size: int, opponents: int, generator: torch.Generator |
                    ) -> list[tuple[int, int]]:
     """Pairs (i, j), i < j, of a group to judge: all of them (round robin: opponents 0 or at least
     group_size - 1), else `opponents` random others for each response, drawn from `generator`."""
+    import torch
+
     if opponents == 0 or opponents >= group_size - 1:
         return [(i, j) for i in range(group_size) for j in range(i + 1, group_size)]
     pairs = set()
@@ -76,6 +80,8 @@ def opponent_pairs(group_size: int, opponents: int, generator: torch.Generator |
 def win_matrix(pairs: list[tuple[int, int]], p_forward: Tensor, p_swapped: Tensor, group_size: int) -> Tensor:
     """W [G, G] from the verdicts on `pairs`: p_forward[k] = P(A wins) with A = pairs[k][0],
     p_swapped[k] = P(A wins) with A = pairs[k][1]; NaN where two responses did not meet."""
+    import torch
+
     win = torch.full((group_size, group_size), float("nan"), dtype=torch.float64)
     for (i, j), forward, swapped in zip(pairs, p_forward.tolist(), p_swapped.tolist()):
         win[i, j] = (forward + 1.0 - swapped) / 2.0  # both orders: a bias towards slot A cancels
@@ -85,6 +91,8 @@ def win_matrix(pairs: list[tuple[int, int]], p_forward: Tensor, p_swapped: Tenso
 
 def judge_rewards(win: Tensor) -> Tensor:
     """Each response's mean win probability [G] over the opponents it met (1/2 if none)."""
+    import torch
+
     met = ~torch.isnan(win)  # [G, G]
     total = torch.where(met, win, torch.zeros_like(win)).sum(-1)  # [G]
     count = met.sum(-1)  # [G]

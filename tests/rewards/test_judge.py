@@ -55,3 +55,14 @@ def test_template_needs_both_slots():
         C.resolve(C.TrainConfig, overrides=["reward.judge.template=Only {a} here"])
     with pytest.raises(ConfigError, match=r"reward.judge.template.*not one of"):
         C.resolve(C.TrainConfig, overrides=["reward.judge.template='{a} {b} {c}'"])
+
+
+def test_the_grading_workers_import_of_rewards_leaves_torch_out():
+    """The grading pool's workers import pillion.rewards; torch there would cost each worker
+    hundreds of MB and seconds of start-up (and a Ctrl-C during that import printed a traceback)."""
+    import subprocess
+    import sys
+
+    code = "import sys, pillion.rewards, pillion.rewards.pool; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout.strip() == "False"
