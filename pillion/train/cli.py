@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
-PRESETS = ("grpo, dr_grpo, dapo, ppo, vapo, rloo, reinforce_pp, gspo, raft, raft_pp, reinforce_rej, srpo, tool, "
-           "concise")
+# The presets are the YAML files of pillion/configs (read here without importing pillion.config,
+# which imports torch: every command's parser is built with this help text).
+PRESETS = ", ".join(sorted(p.stem for p in (Path(__file__).parents[1] / "configs").glob("*.yaml")))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,8 +48,6 @@ def saved_config(overrides: list[str], command: str = "train") -> dict | None:
     """The config.yaml of the run named by out= (the base of a resumed run's config), if any. A
     run of the other command (`pillion sft` for train, `pillion train` for sft) is refused in one
     line before anything is read or written: its keys, checkpoints and metrics are another loop's."""
-    from pathlib import Path
-
     from pillion import config as config_lib
     from pillion.errors import UserError
 

@@ -143,3 +143,16 @@ def test_ctrl_c_is_one_line_with_the_resume_command_and_the_checkpoint_survives(
     assert lines[0].endswith(f"resume with: pillion train out={out} --resume")
     assert main(["train", f"out={out}", "steps=4", "--resume"]) == 0
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_train_help_names_every_preset(capsys):
+    """The help's preset list is the configs folder, so a new preset cannot be left out of it."""
+    from pillion.cli import build_parser
+    from pillion.config import PRESET_DIR
+
+    with pytest.raises(SystemExit):
+        build_parser("train").parse_args(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    presets = sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    assert {"dpo", "pairwise", "grpo"} <= set(presets)
+    assert f"Presets (algo=NAME): {', '.join(presets)}." in text
