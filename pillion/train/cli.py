@@ -63,42 +63,64 @@ def saved_config(overrides: list[str], command: str = "train") -> dict | None:
     return saved
 
 
-def run(args) -> int:
+def resolved(args, config_class, command: str, **resolve_kw) -> tuple:
+    """(config, config file, overrides) of a `pillion train|sft` run: its options checked together,
+    and on --resume the run's saved config under the new overrides, refused where a key changes
+    that may not (config.check_resume)."""
     from pillion import config as config_lib
     from pillion.errors import UserError
-    from pillion.files import DiskFullError
 
     config_file, overrides = split_args(args.args)
     if args.resume and args.overwrite:
         raise UserError("--resume and --overwrite exclude each other")
     if args.allow_change and not args.resume:
         raise UserError("--allow-change goes with --resume (a new run takes any key=value)")
-    base = saved_config(overrides) if args.resume else None
-    cfg = config_lib.resolve(config_lib.TrainConfig, config_file, overrides, base=base)
+    base = saved_config(overrides, command) if args.resume else None  # the other command's run: refused
+    cfg = config_lib.resolve(config_class, config_file, overrides, base=base, **resolve_kw)
     if base is not None:  # what the run started with, against what this resume asks for
-        config_lib.check_resume(config_lib.resolve(config_lib.TrainConfig, base=base), cfg, args.allow_change)
+        config_lib.check_resume(config_lib.resolve(config_class, base=base, **resolve_kw), cfg, args.allow_change)
+    return cfg, config_file, overrides
+
+
+def run_resumable(command: str, start, interrupted: type[Exception]) -> int:
+    """start() -> exit code, with the two stops that `--resume` continues said in one line that
+    names the command to type: a full disk (the last complete checkpoint is intact) and Ctrl-C
+    (`interrupted`, exit 130). The run folder keeps the resolved config, so out= is all a resume needs."""
+    from pillion.files import DiskFullError
+
+    def resume(run_dir) -> str:
+        return f"pillion {command} {shlex.quote(f'out={run_dir}')} --resume"
+
+    try:
+        return start()
+    except DiskFullError as e:
+        if e.run_dir is None:
+            raise
+        raise DiskFullError(f"{e}; free some space, then continue with: {resume(e.run_dir)}") from None
+    except interrupted as e:
+        print(f"pillion {command}: {e}; resume with: {resume(e.run_dir)}", file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    from pillion import config as config_lib
+
+    cfg, config_file, overrides = resolved(args, config_lib.TrainConfig, "train")
     if args.print_config:
         print(config_lib.dumps(cfg))
         return 0
     from pillion.train.phases import is_phased, run_phases
     from pillion.train.rl import TrainingInterrupted, TrainingStopped, train
 
-    try:
-        if is_phased(cfg):  # data.stages names presets: one run per phase (pillion/train/phases.py)
-            run_phases(cfg, config_file, overrides, resume=args.resume, overwrite=args.overwrite)
-        else:
-            train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except DiskFullError as e:  # the last complete checkpoint is intact: say how to go on from it
-        if e.run_dir is None:
-            raise
-        raise DiskFullError(f"{e}; free some space, then continue with: pillion train "
-                            f"{shlex.quote(f'out={e.run_dir}')} --resume") from None
-    except TrainingStopped as e:
-        print(f"pillion train: {e}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as e:
-        # The run folder keeps the resolved config, so out= is all a resume needs.
-        print(f"pillion train: {e}; resume with: pillion train {shlex.quote(f'out={e.run_dir}')} --resume",
-              file=sys.stderr)
-        return 130
-    return 0
+    def start() -> int:
+        try:
+            if is_phased(cfg):  # data.stages names presets: one run per phase (pillion/train/phases.py)
+                run_phases(cfg, config_file, overrides, resume=args.resume, overwrite=args.overwrite)
+            else:
+                train(cfg, resume=args.resume, overwrite=args.overwrite)
+        except TrainingStopped as e:
+            print(f"pillion train: {e}", file=sys.stderr)
+            return 1
+        return 0
+
+    return run_resumable("train", start, TrainingInterrupted)

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
-from pillion.train.cli import saved_config, split_args
+from pillion.train.cli import resolved, run_resumable
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -31,30 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from pillion import config as config_lib
-    from pillion.errors import UserError
-    from pillion.files import DiskFullError
     from pillion.train.sft import SFTInterrupted, sft
 
-    config_file, overrides = split_args(args.args)
-    if args.resume and args.overwrite:
-        raise UserError("--resume and --overwrite exclude each other")
-    if args.allow_change and not args.resume:
-        raise UserError("--allow-change goes with --resume (a new run takes any key=value)")
-    base = saved_config(overrides, "sft") if args.resume else None  # an RL run's folder: refused here
-    cfg = config_lib.resolve(config_lib.SFTConfig, config_file, overrides, preset_key=None, base=base)
-    if base is not None:  # what the run started with, against what this resume asks for
-        config_lib.check_resume(config_lib.resolve(config_lib.SFTConfig, preset_key=None, base=base), cfg,
-                                args.allow_change)
-    try:
+    cfg, _, _ = resolved(args, config_lib.SFTConfig, "sft", preset_key=None)
+
+    def start() -> int:
         sft(cfg, resume=args.resume, overwrite=args.overwrite)
-    except DiskFullError as e:  # the last complete checkpoint is intact: say how to go on from it
-        if e.run_dir is None:
-            raise
-        raise DiskFullError(f"{e}; free some space, then continue with: pillion sft "
-                            f"{shlex.quote(f'out={e.run_dir}')} --resume") from None
-    except SFTInterrupted as e:
-        # The run folder keeps the resolved config, so out= is all a resume needs.
-        print(f"pillion sft: {e}; resume with: pillion sft {shlex.quote(f'out={e.run_dir}')} --resume",
-              file=sys.stderr)
-        return 130
-    return 0
+        return 0
+
+    return run_resumable("sft", start, SFTInterrupted)
