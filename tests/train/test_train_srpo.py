@@ -23,16 +23,22 @@ def test_heldout_accepts_one_spec_or_named_specs():
         C.resolve(C.TrainConfig, overrides=["data.heldout=[1, 2]"])
 
 
-@pytest.mark.slow
-def test_srpo_runs_math_then_math_and_code_and_reports_both_sets(tmp_path, monkeypatch):
-    kinds_per_step = []
+@pytest.fixture
+def kinds_per_step(monkeypatch) -> list:
+    """The problem kinds ("math", "code") of each generation call of a run, in order."""
+    kinds = []
     real = collect.generate_and_score
 
     def recording(engine, problems, cfg, seed, pool, **kwargs):
-        kinds_per_step.append({p.kind for p in problems})
+        kinds.append({p.kind for p in problems})
         return real(engine, problems, cfg, seed, pool, **kwargs)
 
     monkeypatch.setattr(collect, "generate_and_score", recording)
+    return kinds
+
+
+@pytest.mark.slow
+def test_srpo_runs_math_then_math_and_code_and_reports_both_sets(tmp_path, kinds_per_step):
     cfg = C.resolve(C.TrainConfig, overrides=[
         "algo=srpo", f"out={tmp_path}", "steps=2", "prompts_per_step=8", "group_size=2", "micro_batch=16",
         "data.heldout_size=4", "eval.k=1", "data.synthetic_size=200", "save_every=100",
@@ -49,19 +55,11 @@ def test_srpo_runs_math_then_math_and_code_and_reports_both_sets(tmp_path, monke
 
 
 @pytest.mark.slow
-def test_srpo_with_fewer_steps_scales_its_schedule_and_reports_code(tmp_path, monkeypatch, capsys):
+def test_srpo_with_fewer_steps_scales_its_schedule_and_reports_code(tmp_path, kinds_per_step, capsys):
     """algo=srpo steps=4: the 20 + 40 step schedule becomes 1 + 3 (printed), so the code stage runs;
     report.md shows the code held-out set beside arithmetic."""
     from pillion.cli import main
 
-    kinds_per_step = []
-    real = collect.generate_and_score
-
-    def recording(engine, problems, cfg, seed, pool, **kwargs):
-        kinds_per_step.append({p.kind for p in problems})
-        return real(engine, problems, cfg, seed, pool, **kwargs)
-
-    monkeypatch.setattr(collect, "generate_and_score", recording)
     assert main(["train", "algo=srpo", "steps=4", f"out={tmp_path}", "prompts_per_step=8", "group_size=2",
                  "micro_batch=16", "data.heldout_size=4", "eval.k=1", "data.synthetic_size=200"]) == 0
     assert "data.stages: the schedule's 20 + 40 steps do not add up to steps=4; scaled to 1 + 3" in \
