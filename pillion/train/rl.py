@@ -203,15 +203,16 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     started = time.perf_counter()
     world = parallel.init(cfg)  # torchrun: join the process group (train/parallel.py)
     run_dir = common.plan_run_dir(cfg.out, cfg.algo, resume, overwrite)  # checked, not created yet
-    if resume and state.latest(run_dir) is not None:  # adapters vs full weights: refused before anything is written
-        sharded.check_lora(state.latest(run_dir), cfg.lora.rank > 0)
+    checkpoint = state.latest(run_dir) if resume else None  # the newest complete one (a .tmp never counts)
+    if checkpoint is not None:  # adapters vs full weights: refused before anything is written
+        sharded.check_lora(checkpoint, cfg.lora.rank > 0)
     common.seed_everything(cfg.seed)
     device = parallel.place(common.resolve_devices(cfg), world)  # every device key checked; cuda:LOCAL_RANK per rank
     model_dir = common.model_folder(cfg)  # a Hub id: fetched, and pinned in cfg.model to its commit
     # Policy, reference and critic with the memory options: bf16 over float32 masters, LoRA,
     # reference offload, critic device, activation checkpointing (train/models.py).
     models = build_models(cfg, model_dir, device, world)
-    # CPU threads: the cores other work leaves free, or one for a tiny model (pillion/threads.py);
+    # CPU threads: the cores other work leaves free (pillion/threads.py);
     # chosen before the grading workers start, so that they do not count as other work.
     chosen = threads.apply(threads.choose(cfg.threads, device))
     print(chosen.line())
@@ -239,7 +240,6 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
             pools, report["select"] = select_training_pool(engine, pools, cfg, grader)
         mixture = Mixture(pools, level_weights=cfg.data.level_weights, seed=cfg.seed)
     start = 0
-    checkpoint = state.latest(run_dir) if resume else None
     if checkpoint is not None:
         # saved at any number of ranks
         saved = sharded.resume(checkpoint, models, optimizers.policy, optimizers.critic, world)
