@@ -39,8 +39,9 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
 A rank that dies brings the job down: torchrun's agent stops the others and names the failed
 rank; collectives time out after `fsdp.timeout_s`. `ref.offload` with N > 1 is FSDP2's CPU offload
 of the reference's shards; `critic.device=cpu` keeps the critic's shards in CPU memory (a gloo
-group beside nccl). Not supported with N > 1 (each refused by `init` with one line): LoRA,
-Muon/Dion, a critic on another GPU (`critic.device=cuda:K`: every GPU is a rank's).
+group beside nccl); LoRA adapters are sharded with their block beside the frozen base; Muon and
+Dion gather each matrix's update (train/optim.py). Not supported with N > 1 (refused by `init`
+with one line): a critic on another GPU (`critic.device=cuda:K`: every GPU is a rank's).
 """
 
 from __future__ import annotations
