@@ -46,6 +46,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--trl-python", help="python of an environment with trl (or $PILLION_TRL_PYTHON)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-scaling-cpu")
+    step_cpu.add_trl_defaults(p)
     args = p.parse_args()
     if args.quick:
         args.models, args.groups = "tiny", "4"

@@ -36,8 +36,10 @@ warm-up and not counted; the medians of the rest are printed with the ratios (TR
 above 1, pillion is faster), in wall seconds and in each process's CPU seconds (all threads;
 on a shared machine the steadier measure). Prompts: pillion samples its synthetic arithmetic
 pool (levels 1-2), TRL gets problems drawn from the same generator, rendered with the same
-template and scored by the same `pillion.rewards.score`. TRL is skipped when its interpreter
-cannot import trl and datasets. Nothing is downloaded.
+template and scored by the same `pillion.rewards.score`. TRL runs in float32 without gradient
+checkpointing, as pillion does here (GRPOConfig's own defaults are bf16, which on the CPU is
+autocast, and gradient checkpointing: `--trl-defaults` runs those, not like for like). TRL is
+skipped when its interpreter cannot import trl and datasets. Nothing is downloaded.
 
 `--threads N` sets torch's intra-op threads in both processes alike (default: torch's own, one
 per core). On a machine shared with other work, tiny models run much faster on one thread on
@@ -196,7 +198,11 @@ def trl_child(args) -> None:
                             learning_rate=1e-4 if readme else LR, beta=args.kl,
                             temperature=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
                             disable_tqdm=True, seed=0, model_init_kwargs={"dtype": torch.float32},
-                            generation_kwargs={"min_new_tokens": new} if ignore_eos else None)
+                            generation_kwargs={"min_new_tokens": new} if ignore_eos else None,
+                            # like for like: float32 and no activation checkpointing, as pillion runs here
+                            # (GRPOConfig's own defaults, --trl-defaults: bf16 autocast on the CPU and
+                            # gradient checkpointing)
+                            **({} if args.trl_defaults else {"bf16": False, "gradient_checkpointing": False}))
         trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[Gate()])
         trainer.train()
@@ -225,7 +231,7 @@ class Child:
     def __init__(self, python: str, kind: str, workload: str, model_dir: Path, out: Path, args, extra=()):
         cmd = [python, str(Path(__file__).resolve()), "--child", kind, "--workloads", workload, "--model-dir",
                str(model_dir), "--out", str(out), "--steps", str(args.steps), "--threads", str(args.threads),
-               "--kl", str(args.kl),
+               "--kl", str(args.kl), *(["--trl-defaults"] if getattr(args, "trl_defaults", False) else []),
                *sum([["--extra", e] for e in [*args.extra, *extra]], [])]
         self.log = open(out.with_suffix(f".{kind}.log"), "w")  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True,
@@ -312,11 +318,19 @@ def run_workload(name: str, args, trl: str | None, work: Path) -> dict[str, dict
                   "rss": max(r.get("rss", 0) for r in times[who])} for who, rows in counted.items()}
 
 
+def add_trl_defaults(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trl-defaults", action="store_true",
+                   help="TRL with GRPOConfig's own defaults (bf16 autocast on the CPU, gradient checkpointing) "
+                        "instead of float32 without checkpointing as pillion runs (not like for like)")
+
+
 def begin(args, setting: str) -> str | None:
     """The run's first lines (threads, `setting`, load; TRL or why not) and its work folder;
     returns TRL's python, or None."""
     trl = trl_python(args)
     print(f"threads: {args.threads or 'torch default'} on both sides; {setting}; load average {os.getloadavg()[0]:.1f}")
+    print("TRL: " + ("GRPOConfig's defaults (bf16 autocast, gradient checkpointing)" if args.trl_defaults else
+                     "float32, no gradient checkpointing (bf16=False, gradient_checkpointing=False), as pillion"))
     if not trl:
         print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
     args.work_dir.mkdir(parents=True, exist_ok=True)
@@ -335,6 +349,7 @@ def main() -> int:
     p.add_argument("--kl", type=float, default=0.0, help="k3 KL coefficient on both sides (default 0: no reference)")
     p.add_argument("--eager-only", action="store_true",
                    help="skip the third process, pillion with compile=true (its first step compiles for ~0.5-1 min)")
+    add_trl_defaults(p)
     p.add_argument("--child", choices=["pillion", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
