@@ -14,6 +14,7 @@ from pillion.cli import main
 from pillion.model.tiny import make_tokenizer
 from pillion.problem import Problem
 from pillion.train import sft as sft_module
+from pillion.train.optim import Muon
 from pillion.train.sft import examples
 
 # A small fresh model and short run: about 5 s each on one core.
@@ -72,7 +73,7 @@ def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
     assert main(["sft", *QUICK, f"out={tmp_path / 'adamw'}"]) == 0
     muon, adamw = made
     # Muon on the hidden matrices, AdamW on embeddings, head and norms; the default is AdamW alone
-    assert [type(o) for o in muon.optimizers] == [torch.optim.Muon, torch.optim.AdamW]
+    assert [type(o) for o in muon.optimizers] == [Muon, torch.optim.AdamW]
     assert isinstance(adamw, torch.optim.AdamW)
     a, b = _losses(tmp_path / "muon"), _losses(tmp_path / "adamw")
     assert a[0] == b[0]  # step 1's loss is the same model on the same batch, before any update
