@@ -73,7 +73,7 @@ import torch
 from torch import nn
 from torch.distributed.tensor import DTensor, distribute_tensor
 
-from pillion.fields import bounded, free
+from pillion.fields import bounded, checked, free, reject
 
 ADAMW_BETAS = (0.9, 0.999)
 ADAMW_EPS = 1e-8
@@ -81,15 +81,29 @@ OPTIMIZERS = ("adamw", "muon", "dion")
 LR_SCALES = ("match_rms_adamw", "paper")
 
 
+def _only_with(default: Any, *names: str):
+    """The check of a key that only optim=<names> read: any value but its default is refused
+    with another optimizer, where it would do nothing."""
+    def check(value: Any, optim: OptimConfig) -> None:
+        if value != default and optim.name not in names:
+            readers = f"{' and '.join(names)} read{'s' if len(names) == 1 else ''} it"
+            raise reject(value, f"does nothing with optim={optim.name} (only {readers})",
+                         f"optim={' or optim='.join(names)}, or leave the key out")
+    return check
+
+
 @dataclass
 class OptimConfig:
     """`optim.*` in the trainer and SFT configs; `optim=muon` sets the name."""
 
     name: Literal["adamw", "muon", "dion"] = free("adamw")
-    momentum: float = bounded(0.95, low=0, high=1, open="high")  # muon / dion momentum (Dion's mu)
+    # muon / dion momentum (Dion's mu)
+    momentum: float = bounded(0.95, low=0, high=1, open="high", check=_only_with(0.95, "muon", "dion"))
     # dion: r = ceil(rank_fraction * min(m, n)); the paper also runs 1/4, 1/16
-    rank_fraction: float = bounded(1.0, low=0, high=1, open="low")
-    lr_scale: Literal["match_rms_adamw", "paper"] = "match_rms_adamw"  # muon / dion update scale
+    rank_fraction: float = bounded(1.0, low=0, high=1, open="low", check=_only_with(1.0, "dion"))
+    # muon / dion update scale
+    lr_scale: Literal["match_rms_adamw", "paper"] = checked("match_rms_adamw",
+                                                            _only_with("match_rms_adamw", "muon", "dion"))
 
 
 def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
