@@ -341,6 +341,8 @@ def test_named_range_checks(override, message):
         ("train", ["optim=muon", "optim.rank_fraction=0.5"], "config key 'optim.rank_fraction': 0.5 does nothing "
                                                               "with optim=muon (only dion reads it)"),
         ("sft", ["optim.lr_scale=paper"], "config key 'optim.lr_scale': 'paper' does nothing with optim=adamw"),
+        ("train", ["data.heldout_size=0", "eval_every=2"], "config key 'eval_every': eval_every=2 evaluates the "
+                                                           "held-out problems, and data.heldout_size=0 holds none"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, message):

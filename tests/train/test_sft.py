@@ -61,6 +61,14 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_sft_with_heldout_size_0_skips_the_evaluation(tmp_path, capsys):
+    assert main(["sft", *QUICK, "data.heldout_size=0", f"out={tmp_path}"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pass@1"] is None and report["n_heldout"] == 0 and "eval" not in report
+    assert (tmp_path / "final" / "config.json").is_file()
+    assert "no held-out evaluation (data.heldout_size=0)" in capsys.readouterr().out
+
+
 def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
     made, real = [], sft_module.make_optimizer
 
