@@ -2,6 +2,7 @@
 every SFTConfig key is used (optimizer, trackers, level weights) or refused as unknown."""
 
 import json
+import math
 import sys
 import types
 
@@ -67,6 +68,36 @@ def test_sft_with_heldout_size_0_skips_the_evaluation(tmp_path, capsys):
     assert report["pass@1"] is None and report["n_heldout"] == 0 and "eval" not in report
     assert (tmp_path / "final" / "config.json").is_file()
     assert "no held-out evaluation (data.heldout_size=0)" in capsys.readouterr().out
+
+
+def test_a_skipped_non_finite_sft_step_checkpoints_the_last_update_and_resumes_alike(tmp_path, monkeypatch):
+    """Step 2's gradient norm is non-finite: no update, and its checkpoint holds step 1's update
+    (AdamW's step count 1, step 3's 2) with the sampler past step 2's batch, so a resume from it
+    logs the uninterrupted step 3. (RL does not checkpoint such a step; here it is the same state.)"""
+    import shutil
+
+    real, calls = sft_module.parallel.clip_grad_norm, []
+
+    def second_is_nan(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if len(calls) == 2 else norm
+
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm", second_is_nan)
+    args = [*[a for a in QUICK if not a.startswith("steps=")], "steps=3", "save_every=1"]
+    assert main(["sft", *args, f"out={tmp_path / 'run'}"]) == 0
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm", real)
+    steps = {n: torch.load(tmp_path / "run" / "checkpoints" / f"step-00000{n}" / "trainer_state.pt",
+                           weights_only=False)["optimizer"]["state"][0]["step"] for n in (2, 3)}
+    assert steps == {2: 1, 3: 2}
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000003")
+    assert main(["sft", f"out={tmp_path / 'resumed'}", "--resume"]) == 0
+    rows = [[json.loads(line)[k] for k in ("step", "loss", "grad_norm")]
+            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    again = [[json.loads(line)[k] for k in ("step", "loss", "grad_norm")]
+             for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isnan(rows[1][2]) and rows[2] == again[2]
 
 
 def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
