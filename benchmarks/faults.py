@@ -10,10 +10,14 @@ whole process group: trainer and grading workers) and resumed with `--resume`, `
 half of the kills land at a random moment after start, half inside a checkpoint write (the
 script polls the checkpoints folder for a `step-*.tmp` folder and kills a random few
 milliseconds after it appears). A kill before the run folder holds its config.yaml is followed
-by a fresh start, as a user would do. Finally the run is resumed to the end, and its
-metrics.jsonl and report.json are compared with the reference on every field that is not a
-wall-clock time. Prints kills survived / kills tried and whether the metrics matched; exits 1
-otherwise. Not part of CI (it takes minutes and is timing-driven by design).
+by a fresh start, as a user would do. Every run that reaches its end (before the next kill
+lands, and finally the last one, resumed to the end) has its metrics.jsonl and report.json
+compared with the reference's on every field but wall-clock times and the evaluations'
+`versions` records: those name the code that ran (the checkout's commit, "+dirty" once edited),
+which a commit or an edit during the benchmark changes while the results stay equal. A mismatch
+prints its first difference and keeps the folder; a finished run starts again from scratch for
+the next kills. Prints kills survived / kills tried and how many finished runs matched; exits 1
+unless all did. Not part of CI (it takes minutes and is timing-driven by design).
 
 --ranks N: every run (the reference too) is `torchrun --standalone --nproc_per_node=N -m pillion
 train ...` on CPU (gloo), and each kill is a SIGKILL of one rank, drawn (found among the agent's
@@ -113,10 +117,18 @@ def kill(proc: subprocess.Popen, ranks: int, rng: random.Random) -> str:
     return what
 
 
+def without_provenance(value):
+    """A report without its evaluations' `versions` records (the code that ran them: a resume after
+    an edit or a commit of the checkout says "+dirty" or another commit, the results being equal)."""
+    if isinstance(value, dict):
+        return {k: without_provenance(v) for k, v in value.items() if k != "versions"}
+    return value
+
+
 def comparable(run_dir: Path) -> tuple[list[dict], dict]:
     rows = [{k: v for k, v in json.loads(line).items() if k not in TIMING}
             for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    report = json.loads((run_dir / "report.json").read_text())
+    report = without_provenance(json.loads((run_dir / "report.json").read_text()))
     report.pop("run_dir", None)
     report.pop("wall_seconds", None)
     return rows, report
@@ -267,6 +279,21 @@ def main() -> int:
     out = root / "killed"
     tried = 0
     inside = 0
+    runs: list[tuple[int, bool]] = []  # (kills it took, equal to the reference) of every run that finished
+    since = 0  # kills since the run in `out` started from scratch
+
+    def finished(code: int) -> bool:
+        """Compare a run that ended (exit `code`) with the reference; a mismatch says where and
+        keeps the folder. Returns whether it matched."""
+        equal = code == 0 and comparable(out) == comparable(reference)
+        runs.append((since, equal))
+        if code == 0 and not equal:
+            kept = root / f"mismatch-{len(runs)}"
+            shutil.copytree(out, kept)
+            print(f"run {len(runs)} ({since} kills): first difference (resumed vs uninterrupted): "
+                  f"{first_difference(out, reference)}; folder kept: {kept}", flush=True)
+        return equal
+
     while tried < args.kills:
         resume = (out / "config.yaml").is_file()
         proc = start(out, ["--resume"] if resume else cfg, log, args.ranks)
@@ -282,10 +309,13 @@ def main() -> int:
                 print(f"kills survived / kills tried: {tried - 1}/{tried}: a resume failed with exit code "
                       f"{proc.returncode}; see {root / 'log.txt'}")
                 return 1
-            shutil.rmtree(out)  # it finished: start the whole run again to place more kills
+            finished(0)  # every run that finishes is compared, not only the last one
+            shutil.rmtree(out)  # then the whole run starts again to place more kills
+            since = 0
             continue
         what = kill(proc, args.ranks, rng)
         tried += 1
+        since += 1
         inside += hit
         done = sorted(p.name for p in (out / "checkpoints").glob("step-*")) if (out / "checkpoints").is_dir() else []
         print(f"kill {tried} ({what}): {'inside a checkpoint write' if hit else 'at a random moment'}; checkpoints "
@@ -293,12 +323,12 @@ def main() -> int:
 
     final = start(out, ["--resume"] if (out / "config.yaml").is_file() else cfg, log, args.ranks).wait()
     survived = tried if final == 0 else tried - 1
-    matched = final == 0 and comparable(out) == comparable(reference)
+    finished(final)
+    matched = all(equal for _, equal in runs)
     print(f"kills survived / kills tried: {survived}/{tried} ({inside} inside checkpoint writes, "
           f"{tried - inside} at random moments)")
-    print(f"metrics.jsonl and report.json equal to the uninterrupted run on every non-timing field: {matched}")
-    if final == 0 and not matched:
-        print(f"first difference (resumed vs uninterrupted): {first_difference(out, reference)}")
+    print(f"runs that finished: {len(runs)} (kills in each: {[k for k, _ in runs]}); metrics.jsonl and report.json "
+          f"equal to the uninterrupted run on every non-timing field: {sum(e for _, e in runs)}/{len(runs)}")
     print(f"total {time.monotonic() - t0:.0f} s")
     if args.keep:
         print(f"run folders: {root}")

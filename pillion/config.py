@@ -219,6 +219,12 @@ def _across_groups(cfg: TrainConfig | SFTConfig) -> None:
     if cfg.optim.name != "adamw" and cfg.lora.rank > 0:
         raise ConfigError(f"config key 'optim': {cfg.optim.name} needs the model's hidden matrices, and "
                           "lora.rank > 0 trains adapters only: use optim=adamw with LoRA")
+    if cfg.data.heldout_size == 0 and cfg.eval_every:
+        raise ConfigError(f"config key 'eval_every': eval_every={cfg.eval_every} evaluates the held-out problems, "
+                          "and data.heldout_size=0 holds none; set eval_every=0 or data.heldout_size > 0")
+    if cfg.data.heldout_size == 0 and any(isinstance(s, dict) and "preset" in s for s in cfg.data.stages):
+        raise ConfigError("config key 'data.heldout_size': phases (data.stages with presets) report held-out pass@1 "
+                          "before and after each phase, and data.heldout_size=0 holds no problem; set it > 0")
     if cfg.filter.dynamic_sampling and cfg.group_size < 2:
         raise ConfigError("config key 'group_size': dynamic sampling (filter.dynamic_sampling) needs "
                           f"group_size >= 2, got {cfg.group_size}")

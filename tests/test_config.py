@@ -335,6 +335,14 @@ def test_named_range_checks(override, message):
         ("sft", ["tiny.hidden_size=64", "tiny.num_layers=1"],
          "config key 'tiny.hidden_size': the tiny.* sizes build the fresh model of init=tiny, and this run starts "
          "from model='default'; drop tiny.hidden_size, tiny.num_layers or set init=tiny"),
+        # optimizer keys the chosen optimizer does not read
+        ("train", ["optim.momentum=0.9"], "config key 'optim.momentum': 0.9 does nothing with optim=adamw (only "
+                                         "muon and dion read it); expected optim=muon or optim=dion"),
+        ("train", ["optim=muon", "optim.rank_fraction=0.5"], "config key 'optim.rank_fraction': 0.5 does nothing "
+                                                              "with optim=muon (only dion reads it)"),
+        ("sft", ["optim.lr_scale=paper"], "config key 'optim.lr_scale': 'paper' does nothing with optim=adamw"),
+        ("train", ["data.heldout_size=0", "eval_every=2"], "config key 'eval_every': eval_every=2 evaluates the "
+                                                           "held-out problems, and data.heldout_size=0 holds none"),
     ],
 )
 def test_cli_errors_are_one_line_with_exit_2(tmp_path, capsys, command, args, message):
@@ -404,6 +412,14 @@ def test_print_config_round_trips(preset, capsys):
     printed = yaml.safe_load(capsys.readouterr().out)
     assert C.from_dict(C.TrainConfig, printed) == C.resolve(C.TrainConfig, overrides=args)
     assert C.dumps(C.from_dict(C.TrainConfig, printed)) == C.dumps(C.resolve(C.TrainConfig, overrides=args))
+
+
+def test_optim_keys_pass_with_the_optimizers_that_read_them():
+    dion = C.resolve(C.TrainConfig, overrides=["optim=dion", "optim.rank_fraction=0.5", "optim.momentum=0.9",
+                                               "optim.lr_scale=paper"]).optim
+    assert (dion.rank_fraction, dion.momentum, dion.lr_scale) == (0.5, 0.9, "paper")
+    assert C.resolve(C.SFTConfig, overrides=["optim=muon", "optim.momentum=0.8"], preset_key=None).optim.momentum == 0.8
+    assert C.resolve(C.TrainConfig, overrides=["optim.momentum=0.95"]).optim.name == "adamw"  # the default value
 
 
 def test_sft_config_round_trips():

@@ -89,7 +89,7 @@ class DataConfig:
     # Evaluation set (synthetic held-out never overlaps train), or several as a mapping name -> spec,
     # each evaluated and reported on its own (report.json: pass1_before/<name>, ...).
     heldout: str | dict[str, str] = free("synthetic:1,2")
-    heldout_size: int = bounded(200, low=0)
+    heldout_size: int = bounded(200, low=0, note="0: no held-out evaluation")
     # Longer prompts are dropped at load time, with a counted warning; None: the model's
     # context (max_position_embeddings) minus the generation budget.
     max_prompt_tokens: int | None = bounded(None, low=1)

@@ -149,7 +149,9 @@ def evaluate_sets(engine, sets: dict[str, list[Problem]], cfg: EvalConfig, templ
 def report_entries(results: dict[str, dict[str, Any]], when: str) -> dict[str, Any]:
     """report.json keys for the evaluations `when` ("before" or "after") training:
     `eval_<when>` and `pass1_<when>` for the first (or only) set, and with several sets
-    `pass1_<when>/<name>` and `eval_<when>/<name>` for each of them."""
+    `pass1_<when>/<name>` and `eval_<when>/<name>` for each of them; none without a set."""
+    if not results:  # data.heldout_size=0
+        return {}
     first = next(iter(results.values()))
     entries = {f"eval_{when}": first, f"pass1_{when}": first["pass@1"]}
     if len(results) > 1:

@@ -6,7 +6,11 @@ ones it leaves undecided go to a worker process that runs `symbolic.symbolic_equ
 so that `math.py` stays a pure module the workers import and nothing imports back (the import
 graph is math <- symbolic <- pool). The worker is a persistent `subprocess.Popen` child
 speaking JSON lines; the caller waits on its pipe with `select` and a deadline, and kills it
-on timeout (`math_equal`'s default pool keeps a booted spare to take over at once). No signals
+once the job has used its timeout in CPU seconds (`math_equal`'s default pool keeps a booted
+spare to take over at once). CPU seconds, not wall seconds, so that a loaded machine, where the
+worker waits for a core, cannot turn a right answer into a timeout: a run grades alike however
+busy the machine is, and a resumed run as the uninterrupted one. Without /proc (macOS) the
+timeout is wall-clock time. No signals
 are used, so this works from any thread and inside daemonic worker processes where
 `signal.alarm` (math-verify's own timeout) and `multiprocessing` children do not. The worker
 caps its own address space (RLIMIT_AS), so `10^{10^{10^{10}}}` ends in a MemoryError or a
@@ -36,6 +40,11 @@ from pillion.rewards.symbolic import symbolic_equal
 
 WORKER_MEMORY_BYTES = 2 << 30  # RLIMIT_AS of each symbolic worker
 WORKER_STARTUP_S = 60.0  # importing sympy on a loaded machine; not part of a call's timeout
+# A job's timeout counts the worker's CPU seconds, so that a loaded machine (the worker waiting
+# for a core) cannot turn a right answer into a timeout: the same run grades alike on an idle
+# and a busy machine. A worker that uses no CPU and never answers is still given up after this
+# many times the timeout of wall-clock time (at least STALLED_MIN_S).
+STALLED_FACTOR, STALLED_MIN_S = 10.0, 60.0
 _WORKER_CODE = "from pillion.rewards.pool import _worker_main; _worker_main()"  # run by `python -c`
 
 
@@ -91,7 +100,8 @@ class _Worker:
         self.buffer = b""
         self.ready = False
         self.job = -1  # index of the item in flight, -1 when idle
-        self.deadline = 0.0
+        self.deadline = 0.0  # when the job's CPU time is looked at next (monotonic clock)
+        self.sent, self.cpu_at_send, self.timeout = 0.0, None, 0.0
 
     def pump(self) -> list[str] | None:
         """Read what the worker wrote (call when select says readable): its complete result
@@ -110,9 +120,34 @@ class _Worker:
 
     def send(self, job: int, pred: str, gold: str, imaginary: bool, timeout: float) -> None:
         request = {"id": job, "pred": pred, "gold": gold, "imaginary": imaginary}
+        self.cpu_at_send = self.cpu_seconds()
         self.proc.stdin.write((json.dumps(request) + "\n").encode())
         self.proc.stdin.flush()
-        self.job, self.deadline = job, time.monotonic() + timeout
+        self.job, self.sent, self.timeout = job, time.monotonic(), timeout
+        self.deadline = self.sent + timeout  # the job cannot have used `timeout` CPU seconds before
+
+    def cpu_seconds(self) -> float | None:
+        """CPU seconds (user + system) the worker has used, or None where /proc cannot tell."""
+        try:
+            with open(f"/proc/{self.proc.pid}/stat") as f:
+                fields = f.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def out_of_time(self, now: float) -> bool:
+        """Past the deadline: whether the job has used its timeout in CPU seconds (or, without
+        /proc, in wall seconds), or stalled (STALLED_FACTOR); else the deadline moves to when it
+        could have."""
+        cpu = self.cpu_seconds()
+        stalled = now - self.sent >= max(STALLED_FACTOR * self.timeout, STALLED_MIN_S)
+        if cpu is None or self.cpu_at_send is None or stalled:
+            return True
+        left = self.timeout - (cpu - self.cpu_at_send)
+        if left <= 0:
+            return True
+        self.deadline = now + left  # it waited for a core: the rest of its CPU budget, at the earliest
+        return False
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -149,8 +184,9 @@ class GradingPool:
         with GradingPool(workers=4, timeout=5.0) as pool:
             verdicts = pool.grade(preds, golds)        # list[bool], same order
 
-    Each item runs under its own deadline, counted from when a worker takes it; a worker past
-    it is killed and replaced and the item counts as not equal (`timeouts` counts these).
+    Each item runs under its own timeout, in the worker's CPU seconds from when it takes the
+    item (module docstring); a worker past it is killed and replaced and the item counts as not
+    equal (`timeouts` counts these).
     Fast-path items never leave this process, and repeated (pred, gold) pairs (common within
     a GRPO group) are graded once. Safe to call from any thread (calls are serialised).
     `spares` workers are kept booted to replace killed ones at once, so the call after a
@@ -243,7 +279,7 @@ class GradingPool:
             self._drain(verdicts)
             now = time.monotonic()
             for k, worker in enumerate(self.workers):
-                if worker.job >= 0 and now >= worker.deadline:
+                if worker.job >= 0 and now >= worker.deadline and worker.out_of_time(now):
                     self.timeouts += 1
                     self._replace(k)  # its job stays False
                 elif not worker.ready and now - worker.started > WORKER_STARTUP_S:
@@ -267,7 +303,7 @@ def math_equal(pred: str | None, gold: str | None, timeout: float = 5.0, pool: G
 
     Plain numbers and exact matches are decided in-process; symbolic answers go to a worker
     process (the pool's, or a per-process default one) and count as NOT equal when they take
-    longer than `timeout` seconds. None on either side is not equal. Never raises on model text.
+    longer than `timeout` CPU seconds. None on either side is not equal. Never raises on model text.
     `question`, when given, is the problem's (an inequality must be in one of its variables).
     """
     verdict, _, _ = prepare(pred, gold, question)

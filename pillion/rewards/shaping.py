@@ -90,7 +90,7 @@ class RewardConfig:
     # extract.STYLES. "fallback" reads any way a model may answer (the default of
     # extract_answer and of `pillion eval`); training sets a strict style (TrainConfig: "boxed").
     answer_style: str = checked("fallback", _answer_style)
-    timeout: float = bounded(5.0, low=0, open="low")  # seconds per math comparison; wall clock per code run
+    timeout: float = bounded(5.0, low=0, open="low")  # CPU seconds per math comparison; wall clock per code run
     code_reward: Literal["fraction", "all_pass"] = "fraction"  # code: fraction of tests passed, or all pass (1/0)
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # a pairwise judge model's term (rewards/judge.py)
 

@@ -158,7 +158,10 @@ def load_pools(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | Non
 def heldout_sets(data_cfg, seed: int, tokenizer=None, max_prompt_tokens: int | None = None
                  ) -> dict[str, list[Problem]]:
     """`data.heldout` as named sets of at most `heldout_size` problems: a mapping name -> spec,
-    or one spec (named "heldout"); long prompts dropped as in `load_data`."""
+    or one spec (named "heldout"); long prompts dropped as in `load_data`. heldout_size=0: no set
+    (the run has no held-out evaluation)."""
+    if data_cfg.heldout_size == 0:
+        return {}
     specs = data_cfg.heldout if isinstance(data_cfg.heldout, dict) else {"heldout": data_cfg.heldout}
     sets = {}
     for name, spec in specs.items():

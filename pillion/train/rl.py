@@ -234,7 +234,7 @@ def setup(cfg: config_lib.TrainConfig, resume: bool, overwrite: bool) -> Run:
     grader = GradingPool(workers=cfg.grading_workers, timeout=cfg.reward.timeout)
     metrics = common.MetricsLog(run_dir, cfg.log, config_lib.to_dict(cfg)) if world.main else parallel.NoLog()
     report: dict = {"run_dir": str(run_dir), "algo": cfg.algo, "model": cfg.model,
-                    "n_heldout": len(next(iter(heldout.values())))}
+                    "n_heldout": len(next(iter(heldout.values()), []))}  # data.heldout_size=0: no set
     if cfg.data.select.size:  # concise phase: problems the starting policy solves sometimes (eval/select.py)
         with parallel.full_weights(models.policy, world):  # every rank selects alike: same weights, same seeds
             pools, report["select"] = select_training_pool(engine, pools, cfg, grader)
@@ -381,5 +381,8 @@ def record_history(history, mixture, samples: list[Sample], group_size: int) -> 
 def _write_report(run_dir: Path, report: dict) -> None:
     state.write_text_atomic(run_dir / "report.json", json.dumps(report, indent=2))
     path = write_report(run_dir)
+    if "pass1_after" not in report:  # data.heldout_size=0
+        print(f"no held-out evaluation (data.heldout_size=0); report: {path}")
+        return
     print(f"pass@1 before RL {report.get('pass1_before', float('nan')):.3f}, after {report['pass1_after']:.3f} "
           f"({report['n_heldout']} held-out problems); report: {path}")

@@ -206,11 +206,13 @@ def finish(cfg, run_dir: Path, model, engine: Engine, heldout, model_dir: Path, 
     """Held-out pass@1 of the trained model, the model to OUT/final (renamed into place once
     whole) and report.json; returns the report."""
     model.eval()
-    with parallel.full_weights(model, world):  # each rank evaluates its share of the held-out set
-        result = evaluate(engine, heldout, cfg.eval, cfg.data.template, progress=False, world=world)
+    result = None  # data.heldout_size=0: no held-out evaluation
+    if heldout:
+        with parallel.full_weights(model, world):  # each rank evaluates its share of the held-out set
+            result = evaluate(engine, heldout, cfg.eval, cfg.data.template, progress=False, world=world)
     final = run_dir / "final"
     whole = sharded.full_model(model, world) if world.size > 1 else model  # gathered on rank 0
-    report = {"final_loss": final_loss, "pass@1": result["pass@1"],
+    report = {"final_loss": final_loss, "pass@1": result["pass@1"] if result else None,
               "n_heldout": len(heldout), "model": str(final), "threads": n_threads}
     if world.main:
         tmp = final.with_name(final.name + ".tmp")
@@ -221,8 +223,11 @@ def finish(cfg, run_dir: Path, model, engine: Engine, heldout, model_dir: Path, 
             if final.exists():  # a resumed run that had finished once
                 shutil.rmtree(final)
             tmp.rename(final)
-        state.write_text_atomic(run_dir / "report.json", json.dumps({**report, "eval": result}, indent=2))
-    print(f"sft: final loss {report['final_loss']}, held-out pass@1 {result['pass@1']:.3f} (answers graded in the "
-          f"{result['answer_style']!r} style; pillion train grades in its reward.answer_style); model: {final}")
+        saved = {**report, "eval": result} if result else report
+        state.write_text_atomic(run_dir / "report.json", json.dumps(saved, indent=2))
+    graded = (f"held-out pass@1 {result['pass@1']:.3f} (answers graded in the {result['answer_style']!r} style; "
+              "pillion train grades in its reward.answer_style)" if result else "no held-out evaluation "
+              "(data.heldout_size=0)")
+    print(f"sft: final loss {report['final_loss']}, {graded}; model: {final}")
     ranks.barrier(world)
     return report

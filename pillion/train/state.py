@@ -12,7 +12,8 @@
 A checkpoint is written into `step-N.tmp/`, every file is fsynced, and the folder is renamed to
 `step-N` (then the parent folder is fsynced): a process killed at any point leaves either the
 complete checkpoint or a `.tmp` folder that `latest` never returns and `clean_stale` removes at
-the next start. Only the newest `keep` checkpoints are kept, pruned after the rename. A write
+the next start. Only the newest `keep` checkpoints are kept, pruned after the rename (each
+renamed to `.tmp` before it is deleted, so that a kill mid-delete leaves nothing that stays). A write
 that fails for lack of space removes its `.tmp` folder at once and ends the run with one line
 (pillion/files.py `writing`): the newest complete checkpoint is never touched before the rename.
 """
@@ -101,7 +102,12 @@ def commit(run_dir: Path, tmp: Path, final: Path, keep: int = 2) -> Path:
     tmp.rename(final)
     fsync_path(final.parent)
     for old in _complete(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        # Renamed first: a kill during the delete leaves a `.tmp` folder that the next start
+        # removes (clean_stale), not a half-deleted step-N kept for good.
+        doomed = old.with_name(old.name + ".tmp")
+        shutil.rmtree(doomed, ignore_errors=True)
+        old.rename(doomed)
+        shutil.rmtree(doomed, ignore_errors=True)
     return final
 
 

@@ -1,10 +1,11 @@
 """Timeouts, pathological inputs, injection, threads and worker processes (pool.py).
 
 No test here sleeps or checks elapsed time: deadlines are driven by a fake clock that moves only
-when the test says so, and the bound "no call slower than its timeout + 1 s" is shown by the
-deadline logic (what `select` is asked to wait, the `timeouts` counter, the killed worker);
-benchmarks/grading.py measures it in seconds. Answers that must come out right get a
-timeout no machine reaches; an answer that must time out never finishes at all.
+when the test says so (and a job's CPU seconds, where a test needs them, by a fake reading), and
+the bound "no call slower than its timeout + 1 s" is shown by the deadline logic (what `select`
+is asked to wait, the `timeouts` counter, the killed worker); benchmarks/grading.py measures it
+in seconds. Answers that must come out right get a timeout no machine reaches; an answer that
+must time out never finishes at all.
 """
 
 import multiprocessing
@@ -40,6 +41,74 @@ class FakeClock:
         if self.when_stuck is not None and wait > 0 and self.when_stuck():
             self.now += 10**6  # every deadline passes
         return select.select(read, write, error, min(wait, 0.5))
+
+
+class FakeCPU:
+    """`_Worker.cpu_seconds` for one test: every worker has used `used` CPU seconds."""
+
+    def __init__(self, monkeypatch):
+        self.used = 0.0
+        monkeypatch.setattr(pool_module._Worker, "cpu_seconds", lambda worker: self.used)
+
+
+# A worker that speaks the protocol and answers "equal" to every job once the file GATE exists,
+# using (almost) no CPU until then: a worker that waits for a core, or one that hangs.
+GATED = """import json, os, sys, time
+print("ready", flush=True)
+for line in sys.stdin:
+    while not os.path.exists({gate!r}):
+        time.sleep(0.01)
+    print(json.dumps({{"id": json.loads(line)["id"], "equal": True}}), flush=True)
+"""
+
+
+def test_a_worker_waiting_for_a_core_is_not_timed_out(monkeypatch, tmp_path):
+    # The timeout counts the worker's CPU seconds: on a loaded machine the clock passes the
+    # deadline while the worker waits for a core, and its right answer must still count (it was
+    # False, a reward that depended on the machine's load). Wall time passes 3 timeouts per
+    # look at the pipe; the worker has used no CPU; it answers after the third look.
+    gate = tmp_path / "go"
+    monkeypatch.setattr(pool_module, "_WORKER_CODE", GATED.format(gate=str(gate)))
+    with GradingPool(workers=1, timeout=TIMEOUT) as pool:
+        assert select.select([pool.workers[0].fd], [], [], GENEROUS)[0], "the worker never started"
+        clock, looks = FakeClock(monkeypatch), []
+        FakeCPU(monkeypatch)
+
+        def loaded(read, write, error, wait):
+            if wait > 0 and pool.workers[0].job >= 0:
+                looks.append(wait)
+                clock.now += 3 * TIMEOUT
+                if len(looks) == 3:
+                    gate.touch()
+                    return select.select(read, write, error, GENEROUS)
+                return [], [], []
+            return select.select(read, write, error, min(wait, 0.5))
+
+        monkeypatch.setattr(pool_module, "select", types.SimpleNamespace(select=loaded))
+        assert pool.grade(["(x+1)^2"], ["x^2+2x+1"]) == [True]
+        assert pool.timeouts == 0 and len(looks) == 3
+        assert all(w <= TIMEOUT for w in looks)  # each wait: the rest of the CPU budget at most
+
+
+def test_a_worker_reports_its_cpu_seconds():
+    with GradingPool(workers=1, timeout=GENEROUS) as pool:
+        boot(pool)  # importing sympy and a first parse: well over one clock tick of CPU
+        used = pool.workers[0].cpu_seconds()
+        assert used is None or used > 0  # None only without /proc (macOS): wall-clock deadlines
+
+
+def test_a_worker_that_neither_computes_nor_answers_is_given_up(monkeypatch, tmp_path):
+    # No CPU used and no answer for STALLED_FACTOR timeouts (at least STALLED_MIN_S) of wall time.
+    monkeypatch.setattr(pool_module, "_WORKER_CODE", GATED.format(gate=str(tmp_path / "never")))
+    with GradingPool(workers=1, timeout=TIMEOUT) as pool:
+        assert select.select([pool.workers[0].fd], [], [], GENEROUS)[0], "the worker never started"
+        first = pool.workers[0].proc
+        clock = FakeClock(monkeypatch, when_stuck=lambda: only_job_left(pool, 0))
+        FakeCPU(monkeypatch)
+        start = clock.now
+        assert pool.grade(["(x+1)^2"], ["x^2+2x+1"]) == [False]
+        assert pool.timeouts == 1 and first.returncode is not None
+        assert clock.now - start >= pool_module.STALLED_MIN_S
 
 
 def only_job_left(pool, job):
@@ -84,12 +153,14 @@ def test_deadline_counts_from_the_send_and_select_never_waits_past_it(monkeypatc
         boot(pool)
         first = pool.workers[0].proc
         clock = FakeClock(monkeypatch)
+        cpu = FakeCPU(monkeypatch)
         real_send = pool_module._Worker.send
 
         def send_then_pass_time(worker, *args):
             real_send(worker, *args)
             assert worker.deadline == clock.now + TIMEOUT
-            clock.now += TIMEOUT  # the deadline is reached on the next look at the clock
+            clock.now += TIMEOUT  # the deadline is reached on the next look at the clock,
+            cpu.used += TIMEOUT  # with the job on a core all that time
 
         monkeypatch.setattr(pool_module._Worker, "send", send_then_pass_time)
         assert pool.grade([NEVER], ["5"]) == [False]

@@ -135,6 +135,18 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch)
     assert not (tmp_path / "nan" / "checkpoints" / "step-000002").exists()
 
 
+def test_heldout_size_0_trains_without_a_held_out_evaluation(tmp_path, capsys):
+    """data.heldout_size=0 means no held-out problems: no evaluation before or after, a report
+    without pass@1, and one line that says so (it was a ValueError traceback)."""
+    cfg = small(tmp_path / "run", "steps=1", "data.heldout_size=0")
+    report = rl.train(cfg)
+    assert report["n_heldout"] == 0 and not [k for k in report if k.startswith(("pass1", "eval_"))]
+    assert json.loads((tmp_path / "run" / "report.json").read_text())["n_heldout"] == 0
+    assert (tmp_path / "run" / "report.md").is_file() and len(metrics(tmp_path / "run")) == 1
+    out = capsys.readouterr().out
+    assert "no held-out evaluation (data.heldout_size=0)" in out and "eval before RL" not in out
+
+
 def test_train_cli_rejects_bad_keys(capsys):
     assert main(["train", "loss.clip_hihg=0.3"]) == 2
     assert "did you mean loss.clip_high" in capsys.readouterr().err

@@ -2,6 +2,7 @@
 every SFTConfig key is used (optimizer, trackers, level weights) or refused as unknown."""
 
 import json
+import math
 import sys
 import types
 
@@ -14,6 +15,7 @@ from pillion.cli import main
 from pillion.model.tiny import make_tokenizer
 from pillion.problem import Problem
 from pillion.train import sft as sft_module
+from pillion.train.optim import Muon
 from pillion.train.sft import examples
 
 # A small fresh model and short run: about 5 s each on one core.
@@ -60,6 +62,44 @@ def _losses(run_dir):
     return [json.loads(line)["loss"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def test_sft_with_heldout_size_0_skips_the_evaluation(tmp_path, capsys):
+    assert main(["sft", *QUICK, "data.heldout_size=0", f"out={tmp_path}"]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["pass@1"] is None and report["n_heldout"] == 0 and "eval" not in report
+    assert (tmp_path / "final" / "config.json").is_file()
+    assert "no held-out evaluation (data.heldout_size=0)" in capsys.readouterr().out
+
+
+def test_a_skipped_non_finite_sft_step_checkpoints_the_last_update_and_resumes_alike(tmp_path, monkeypatch):
+    """Step 2's gradient norm is non-finite: no update, and its checkpoint holds step 1's update
+    (AdamW's step count 1, step 3's 2) with the sampler past step 2's batch, so a resume from it
+    logs the uninterrupted step 3. (RL does not checkpoint such a step; here it is the same state.)"""
+    import shutil
+
+    real, calls = sft_module.parallel.clip_grad_norm, []
+
+    def second_is_nan(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("nan")) if len(calls) == 2 else norm
+
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm", second_is_nan)
+    args = [*[a for a in QUICK if not a.startswith("steps=")], "steps=3", "save_every=1"]
+    assert main(["sft", *args, f"out={tmp_path / 'run'}"]) == 0
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm", real)
+    steps = {n: torch.load(tmp_path / "run" / "checkpoints" / f"step-00000{n}" / "trainer_state.pt",
+                           weights_only=False)["optimizer"]["state"][0]["step"] for n in (2, 3)}
+    assert steps == {2: 1, 3: 2}
+    shutil.copytree(tmp_path / "run", tmp_path / "resumed")
+    shutil.rmtree(tmp_path / "resumed" / "checkpoints" / "step-000003")
+    assert main(["sft", f"out={tmp_path / 'resumed'}", "--resume"]) == 0
+    rows = [[json.loads(line)[k] for k in ("step", "loss", "grad_norm")]
+            for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    again = [[json.loads(line)[k] for k in ("step", "loss", "grad_norm")]
+             for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert math.isnan(rows[1][2]) and rows[2] == again[2]
+
+
 def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
     made, real = [], sft_module.make_optimizer
 
@@ -72,7 +112,7 @@ def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
     assert main(["sft", *QUICK, f"out={tmp_path / 'adamw'}"]) == 0
     muon, adamw = made
     # Muon on the hidden matrices, AdamW on embeddings, head and norms; the default is AdamW alone
-    assert [type(o) for o in muon.optimizers] == [torch.optim.Muon, torch.optim.AdamW]
+    assert [type(o) for o in muon.optimizers] == [Muon, torch.optim.AdamW]
     assert isinstance(adamw, torch.optim.AdamW)
     a, b = _losses(tmp_path / "muon"), _losses(tmp_path / "adamw")
     assert a[0] == b[0]  # step 1's loss is the same model on the same batch, before any update

@@ -52,6 +52,34 @@ def test_latest_ignores_unfinished_folders_and_stale_ones_are_cleaned(tmp_path):
     assert state.latest(tmp_path) == big
 
 
+def test_a_kill_while_pruning_leaves_nothing_that_stays(tmp_path, monkeypatch):
+    # Seen in benchmarks/faults.py: a kill during the delete of an old checkpoint left step-000003
+    # without its trainer_state.pt, never resumed from and never removed.
+    for step in (1, 2):
+        folder = state.checkpoint_dir(tmp_path, step)
+        folder.mkdir(parents=True)
+        (folder / "trainer_state.pt").write_bytes(b"x")
+    tmp = state.checkpoint_dir(tmp_path, 3).with_name("step-000003.tmp")
+    tmp.mkdir()
+    (tmp / "trainer_state.pt").write_bytes(b"x")
+    real = state.shutil.rmtree
+
+    def killed_mid_delete(path, ignore_errors=False):
+        if path.exists():  # the renamed old checkpoint: its trainer state goes first, then the kill
+            (path / "trainer_state.pt").unlink()
+            raise Killed
+        real(path, ignore_errors=ignore_errors)
+
+    monkeypatch.setattr(state.shutil, "rmtree", killed_mid_delete)
+    with pytest.raises(Killed):
+        state.commit(tmp_path, tmp, state.checkpoint_dir(tmp_path, 3), keep=2)
+    monkeypatch.setattr(state.shutil, "rmtree", real)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["step-000001.tmp", "step-000002", "step-000003"]
+    assert state.latest(tmp_path) == state.checkpoint_dir(tmp_path, 3)
+    assert [p.name for p in state.clean_stale(tmp_path)] == ["step-000001.tmp"]
+
+
 def test_unreadable_trainer_state_is_named(tmp_path):
     folder = state.checkpoint_dir(tmp_path, 2)
     folder.mkdir(parents=True)

@@ -1,6 +1,6 @@
 """Optimizers: the AdamW path as before, the parameter split, Dion against a dense reference
-(polar factor at full rank, Algorithm 1 step by step at low rank), Muon from torch, and both
-training tiny problems."""
+(polar factor at full rank, Algorithm 1 step by step at low rank), Muon's float32 Newton-Schulz
+against the scalar iteration on singular values, and both training tiny problems."""
 
 import math
 
@@ -8,7 +8,18 @@ import pytest
 import torch
 from torch import nn
 
-from pillion.train.optim import Chained, Dion, OptimConfig, dion_scale, dion_update, make_optimizer, split_params
+from pillion.train.optim import (
+    Chained,
+    Dion,
+    Muon,
+    OptimConfig,
+    dion_scale,
+    dion_update,
+    make_optimizer,
+    muon_scale,
+    newton_schulz,
+    split_params,
+)
 
 
 def tiny_model(tied=False):
@@ -164,10 +175,96 @@ def test_dion_survives_a_zero_gradient():
     assert (x.detach() - before).abs().max() > 1e-3
 
 
+NS = (3.4445, -4.7750, 2.0315)  # torch.optim.Muon's (a, b, c)
+
+
+def test_newton_schulz_by_hand_on_a_1x1_matrix():
+    # [[2]] normalised: 1. p(s) = a s + b s^3 + c s^5: p(1) = 3.4445 - 4.7750 + 2.0315 = 0.7010;
+    # p(0.7010) = 3.4445 * 0.7010 - 4.7750 * 0.344472 + 2.0315 * 0.169274
+    #           = 2.414595 - 1.644855 + 0.343880 = 1.113620
+    one = newton_schulz(torch.tensor([[2.0]]), NS, 1, 1e-7)
+    two = newton_schulz(torch.tensor([[2.0]]), NS, 2, 1e-7)
+    assert one.dtype == torch.float32 and float(one) == pytest.approx(0.7010, abs=1e-6)
+    assert float(two) == pytest.approx(1.113620, abs=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(9, 5), (5, 9), (6, 6)])
+def test_newton_schulz_applies_the_quintic_to_each_singular_value(shape):
+    # X = U diag(s) V^T: each step maps s -> a s + b s^3 + c s^5 after X / ||X||_F and keeps U, V.
+    gen = torch.Generator().manual_seed(7)
+    u, _ = torch.linalg.qr(torch.randn(shape[0], min(shape), generator=gen, dtype=torch.float64))
+    v, _ = torch.linalg.qr(torch.randn(shape[1], min(shape), generator=gen, dtype=torch.float64))
+    s = torch.rand(min(shape), generator=gen, dtype=torch.float64) * 3 + 0.1
+    x = u @ torch.diag(s) @ v.t()
+    t = s / s.norm()
+    for _ in range(5):
+        t = NS[0] * t + NS[1] * t**3 + NS[2] * t**5
+    torch.testing.assert_close(newton_schulz(x, NS, 5, 1e-7), u @ torch.diag(t) @ v.t(), rtol=0, atol=1e-12)
+    assert newton_schulz(x.float(), NS, 5, 1e-7).dtype == torch.float32
+
+
+def test_muon_step_does_not_amplify_float32_rounding_of_the_gradient():
+    # Gradients that differ by float32 rounding (the same batch summed in another order, as with
+    # another number of ranks) must give the same update to well under the 1e-4 the N-rank tests
+    # hold metrics to. Here one entry sits halfway between two bfloat16 numbers (1 + 2^-8: rounds
+    # to even, 1) and moves up one float32 ulp (rounds to 1 + 2^-7): 2e-9 relative to the matrix.
+    # torch.optim.Muon's bfloat16 Newton-Schulz changes 77% of the update's entries, by 1e-2
+    # relative in norm; float32 by 9e-7.
+    gen = torch.Generator().manual_seed(8)
+    grad = torch.randn(48, 64, generator=gen)
+    grad[3, 5] = 1 + 2**-8
+    nudged = grad.clone()
+    nudged[3, 5] = torch.nextafter(grad[3, 5], torch.tensor(2.0))
+    updates = []
+    for g in (grad, nudged):
+        w = nn.Parameter(torch.zeros(48, 64))
+        # momentum 0: the Newton-Schulz input is the gradient itself
+        opt = Muon([w], lr=1.0, momentum=0.0, weight_decay=0.0, adjust_lr_fn="match_rms_adamw")
+        w.grad = g
+        opt.step()
+        updates.append(w.detach().clone())
+    assert float((updates[0] - updates[1]).norm() / updates[0].norm()) < 1e-5
+    # the step itself: lr 1 x 0.2 sqrt(max(48, 64)) = 1.6 times the orthogonalised gradient
+    torch.testing.assert_close(updates[0], -1.6 * newton_schulz(grad, NS, 5, 1e-7), rtol=1e-5, atol=1e-6)
+
+
+def test_muon_nesterov_momentum_by_hand():
+    # Two steps on the same gradient g, momentum 0.95: buf = 0.05 g, then 0.05 g + 0.95 * 0.05 g
+    # = 0.0975 g; Nesterov's update = lerp(g, buf, 0.95) = 0.05 g + 0.95 * 0.0975 g = 0.142625 g.
+    # Newton-Schulz is scale-free, so only the momentum buffer shows the arithmetic.
+    g = torch.randn(6, 4, generator=torch.Generator().manual_seed(9))
+    w = nn.Parameter(torch.zeros(6, 4))
+    opt = Muon([w], lr=0.1, weight_decay=0.5)
+    for _ in range(2):
+        w.grad = g.clone()
+        opt.step()
+    torch.testing.assert_close(opt.state[w]["momentum_buffer"], 0.0975 * g)
+    # each step: w (1 - 0.1 * 0.5) - 0.1 * sqrt(max(1, 6 / 4)) NS(.); w was 0 before the first
+    step_one = -0.1 * math.sqrt(1.5) * newton_schulz(0.0975 * g, NS, 5, 1e-7)
+    step_two = step_one * 0.95 - 0.1 * math.sqrt(1.5) * newton_schulz(0.142625 * g, NS, 5, 1e-7)
+    torch.testing.assert_close(w.detach(), step_two, rtol=1e-5, atol=1e-6)
+
+
+def test_muon_loads_a_torch_muon_state():
+    # Checkpoints written with torch.optim.Muon's state (momentum_buffer, its param group keys) resume.
+    w = nn.Parameter(torch.randn(6, 4))
+    theirs = torch.optim.Muon([w], lr=0.1, adjust_lr_fn="original")
+    w.grad = torch.randn(6, 4)
+    theirs.step()
+    ours = Muon([w], lr=0.1)
+    ours.load_state_dict(theirs.state_dict())
+    assert torch.equal(ours.state[w]["momentum_buffer"], theirs.state[w]["momentum_buffer"])
+    ours.step()
+
+
 def test_scales_and_bad_settings():
     assert dion_scale(16, 4, 4, "match_rms_adamw") == pytest.approx(0.2 * 4)  # = Muon's 0.2 sqrt(max(m, n))
     assert dion_scale(16, 4, 1, "match_rms_adamw") == pytest.approx(0.2 * 8)  # sqrt(64 / 1)
     assert dion_scale(16, 4, 2, "paper") == pytest.approx(2.0)  # sqrt(16 / 4)
+    assert muon_scale(16, 4, "match_rms_adamw") == pytest.approx(0.8)  # 0.2 sqrt(16)
+    assert muon_scale(16, 4, "paper") == pytest.approx(2.0) and muon_scale(4, 16, "paper") == 1.0  # sqrt(max(1, m/n))
+    with pytest.raises(ValueError, match="optim.lr_scale"):
+        muon_scale(2, 2, "big")
     with pytest.raises(ValueError, match="optim.lr_scale"):
         dion_scale(2, 2, 1, "big")
     with pytest.raises(ValueError, match="optim.rank_fraction"):
