@@ -1,4 +1,4 @@
-"""Optimizers behind one factory: AdamW, Muon (torch.optim.Muon's, Newton-Schulz in float32) and Dion.
+"""Optimizers behind one factory: AdamW, Muon (torch.optim.Muon's; Newton-Schulz in float32 off CUDA) and Dion.
 
     optimizer = make_optimizer(policy, cfg.optim, cfg.lr, cfg.weight_decay)   # optim=adamw|muon|dion
     optimizer.param_groups, optimizer.step(), optimizer.zero_grad(), optimizer.state_dict()
@@ -55,12 +55,14 @@ whole matrix held at a time, not the paper's distributed form (all-reduces of th
 [n, r] factors only), which moves less. Muon with several ranks does the same for its
 Newton-Schulz step.
 
-Muon departs from torch.optim.Muon in one place: Newton-Schulz runs in float32, not bfloat16
-(`newton_schulz` says why: the logged metrics then do not depend on the number of ranks). The
-cost is 5 x (4 k^2 l + 2 k^3) flops for a k x l matrix (k <= l), run on every rank: 7 TFLOP per
-step for Qwen2.5-0.5B's hidden matrices, 520 for Qwen2.5-7B's, about 8 s at an H100's float32
-peak (67 TFLOP/s) where bf16 would take 0.5 s (computed, not measured). On CPUs without bf16
-matmul units float32 is the faster one: 1.3 s against 58 s for one 896 x 4864 matrix (1 thread).
+Muon departs from torch.optim.Muon in one place: off CUDA, Newton-Schulz runs in float32, not
+bfloat16 (`newton_schulz` says why: the logged metrics then do not depend on the number of
+ranks), and on CPUs without bf16 matmul units float32 is also the faster one: 1.3 s against 58 s
+for one 896 x 4864 matrix (1 thread, measured). On CUDA it stays in bfloat16, as torch's: the
+iteration costs 5 x (4 k^2 l + 2 k^3) flops for a k x l matrix (k <= l), run on every rank, 520
+TFLOP per step for Qwen2.5-7B's hidden matrices, about 0.5 s in bf16 on an H100 against 8 s at
+its float32 peak (computed, not measured), and a bf16 run's metrics differ across N at bf16's
+rounding anyway.
 """
 
 from __future__ import annotations
@@ -172,7 +174,8 @@ def rows_of(whole: torch.Tensor, like: DTensor) -> DTensor:
 def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float], steps: int,
                   eps: float) -> torch.Tensor:
     """Muon's quintic Newton-Schulz iteration (Jordan et al. 2024; torch.optim.Muon's
-    coefficients and steps) on an [m, n] matrix, in float32 (float64 for float64 input): each
+    coefficients and steps) on an [m, n] matrix, in float32 (float64 for float64 input;
+    bfloat16 on CUDA, as torch's, where tensor cores make it ~16x cheaper): each
     step maps every singular value s of the Frobenius-normalised matrix to a s + b s^3 + c s^5
     and keeps the singular vectors, so the result approximates the polar factor U V^T.
 
@@ -183,14 +186,15 @@ def newton_schulz(update: torch.Tensor, coefficients: tuple[float, float, float]
     model, 2 ranks vs 1). In float32 the same input difference gives 1e-5, as float64 does: what
     is left is the iteration's own amplification of its input, not rounding."""
     a, b, c = coefficients
-    x = update.to(torch.promote_types(update.dtype, torch.float32))  # [m, n]
+    work = torch.bfloat16 if update.is_cuda else torch.promote_types(update.dtype, torch.float32)
+    x = update.to(work)  # [m, n]
     tall = x.shape[0] > x.shape[1]
     x = x.t() if tall else x  # [k, l], k <= l: the Gram matrix below is the smaller one
     x = x / x.norm().clamp_min(eps)  # Frobenius norm >= spectral norm: singular values in [0, 1]
     for _ in range(steps):
         gram = x @ x.t()  # [k, k]
         x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)  # (a + b G + c G^2) X
-    return x.t() if tall else x
+    return x.t() if tall else x  # [m, n] in `work`: the caller casts to the parameter's dtype
 
 
 def muon_scale(m: int, n: int, lr_scale: str) -> float:
@@ -204,8 +208,8 @@ def muon_scale(m: int, n: int, lr_scale: str) -> float:
 
 class Muon(torch.optim.Muon):
     """torch.optim.Muon's algorithm, settings and state (a checkpoint of either loads into the
-    other) with Newton-Schulz in float32 (`newton_schulz`), over plain matrices (one process) or
-    FSDP2's row-sharded ones (several ranks). The momentum is elementwise and stays sharded;
+    other) with Newton-Schulz in float32 off CUDA (`newton_schulz`), over plain matrices (one
+    process) or FSDP2's row-sharded ones (several ranks). The momentum is elementwise and stays sharded;
     Newton-Schulz needs the whole matrix, so each update is gathered (one all-gather of the
     matrix per step), orthogonalised on every rank alike, and each rank applies its own rows."""
 

@@ -368,3 +368,11 @@ def test_every_optimizer_trains_the_tiny_transformer(name):
         opt.step()
         opt.zero_grad()
     assert float(lm_loss(model, ids).detach()) < 0.5 * first
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_newton_schulz_runs_in_bf16_on_cuda_as_torchs():
+    """On CUDA the iteration keeps torch.optim.Muon's bfloat16 (tensor cores); off CUDA float32."""
+    x = torch.randn(8, 12)
+    assert newton_schulz(x.cuda(), NS, 5, 1e-7).dtype == torch.bfloat16
+    assert newton_schulz(x, NS, 5, 1e-7).dtype == torch.float32
