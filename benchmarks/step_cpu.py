@@ -162,25 +162,7 @@ def pillion_child(args) -> None:
 def trl_child(args) -> None:
     set_threads(args)
     import torch
-    from datasets import Dataset
-    from transformers import AutoTokenizer, TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from pillion.data.synthetic import generate
-    from pillion.data.templates import render_prompt
-    from pillion.rewards import RewardConfig, score
-
-    _, prompts, samples, new, ignore_eos = workload(args.workloads)
-    readme = args.workloads == "readme"
-    # readme: the default job's levels (the curriculum's default) and learning rate
-    problems = generate(prompts * (args.steps + 2), **({} if readme else {"levels": (1, 2)}), seed=0)
-    by_question = {p.question: p for p in problems}
-    reward_cfg = RewardConfig(answer_style="boxed")
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
-
-    def reward(prompts, completions, question, completion_ids, **kwargs):
-        return [score(by_question[q], c, len(ids), reward_cfg).score
-                for q, c, ids in zip(question, completions, completion_ids)]
+    from transformers import TrainerCallback
 
     clock = Clock()
 
@@ -190,22 +172,49 @@ def trl_child(args) -> None:
                 raise SystemExit(0)
             clock.lap()
 
+    with tempfile.TemporaryDirectory() as out_dir:
+        trl_trainer(args, args.steps + 1, out_dir, [Gate()]).train()
+
+
+def trl_trainer(args, steps: int, out_dir: str, callbacks: list):
+    """TRL's GRPOTrainer for the workload `args.workloads` on `args.model_dir` (KL `args.kl`),
+    `steps` optimizer steps, writing nothing to `out_dir` (no saves, no reports)."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pillion.data.synthetic import generate
+    from pillion.data.templates import render_prompt
+    from pillion.rewards import RewardConfig, score
+
+    _, prompts, samples, new, ignore_eos = workload(args.workloads)
+    readme = args.workloads == "readme"
+    # readme: the default job's levels (the curriculum's default) and learning rate
+    problems = generate(prompts * (steps + 1), **({} if readme else {"levels": (1, 2)}), seed=0)
+    by_question = {p.question: p for p in problems}
+    reward_cfg = RewardConfig(answer_style="boxed")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+
+    def reward(prompts, completions, question, completion_ids, **kwargs):
+        return [score(by_question[q], c, len(ids), reward_cfg).score
+                for q, c, ids in zip(question, completions, completion_ids)]
+
     dataset = Dataset.from_dict({"prompt": [render_prompt(p, TEMPLATE, tokenizer) for p in problems],
                                  "question": [p.question for p in problems]})
-    with tempfile.TemporaryDirectory() as out_dir:
-        config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts * samples, num_generations=samples,
-                            max_completion_length=new, max_steps=args.steps + 1,
-                            learning_rate=1e-4 if readme else LR, beta=args.kl,
-                            temperature=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
-                            disable_tqdm=True, seed=0, model_init_kwargs={"dtype": torch.float32},
-                            generation_kwargs={"min_new_tokens": new} if ignore_eos else None,
-                            # like for like: float32 and no activation checkpointing, as pillion runs here
-                            # (GRPOConfig's own defaults, --trl-defaults: bf16 autocast on the CPU and
-                            # gradient checkpointing)
-                            **({} if args.trl_defaults else {"bf16": False, "gradient_checkpointing": False}))
-        trainer = GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
-                              processing_class=tokenizer, callbacks=[Gate()])
-        trainer.train()
+    config = GRPOConfig(output_dir=out_dir, per_device_train_batch_size=prompts * samples, num_generations=samples,
+                        max_completion_length=new, max_steps=steps,
+                        learning_rate=1e-4 if readme else LR, beta=args.kl,
+                        temperature=1.0, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+                        disable_tqdm=True, seed=0, model_init_kwargs={"dtype": torch.float32},
+                        generation_kwargs={"min_new_tokens": new} if ignore_eos else None,
+                        # like for like: float32 and no activation checkpointing, as pillion runs here
+                        # (GRPOConfig's own defaults, --trl-defaults: bf16 autocast on the CPU and
+                        # gradient checkpointing)
+                        **({} if getattr(args, "trl_defaults", False) else
+                           {"bf16": False, "gradient_checkpointing": False}))
+    return GRPOTrainer(model=args.model_dir, reward_funcs=reward, args=config, train_dataset=dataset,
+                       processing_class=tokenizer, callbacks=callbacks)
 
 
 def make_model(name: str, folder: Path) -> Path:
