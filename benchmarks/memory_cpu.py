@@ -21,6 +21,10 @@ Each side runs alone in its own process, one after the other:
   TRL      `GRPOTrainer.train` for 3 steps on the same problems (step_cpu.trl_trainer:
            min_new_tokens = 64, beta 0, no evaluation, no saves).
 
+Both sides run torch's default intra-op threads (one per core), or `--threads N`: the
+allocations of each thread's malloc arena change the figures (pillion's own default, threads=auto,
+would take fewer when other work keeps cores busy, so it is set to the same count).
+
 Printed per side: the peak RSS of the process (os.wait4's ru_maxrss, what `/usr/bin/time`
 reports; it is the larger of the process's own and its children's), its children's largest
 peak separately (pillion: the symbolic grading worker; a separate process, so it is not in the
@@ -186,7 +190,11 @@ def pillion_child(args, trace: Trace) -> None:
 
     rl.setup = setup
     _, prompts, samples, new, _ = step_cpu.workload(args.workload)
-    keys = [f"model={args.model_dir}", f"out={args.out}", f"steps={args.steps}", f"prompts_per_step={prompts}",
+    import torch
+
+    # threads as TRL's side runs them (pillion's threads=auto would count the cores busy elsewhere)
+    keys = [f"threads={args.threads or torch.get_num_threads()}", f"model={args.model_dir}", f"out={args.out}",
+            f"steps={args.steps}", f"prompts_per_step={prompts}",
             f"group_size={samples}", f"max_new_tokens={new}", "loss.kl_coef=0", f"lr={step_cpu.LR}",
             f"data.template={step_cpu.TEMPLATE}", *args.extra]
     code = cli.main(["train", *keys, "--overwrite"])
@@ -197,6 +205,7 @@ def pillion_child(args, trace: Trace) -> None:
 
 
 def trl_child(args, trace: Trace) -> None:
+    step_cpu.set_threads(args)
     with tempfile.TemporaryDirectory() as out_dir:
         step_cpu.trl_trainer(argparse.Namespace(workloads=args.workload, model_dir=str(args.model_dir), kl=0.0),
                              args.steps, out_dir, []).train()
@@ -206,7 +215,8 @@ def run_child(python: str, side: str, args, log: Path) -> dict | None:
     """Runs one side (or the model's creation) in its own process; returns what it reported, with
     its ru_maxrss from os.wait4, its wall time and the load average when it started."""
     cmd = [python, str(Path(__file__).resolve()), "--child", side, "--model-dir", str(args.model_dir),
-           "--workload", args.workload, "--steps", str(args.steps), "--out", str(args.work_dir / f"run-{side}"),
+           "--workload", args.workload, "--steps", str(args.steps), "--threads", str(args.threads),
+           "--out", str(args.work_dir / f"run-{side}"),
            *(["--trace"] if args.trace else []), *sum([["--extra", e] for e in args.extra], [])]
     load = os.getloadavg()[0]
     start = time.perf_counter()
@@ -240,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trace", action="store_true", help="pillion's RSS at each phase of the run")
     p.add_argument("--smoke", action="store_true", help="tiny model, 1 step, small evaluation, pillion only, traced")
     p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-memory-cpu")
     p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
     p.add_argument("--workload", default="24m", help=argparse.SUPPRESS)
@@ -269,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     _, prompts, samples, new, _ = step_cpu.workload(args.workload)
     print(f"whole run: {args.steps} steps of {prompts} prompts x {samples} samples x {new} tokens (EOS ignored), "
-          f"no KL; model {args.model_dir}")
+          f"no KL; threads: {args.threads or 'torch default'} on both sides; model {args.model_dir}")
     if not trl and not args.smoke:
         print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
     results = {}
