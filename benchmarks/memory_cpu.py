@@ -19,7 +19,9 @@ Each side runs alone in its own process, one after the other:
            and evaluations run every row to its length (the default KL-to-initial probe,
            behaviour.kl_probe_every=10, runs at step 1 as in any run);
   TRL      `GRPOTrainer.train` for 3 steps on the same problems (step_cpu.trl_trainer:
-           min_new_tokens = 64, beta 0, no evaluation, no saves).
+           min_new_tokens = 64, beta 0, no evaluation, no saves), in float32 without
+           gradient checkpointing as pillion runs (`--trl-defaults`: GRPOConfig's own bf16,
+           autocast on the CPU, and gradient checkpointing; not like for like).
 
 Both sides run torch's default intra-op threads (one per core), or `--threads N`: the
 allocations of each thread's malloc arena change the figures (pillion's own default, threads=auto,
@@ -207,8 +209,8 @@ def pillion_child(args, trace: Trace) -> None:
 def trl_child(args, trace: Trace) -> None:
     step_cpu.set_threads(args)
     with tempfile.TemporaryDirectory() as out_dir:
-        step_cpu.trl_trainer(argparse.Namespace(workloads=args.workload, model_dir=str(args.model_dir), kl=0.0),
-                             args.steps, out_dir, []).train()
+        step_cpu.trl_trainer(argparse.Namespace(workloads=args.workload, model_dir=str(args.model_dir), kl=0.0,
+                                                trl_defaults=args.trl_defaults), args.steps, out_dir, []).train()
 
 
 def run_child(python: str, side: str, args, log: Path) -> dict | None:
@@ -217,7 +219,8 @@ def run_child(python: str, side: str, args, log: Path) -> dict | None:
     cmd = [python, str(Path(__file__).resolve()), "--child", side, "--model-dir", str(args.model_dir),
            "--workload", args.workload, "--steps", str(args.steps), "--threads", str(args.threads),
            "--out", str(args.work_dir / f"run-{side}"),
-           *(["--trace"] if args.trace else []), *sum([["--extra", e] for e in args.extra], [])]
+           *(["--trace"] if args.trace else []), *(["--trl-defaults"] if args.trl_defaults else []),
+           *sum([["--extra", e] for e in args.extra], [])]
     load = os.getloadavg()[0]
     start = time.perf_counter()
     with open(log, "w") as out:
@@ -253,6 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads on both sides (0: torch's default)")
     p.add_argument("--work-dir", type=Path, default=Path(tempfile.gettempdir()) / "pillion-memory-cpu")
     p.add_argument("--extra", action="append", default=[], help="a pillion key=value override (repeatable)")
+    step_cpu.add_trl_defaults(p)
     p.add_argument("--workload", default="24m", help=argparse.SUPPRESS)
     p.add_argument("--child", choices=["pillion", "trl", "model"], help=argparse.SUPPRESS)
     p.add_argument("--model-dir", type=Path, help=argparse.SUPPRESS)
@@ -281,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     _, prompts, samples, new, _ = step_cpu.workload(args.workload)
     print(f"whole run: {args.steps} steps of {prompts} prompts x {samples} samples x {new} tokens (EOS ignored), "
           f"no KL; threads: {args.threads or 'torch default'} on both sides; model {args.model_dir}")
+    print("TRL: " + ("GRPOConfig's defaults (bf16 autocast, gradient checkpointing)" if args.trl_defaults else
+                     "float32, no gradient checkpointing, as pillion"))
     if not trl and not args.smoke:
         print("TRL: skipped (pass --trl-python or set PILLION_TRL_PYTHON to a python that imports trl, datasets)")
     results = {}
