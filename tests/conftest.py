@@ -7,6 +7,13 @@ import warnings
 
 import pytest
 
+# One intra-op thread for the whole suite (torch reads it at import; every run's threads=auto
+# honours it, as do the subprocesses): idle, the suite's runs took 5% longer than at two threads
+# (tests/train/test_rl.py, 16 runs: 119 s against 114 s), but on a busy 2-core machine every op
+# at two threads waits for the thread whose core is taken (3-5x slower, pillion/threads.py), and
+# a run's auto choice is made once at its start while the load moves. The tests that check the
+# choice itself set or remove the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
