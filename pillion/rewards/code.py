@@ -16,8 +16,9 @@ The sandbox, in layers (each test in `tests/rewards/test_code.py`):
 - rlimits set inside the child before any model code runs: RLIMIT_CPU (CPU seconds),
   RLIMIT_AS (memory), RLIMIT_FSIZE (output and file size: stdout/stderr go to files in the
   directory, so a flood stops at the cap), RLIMIT_NPROC = 0 (no new processes) and
-  RLIMIT_NOFILE; plus a wall-clock deadline in the parent, after which the whole process
-  group (its own session) is SIGKILLed, as it is after every run to catch stragglers;
+  RLIMIT_NOFILE; plus a wall-clock deadline in the parent (`wall_s`, not counting the time the
+  process spent waiting for a core, `_past_deadline`), after which the whole process group (its
+  own session) is SIGKILLed, as it is after every run to catch stragglers;
 - no network: the child runs under `unshare -n` (or `unshare -rn` without root) when that works
   on this machine, in an empty network namespace; where it does not, only the audit hook below
   stands between the code and the network;
@@ -71,9 +72,17 @@ def extract_code(text: str) -> str | None:
     return chosen[-1] if chosen else None
 
 
+# The wall-clock deadline leaves out the time the process waited for a core (its run delay in
+# /proc/PID/schedstat), so that a loaded machine cannot turn a passing program into a timeout: a
+# reward must not depend on what else the machine runs. A program that sleeps still meets the
+# deadline after `wall_s`; whatever the run delay, it is killed after STALLED_FACTOR x wall_s.
+STALLED_FACTOR = 10.0
+
+
 @dataclass
 class SandboxLimits:
-    """Per-process limits. `wall_s` is the parent's deadline; `cpu_s` the kernel's."""
+    """Per-process limits. `wall_s` is the parent's deadline (in seconds the process ran or slept,
+    not those it waited for a core); `cpu_s` the kernel's."""
 
     wall_s: float = 5.0
     cpu_s: int = 5
@@ -86,7 +95,7 @@ class SandboxLimits:
 class CodeResult:
     passed: int
     total: int
-    timed_out: bool  # at least one process hit the wall-clock deadline
+    timed_out: bool  # at least one process hit the wall-clock deadline (`_past_deadline`)
 
     @property
     def fraction(self) -> float:
@@ -244,6 +253,22 @@ def _wait_exit(proc: subprocess.Popen, deadline: float) -> bool:
             os.close(pidfd)
 
 
+def _run_delay(pid: int) -> float:
+    """Seconds process `pid` has spent runnable but waiting for a core (0.0 where the kernel
+    does not say: then the deadline is plain wall-clock time)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def _deadline(pid: int, started: float, wall_s: float) -> float:
+    """When the process started at `started` meets its deadline, as known now: `wall_s` after
+    it started plus the time it has waited for a core so far, at most STALLED_FACTOR x wall_s."""
+    return started + min(wall_s + _run_delay(pid), STALLED_FACTOR * wall_s)
+
+
 def _run_once(code: str, tests: list, mode: str, stdin: str, limits: SandboxLimits) -> tuple[set[int], bytes, bool]:
     """One sandboxed process. Returns (indices reported as passed, stdout, timed_out)."""
     workdir = tempfile.mkdtemp(prefix="pillion-sandbox-")
@@ -268,7 +293,8 @@ def _run_once(code: str, tests: list, mode: str, stdin: str, limits: SandboxLimi
         os.close(write_end)
         write_end = -1
         reports = bytearray()
-        deadline = time.monotonic() + limits.wall_s
+        started = time.monotonic()
+        deadline = started + limits.wall_s  # at the earliest
         exited = False
         while not exited:
             # Drain the report pipe while waiting, so a chatty harness never blocks on it.
@@ -277,8 +303,11 @@ def _run_once(code: str, tests: list, mode: str, stdin: str, limits: SandboxLimi
                 chunk = os.read(read_end, 65536)
                 if len(reports) < 1 << 20:
                     reports += chunk
-            if time.monotonic() >= deadline:
-                break
+            now = time.monotonic()
+            if not exited and now >= deadline:
+                deadline = _deadline(proc.pid, started, limits.wall_s)  # it may have waited for a core
+                if now >= deadline:
+                    break
         try:
             os.killpg(proc.pid, signal.SIGKILL)  # the group: stragglers and a live child alike
         except (ProcessLookupError, PermissionError):
