@@ -187,6 +187,7 @@ class SFTConfig:
     weight_decay: float = bounded(0.0, low=0)
     grad_clip: float = bounded(1.0, low=0, open="low")
     save_every: int = bounded(100, low=1)  # a checkpoint every N steps and after the last (`pillion sft --resume`)
+    max_bad_steps: int = bounded(3, low=1)  # non-finite updates in a row before the run stops, as in train
     data: DataConfig = field(default_factory=DataConfig)  # no stages, history or selection: RL's
     eval: EvalConfig = field(default_factory=lambda: EvalConfig(max_new_tokens=48))
     optim: OptimConfig = field(default_factory=OptimConfig)  # optim=adamw | muon | dion

@@ -78,6 +78,11 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
     return common.model_folder(cfg)  # a Hub id is pinned to its commit in cfg.model
 
 
+class SFTStopped(RuntimeError):
+    """The run stopped itself (`max_bad_steps` non-finite updates in a row); the message says
+    where to resume."""
+
+
 class SFTInterrupted(RuntimeError):
     """Ctrl-C: `step` steps were done; the run resumes from its last checkpoint."""
 
@@ -156,7 +161,7 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
     if resume:
         metrics.truncate_after(start)  # steps logged after the checkpoint are done again
 
-    done = start  # steps done (an interrupt's message says it)
+    done, bad_streak = start, 0  # steps done (an interrupt's message says it); non-finite updates in a row
     bar = common.progress(cfg.steps, start, "sft")
     try:
         for step in range(start, cfg.steps):
@@ -172,16 +177,22 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
             loss = aggregate(-logp, batch.response_mask, "token_mean", num_tokens=tokens)  # mean NLL per solution token
             loss.backward()
             norm = parallel.clip_grad_norm(params, cfg.grad_clip)
-            if torch.isfinite(norm):
+            finite = bool(torch.isfinite(norm))  # the global norm: every rank skips alike
+            if finite:
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            bad_streak = 0 if finite else bad_streak + 1
             record = {"step": step + 1, "loss": ranks.sum_floats({"loss": float(loss.detach())}, world)["loss"],
-                      "grad_norm": float(norm),
+                      "grad_norm": float(norm), "skipped_updates": int(not finite),
                       "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
             metrics.write(record)
             final_loss = record["loss"]
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             bar.update(1)
+            if bad_streak >= cfg.max_bad_steps:  # before this step's checkpoint: the newest stays one of a good step
+                raise SFTStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite loss "
+                                 f"or gradient; last checkpoint: {state.latest(run_dir) or 'none (no checkpoint yet)'}"
+                                 " (lower lr, or raise max_bad_steps)")
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 sharded.save(run_dir, step + 1, models, optimizer, None, model_dir, world,
                              {"mixture": mixture.state_dict(), "loss": final_loss, "threads": chosen.threads},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from pillion.train.cli import resolved, run_resumable
 
@@ -15,7 +16,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "data.sources='{numina: numina.parquet}', or init=tiny to start from a fresh tiny model.\n\n"
         "A run lives in out=DIR and saves a checkpoint every save_every steps: --resume continues it\n"
         "(its saved config.yaml, then your overrides, e.g. steps=2000) at any number of ranks. A\n"
-        "resumed run keeps its configuration: only steps, save_every, threads, log.* and\n"
+        "resumed run keeps its configuration: only steps, save_every, max_bad_steps, threads, log.* and\n"
         "fsdp.timeout_s may change, others with --allow-change KEY. Ctrl-C stops at once; the run\n"
         "resumes from its last checkpoint."
     )
@@ -29,12 +30,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from pillion import config as config_lib
-    from pillion.train.sft import SFTInterrupted, sft
+    from pillion.train.sft import SFTInterrupted, SFTStopped, sft
 
     cfg, _, _ = resolved(args, config_lib.SFTConfig, "sft", preset_key=None)
 
     def start() -> int:
-        sft(cfg, resume=args.resume, overwrite=args.overwrite)
+        try:
+            sft(cfg, resume=args.resume, overwrite=args.overwrite)
+        except SFTStopped as e:
+            print(f"pillion sft: {e}", file=sys.stderr)
+            return 1
         return 0
 
     return run_resumable("sft", start, SFTInterrupted)

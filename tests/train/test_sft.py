@@ -100,6 +100,37 @@ def test_a_skipped_non_finite_sft_step_checkpoints_the_last_update_and_resumes_a
     assert math.isnan(rows[1][2]) and rows[2] == again[2]
 
 
+def test_sft_stops_after_max_bad_steps_non_finite_updates_in_a_row(tmp_path, monkeypatch, capsys):
+    """As `pillion train`: steps 2 and 3 non-finite with max_bad_steps=2 -> one line, exit 1, no
+    checkpoint of step 3 (the newest, step 2's, holds step 1's update: a skipped step leaves the
+    weights as they were), the skipped steps logged; a single bad step
+    between good ones is skipped and the run goes on (streak reset)."""
+    real, calls = sft_module.parallel.clip_grad_norm, []
+
+    def bad_from_second(params, max_norm):
+        calls.append(1)
+        norm = real(params, max_norm)
+        return torch.tensor(float("inf")) if len(calls) >= 2 else norm
+
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm", bad_from_second)
+    args = [*[a for a in QUICK if not a.startswith("steps=")], "steps=5", "save_every=1", "max_bad_steps=2"]
+    assert main(["sft", *args, f"out={tmp_path / 'run'}"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("pillion sft: stopping at step 3: 2 updates in a row had a non-finite loss or gradient;")
+    assert err[-1].endswith("step-000002 (lower lr, or raise max_bad_steps)") and len(calls) == 3
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["skipped_updates"]) for r in rows] == [(1, 0), (2, 1), (3, 1)]
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+    calls.clear()
+    monkeypatch.setattr(sft_module.parallel, "clip_grad_norm",
+                        lambda params, max_norm: calls.append(1) or (torch.tensor(float("nan")) if len(calls) in (2, 4)
+                                                                      else real(params, max_norm)))
+    assert main(["sft", *args, f"out={tmp_path / 'alternating'}"]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "alternating" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_updates"] for r in rows] == [0, 1, 0, 1, 0]
+
+
 def test_sft_optim_muon_trains_with_muon(tmp_path, monkeypatch):
     made, real = [], sft_module.make_optimizer
 
@@ -227,7 +258,8 @@ def test_resume_of_another_commands_run_or_with_changed_keys_is_one_line_and_wri
               "out="),
              (["sft", f"out={sft_run}", "--resume", "lr=0.5", "batch_size=8"],
               "pillion sft: --resume keeps the run's configuration, and batch_size, lr would change (batch_size: 64 "
-              "-> 8; lr: 0.001 -> 0.5); keys that may change on resume: steps, save_every, threads, log, "
+              "-> 8; lr: 0.001 -> 0.5); keys that may change on resume: steps, save_every, max_bad_steps, threads, "
+              "log, "
               "fsdp.timeout_s, out. Start a new run (another out=), or change them anyway with --allow-change "
               "batch_size --allow-change lr")]
     for argv, line in cases:
