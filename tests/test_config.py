@@ -162,9 +162,9 @@ SFT_KEYS = [
     'eval.batch_prompts', 'eval.k', 'eval.max_new_tokens', 'eval.seed', 'eval.temperature', 'eval.top_p',
     'fsdp.cpu_offload', 'fsdp.timeout_s', 'grad_clip', 'init', 'log.tensorboard', 'log.wandb.mode',
     'log.wandb.project', 'lr', 'lr_schedule', 'max_bad_steps', 'model', 'optim.lr_scale', 'optim.momentum',
-    'optim.name', 'optim.rank_fraction', 'out', 'save_every', 'seed', 'steps', 'threads', 'tiny.family', 'tiny.hidden_size',
-    'tiny.intermediate_size', 'tiny.num_heads', 'tiny.num_kv_heads', 'tiny.num_layers', 'tiny.tie_word_embeddings',
-    'warmup_steps', 'weight_decay',
+    'optim.name', 'optim.rank_fraction', 'out', 'save_every', 'seed', 'steps', 'threads', 'tiny.family',
+    'tiny.hidden_size', 'tiny.intermediate_size', 'tiny.num_heads', 'tiny.num_kv_heads', 'tiny.num_layers',
+    'tiny.tie_word_embeddings', 'warmup_steps', 'weight_decay',
 ]
 
 
