@@ -69,6 +69,9 @@ def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ranks.barrier(world)
+    for member in torch_optimizers(optimizer) + (torch_optimizers(critic_opt) if critic_opt else []):
+        if not member.state:  # not stepped yet (VAPO's policy while the critic pretrains): its state at
+            _create_optimizer_state(member)  # step 0 here, else FSDP2's API would step it once at lr 0
     # A full disk: DCP's writer fails on every rank (its results are gathered), rank 0 removes tmp.
     with writing(final, cleanup=tmp if world.main else None, hint=state.intact(run_dir)):
         dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
@@ -153,6 +156,8 @@ def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, o
         renamed = {"state": {by_position[i]: value for i, value in opt_state["state"].items()},
                    "param_groups": [{**g, "params": [by_position[i] for i in g["params"]]} for g in groups]}
         set_model_state_dict(model, {k: v.float() for k, v in weights.items()}, options=whole)
+        for member in torch_optimizers(opt):  # at step 0: FSDP2's API would step an empty state once at lr 0
+            _create_optimizer_state(member)
         set_optimizer_state_dict(model, opt, renamed, options=whole)
 
 
@@ -293,7 +298,9 @@ def _trainable_by_name(model: nn.Module, master) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _create_optimizer_state(optimizer) -> None:
     """An optimizer's state tensors (moments, step), created by one step at lr 0 on zero
-    gradients, so that DCP has tensors to load into; the parameters do not move."""
+    gradients, so that DCP has tensors to load into; the parameters do not move. The step
+    counters go back to 0: zero moments at step 0 are what AdamW starts from, so an optimizer
+    that has not stepped yet stays one that has not (its first step counts 1)."""
     if all(p in optimizer.state for group in optimizer.param_groups for p in group["params"]):
         return
     lrs = [group["lr"] for group in optimizer.param_groups]
@@ -305,3 +312,6 @@ def _create_optimizer_state(optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
+    for value in optimizer.state.values():
+        if torch.is_tensor(value.get("step")):
+            value["step"].zero_()

@@ -10,7 +10,8 @@ differ. The sizes are chosen so that the filters drop groups: DAPO keeps 0 and t
 4, Reinforce-Rej 0 and 1 (one rank holds none and pads), and SRPO's pool (8 problems, 4 a step)
 ends an epoch in the run, so history resampling rebuilds it. PPO and VAPO run a third time on
 two ranks with the critic replicated (`critic.replicate`); their checkpoints, and PPO's with a
-sharded critic or from one process, resume with the other layout (one more launch of two ranks).
+sharded critic or from one process, resume with the other layout (one more launch of two ranks,
+which also resumes a one-process VAPO checkpoint from before the policy's first step).
 """
 
 import json
@@ -32,7 +33,9 @@ CASES = {name: [f"algo={name}"] for name in PRESETS}
 CASES["concise"] += ["data.select.size=4", "data.select.k=4", "data.select.max_candidates=32"]
 CASES["srpo"] += ["data.synthetic_size=8"]
 CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-arith'}"]  # the shipped model judges
-CASES["vapo"] += ["ppo.value_pretrain_steps=1"]  # the critic alone in step 1, then the policy too
+# The critic alone in step 1, then the policy too; a checkpoint each step, the first before the
+# policy's optimizer has stepped (its state saved at step 0, not stepped once at lr 0: sharded.py).
+CASES["vapo"] += ["ppo.value_pretrain_steps=1", "save_every=1"]
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
 CASES["ppo"] += ["save_every=2"]  # a sharded critic's checkpoint, resumed replicated below
@@ -47,7 +50,7 @@ CASES["muon"] = ["algo=grpo", "optim=muon", "lr=1e-3", "save_every=2"]
 CASES["dion"] = ["algo=grpo", "optim=dion", "optim.rank_fraction=0.125", "lr=1e-3", "save_every=2"]
 
 # Two ranks only: the critic replicated (critic.replicate), against one process's run of the
-# preset (the key changes nothing in one process); checkpoints at steps 2 and 3.
+# preset (the key changes nothing in one process); checkpoints as the preset's case.
 REPLICATED = {"ppo_replicated": "ppo", "vapo_replicated": "vapo"}
 
 DRIVER = """
@@ -68,7 +71,7 @@ if dist.is_initialized():
 def _run(out: Path, size: int) -> None:
     cases = {name: [*COMMON, *overrides] for name, overrides in CASES.items()}
     if size > 1:
-        cases.update({name: [*COMMON, *CASES[preset], "critic.replicate=true", "save_every=2"]
+        cases.update({name: [*COMMON, *CASES[preset], "critic.replicate=true"]
                       for name, preset in REPLICATED.items()})
     _launch([DRIVER, str(out), json.dumps(cases)], size)
 
@@ -192,7 +195,10 @@ SWITCHED = {"one_then_replicated": ("one/ppo", True), "sharded_then_replicated":
 @pytest.fixture(scope="module")
 def switched(runs):
     """The step-2 checkpoints of a one-process PPO run, a 2-rank run with a sharded critic and one
-    with a replicated critic, each resumed on 2 ranks with the other critic layout (one launch)."""
+    with a replicated critic, each resumed on 2 ranks with the other critic layout; a one-process
+    VAPO checkpoint from before the policy's first step; a damaged checkpoint (one launch)."""
+    from pillion import config as C
+    from pillion.train import rl
     from tests.train.test_parallel import _copy_until
 
     argvs = []
@@ -200,6 +206,10 @@ def switched(runs):
         _copy_until(runs / source, runs / "switched" / name, 2)
         argvs.append((["train", f"out={runs / 'switched' / name}", "--resume", f"critic.replicate={replicate}",
                        "--allow-change", "critic.replicate"], 0))
+    # VAPO's one-process checkpoint after step 1, before the policy's first step, resumed for steps 2-3
+    vapo = runs / "switched" / "vapo_one_step"
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={vapo}", *COMMON, *CASES["vapo"], "steps=1"]))
+    argvs.append((["train", f"out={vapo}", "--resume", "steps=3"], 0))
     # Last, a 2-rank checkpoint missing rank 1's shards: every rank exits 2 with one line
     damaged = runs / "switched" / "damaged"
     _copy_until(runs / "two" / "ppo_replicated", damaged, 2)
@@ -220,6 +230,20 @@ def test_a_critic_checkpoint_resumes_sharded_or_replicated(runs, switched, name)
     for k in uninterrupted[2]:
         floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
         assert resumed[2][k] == pytest.approx(uninterrupted[2][k], rel=1e-4, abs=floor), k
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_before_the_policy_steps_resumes_at_two_ranks(runs, switched):
+    """VAPO saved by one process while the critic pretrains (the policy's AdamW has no state yet),
+    resumed on 2 ranks: its AdamW starts at step 0 as one process's does (FSDP2's state-dict API
+    would step an empty state once at lr 0, and the policy's first update would then take
+    AdamW's second bias correction), so steps 2 and 3 are the uninterrupted run's."""
+    resumed, uninterrupted = rows(switched[0] / "vapo_one_step"), rows(runs / "one" / "vapo")
+    assert [r["step"] for r in resumed] == [1, 2, 3] and "grad_norm" in resumed[1] and "grad_norm" not in resumed[0]
+    for x, y in zip(uninterrupted, resumed):
+        for k in x:
+            floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=floor), (x["step"], k)
 
 
 @pytest.mark.slow
