@@ -135,7 +135,7 @@ def _keys(node, prefix=""):
 TRAIN_KEYS = [
     'activation_checkpointing.k', 'activation_checkpointing.name', 'adv.eps', 'adv.name', 'adv.std_normalize',
     'adv.whiten', 'algo', 'behaviour.kl_probe_every', 'behaviour.kl_probe_rows', 'behaviour.phrases', 'compile',
-    'critic.device', 'data.format', 'data.heldout', 'data.heldout_size', 'data.history_resampling',
+    'critic.device', 'critic.replicate', 'data.format', 'data.heldout', 'data.heldout_size', 'data.history_resampling',
     'data.level_weights', 'data.max_prompt_tokens', 'data.on_error', 'data.select.k', 'data.select.max_candidates',
     'data.select.max_pass', 'data.select.min_pass', 'data.select.size', 'data.sources', 'data.stages',
     'data.synthetic_size', 'data.template', 'data.weights', 'device', 'dpo.beta', 'dpo.kind',
@@ -171,7 +171,7 @@ SFT_KEYS = [
 def test_flag_surface_is_guarded():
     """Adding a knob is a decision: update these lists (and docs/algorithms.md §0) on purpose, so the
     flag surface stays small and every key is one someone chose."""
-    assert len(_keys(C.TrainConfig())) == 126, sorted(_keys(C.TrainConfig()))
+    assert len(_keys(C.TrainConfig())) == 127, sorted(_keys(C.TrainConfig()))
     assert sorted(_keys(C.TrainConfig())) == TRAIN_KEYS
     assert sorted(_keys(C.SFTConfig())) == SFT_KEYS
 
@@ -391,7 +391,8 @@ def test_several_ranks_divide_the_global_batch_and_refuse_no_feature():
     split = sorted(leaf.key for leaf in fields.leaves(C.TrainConfig()) if leaf.spec and leaf.spec.ranks == "split")
     assert split == ["prompts_per_step"]
     for override in ["lora.rank=4", "ref.offload=true", "optim=muon", "optim=dion", "critic.device=cpu",
-                     "algo=reinforce_rej", "algo=dapo", "algo=srpo", "algo=tool"]:
+                     "critic.device=cuda:1", "critic.replicate=true", "algo=reinforce_rej", "algo=dapo", "algo=srpo",
+                     "algo=tool"]:
         parallel.check(C.resolve(C.TrainConfig, overrides=["prompts_per_step=4", override]), 2)
     with pytest.raises(parallel.ParallelError, match=r"config key 'prompts_per_step': 6 is not divisible by the 4"):
         parallel.check(C.resolve(C.TrainConfig, overrides=["prompts_per_step=6"]), 4)

@@ -13,7 +13,9 @@ The memory options, all applied from outside the model code:
   pass holds 2 bytes per parameter (bf16) on the device, against the 16-18 the update holds
   for the policy, so the step's peak drops by the reference's whole size.
 - `critic.device`: where the critic (PPO, VAPO) lives; its values come back to the policy's
-  device, so the loop is unchanged.
+  device, so the loop is unchanged. With several ranks the critic is sharded like the policy,
+  or with `critic.replicate` (forced by a critic on another GPU) held whole by every rank, its
+  gradients summed over ranks before each step (train/parallel.py).
 - `activation_checkpointing`: `blocks` wraps every transformer block, `every_k` blocks
   0, k, 2k, ..., in torch's non-reentrant checkpoint wrapper (as torchtitan applies it): a
   wrapped block keeps only its input for backward and recomputes its forward there. The
@@ -38,7 +40,7 @@ from pillion.model.checkpoint import load_model
 from pillion.model.critic import Critic
 from pillion.model.sequences import PackedLayout, SequenceBatch, packed_logprobs
 from pillion.model.transformer import Transformer
-from pillion.train import precision
+from pillion.train import parallel, precision
 from pillion.train.common import check_device
 from pillion.train.optim import make_optimizer
 
@@ -53,6 +55,9 @@ class RefConfig:
 @dataclass
 class CriticConfig:
     device: str = checked("auto", check_device)  # auto: the policy's device; or cpu | cuda | cuda:1 ...
+    # Several ranks: every rank holds the whole critic (no FSDP2), its gradients summed over ranks
+    # per optimizer step; forced by device=cuda:K there (rank r's critic on cuda:K+r). One process: no effect.
+    replicate: bool = False
 
 
 @dataclass
@@ -72,6 +77,7 @@ class Models:
     lora_reference: bool = False  # the reference is the policy with adapters off
     critic: Critic | None = None
     critic_params: list[nn.Parameter] = field(default_factory=list)
+    critic_replicated: parallel.Replicated | None = None  # several ranks, critic.replicate: gradients to sum
     policy_master: precision.MasterWeights | None = None
     critic_master: precision.MasterWeights | None = None
     # The KL probe's initial policy when there is no reference: read from this folder at each probe
@@ -126,8 +132,6 @@ def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, c
     all-reduce and checkpoint path, for a saving of a few small all-gathers.
     """
     if world is not None and world.size > 1:
-        from pillion.train import parallel
-
         model = load_model(model_dir, dtype=torch.float32, device=device)
         if lora_cfg is not None and lora_cfg.rank > 0:
             lora.apply_lora(model, lora_cfg.rank, lora_cfg.alpha, lora_cfg.targets)  # base frozen
@@ -149,8 +153,6 @@ def load_trainable(model_dir: Path, dtype: torch.dtype, device, lora_cfg=None, c
 
 def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Models:
     """Policy, reference (a KL term, or DPO) and critic (GAE advantages), as configured."""
-    from pillion.train import parallel
-
     dtype = compute_dtype(cfg.dtype)
     world = world or ranks.World()
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
@@ -171,13 +173,18 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
             models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload or offload)  # in `dtype`
             models.ref_offloaded = cfg.ref.offload and world.size == 1
     if cfg.adv.name == "gae":
-        critic_device = device if cfg.critic.device == "auto" else torch.device(cfg.critic.device)
+        critic_device = parallel.critic_device(cfg.critic.device, device, world, parallel.local_world_size(world),
+                                               torch.cuda.device_count())  # several ranks: cuda:K is cuda:K+r
         critic = Critic(load_model(model_dir, dtype=torch.float32, device=critic_device))
-        sharded = world.size > 1  # FSDP2's float32 shards are the masters there
-        bf16_masters = dtype != torch.float32 and not sharded
+        replicated = parallel.replicated_critic(cfg.critic.replicate, critic_device, device, world)
+        sharded = world.size > 1 and not replicated  # FSDP2's float32 shards are the masters there
+        bf16_masters = dtype != torch.float32 and not sharded  # one process's masters, also when replicated
         models.critic_master = precision.master_weights(critic, dtype) if bf16_masters else None
         apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
-        critic = parallel.shard(critic, world, dtype if sharded else None, cfg.fsdp.cpu_offload)
+        if sharded:
+            critic = parallel.shard(critic, world, dtype, cfg.fsdp.cpu_offload)
+        if replicated:  # the same weights on every rank (the same folder, the head at zero), summed gradients
+            models.critic_replicated = parallel.Replicated(world, device)
         models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
         models.critic = critic
     # The probe's initial policy is read from the folder without a reference, and when online DPO

@@ -18,12 +18,13 @@ ranks (docs/algorithms.md §1.1 for the normalisers):
   between ranks so that each holds as many groups of each mini-batch (padding copies with no
   valid token where the filters left too few) and about as many tokens (`balance_groups`, point
   to point), and with `micro_batch_tokens` ranks run as many micro-batches each;
-- models: policy, reference and critic are sharded with `fully_shard`, block by block and then
-  the root, float32 parameters with a `MixedPrecisionPolicy` (compute in `dtype`, gradients
-  reduced in float32): FSDP2's float32 shards are the master weights, so `precision.py`'s
-  separate masters are not used. Loss normalisers are global sums (`sum_int`), each rank's loss
-  is its partial sum over the global count, and gradients are SUMMED over ranks (gradient
-  divide factor 1), so the update equals one process's on the same global batch;
+- models: policy, reference and critic (unless replicated, below) are sharded with
+  `fully_shard`, block by block and then the root, float32 parameters with a
+  `MixedPrecisionPolicy` (compute in `dtype`, gradients reduced in float32): FSDP2's float32
+  shards are the master weights, so `precision.py`'s separate masters are not used. Loss
+  normalisers are global sums (`sum_int`), each rank's loss is its partial sum over the global
+  count, and gradients are SUMMED over ranks (gradient divide factor 1), so the update equals
+  one process's on the same global batch;
 - rollout and evaluation: the engine reads weights directly (`Transformer.decode`), not
   through `forward`, so `full_weights` all-gathers them once (`unshard`) around a whole
   rollout or evaluation and frees them after; no collective runs inside the decode loop, which
@@ -40,8 +41,19 @@ A rank that dies brings the job down: torchrun's agent stops the others and name
 rank; collectives time out after `fsdp.timeout_s`. `ref.offload` with N > 1 is FSDP2's CPU offload
 of the reference's shards; `critic.device=cpu` keeps the critic's shards in CPU memory (a gloo
 group beside nccl); LoRA adapters are sharded with their block beside the frozen base; Muon and
-Dion gather each matrix's update (train/optim.py). Not supported with N > 1 (refused by `init`
-with one line): a critic on another GPU (`critic.device=cuda:K`: every GPU is a rank's).
+Dion gather each matrix's update (train/optim.py).
+
+The critic may instead be replicated (`critic.replicate=true`): every rank holds all of it (with
+`precision.py`'s masters in bf16, as one process; `fsdp.cpu_offload` does not apply), runs its
+forwards without a collective, and before each critic optimizer step its gradients are summed
+over ranks (`sum_gradients`: flat buffers, one all-reduce each), the sum FSDP2 does, so every
+rank steps the same update from the same weights and the gradient norm needs no collective.
+Worth it for a small critic: no all-gather per forward and no reduce-scatter per micro-batch,
+for N whole copies. A critic on another GPU (`critic.device=cuda:K`) is replicated by force:
+rank r's critic lives on cuda:(K + local rank r), and its gradients travel to the rank's own
+device for the all-reduce and back (NCCL binds one device per rank: no collective may run on
+the critic's GPU). `init` refuses in one line when the node has fewer than K + ranks-per-node
+GPUs. `critic.device=cpu` with `critic.replicate`: the all-reduce runs on the rank's device too.
 """
 
 from __future__ import annotations
@@ -109,9 +121,8 @@ def init(cfg) -> World:
         raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
                             "memory already)")
     critic = getattr(getattr(cfg, "critic", None), "device", "auto")
-    if cuda and critic.startswith("cuda"):  # each rank's GPU is its own: no spare one to give a critic
-        raise ParallelError(f"config key 'critic.device': {critic} with several ranks; each rank's critic lives on "
-                            "its rank's GPU (critic.device=auto) or in CPU memory (critic.device=cpu)")
+    if critic.startswith("cuda"):  # one GPU per rank's critic: refused before joining when too few
+        critic_device(critic, torch.device("cpu"), world, local_world_size(world), torch.cuda.device_count())
     if cuda:
         place(torch.device("cuda"), world)  # fewer GPUs than local ranks: one line, before joining
     if not dist.is_initialized():
@@ -154,17 +165,85 @@ def record(fn):
     return wrapper
 
 
+def local_world_size(world: World) -> int:
+    """Ranks on this node (torchrun's LOCAL_WORLD_SIZE)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+
+
 def place(device: torch.device, world: World) -> torch.device:
     """This rank's device: cuda:LOCAL_RANK on CUDA (one GPU per rank), else `device`."""
     if world.size == 1 or device.type != "cuda":
         return device
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", world.size))
+    local = local_world_size(world)
     count = torch.cuda.device_count()
     if count < local:
         raise ParallelError(f"config key 'device': cuda with {local} ranks on this node but it has {count} CUDA "
                             f"device(s); start at most {count} ranks per node (torchrun --nproc_per_node)")
     torch.cuda.set_device(world.local_rank)
     return torch.device("cuda", world.local_rank)
+
+
+def critic_device(name: str, device: torch.device, world: World, local_size: int, count: int) -> torch.device:
+    """Where this rank's critic lives (`critic.device` = `name`; `device` is the rank's own, the
+    node has `local_size` ranks and `count` GPUs). auto: `device`; cpu: CPU memory; one process:
+    the GPU named. Several ranks: cuda:K is cuda:(K + local rank), a GPU per rank's critic (cuda
+    and cuda:0: the rank's own GPU); K >= local_size gives each critic a GPU no rank computes on."""
+    if name == "auto":
+        return device
+    if world.size == 1 or not name.startswith("cuda"):
+        return torch.device(name)
+    k = torch.device(name).index or 0
+    if k + local_size > count:
+        raise ParallelError(f"config key 'critic.device': {name} with {local_size} ranks on this node puts rank r's "
+                            f"critic on cuda:{k}+r, up to cuda:{k + local_size - 1}, but the node has {count} CUDA "
+                            f"device(s); use cuda:K with K + {local_size} <= {count}, auto or cpu")
+    return torch.device("cuda", k + world.local_rank)
+
+
+def replicated_critic(replicate: bool, critic: torch.device, device: torch.device, world: World) -> bool:
+    """Whether every rank holds the whole critic (`sum_gradients`) rather than its FSDP2 shards:
+    asked (`critic.replicate`), or forced by a critic on a GPU that is not the rank's own
+    (FSDP2's collectives would run there, on a device NCCL does not bind to this rank). Never
+    in one process, which holds the whole critic anyway."""
+    return world.size > 1 and (replicate or (critic.type == "cuda" and critic != device))
+
+
+@dataclass
+class Replicated:
+    """A model every rank holds whole: its gradients are summed over ranks before each optimizer step."""
+
+    world: World
+    device: torch.device  # where the all-reduce runs: the rank's own device, the one its backend binds
+
+
+def sum_gradients(params: list, replicated: Replicated | None, bucket_bytes: int = 1 << 28) -> None:
+    """Sum the gradients of a replicated model's `params` over ranks, in place (nothing without
+    `replicated`): they are cut into flat buffers of one dtype and at most `bucket_bytes` on the
+    rank's device, each all-reduced once and copied back to where its gradients live. A small
+    critic takes one all-reduce; a critic on another GPU costs the rank's GPU one bucket at a
+    time, not a copy of all its gradients. Every rank holds the same parameters with a gradient
+    (the ranks run the same forwards), so the buffers match."""
+    if replicated is None or replicated.world.size == 1:
+        return
+    pieces = [piece for p in params if p.grad is not None  # views of each gradient, a bucket at most each
+              for piece in p.grad.view(-1).split(max(bucket_bytes // p.grad.element_size(), 1))]
+    buckets: list[list[torch.Tensor]] = []
+    size = 0
+    for piece in pieces:
+        nbytes = piece.numel() * piece.element_size()
+        if not buckets or size + nbytes > bucket_bytes or piece.dtype != buckets[-1][-1].dtype:
+            buckets.append([])
+            size = 0
+        buckets[-1].append(piece)
+        size += nbytes
+    for bucket in buckets:
+        flat = torch.empty(sum(x.numel() for x in bucket), dtype=bucket[0].dtype, device=replicated.device)  # [n]
+        parts = flat.split([x.numel() for x in bucket])
+        for x, part in zip(bucket, parts):
+            part.copy_(x)
+        dist.all_reduce(flat)  # SUM, on the rank's own device
+        for x, part in zip(bucket, parts):
+            x.copy_(part)
 
 
 def shard(model: torch.nn.Module, world: World, param_dtype: torch.dtype | None = None,

@@ -21,6 +21,12 @@ model's parameters (or its float32 masters with dtype=bfloat16) and the optimize
 too: every rank reads the whole state (the weights, or the float32 masters a bf16 run saved, and
 the optimizer state, keyed by position, renamed by parameter name) and keeps its shards of it
 (FSDP2's full-state-dict API); this costs one whole copy per rank while loading.
+
+A replicated critic (`critic.replicate`: the same plain tensors on every rank) is saved by name
+as FSDP2's API names a sharded one's (its float32 masters with dtype=bfloat16, its optimizer
+state keyed by parameter name, with the groups), once (DCP writes a tensor that every rank holds
+from one rank), and loaded by name in place as one process loads: so a replicated checkpoint
+resumes at one process or sharded, and a sharded or one-process one resumes replicated.
 """
 
 from __future__ import annotations
@@ -39,7 +45,7 @@ from pillion.model import lora
 from pillion.model.checkpoint import load_model, save_model, write_recipe
 from pillion.model.hf_config import CheckpointError
 from pillion.model.transformer import Transformer
-from pillion.train import state
+from pillion.train import precision, state
 from pillion.train.models import Models, load_master_state, master_state
 
 WRAPPER_PREFIX = "_checkpoint_wrapped_module."  # activation checkpointing's wrapper, not in names
@@ -63,6 +69,9 @@ def save(run_dir: Path, step: int, models: Models, optimizer, critic_opt, source
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     ranks.barrier(world)
+    for member in torch_optimizers(optimizer) + (torch_optimizers(critic_opt) if critic_opt else []):
+        if not member.state:  # not stepped yet (VAPO's policy while the critic pretrains): its state at
+            _create_optimizer_state(member)  # step 0 here, else FSDP2's API would step it once at lr 0
     # A full disk: DCP's writer fails on every rank (its results are gathered), rank 0 removes tmp.
     with writing(final, cleanup=tmp if world.main else None, hint=state.intact(run_dir)):
         dcp.save(_distributed_state(models, optimizer, critic_opt), checkpoint_id=tmp / "dcp")
@@ -124,7 +133,11 @@ def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, o
     masters = saved.get("master") or {}
     pairs = [(models.policy, optimizer, load_model(checkpoint, dtype=torch.float32, device="cpu").state_dict(),
               saved["optimizer"], masters.get("policy"))]
-    if models.critic is not None:
+    if models.critic is not None and not is_sharded(models.critic):  # replicated: as one process loads it
+        models.critic.load_state_dict(saved["critic"])
+        critic_opt.load_state_dict(saved["critic_optimizer"])
+        precision.load_state_dict(models.critic_master, masters.get("critic"))
+    elif models.critic is not None:
         pairs.append((models.critic, critic_opt, saved["critic"], saved["critic_optimizer"], masters.get("critic")))
     whole = StateDictOptions(full_state_dict=True)
     for model, opt, weights, opt_state, master in pairs:
@@ -143,6 +156,8 @@ def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, o
         renamed = {"state": {by_position[i]: value for i, value in opt_state["state"].items()},
                    "param_groups": [{**g, "params": [by_position[i] for i in g["params"]]} for g in groups]}
         set_model_state_dict(model, {k: v.float() for k, v in weights.items()}, options=whole)
+        for member in torch_optimizers(opt):  # at step 0: FSDP2's API would step an empty state once at lr 0
+            _create_optimizer_state(member)
         set_optimizer_state_dict(model, opt, renamed, options=whole)
 
 
@@ -169,14 +184,40 @@ def full_model(policy: nn.Module, world: ranks.World) -> Transformer | None:
 
 
 def _distributed_state(models: Models, optimizer, critic_opt) -> dict[str, Any]:
-    """Name-keyed sharded state of the models and optimizers (FSDP2's state-dict API)."""
+    """Name-keyed state of the models and optimizers to save: FSDP2's sharded state (its
+    state-dict API), or a replicated critic's whole tensors under the same names."""
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
     out = {"policy": get_model_state_dict(models.policy),
            "optimizer": get_optimizer_state_dict(models.policy, members(optimizer))}
-    if models.critic is not None:
+    if models.critic is not None and is_sharded(models.critic):
         out["critic"] = get_model_state_dict(models.critic)
         out["critic_optimizer"] = get_optimizer_state_dict(models.critic, members(critic_opt))
+    elif models.critic is not None:
+        out["critic"] = _whole_state(models.critic, models.critic_master)
+        out["critic_optimizer"] = _named_optimizer_state(_trainable_by_name(models.critic, models.critic_master),
+                                                         critic_opt)
+    return out
+
+
+def _whole_state(model: nn.Module, master) -> dict[str, torch.Tensor]:
+    """A whole model's tensors under every name FSDP2's state dict gives (a tied matrix under both
+    of its names), each parameter's float32 master in its place (dtype=bfloat16)."""
+    masters = {id(p): m for p, m in zip(master.model_params, master.params)} if master is not None else {}
+    return {name.replace(WRAPPER_PREFIX, ""): masters.get(id(t), t) for name, t in
+            model.state_dict(keep_vars=True).items()}
+
+
+def _named_optimizer_state(tensors: dict[str, torch.Tensor], opt) -> dict[str, Any]:
+    """An optimizer's state as FSDP2's state-dict API gives it (state and param_groups, each
+    parameter named), for an optimizer over `tensors` (name -> what it steps)."""
+    names = {id(t): name for name, t in tensors.items()}
+    out: dict[str, Any] = {"state": {}, "param_groups": []}
+    for member in torch_optimizers(opt):
+        saved = member.state_dict()  # keyed by position over the groups' parameters
+        order = [names[id(p)] for group in member.param_groups for p in group["params"]]
+        out["state"].update({order[i]: value for i, value in saved["state"].items()})
+        out["param_groups"] += [{**g, "params": [order[i] for i in g["params"]]} for g in saved["param_groups"]]
     return out
 
 
@@ -186,45 +227,64 @@ def members(optimizer):
     return getattr(optimizer, "optimizers", optimizer)
 
 
+def torch_optimizers(optimizer) -> list[torch.optim.Optimizer]:
+    """`members` as a list, also for a single optimizer."""
+    return [optimizer] if isinstance(optimizer, torch.optim.Optimizer) else list(members(optimizer))
+
+
+def is_sharded(model: nn.Module) -> bool:
+    """FSDP2's (several ranks), against a whole model (one process, a replicated critic)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
 def _load_distributed(folder: Path, models: Models, optimizer, critic_opt, world: ranks.World) -> None:
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict,
+        get_optimizer_state_dict,
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     pairs = [("policy", "optimizer", models.policy, optimizer, models.policy_master)]
     if models.critic is not None:
         pairs.append(("critic", "critic_optimizer", models.critic, critic_opt, models.critic_master))
     try:
-        if world.size > 1:
-            from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
-
-            target = _distributed_state(models, optimizer, critic_opt)
-            dcp.load(target, checkpoint_id=folder)
-            for model_key, opt_key, model, opt, _ in pairs:
-                set_model_state_dict(model, target[model_key])
-                set_optimizer_state_dict(model, members(opt), target[opt_key])
-            return
-        # One process: load the named tensors in place into the parameters (or masters) and the
-        # optimizer's state, which a zero step creates first.
-        target = {}
+        # FSDP2's models through its state-dict API (loaded, then set). A whole model (one process,
+        # a replicated critic): the named tensors in place into its parameters (or float32 masters)
+        # and its optimizer's state, which a zero step creates first. DCP reshards either way.
+        target: dict[str, Any] = {}
         for model_key, opt_key, model, opt, master in pairs:
-            tensors = _trainable_by_name(model, master)
-            names = {id(t): name for name, t in tensors.items()}
-            target[model_key] = tensors
+            if is_sharded(model):
+                target[model_key] = get_model_state_dict(model)
+                target[opt_key] = get_optimizer_state_dict(model, members(opt))
+                continue
+            target[model_key] = _trainable_by_name(model, master)
+            names = {id(t): name for name, t in target[model_key].items()}
             target[opt_key] = {"state": {}}
-            for member in ([opt] if isinstance(opt, torch.optim.Optimizer) else members(opt)):
+            for member in torch_optimizers(opt):
                 _create_optimizer_state(member)
                 target[opt_key]["state"].update({names[id(p)]: member.state[p] for group in member.param_groups
                                                  for p in group["params"]})
-        with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
-            warnings.simplefilter("ignore")
-            dcp.load(target, checkpoint_id=folder, no_dist=True)
-    except (RuntimeError, ValueError, KeyError) as e:  # a foreign or damaged folder: name it
+        with warnings.catch_warnings():
+            if world.size == 1:  # "assuming the intent is to load in a single process": it is
+                warnings.simplefilter("ignore")
+            dcp.load(target, checkpoint_id=folder, no_dist=world.size == 1)
+        for model_key, opt_key, model, opt, _ in pairs:
+            if is_sharded(model):
+                set_model_state_dict(model, target[model_key])
+                set_optimizer_state_dict(model, members(opt), target[opt_key])
+    except (RuntimeError, ValueError, KeyError, CheckpointException) as e:  # a foreign or damaged folder: name it
+        if isinstance(e, CheckpointException) and e.failures:  # several ranks: the first rank's error
+            e = next(iter(e.failures.values()))[0]  # (exception, traceback)
         raise CheckpointError(f"{folder}: cannot load the sharded checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0] if str(e) else ''})") from None
     for *_, master in pairs:
         if master is not None:
-            from pillion.train.precision import copy_to_model
-
-            copy_to_model(master)
+            precision.copy_to_model(master)
 
 
 def _trainable_by_name(model: nn.Module, master) -> dict[str, torch.Tensor]:
@@ -238,7 +298,9 @@ def _trainable_by_name(model: nn.Module, master) -> dict[str, torch.Tensor]:
 @torch.no_grad()
 def _create_optimizer_state(optimizer) -> None:
     """An optimizer's state tensors (moments, step), created by one step at lr 0 on zero
-    gradients, so that DCP has tensors to load into; the parameters do not move."""
+    gradients, so that DCP has tensors to load into; the parameters do not move. The step
+    counters go back to 0: zero moments at step 0 are what AdamW starts from, so an optimizer
+    that has not stepped yet stays one that has not (its first step counts 1)."""
     if all(p in optimizer.state for group in optimizer.param_groups for p in group["params"]):
         return
     lrs = [group["lr"] for group in optimizer.param_groups]
@@ -250,3 +312,6 @@ def _create_optimizer_state(optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
     for group, lr in zip(optimizer.param_groups, lrs):
         group["lr"] = lr
+    for value in optimizer.state.values():
+        if torch.is_tensor(value.get("step")):
+            value["step"].zero_()

@@ -132,6 +132,9 @@ def update(models: Models, optimizers: Optimizers, cfg, batch: TrainBatch, world
                 stats.setdefault("grad_norm", []).append(norm)
                 skipped += not ok
             if models.critic is not None:
+                # A replicated critic (critic.replicate): the ranks' gradients summed, as FSDP2 sums a
+                # sharded one's, once per step rather than per micro-batch (a sum either way).
+                parallel.sum_gradients(optimizer_params(optimizers.critic), models.critic_replicated)
                 _, ok = optimizer_step(optimizer_params(optimizers.critic), optimizers.critic, cfg.grad_clip)
                 skipped += not ok
     sums = ranks.sum_floats(sums, world)  # token-weighted over every rank's rows

@@ -361,8 +361,8 @@ def _torchrun_env(monkeypatch, size=2):
                  r"ranks with `torchrun --nproc_per_node=2"),
     ("indivisible", r"config key 'prompts_per_step': 3 is not divisible by the 2 ranks"),
     ("few_gpus", r"config key 'device': cuda with 2 ranks on this node but it has 1 CUDA device\(s\)"),
-    ("critic_gpu", r"config key 'critic.device': cuda:1 with several ranks; each rank's critic lives on its rank's "
-                   r"GPU \(critic.device=auto\) or in CPU memory \(critic.device=cpu\)"),
+    ("critic_gpus", r"config key 'critic.device': cuda:1 with 2 ranks on this node puts rank r's critic on cuda:1\+r, "
+                    r"up to cuda:2, but the node has 2 CUDA device\(s\); use cuda:K with K \+ 2 <= 2, auto or cpu$"),
     ("offload", r"config key 'fsdp.cpu_offload': true needs device=cuda"),
 ])
 def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, capsys, case, message):
@@ -378,7 +378,8 @@ def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, caps
     if case == "few_gpus":
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
         args.append("device=cuda")
-    if case == "critic_gpu":
+    if case == "critic_gpus":  # two GPUs: one per rank's policy, none left for rank 1's critic (cuda:1+1)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
         args += ["algo=ppo", "device=cuda", "critic.device=cuda:1"]
     if case == "offload":
         args.append("fsdp.cpu_offload=true")
@@ -450,6 +451,98 @@ def test_ranks_run_as_many_token_budget_micro_batches_as_the_rank_that_needs_mos
     parts = ranks_say(_SPLIT)
     assert sorted(parts[1]) == [[i] for i in range(6)]  # 42 tokens a row: one per micro-batch
     assert len(parts[0]) == 6 and sorted(i for part in parts[0] for i in part) == list(range(6))
+
+
+def test_a_critic_on_another_gpu_takes_one_per_rank_and_is_replicated():
+    """`critic.device` at N ranks (no GPU needed: devices are names here). The second rank of a
+    node of two (local rank 1) on a node of four GPUs computes on cuda:1; cuda:K puts its critic
+    on cuda:K+1, replicated whenever that is not cuda:1 (FSDP2 would run collectives there)."""
+    own, cpu = torch.device("cuda", 1), torch.device("cpu")
+    world = ranks.World(rank=3, size=4, local_rank=1)  # node 2 of 2, its second rank
+
+    def place(name, device=own, replicate=False):
+        critic = parallel.critic_device(name, device, world, 2, 4)
+        return str(critic), parallel.replicated_critic(replicate, critic, device, world)
+
+    assert place("auto") == ("cuda:1", False) and place("auto", replicate=True) == ("cuda:1", True)
+    assert place("cpu") == ("cpu", False) and place("cpu", replicate=True) == ("cpu", True)  # sharded on gloo, or not
+    assert place("cuda:2") == ("cuda:3", True)  # cuda:2 and cuda:3 hold the node's two critics, forced whole
+    assert place("cuda") == place("cuda:0") == ("cuda:1", False)  # the rank's own GPU, like auto
+    assert place("cuda:0", device=cpu) == ("cuda:1", True)  # CPU policies (gloo): a GPU critic is whole
+    with pytest.raises(parallel.ParallelError, match=r"cuda:3 with 2 ranks on this node puts rank r's critic on "
+                                                     r"cuda:3\+r, up to cuda:4, but the node has 4 CUDA device"):
+        place("cuda:3")  # 3 + 2 > 4
+    one = ranks.World()  # one process: the GPU named, checked against the machine elsewhere; never replicated
+    critic = parallel.critic_device("cuda:5", own, one, 1, 0)
+    assert str(critic) == "cuda:5" and not parallel.replicated_critic(True, critic, own, one)
+
+
+_REPLICATED = """
+import json, sys, torch
+from pathlib import Path
+from pillion import config as C
+from pillion.train import common, parallel, sharded, state
+from pillion.train.models import build_models, build_optimizers, optimizer_params
+from pillion.train.update import optimizer_step
+
+cfg = C.resolve(C.TrainConfig, overrides=["algo=ppo", "dtype=bfloat16", "critic.replicate=true", "prompts_per_step=4"])
+world = parallel.init(cfg)
+said = {}
+# a: 5 floats, cut into 4 + 1 by 16-byte buckets; b: 4 floats, a bucket of its own; c: no gradient
+a, b, c = (torch.nn.Parameter(torch.zeros(*shape)) for shape in ((5,), (2, 2), (3,)))
+a.grad = torch.arange(5.0) * (world.rank + 1)  # rank 0: 0, 1, 2, 3, 4; rank 1: 0, 2, 4, 6, 8
+b.grad = torch.full((2, 2), 10.0 ** world.rank)  # 1 and 10
+held = (a.grad, b.grad)
+parallel.sum_gradients([a, b, c], parallel.Replicated(world, torch.device("cpu")), bucket_bytes=16)
+said["sums"] = [a.grad.tolist(), b.grad.tolist(), c.grad is None, a.grad is held[0] and b.grad is held[1]]
+# bf16, replicated: the whole critic on every rank over float32 masters; the policy sharded
+models = build_models(cfg, common.model_folder(cfg), torch.device("cpu"), world)
+optimizers = build_optimizers(models, cfg)
+said["layout"] = [sharded.is_sharded(models.policy), sharded.is_sharded(models.critic),
+                  models.critic_master is not None and models.critic_params == models.critic_master.params,
+                  next(models.critic.parameters()).dtype == torch.bfloat16]
+for p in models.critic_params:
+    p.grad = torch.full_like(p, world.rank + 1.0)
+parallel.sum_gradients(models.critic_params, models.critic_replicated)
+said["summed"] = all(bool((p.grad == 3).all()) for p in models.critic_params)
+optimizer_step(optimizer_params(optimizers.critic), optimizers.critic, cfg.grad_clip)
+masters = [m.detach().clone() for m in models.critic_master.params]
+said["master_sum"] = sum(float(m.double().sum()) for m in masters)
+run = Path(sys.argv[1])
+sharded.save(run, 1, models, optimizers.policy, optimizers.critic, common.model_folder(cfg), world, {"report": {}})
+with torch.no_grad():  # forget the critic, then resume it
+    for m in models.critic_master.params + models.critic_master.model_params:
+        m.zero_()
+sharded.resume(state.checkpoint_dir(run, 1), models, optimizers.policy, optimizers.critic, world)
+said["restored"] = [all(torch.equal(m, x) for m, x in zip(models.critic_master.params, masters)),
+                    all(torch.equal(p, m.bfloat16()) for p, m in zip(models.critic_master.model_params, masters))]
+print("SAYS", json.dumps(said), file=sys.stderr)
+parallel.close(world)
+"""
+
+
+def test_a_replicated_critic_sums_its_gradients_and_checkpoints_its_masters(tmp_path):
+    """`sum_gradients` on two gloo ranks: the sums in the gradients' own tensors (16-byte buckets
+    cut a 5-float gradient in two), a parameter without a gradient left without one. A bf16
+    critic with `critic.replicate`: whole on each rank over float32 masters (the policy beside it
+    sharded), gradients of 1 and 2 summed to 3, one step, saved by DCP and resumed at N=2 and in one
+    process: the same masters, the bf16 weights their rounding, the optimizer's step count."""
+    says = ranks_say(_REPLICATED.replace("sys.argv[1]", repr(str(tmp_path / "run"))))
+    assert says[0] == says[1]  # the replicas agree, bit for bit
+    said = says[0]
+    assert said["sums"] == [[0.0, 3.0, 6.0, 9.0, 12.0], [[11.0, 11.0], [11.0, 11.0]], True, True]
+    assert said["layout"] == [True, False, True, True] and said["summed"] and said["restored"] == [True, True]
+    from pillion.train import common, sharded, state
+    from pillion.train.models import build_models, build_optimizers
+
+    cfg = C.resolve(C.TrainConfig, overrides=["algo=ppo", "dtype=bfloat16", "critic.replicate=true"])
+    models = build_models(cfg, common.model_folder(cfg), torch.device("cpu"), ranks.World())
+    optimizers = build_optimizers(models, cfg)
+    sharded.resume(state.checkpoint_dir(tmp_path / "run", 1), models, optimizers.policy, optimizers.critic,
+                   ranks.World())
+    assert sum(float(m.detach().double().sum()) for m in models.critic_master.params) == said["master_sum"]
+    steps = {float(s["step"]) for s in optimizers.critic.state.values()}
+    assert steps == {1.0} and len(optimizers.critic.state) == len(models.critic_master.params)
 
 
 def test_balanced_groups_by_hand():

@@ -8,7 +8,10 @@ start-up cost. `micro_batch=3` splits a rank's 8 rows 3 + 3 + 2 and one process'
 3 x 5 + 1, so a statistic averaged per micro-batch (rather than weighted by tokens) would
 differ. The sizes are chosen so that the filters drop groups: DAPO keeps 0 and then 2 groups of
 4, Reinforce-Rej 0 and 1 (one rank holds none and pads), and SRPO's pool (8 problems, 4 a step)
-ends an epoch in the run, so history resampling rebuilds it.
+ends an epoch in the run, so history resampling rebuilds it. PPO and VAPO run a third time on
+two ranks with the critic replicated (`critic.replicate`); their checkpoints, and PPO's with a
+sharded critic or from one process, resume with the other layout (one more launch of two ranks,
+which also resumes a one-process VAPO checkpoint from before the policy's first step).
 """
 
 import json
@@ -30,9 +33,12 @@ CASES = {name: [f"algo={name}"] for name in PRESETS}
 CASES["concise"] += ["data.select.size=4", "data.select.k=4", "data.select.max_candidates=32"]
 CASES["srpo"] += ["data.synthetic_size=8"]
 CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-arith'}"]  # the shipped model judges
-CASES["vapo"] += ["ppo.value_pretrain_steps=1"]  # the critic alone in step 1, then the policy too
+# The critic alone in step 1, then the policy too; a checkpoint each step, the first before the
+# policy's optimizer has stepped (its state saved at step 0, not stepped once at lr 0: sharded.py).
+CASES["vapo"] += ["ppo.value_pretrain_steps=1", "save_every=1"]
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
+CASES["ppo"] += ["save_every=2"]  # a sharded critic's checkpoint, resumed replicated below
 # Checkpoints at steps 2 and 3: the LoRA one a PEFT folder, Muon's and Dion's with their optimizer state.
 # Learning rates that move the policy in step 2, so that step 3's KLs and gradient are not ~0
 # (where float32 noise, not the reduction, would decide a relative comparison).
@@ -42,6 +48,10 @@ CASES["muon"] = ["algo=grpo", "optim=muon", "lr=1e-3", "save_every=2"]
 # rank tolerance of a low-rank GRPO gradient (optim.py, departure 1), and float32 noise decides
 # whether they update, at N=1 as at N=2 (kl_initial then differs by 1e-3 relative).
 CASES["dion"] = ["algo=grpo", "optim=dion", "optim.rank_fraction=0.125", "lr=1e-3", "save_every=2"]
+
+# Two ranks only: the critic replicated (critic.replicate), against one process's run of the
+# preset (the key changes nothing in one process); checkpoints as the preset's case.
+REPLICATED = {"ppo_replicated": "ppo", "vapo_replicated": "vapo"}
 
 DRIVER = """
 import json, sys
@@ -59,17 +69,27 @@ if dist.is_initialized():
 
 
 def _run(out: Path, size: int) -> None:
+    cases = {name: [*COMMON, *overrides] for name, overrides in CASES.items()}
+    if size > 1:
+        cases.update({name: [*COMMON, *CASES[preset], "critic.replicate=true"]
+                      for name, preset in REPLICATED.items()})
+    _launch([DRIVER, str(out), json.dumps(cases)], size)
+
+
+def _launch(args: list[str], size: int) -> list[str]:
+    """`python -c ARGS` as `size` ranks (one: no process group at all); every rank must exit 0.
+    Returns what each rank printed."""
     from tests.train.test_parallel import _env, _free_port
 
-    cases = json.dumps({name: [*COMMON, *overrides] for name, overrides in CASES.items()})
     port = _free_port()
     envs = [_env(r, size, port) for r in range(size)]
-    if size == 1:  # one process: no process group at all
+    if size == 1:
         envs = [{k: v for k, v in envs[0].items() if k not in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "MASTER_PORT")}]
-    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, str(out), cases], env=env, cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-c", *args], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for env in envs]
     outputs = [p.communicate(timeout=1200)[0] for p in procs]
     assert [p.returncode for p in procs] == [0] * size, "\n".join(outputs[::-1])[-4000:]
+    return outputs
 
 
 @pytest.fixture(scope="module")
@@ -86,14 +106,14 @@ def rows(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", [*CASES, *REPLICATED])
 def test_two_ranks_log_what_one_process_logs(runs, case):
     """Same steps, same fields, every number within 1e-4 relative (1e-9 absolute). Two fields
     get an absolute floor of 1e-6: pg_loss, a float32 sum whose exact value is about 0 with
     centred advantages (1e-8 in one process, 4e-8 on two ranks), and kl_initial_k1, a mean of
     signed per-token log-ratios of about 1e-4 that cancel (float32 forwards of the same rows
     packed with other rows differ by 1e-7 per token)."""
-    one, two = rows(runs / "one" / case), rows(runs / "two" / case)
+    one, two = rows(runs / "one" / REPLICATED.get(case, case)), rows(runs / "two" / case)
     assert [r["step"] for r in one] == [r["step"] for r in two] == [1, 2, 3]
     for x, y in zip(one, two):
         assert x.keys() == y.keys(), (x["step"], set(x) ^ set(y))
@@ -117,11 +137,11 @@ def test_the_filters_drop_groups_in_the_comparison(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["lora", "muon", "dion"])
+@pytest.mark.parametrize("case", ["lora", "muon", "dion", "ppo_replicated"])
 def test_a_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path, case):
-    """Saved at N=2 after step 2 (DCP shards of the adapters, or of Muon's or Dion's state beside AdamW's),
-    resumed in one process: step 3 is the uninterrupted 2-rank run's. A LoRA checkpoint is a
-    PEFT folder written once, by rank 0."""
+    """Saved at N=2 after step 2 (DCP shards of the adapters, or of Muon's or Dion's state beside
+    AdamW's, or a replicated critic's whole tensors), resumed in one process: step 3 is the
+    uninterrupted 2-rank run's. A LoRA checkpoint is a PEFT folder written once, by rank 0."""
     from pillion.cli import main
     from tests.train.test_parallel import _copy_until
 
@@ -153,3 +173,86 @@ def test_resuming_across_lora_and_full_weights_is_one_line(runs, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "step-000003" in err and "lora.rank" in err, err
     assert {p: p.read_bytes() for p in (tmp_path / "run").rglob("*") if p.is_file()} == before
+
+
+RESUME_DRIVER = """
+import json, sys
+import torch.distributed as dist
+from pillion.cli import main
+from pillion.train import parallel
+
+parallel.close = lambda world: None  # one process group for every resume
+for argv, code in json.loads(sys.argv[1]):
+    assert main(argv) == code, argv
+if dist.is_initialized():
+    dist.destroy_process_group()
+"""
+# name: (the run resumed from its step-2 checkpoint, critic.replicate on resume)
+SWITCHED = {"one_then_replicated": ("one/ppo", True), "sharded_then_replicated": ("two/ppo", True),
+            "replicated_then_sharded": ("two/ppo_replicated", False)}
+
+
+@pytest.fixture(scope="module")
+def switched(runs):
+    """The step-2 checkpoints of a one-process PPO run, a 2-rank run with a sharded critic and one
+    with a replicated critic, each resumed on 2 ranks with the other critic layout; a one-process
+    VAPO checkpoint from before the policy's first step; a damaged checkpoint (one launch)."""
+    from pillion import config as C
+    from pillion.train import rl
+    from tests.train.test_parallel import _copy_until
+
+    argvs = []
+    for name, (source, replicate) in SWITCHED.items():
+        _copy_until(runs / source, runs / "switched" / name, 2)
+        argvs.append((["train", f"out={runs / 'switched' / name}", "--resume", f"critic.replicate={replicate}",
+                       "--allow-change", "critic.replicate"], 0))
+    # VAPO's one-process checkpoint after step 1, before the policy's first step, resumed for steps 2-3
+    vapo = runs / "switched" / "vapo_one_step"
+    rl.train(C.resolve(C.TrainConfig, overrides=[f"out={vapo}", *COMMON, *CASES["vapo"], "steps=1"]))
+    argvs.append((["train", f"out={vapo}", "--resume", "steps=3"], 0))
+    # Last, a 2-rank checkpoint missing rank 1's shards: every rank exits 2 with one line
+    damaged = runs / "switched" / "damaged"
+    _copy_until(runs / "two" / "ppo_replicated", damaged, 2)
+    (damaged / "checkpoints" / "step-000002" / "dcp" / "__1_0.distcp").unlink()
+    argvs.append((["train", f"out={damaged}", "--resume"], 2))
+    outputs = _launch([RESUME_DRIVER, json.dumps(argvs)], 2)
+    return runs / "switched", outputs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(SWITCHED))
+def test_a_critic_checkpoint_resumes_sharded_or_replicated(runs, switched, name):
+    """DCP keys a replicated critic's tensors and optimizer state by name as FSDP2 keys a sharded
+    one's, and a one-process checkpoint's critic loads whole: step 3 after the switch is the
+    uninterrupted run's, within 1e-4 relative."""
+    resumed, uninterrupted = rows(switched[0] / name), rows(runs / SWITCHED[name][0])
+    assert [r["step"] for r in resumed] == [1, 2, 3] and resumed[2]["value_loss"] > 0
+    for k in uninterrupted[2]:
+        floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
+        assert resumed[2][k] == pytest.approx(uninterrupted[2][k], rel=1e-4, abs=floor), k
+
+
+@pytest.mark.slow
+def test_a_one_process_checkpoint_before_the_policy_steps_resumes_at_two_ranks(runs, switched):
+    """VAPO saved by one process while the critic pretrains (the policy's AdamW has no state yet),
+    resumed on 2 ranks: its AdamW starts at step 0 as one process's does (FSDP2's state-dict API
+    would step an empty state once at lr 0, and the policy's first update would then take
+    AdamW's second bias correction), so steps 2 and 3 are the uninterrupted run's."""
+    resumed, uninterrupted = rows(switched[0] / "vapo_one_step"), rows(runs / "one" / "vapo")
+    assert [r["step"] for r in resumed] == [1, 2, 3] and "grad_norm" in resumed[1] and "grad_norm" not in resumed[0]
+    for x, y in zip(uninterrupted, resumed):
+        for k in x:
+            floor = 1e-6 if k in ("pg_loss", "kl_initial_k1") else 1e-9
+            assert y[k] == pytest.approx(x[k], rel=1e-4, abs=floor), (x["step"], k)
+
+
+@pytest.mark.slow
+def test_a_two_rank_checkpoint_missing_shards_is_one_line(switched):
+    """DCP's error at N ranks (a CheckpointException holding each rank's) becomes the one line a
+    damaged checkpoint gives in one process, naming its folder and the first rank's error: every
+    rank exits 2 (the driver checks), the line is printed once per node, no traceback."""
+    folder = switched[0] / "damaged" / "checkpoints" / "step-000002" / "dcp"
+    lines = [line for output in switched[1] for line in output.splitlines() if line.startswith("pillion train: ")]
+    assert len(lines) == 1 and not any("Traceback" in output for output in switched[1]), switched[1][0][-3000:]
+    assert lines[0].startswith(f"pillion train: {folder}: cannot load the sharded checkpoint (FileNotFoundError")
+    assert "__1_0.distcp" in lines[0], lines[0]
