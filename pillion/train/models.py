@@ -156,7 +156,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
     dtype = compute_dtype(cfg.dtype)
     world = world or ranks.World()
     policy, params, master = load_trainable(model_dir, dtype, device, cfg.lora, cfg.activation_checkpointing, world,
-                                            cfg.fsdp.cpu_offload)
+                                            parallel.offloads(cfg))
     models = Models(policy, params, policy_master=master)
     if cfg.loss.kl_coef > 0 or cfg.adv.name == "dpo":
         if cfg.lora.rank > 0:
@@ -170,7 +170,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
             ref = ref.eval().requires_grad_(False)
             # Several ranks: an offloaded reference is FSDP2's CPU offload of its shards (each block
             # copied to the device for its forward, freed after), not a whole-model copy per step.
-            models.ref = parallel.shard(ref, world, cpu_offload=cfg.fsdp.cpu_offload or offload)  # in `dtype`
+            models.ref = parallel.shard(ref, world, cpu_offload=parallel.offloads(cfg) or offload)  # in `dtype`
             models.ref_offloaded = cfg.ref.offload and world.size == 1
     if cfg.adv.name == "gae":
         critic_device = parallel.critic_device(cfg.critic.device, device, world, parallel.local_world_size(world),
@@ -182,7 +182,7 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
         models.critic_master = precision.master_weights(critic, dtype) if bf16_masters else None
         apply_activation_checkpointing(critic, cfg.activation_checkpointing.name, cfg.activation_checkpointing.k)
         if sharded:
-            critic = parallel.shard(critic, world, dtype, cfg.fsdp.cpu_offload)
+            critic = parallel.shard(critic, world, dtype, parallel.offloads(cfg))
         if replicated:  # the same weights on every rank (the same folder, the head at zero), summed gradients
             models.critic_replicated = parallel.Replicated(world, device)
         models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())

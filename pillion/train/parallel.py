@@ -85,7 +85,8 @@ class ParallelError(UserError):
 class FsdpConfig:
     """Several ranks under torchrun (this module); ignored in one process."""
 
-    cpu_offload: bool = False  # FSDP2 CPUOffloadPolicy (CUDA): shards, gradients, optimizer state in CPU memory
+    # FSDP2 CPUOffloadPolicy: shards, gradients, optimizer state in CPU memory (CUDA; ignored on CPU)
+    cpu_offload: bool = False
     timeout_s: int = bounded(1800, low=1)  # a collective waiting longer (a rank stuck or gone) fails the job
 
 
@@ -116,10 +117,10 @@ def init(cfg) -> World:
                             f"`torchrun --nproc_per_node={size} -m pillion ...`, or unset WORLD_SIZE")
     check(cfg, size)
     world = World(int(os.environ["RANK"]), size, int(os.environ["LOCAL_RANK"]))
-    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
-    if cfg.fsdp.cpu_offload and not cuda:  # FSDP2 offloads from an accelerator (pinned CPU memory)
-        raise ParallelError("config key 'fsdp.cpu_offload': true needs device=cuda (on CPU the shards are in CPU "
-                            "memory already)")
+    cuda = on_cuda(cfg)
+    if cfg.fsdp.cpu_offload and not cuda and world.main:  # ignored (`offloads`), as one process ignores it
+        logging.getLogger("pillion").warning("fsdp.cpu_offload=true is ignored on CPU: the shards are in CPU memory "
+                                             "already")
     critic = getattr(getattr(cfg, "critic", None), "device", "auto")
     if critic.startswith("cuda"):  # one GPU per rank's critic: refused before joining when too few
         critic_device(critic, torch.device("cpu"), world, local_world_size(world), torch.cuda.device_count())
@@ -135,6 +136,18 @@ def init(cfg) -> World:
         logging.getLogger("pillion").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore")
     return world
+
+
+def on_cuda(cfg) -> bool:
+    """Whether the run's device is CUDA (`device=cuda...`, or auto on a machine with CUDA)."""
+    return cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+
+
+def offloads(cfg) -> bool:
+    """`fsdp.cpu_offload` as it applies: FSDP2 offloads from an accelerator (pinned CPU memory), so
+    on CPU, where the shards are in CPU memory already, it is ignored (with a warning from `init`)
+    rather than refused: one process ignores every fsdp key, and N ranks accept what one does."""
+    return cfg.fsdp.cpu_offload and on_cuda(cfg)
 
 
 def record(fn):

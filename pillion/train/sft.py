@@ -117,7 +117,7 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
         device = parallel.place(common.resolve_device(cfg.device), world)
         # dtype=bfloat16: bf16 compute over float32 master weights, the optimizer's (train/precision.py).
         model, params, master = load_trainable(model_dir, compute_dtype(cfg.dtype), device, world=world,
-                                               cpu_offload=cfg.fsdp.cpu_offload)
+                                               cpu_offload=parallel.offloads(cfg))
         chosen = threads.apply(threads.choose(cfg.threads, device))
         print(chosen.line())
         tokenizer = load_tokenizer(model_dir)

@@ -2,6 +2,9 @@
 that writes tool calls, the real sandbox, the masks the trainer sees, and a tiny random model
 whose multi-turn rows must keep engine and trainer log-probs equal."""
 
+import shutil
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -170,8 +173,9 @@ def test_identical_programs_run_once():
     assert sorted(seen) == ["a", "b", "slow", "slow"]
 
 
-def test_hostile_calls_are_contained_and_the_run_goes_on(tmp_path):
-    outside = tmp_path / "escaped.txt"
+def test_hostile_calls_are_contained_and_the_run_goes_on():
+    # A short path (the call's text must fit the scripted budget; pytest-xdist's tmp_path is longer)
+    outside = Path(tempfile.mkdtemp(prefix="pt")) / "escaped.txt"
     hostile = {
         "H1:": "while True:\n    pass",
         "H2:": "import os\nos.fork()\nprint('forked')",
@@ -192,6 +196,7 @@ def test_hostile_calls_are_contained_and_the_run_goes_on(tmp_path):
     assert network == "\nImportError: sandbox: import of socket is not allowed\n```\n"
     assert write == "\nPermissionError: sandbox: writing outside the working directory\n```\n"
     assert not outside.exists()
+    shutil.rmtree(outside.parent)
     assert fine == "\n45\n```\n"
 
 

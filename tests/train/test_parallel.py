@@ -365,7 +365,6 @@ def _torchrun_env(monkeypatch, size=2):
     ("few_gpus", r"config key 'device': cuda with 2 ranks on this node but it has 1 CUDA device\(s\)"),
     ("critic_gpus", r"config key 'critic.device': cuda:1 with 2 ranks on this node puts rank r's critic on cuda:1\+r, "
                     r"up to cuda:2, but the node has 2 CUDA device\(s\); use cuda:K with K \+ 2 <= 2, auto or cpu$"),
-    ("offload", r"config key 'fsdp.cpu_offload': true needs device=cuda"),
 ])
 def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, capsys, case, message):
     """Each refused before any process group or file: exit 2, one line naming what to change."""
@@ -383,8 +382,6 @@ def test_bad_inputs_of_a_multi_rank_run_are_one_line(tmp_path, monkeypatch, caps
     if case == "critic_gpus":  # two GPUs: one per rank's policy, none left for rank 1's critic (cuda:1+1)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
         args += ["algo=ppo", "device=cuda", "critic.device=cuda:1"]
-    if case == "offload":
-        args.append("fsdp.cpu_offload=true")
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert re.fullmatch(r"pillion train: " + message + r".*", err) and "\n" not in err, err

@@ -38,6 +38,7 @@ CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-
 CASES["vapo"] += ["ppo.value_pretrain_steps=1", "save_every=1"]
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
+CASES["cpu_offload"] = ["algo=grpo", "fsdp.cpu_offload=true"]  # ignored on CPU at any N (a warning at N=2)
 CASES["ppo"] += ["save_every=2"]  # a sharded critic's checkpoint, resumed replicated below
 # Checkpoints at steps 2 and 3: the LoRA one a PEFT folder, Muon's and Dion's with their optimizer state.
 # Learning rates that move the policy in step 2, so that step 3's KLs and gradient are not ~0
