@@ -17,7 +17,7 @@ The sandbox, in layers (each test in `tests/rewards/test_code.py`):
   RLIMIT_AS (memory), RLIMIT_FSIZE (output and file size: stdout/stderr go to files in the
   directory, so a flood stops at the cap), RLIMIT_NPROC = 0 (no new processes) and
   RLIMIT_NOFILE; plus a wall-clock deadline in the parent (`wall_s`, not counting the time the
-  process spent waiting for a core, `_past_deadline`), after which the whole process group (its
+  process spent waiting for a core, `_deadline`), after which the whole process group (its
   own session) is SIGKILLed, as it is after every run to catch stragglers;
 - no network: the child runs under `unshare -n` (or `unshare -rn` without root) when that works
   on this machine, in an empty network namespace; where it does not, only the audit hook below
@@ -95,7 +95,7 @@ class SandboxLimits:
 class CodeResult:
     passed: int
     total: int
-    timed_out: bool  # at least one process hit the wall-clock deadline (`_past_deadline`)
+    timed_out: bool  # at least one process hit the wall-clock deadline (`_deadline`)
 
     @property
     def fraction(self) -> float:
