@@ -4,6 +4,7 @@ gradients; its compiled route (tensor-only attention mask) and that route's sing
 import pytest
 import torch
 
+from pillion.model import packed as packed_module
 from pillion.model.checkpoint import load_model
 from pillion.model.packed import PackedRows, packed_attention
 from pillion.model.sequences import compile_training, pack, packed_layout, response_logprobs
@@ -19,8 +20,16 @@ def _rows(seed, n, vocab=256):
     return pack(prompts, responses, pad_id=0)
 
 
+# Both CPU attention routes: every bucket through `short_attention` (rows here are <= 38 tokens), or
+# every bucket through the fused kernel (SHORT_ROWS 0), as rows longer than SHORT_ROWS take it.
+ROUTES = pytest.mark.parametrize("short_rows", [64, 0], ids=["short", "fused"])
+
+
+@ROUTES
 @pytest.mark.parametrize("family,seed", [("qwen2", 0), ("qwen3", 1), ("llama", 2)])
-def test_packed_forward_equals_the_padded_one_in_values_and_gradients(tiny_checkpoint, family, seed):
+def test_packed_forward_equals_the_padded_one_in_values_and_gradients(tiny_checkpoint, family, seed, short_rows,
+                                                                       monkeypatch):
+    monkeypatch.setattr(packed_module, "SHORT_ROWS", short_rows)
     model = load_model(tiny_checkpoint(family))
     batch = _rows(seed, 5)
     weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(seed))  # [B, T]
@@ -119,8 +128,11 @@ def test_packed_layout_equals_the_row_by_row_construction(seed):
         assert layout.where.tolist() == where
 
 
+@ROUTES
 @pytest.mark.parametrize("family,seed", [("qwen2", 3), ("qwen3", 4), ("llama", 5)])
-def test_shared_prompts_equal_the_padded_forward_in_values_and_gradients(tiny_checkpoint, family, seed):
+def test_shared_prompts_equal_the_padded_forward_in_values_and_gradients(tiny_checkpoint, family, seed, short_rows,
+                                                                        monkeypatch):
+    monkeypatch.setattr(packed_module, "SHORT_ROWS", short_rows)
     model = load_model(tiny_checkpoint(family))
     batch = _groups(seed, prompts=3, samples=4)
     weights = torch.randn(batch.response_mask.shape, generator=torch.Generator().manual_seed(seed))  # [B, T]
@@ -135,6 +147,28 @@ def test_shared_prompts_equal_the_padded_forward_in_values_and_gradients(tiny_ch
     assert lp_b[batch.response_mask == 0].abs().max() == 0
     for a, b in zip(g_a, g_b):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (4, 4), (6, 1)])
+def test_short_attention_equals_the_fused_kernel_in_values_and_gradients(heads, kv_heads):
+    """`short_attention` (three batched matmuls) against scaled_dot_product_attention (causal,
+    grouped-query), on right-padded buckets of 1 to 64 tokens: outputs and the gradients of q,
+    k and v, float64 so that only the formula could differ."""
+    from pillion.model.packed import short_attention
+
+    g = torch.Generator().manual_seed(heads * 10 + kv_heads)
+    for b, width in [(3, 1), (5, 7), (2, 64)]:
+        q, k, v = (torch.randn(b, width, n, 8, generator=g, dtype=torch.float64, requires_grad=True)
+                   for n in (heads, kv_heads, kv_heads))
+        weight = torch.randn(b * width, heads, 8, generator=g, dtype=torch.float64)
+        ours = short_attention(q, k, v)  # [b * width, H, D]
+        theirs = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True,
+            enable_gqa=heads != kv_heads).transpose(1, 2).reshape(b * width, heads, 8)
+        torch.testing.assert_close(ours, theirs, atol=1e-12, rtol=1e-12)
+        grads = [torch.autograd.grad((weight * out).sum(), (q, k, v)) for out in (ours, theirs)]
+        for a, c in zip(*grads):
+            torch.testing.assert_close(a, c, atol=1e-12, rtol=1e-12)
 
 
 def test_packed_attention_by_hand_eager_and_compiled():
