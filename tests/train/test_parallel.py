@@ -27,6 +27,9 @@ from pillion.cli import main
 from pillion.train import parallel, rl, state
 from pillion.train.update import TIMING_FIELDS
 
+# One pytest-xdist worker (`--dist loadgroup`) builds the module fixtures' 2-rank launches once.
+pytestmark = pytest.mark.xdist_group("parallel")
+
 ROOT = Path(__file__).resolve().parents[2]
 TIMING = TIMING_FIELDS  # wall-clock fields
 # 4 prompts x 4 samples = 16 rows: 8 per rank at N=2; micro_batch=4 divides both, so the
