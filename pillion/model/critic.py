@@ -23,6 +23,12 @@ class Critic(nn.Module):
                                     dtype=trunk.lm_head.weight.dtype)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
+        if trunk.lm_head.weight is not trunk.model.embed_tokens.weight:
+            # The values read hidden states: an untied LM head plays no part, gets no gradient, and
+            # is frozen so that no optimizer holds it (FSDP2 created state for it on resume that no
+            # checkpoint had: "Missing key ... trunk.lm_head.weight.step"). Kept, frozen, so that
+            # the critic's tensors keep their names. A tied one is the embedding, which trains.
+            trunk.lm_head.requires_grad_(False)
 
     def values(self, batch: SequenceBatch, packed: bool = True, share_prompts: bool = True) -> torch.Tensor:
         """Values [B, T] float32 of each response token's state; 0 on padding.

@@ -185,7 +185,8 @@ def build_models(cfg, model_dir: Path, device: torch.device, world=None) -> Mode
             critic = parallel.shard(critic, world, dtype, parallel.offloads(cfg))
         if replicated:  # the same weights on every rank (the same folder, the head at zero), summed gradients
             models.critic_replicated = parallel.Replicated(world, device)
-        models.critic_params = models.critic_master.params if models.critic_master else list(critic.parameters())
+        models.critic_params = (models.critic_master.params if models.critic_master
+                                else [p for p in critic.parameters() if p.requires_grad])
         models.critic = critic
     # The probe's initial policy is read from the folder without a reference, and when online DPO
     # refreshes the reference (after a refresh it is no longer the initial policy).

@@ -106,9 +106,21 @@ def resume(checkpoint: Path, models: Models, optimizer, critic_opt, world: ranks
     optimizer.load_state_dict(saved["optimizer"])
     if models.critic is not None:
         models.critic.load_state_dict(saved["critic"])
-        critic_opt.load_state_dict(saved["critic_optimizer"])
+        _load_critic_optimizer(checkpoint, critic_opt, saved["critic_optimizer"])
     load_master_state(models, saved.get("master"))
     return saved
+
+
+def _load_critic_optimizer(checkpoint: Path, critic_opt, saved: dict[str, Any]) -> None:
+    """A whole critic's optimizer state (one process, or replicated), with one line when it holds
+    another set of tensors than this run's critic trains."""
+    try:
+        critic_opt.load_state_dict(saved)
+    except ValueError as e:  # a parameter group of another size
+        raise CheckpointError(f"{checkpoint}: its critic optimizer does not match this run's ({e}); the critic of "
+                              "a model with an untied LM head no longer keeps that head in its optimizer (it plays "
+                              "no part in the values), so a checkpoint saved before holds one tensor more and "
+                              "cannot be resumed") from None
 
 
 def check_lora(checkpoint: Path, lora_run: bool) -> None:
@@ -135,7 +147,7 @@ def _load_one_process(checkpoint: Path, saved: dict[str, Any], models: Models, o
               saved["optimizer"], masters.get("policy"))]
     if models.critic is not None and not is_sharded(models.critic):  # replicated: as one process loads it
         models.critic.load_state_dict(saved["critic"])
-        critic_opt.load_state_dict(saved["critic_optimizer"])
+        _load_critic_optimizer(checkpoint, critic_opt, saved["critic_optimizer"])
         precision.load_state_dict(models.critic_master, masters.get("critic"))
     elif models.critic is not None:
         pairs.append((models.critic, critic_opt, saved["critic"], saved["critic_optimizer"], masters.get("critic")))

@@ -42,7 +42,9 @@ CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-
 # policy's optimizer has stepped (its state saved at step 0, not stepped once at lr 0: sharded.py).
 CASES["vapo"] += ["ppo.value_pretrain_steps=1", "save_every=1"]
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
-CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu"]
+# An untied LM head (the shipped model untied, `UNTIED`): its critic's head is frozen, so the sharded
+# critic's checkpoint resumes (FSDP2 asked for optimizer state of a head no step had touched).
+CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu", "save_every=2", "model={untied}"]
 CASES["cpu_offload"] = ["algo=grpo", "fsdp.cpu_offload=true"]  # ignored on CPU at any N (a warning at N=2)
 CASES["ppo"] += ["save_every=2"]  # a sharded critic's checkpoint, resumed replicated below
 # Checkpoints at steps 2 and 3: the LoRA one a PEFT folder, Muon's and Dion's with their optimizer state.
@@ -74,8 +76,8 @@ if dist.is_initialized():
 """
 
 
-def _run(out: Path, size: int) -> None:
-    cases = {name: [*COMMON, *overrides] for name, overrides in CASES.items()}
+def _run(out: Path, size: int, untied: Path) -> None:
+    cases = {name: [*COMMON, *(o.format(untied=untied) for o in overrides)] for name, overrides in CASES.items()}
     if size > 1:
         cases.update({name: [*COMMON, *CASES[preset], "critic.replicate=true"]
                       for name, preset in REPLICATED.items()})
@@ -98,11 +100,27 @@ def _launch(args: list[str], size: int) -> list[str]:
     return outputs
 
 
+def _untied_model(folder: Path) -> Path:
+    """The shipped model with an untied LM head: the same logits (the head a copy of the embedding),
+    two matrices that train apart."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(ROOT / "pillion" / "assets" / "tiny-arith", folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    tensors = load_file(folder / "model.safetensors")
+    save_file({**tensors, "lm_head.weight": tensors["model.embed_tokens.weight"].clone()}, folder / "model.safetensors")
+    return folder
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     base = tmp_path_factory.mktemp("presets")
-    _run(base / "one", 1)
-    _run(base / "two", 2)
+    untied = _untied_model(base / "untied")
+    _run(base / "one", 1, untied)
+    _run(base / "two", 2, untied)
     return base
 
 
@@ -149,11 +167,12 @@ def test_the_filters_drop_groups_in_the_comparison(runs):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["lora", "muon", "dion", "ppo_replicated"])
+@pytest.mark.parametrize("case", ["lora", "muon", "dion", "ppo_replicated", "critic_cpu"])
 def test_a_two_rank_checkpoint_resumes_in_one_process(runs, tmp_path, case):
     """Saved at N=2 after step 2 (DCP shards of the adapters, or of Muon's or Dion's state beside
-    AdamW's, or a replicated critic's whole tensors), resumed in one process: step 3 is the
-    uninterrupted 2-rank run's. A LoRA checkpoint is a PEFT folder written once, by rank 0."""
+    AdamW's, or a replicated critic's whole tensors, or a sharded critic from an untied model),
+    resumed in one process: step 3 is the uninterrupted 2-rank run's. A LoRA checkpoint is a
+    PEFT folder written once, by rank 0."""
     from pillion.cli import main
     from tests.train.test_parallel import _copy_until
 

@@ -224,6 +224,41 @@ def test_kl_probe_without_a_reference_reads_the_starting_model_again(tiny_checkp
     assert M.kl_probe(M.build_models(never, path, torch.device("cpu")), batch, 1.0, 8) == {}
 
 
+@pytest.mark.parametrize("tied", [False, True])
+def test_a_critic_trains_every_tensor_its_values_read(tiny_checkpoint, tied):
+    """The critic's optimizer holds what a backward of its values reaches: every tensor but an
+    untied LM head, which is frozen (no optimizer state that a resume must find); a tied one is
+    the embedding, which trains. Frozen or not, the critic's tensors keep their names."""
+    path = tiny_checkpoint("qwen2", tie_word_embeddings=tied)
+    models = M.build_models(_cfg("adv=gae"), path, torch.device("cpu"))
+    critic = models.critic
+    names = {id(p): n for n, p in critic.named_parameters()}
+    batch = pack([[5, 6, 7, 8], [9, 10]], [[11, 12, 13], [14]], pad_id=0)
+    torch.nn.init.normal_(critic.value_head.weight)  # not the zero init: gradients reach the trunk
+    critic.values(batch).sum().backward()
+    reached = {n for n, p in critic.named_parameters() if p.grad is not None}
+    assert {names[id(p)] for p in models.critic_params} == reached
+    assert ("trunk.lm_head.weight" in reached) is False and "trunk.model.embed_tokens.weight" in reached
+    assert "trunk.lm_head.weight" in critic.state_dict() and critic.trunk.lm_head.weight.requires_grad is tied
+
+
+def test_a_critic_optimizer_of_another_size_is_one_line(tiny_checkpoint, tmp_path, capsys):
+    """A one-process checkpoint whose critic optimizer holds one tensor more than this run's (as
+    one saved before an untied critic head was frozen): exit 2, one line naming it."""
+    from pillion.cli import main
+
+    model = tiny_checkpoint("qwen2", tie_word_embeddings=False)
+    rl.train(small(tmp_path / "run", f"model={model}", "algo=ppo", "steps=1", "save_every=1"))
+    state_file = tmp_path / "run" / "checkpoints" / "step-000001" / "trainer_state.pt"
+    saved = torch.load(state_file, weights_only=False)
+    group = saved["critic_optimizer"]["param_groups"][0]
+    group["params"].append(max(group["params"]) + 1)
+    torch.save(saved, state_file)
+    assert main(["train", f"out={tmp_path / 'run'}", "--resume", "steps=2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "step-000001: its critic optimizer does not match this run's" in err[0], err
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_offloaded_reference_and_cpu_critic(tiny_checkpoint):
