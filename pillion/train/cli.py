@@ -110,7 +110,8 @@ def run(args) -> int:
         print(config_lib.dumps(cfg))
         return 0
     from pillion.train.phases import is_phased, run_phases
-    from pillion.train.rl import TrainingInterrupted, TrainingStopped, train
+    from pillion.train.rl import train
+    from pillion.train.state import RunInterrupted, RunStopped
 
     def start() -> int:
         try:
@@ -118,9 +119,9 @@ def run(args) -> int:
                 run_phases(cfg, config_file, overrides, resume=args.resume, overwrite=args.overwrite)
             else:
                 train(cfg, resume=args.resume, overwrite=args.overwrite)
-        except TrainingStopped as e:
+        except RunStopped as e:
             print(f"pillion train: {e}", file=sys.stderr)
             return 1
         return 0
 
-    return run_resumable("train", start, TrainingInterrupted)
+    return run_resumable("train", start, RunInterrupted)

@@ -83,7 +83,7 @@ def plan_phases(cfg: config_lib.TrainConfig, config_file: str | None, overrides:
 def run_phases(cfg: config_lib.TrainConfig, config_file: str | None = None, overrides: list[str] | None = None,
                resume: bool = False, overwrite: bool = False) -> dict:
     """Plan (or reload) the phases, run each in turn, write the combined report; return it."""
-    from pillion.train.rl import TrainingInterrupted, train
+    from pillion.train.rl import train
 
     overrides = list(overrides or [])
     presets = [stage.preset for stage in parse_stages(cfg.data.stages)]
@@ -116,8 +116,8 @@ def run_phases(cfg: config_lib.TrainConfig, config_file: str | None = None, over
         print(f"phase {i + 1}/{len(configs)}: {phase.algo} for {phase.steps} steps from {phase.model} in {folder}")
         try:
             reports.append(train(phase, resume=started, before=before))
-        except TrainingInterrupted as e:  # point the resume hint at the whole run
-            stopped = TrainingInterrupted(e.step, run_dir)
+        except state.RunInterrupted as e:  # point the resume hint at the whole run
+            stopped = state.RunInterrupted(e.step, run_dir)
             stopped.args = (f"phase {i + 1} ({phase.algo}) {e}",)
             raise stopped from None
         except DiskFullError as e:  # resumed as a whole run, too

@@ -62,18 +62,6 @@ from pillion.train.update import logprob_pass, step_times, update
 log = logging.getLogger("pillion.train")
 
 
-class TrainingStopped(RuntimeError):
-    """The run stopped itself (non-finite updates); the message says why and where to resume."""
-
-
-class TrainingInterrupted(RuntimeError):
-    """Ctrl-C: `step` steps were done; the run resumes from its last checkpoint."""
-
-    def __init__(self, step: int, run_dir: Path):
-        super().__init__(f"interrupted at step {step} (last checkpoint: {state.latest(run_dir) or 'none yet'})")
-        self.step, self.run_dir = step, run_dir
-
-
 @parallel.record  # torchrun: a rank's exception reaches the job's failure summary
 def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = False, before: dict | None = None
           ) -> dict:
@@ -140,7 +128,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             log_step(run, cfg, {**record, "bad_streak": bad_streak}, step, bar)
             if bad_streak >= cfg.max_bad_steps:
                 last = state.latest(run.run_dir)
-                raise TrainingStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
+                raise state.RunStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
                                       f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
 
             # 7. Checkpoint and periodic evaluation.
@@ -158,7 +146,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
         if run.world.main:
             _write_report(run.run_dir, run.report)
     except KeyboardInterrupt:
-        raise TrainingInterrupted(done, run.run_dir) from None
+        raise state.RunInterrupted(done, run.run_dir) from None
     except DiskFullError as e:  # a checkpoint, the metrics or the report: the run resumes from its last checkpoint
         e.run_dir = run.run_dir
         raise

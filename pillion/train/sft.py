@@ -78,19 +78,6 @@ def initial_model(cfg: config_lib.SFTConfig, folder: Path) -> Path:
     return common.model_folder(cfg)  # a Hub id is pinned to its commit in cfg.model
 
 
-class SFTStopped(RuntimeError):
-    """The run stopped itself (`max_bad_steps` non-finite updates in a row); the message says
-    where to resume."""
-
-
-class SFTInterrupted(RuntimeError):
-    """Ctrl-C: `step` steps were done; the run resumes from its last checkpoint."""
-
-    def __init__(self, step: int, run_dir: Path):
-        super().__init__(f"interrupted at step {step} (last checkpoint: {state.latest(run_dir) or 'none yet'})")
-        self.step, self.run_dir = step, run_dir
-
-
 def copy_folder(source: Path, target: Path) -> None:
     """Copy a folder through `target.tmp` and a rename: a kill leaves the whole copy or none."""
     tmp = target.with_name(target.name + ".tmp")
@@ -190,9 +177,9 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
             bar.set_postfix(loss=f"{record['loss']:.3f}")
             bar.update(1)
             if bad_streak >= cfg.max_bad_steps:  # before this step's checkpoint: the newest stays one of a good step
-                raise SFTStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite loss "
-                                 f"or gradient; last checkpoint: {state.latest(run_dir) or 'none (no checkpoint yet)'}"
-                                 " (lower lr, or raise max_bad_steps)")
+                last = state.latest(run_dir) or "none (no checkpoint yet)"
+                raise state.RunStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
+                                       f"loss or gradient; last checkpoint: {last} (lower lr, or raise max_bad_steps)")
             if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
                 sharded.save(run_dir, step + 1, models, optimizer, None, model_dir, world,
                              {"mixture": mixture.state_dict(), "loss": final_loss, "threads": chosen.threads},
@@ -201,7 +188,7 @@ def sft(cfg: config_lib.SFTConfig, resume: bool = False, overwrite: bool = False
         bar.close()
         report = finish(cfg, run_dir, model, engine, heldout, model_dir, world, final_loss, chosen.threads)
     except KeyboardInterrupt:
-        raise SFTInterrupted(done, run_dir) from None
+        raise state.RunInterrupted(done, run_dir) from None
     except DiskFullError as e:  # a checkpoint, the metrics or the final model: the run resumes from its last checkpoint
         e.run_dir = run_dir
         raise

@@ -30,16 +30,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from pillion import config as config_lib
-    from pillion.train.sft import SFTInterrupted, SFTStopped, sft
+    from pillion.train.sft import sft
+    from pillion.train.state import RunInterrupted, RunStopped
 
     cfg, _, _ = resolved(args, config_lib.SFTConfig, "sft", preset_key=None)
 
     def start() -> int:
         try:
             sft(cfg, resume=args.resume, overwrite=args.overwrite)
-        except SFTStopped as e:
+        except RunStopped as e:
             print(f"pillion sft: {e}", file=sys.stderr)
             return 1
         return 0
 
-    return run_resumable("sft", start, SFTInterrupted)
+    return run_resumable("sft", start, RunInterrupted)

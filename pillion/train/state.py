@@ -32,6 +32,19 @@ from pillion.model.checkpoint import complete_checkpoints, save_model, write_rec
 from pillion.model.hf_config import CheckpointError
 
 
+class RunStopped(RuntimeError):
+    """A run (`pillion train` or `pillion sft`) stopped itself: `max_bad_steps` non-finite updates
+    in a row. The message says why and which checkpoint to resume from; the CLI exits 1."""
+
+
+class RunInterrupted(RuntimeError):
+    """Ctrl-C: `step` steps were done; the run resumes from its last checkpoint."""
+
+    def __init__(self, step: int, run_dir: Path):
+        super().__init__(f"interrupted at step {step} (last checkpoint: {latest(run_dir) or 'none yet'})")
+        self.step, self.run_dir = step, run_dir
+
+
 def checkpoint_dir(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:06d}"
 

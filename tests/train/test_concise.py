@@ -8,7 +8,7 @@ import pytest
 
 from pillion import config as C
 from pillion.cli import main
-from pillion.train import collect, phases, rl
+from pillion.train import collect, phases, rl, state
 
 SMALL = ["prompts_per_step=4", "group_size=4", "max_new_tokens=24", "micro_batch=16", "data.heldout_size=8",
          "eval.k=1", "eval.max_new_tokens=24", "data.synthetic_size=400", "save_every=1"]
@@ -124,7 +124,7 @@ def test_select_picks_the_training_problems_and_resume_keeps_them(tmp_path, monk
 
     rl_rollout = rl.rollout
     monkeypatch.setattr(rl, "rollout", crash_on_second_step)
-    with pytest.raises(rl.TrainingInterrupted, match="interrupted at step 1"):
+    with pytest.raises(state.RunInterrupted, match="interrupted at step 1"):
         rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'crashed'}", *args]))
     monkeypatch.setattr(rl, "rollout", rl_rollout)
     resumed = rl.train(C.resolve(C.TrainConfig, overrides=[f"out={tmp_path / 'crashed'}", *args]), resume=True)

@@ -9,7 +9,7 @@ import pytest
 
 from pillion import config as C
 from pillion.cli import main
-from pillion.train import rl
+from pillion.train import rl, state
 
 SMALL = ["steps=3", "prompts_per_step=8", "group_size=6", "max_new_tokens=24", "micro_batch=8",
          "data.heldout_size=8", "eval.k=1", "eval.max_new_tokens=24", "save_every=100", "data.synthetic_size=400"]
@@ -81,7 +81,7 @@ def test_a_resumed_run_takes_the_refreshed_reference(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rl, "rollout", stop_at_third_step)
-    with pytest.raises(rl.TrainingInterrupted):
+    with pytest.raises(state.RunInterrupted):
         rl.train(cfg(tmp_path / "stopped"))
     monkeypatch.setattr(rl, "rollout", real)
     rl.train(cfg(tmp_path / "stopped"), resume=True)

@@ -8,7 +8,7 @@ import torch
 
 from pillion import config as C
 from pillion.cli import main
-from pillion.train import rl
+from pillion.train import rl, state
 from pillion.train import update as rl_update
 from pillion.train.update import TIMING_FIELDS
 
@@ -92,7 +92,7 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path, monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rl, "rollout", crash_on_third_step)
-    with pytest.raises(rl.TrainingInterrupted, match="interrupted at step 2"):
+    with pytest.raises(state.RunInterrupted, match="interrupted at step 2"):
         rl.train(small(tmp_path / "crashed", *base))
     monkeypatch.setattr(rl, "rollout", real)
     assert [r["step"] for r in metrics(tmp_path / "crashed")] == [1, 2]
@@ -121,7 +121,7 @@ def test_non_finite_updates_are_skipped_then_stop_the_run(tmp_path, monkeypatch)
 
     monkeypatch.setattr(rl_update, "actor_loss", nan_after_first_step)
     cfg = small(tmp_path / "nan", "steps=6", "save_every=1", "max_bad_steps=2", "micro_batch=64")
-    with pytest.raises(rl.TrainingStopped, match=r"stopping at step 3: 2 updates in a row.*step-000001"):
+    with pytest.raises(state.RunStopped, match=r"stopping at step 3: 2 updates in a row.*step-000001"):
         rl.train(cfg)
     rows = metrics(tmp_path / "nan")
     assert [r["skipped_updates"] for r in rows] == [0, 1, 1]
