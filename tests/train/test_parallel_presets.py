@@ -42,7 +42,7 @@ CASES["pairwise"] += [f"reward.judge.model={ROOT / 'pillion' / 'assets' / 'tiny-
 # policy's optimizer has stepped (its state saved at step 0, not stepped once at lr 0: sharded.py).
 CASES["vapo"] += ["ppo.value_pretrain_steps=1", "save_every=1"]
 CASES["ref_offload"] = ["algo=grpo", "ref.offload=true"]
-# An untied LM head (the shipped model untied, `UNTIED`): its critic's head is frozen, so the sharded
+# An untied LM head (the shipped model untied, `_untied_model`): its critic's head is frozen, so the sharded
 # critic's checkpoint resumes (FSDP2 asked for optimizer state of a head no step had touched).
 CASES["critic_cpu"] = ["algo=ppo", "critic.device=cpu", "save_every=2", "model={untied}"]
 CASES["cpu_offload"] = ["algo=grpo", "fsdp.cpu_offload=true"]  # ignored on CPU at any N (a warning at N=2)
