@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from pillion.model.sequences import SequenceBatch, pack
 from pillion.problem import Problem
@@ -92,10 +94,12 @@ def make_batch(samples: list[Sample], pad_id: int, device: torch.device, global_
     global_rows: each sample's row in the step's global batch, -1 for padding (default: in order)."""
     completions = [s.completion for s in samples]
     seqs = pack([c.prompt_ids for c in completions], [c.ids for c in completions], pad_id, device)
-    engine_logprobs = torch.zeros(seqs.response_mask.shape, dtype=torch.float32, device=device)  # [B, T]
+    B, T = seqs.response_mask.shape
+    # One padded copy of every row's log-probs (a write per row costs ~10 us: 3 ms at 256 rows).
+    engine_logprobs = F.pad(pad_sequence([c.logprobs.float() for c in completions], batch_first=True),
+                            (0, T - max(len(c.logprobs) for c in completions))).to(device)  # [B, T]
     response_mask = seqs.response_mask.float()  # [B, T]
     for i, c in enumerate(completions):
-        engine_logprobs[i, : len(c.ids)] = c.logprobs.to(device)
         if c.sampled is not None:  # tool output: in the context (seqs), out of loss, KL and log-prob check
             response_mask[i, : len(c.ids)] *= c.sampled.to(device)
     rows = torch.tensor(global_rows if global_rows is not None else range(len(samples)), dtype=torch.long,
