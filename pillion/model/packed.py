@@ -115,10 +115,12 @@ def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: 
     return take_rows(torch.cat(outs) if len(outs) > 1 else outs[0], slots.slot)  # [N, H, D]
 
 
-# Widest bucket (tokens) that `short_attention` takes on the CPU route. Measured on 2 AVX2 cores,
-# head_dim 32, 4 query and 2 KV heads, ~6k tokens a bucket, forward + backward against the fused
-# `scaled_dot_product_attention`: 1.8x faster at 32 tokens, 1.6x at 64 and 96, equal at 128,
-# 0.6x at 256 (one thread: 1.3x, 1.2x, 0.8x, 0.8x, 0.7x); the forward alone gains less.
+# Widest bucket (tokens) that `short_attention` takes on the CPU route. benchmarks/attention_cpu.py
+# on 2 AVX2 cores (head_dim 32, 4 query and 2 KV heads, ~6k tokens a bucket, forward + backward of
+# the kernels alone), fused / short: at 2 threads 2.5x at 16 tokens, 1.5x at 32, 1.35x at 64, 1.2x
+# at 96, 1.0-1.2x at 128, 0.8-0.9x at 192 and 256; at 1 thread 0.7-0.97x at every width. At one
+# thread the README batch's forward + backward is the same either way (849 vs 837 ms, medians of 20)
+# and its job's update was 5% faster with this route, so the width does not depend on the threads.
 SHORT_ROWS = 64
 
 

@@ -1,0 +1,112 @@
+"""The CPU route's attention for one bucket of rows, its two kernels side by side: forward and
+backward of `packed.short_attention` (three batched matmuls) against the fused
+`scaled_dot_product_attention`, at each bucket width.
+
+    python benchmarks/attention_cpu.py                       # widths 16..256, 1 and 2 threads
+    python benchmarks/attention_cpu.py --threads 2 --widths 64,96,128 --repeats 21
+    python benchmarks/attention_cpu.py --heads 4 --kv-heads 2 --head-dim 24   # another shape
+
+`bucketed_attention` (pillion/model/packed.py) takes the short route for float32 buckets up to
+`SHORT_ROWS` tokens wide and the fused kernel above; this prints the figures that width rests
+on (the kernels alone: a model's forward adds the gathers around them, see SHORT_ROWS's note).
+The default shape is the shipped model's (4 query heads, 2 KV heads, head_dim 32), and each
+bucket holds about `--tokens` tokens (rows = tokens // width), as the README job's buckets do.
+Per width and thread count, both kernels run on the same q, k, v (their outputs and gradients
+are checked equal first, to 1e-5), after two warm-up rounds, alternating within every repeat
+so that a slow moment of a shared machine hits both. Printed: the median milliseconds of each
+(forward + backward), the ratio fused / short (above 1: the short route is faster) and the
+route pillion takes there, with the load average beside the table (other work on the machine
+skews every figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+from pillion.model.packed import SHORT_ROWS, short_attention
+
+
+def inputs(rows: int, width: int, heads: int, kv_heads: int, head_dim: int, seed: int = 0):
+    """q [rows, width, H, D], k and v [rows, width, KV, D] (requiring grad) and an upstream gradient."""
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(rows, width, heads, head_dim, generator=g).requires_grad_()
+    k = torch.randn(rows, width, kv_heads, head_dim, generator=g).requires_grad_()
+    v = torch.randn(rows, width, kv_heads, head_dim, generator=g).requires_grad_()
+    grad = torch.randn(rows * width, heads, head_dim, generator=g)
+    return q, k, v, grad
+
+
+def fused(q, k, v):
+    """The fused kernel as bucketed_attention calls it: [rows * width, H, D]."""
+    rows, width, heads, head_dim = q.shape
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                         is_causal=width > 1, enable_gqa=heads != k.shape[2])
+    return out.transpose(1, 2).reshape(rows * width, heads, head_dim)
+
+
+def forward_backward(fn, q, k, v, grad):
+    """Output and q, k, v gradients of one forward + backward."""
+    for x in (q, k, v):
+        x.grad = None
+    out = fn(q, k, v)
+    out.backward(grad)
+    return out.detach(), [x.grad for x in (q, k, v)]
+
+
+def compare(width: int, tokens: int, threads: int, repeats: int, heads: int = 4, kv_heads: int = 2,
+            head_dim: int = 32) -> dict:
+    """Median seconds of forward + backward through each kernel at one width and thread count,
+    after checking that both give the same output and gradients."""
+    torch.set_num_threads(threads)
+    q, k, v, grad = inputs(max(1, tokens // width), width, heads, kv_heads, head_dim)
+    out_s, grads_s = forward_backward(short_attention, q, k, v, grad)
+    out_f, grads_f = forward_backward(fused, q, k, v, grad)
+    for name, a, b in zip(("output", "q grad", "k grad", "v grad"), (out_s, *grads_s), (out_f, *grads_f)):
+        if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
+            raise AssertionError(f"width {width}: short and fused {name} differ by {(a - b).abs().max():.2e}")
+    times = {"short": [], "fused": []}
+    for i in range(-2, repeats):  # two warm-up rounds (the allocator's first pages), not counted
+        order = (("short", short_attention), ("fused", fused))
+        for name, fn in order if i % 2 == 0 else order[::-1]:
+            start = time.perf_counter()
+            forward_backward(fn, q, k, v, grad)
+            if i >= 0:
+                times[name].append(time.perf_counter() - start)
+    short, fused_s = statistics.median(times["short"]), statistics.median(times["fused"])
+    return {"width": width, "rows": q.shape[0], "threads": threads, "short": short, "fused": fused_s,
+            "ratio": fused_s / short}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--widths", default="16,32,64,96,128,192,256", help="comma-separated bucket widths (tokens)")
+    p.add_argument("--threads", default="1,2", help="comma-separated intra-op thread counts")
+    p.add_argument("--tokens", type=int, default=6144, help="tokens per bucket (rows = tokens // width)")
+    p.add_argument("--repeats", type=int, default=21)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--head-dim", type=int, default=32)
+    args = p.parse_args()
+    widths = [int(w) for w in args.widths.split(",")]
+    threads = [int(t) for t in args.threads.split(",")]
+    print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start; heads {args.heads}/"
+          f"{args.kv_heads}, head_dim {args.head_dim}, ~{args.tokens} tokens a bucket, float32; "
+          f"SHORT_ROWS = {SHORT_ROWS}", flush=True)
+    print(f"{'threads':>7} {'width':>5} {'rows':>5} {'short ms':>9} {'fused ms':>9} {'fused/short':>11}  route")
+    for t in threads:
+        for w in widths:
+            r = compare(w, args.tokens, t, args.repeats, args.heads, args.kv_heads, args.head_dim)
+            route = "short" if w <= SHORT_ROWS else "fused"
+            print(f"{t:>7} {w:>5} {r['rows']:>5} {r['short'] * 1e3:>9.2f} {r['fused'] * 1e3:>9.2f} "
+                  f"{r['ratio']:>10.2f}x  {route}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+
+
+if __name__ == "__main__":
+    main()
