@@ -5,6 +5,8 @@ backward of `packed.short_attention` (three batched matmuls) against the fused
     python benchmarks/attention_cpu.py                       # widths 16..256, 1 and 2 threads
     python benchmarks/attention_cpu.py --threads 2 --widths 64,96,128 --repeats 21
     python benchmarks/attention_cpu.py --heads 4 --kv-heads 2 --head-dim 24   # another shape
+    python benchmarks/attention_cpu.py --fused-only --threads 1 --head-dim 24 --widths 128,512,2048 \
+        --tokens 32768 --repeats 3      # the scaling benchmark's tiny model at group 16: long rows
 
 `bucketed_attention` (pillion/model/packed.py) takes the short route for float32 buckets up to
 `SHORT_ROWS` tokens wide and the fused kernel above; this prints the figures that width rests
@@ -60,27 +62,30 @@ def forward_backward(fn, q, k, v, grad):
 
 
 def compare(width: int, tokens: int, threads: int, repeats: int, heads: int = 4, kv_heads: int = 2,
-            head_dim: int = 32) -> dict:
+            head_dim: int = 32, fused_only: bool = False) -> dict:
     """Median seconds of forward + backward through each kernel at one width and thread count,
-    after checking that both give the same output and gradients."""
+    after checking that both give the same output and gradients (fused_only: the fused kernel
+    alone, for rows too wide for the short route's scores)."""
     torch.set_num_threads(threads)
     q, k, v, grad = inputs(max(1, tokens // width), width, heads, kv_heads, head_dim)
-    out_s, grads_s = forward_backward(short_attention, q, k, v, grad)
-    out_f, grads_f = forward_backward(fused, q, k, v, grad)
-    for name, a, b in zip(("output", "q grad", "k grad", "v grad"), (out_s, *grads_s), (out_f, *grads_f)):
-        if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
-            raise AssertionError(f"width {width}: short and fused {name} differ by {(a - b).abs().max():.2e}")
-    times = {"short": [], "fused": []}
+    kernels = (("fused", fused),) if fused_only else (("short", short_attention), ("fused", fused))
+    if not fused_only:
+        out_s, grads_s = forward_backward(short_attention, q, k, v, grad)
+        out_f, grads_f = forward_backward(fused, q, k, v, grad)
+        for name, a, b in zip(("output", "q grad", "k grad", "v grad"), (out_s, *grads_s), (out_f, *grads_f)):
+            if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
+                raise AssertionError(f"width {width}: short and fused {name} differ by {(a - b).abs().max():.2e}")
+    times = {name: [] for name, _ in kernels}
     for i in range(-2, repeats):  # two warm-up rounds (the allocator's first pages), not counted
-        order = (("short", short_attention), ("fused", fused))
-        for name, fn in order if i % 2 == 0 else order[::-1]:
+        for name, fn in kernels if i % 2 == 0 else kernels[::-1]:
             start = time.perf_counter()
             forward_backward(fn, q, k, v, grad)
             if i >= 0:
                 times[name].append(time.perf_counter() - start)
-    short, fused_s = statistics.median(times["short"]), statistics.median(times["fused"])
+    fused_s = statistics.median(times["fused"])
+    short = statistics.median(times["short"]) if "short" in times else float("nan")
     return {"width": width, "rows": q.shape[0], "threads": threads, "short": short, "fused": fused_s,
-            "ratio": fused_s / short}
+            "ratio": fused_s / short, "tokens": q.shape[0] * width}
 
 
 def main() -> None:
@@ -92,19 +97,24 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--fused-only", action="store_true",
+                   help="time the fused kernel alone (rows too wide for the short route's [rows, L, L] scores)")
     args = p.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start; heads {args.heads}/"
           f"{args.kv_heads}, head_dim {args.head_dim}, ~{args.tokens} tokens a bucket, float32; "
           f"SHORT_ROWS = {SHORT_ROWS}", flush=True)
-    print(f"{'threads':>7} {'width':>5} {'rows':>5} {'short ms':>9} {'fused ms':>9} {'fused/short':>11}  route")
+    print(f"{'threads':>7} {'width':>5} {'rows':>5} {'short ms':>9} {'fused ms':>9} {'fused us/token':>14} "
+          f"{'fused/short':>11}  route")
     for t in threads:
         for w in widths:
-            r = compare(w, args.tokens, t, args.repeats, args.heads, args.kv_heads, args.head_dim)
+            r = compare(w, args.tokens, t, args.repeats, args.heads, args.kv_heads, args.head_dim, args.fused_only)
             route = "short" if w <= SHORT_ROWS else "fused"
-            print(f"{t:>7} {w:>5} {r['rows']:>5} {r['short'] * 1e3:>9.2f} {r['fused'] * 1e3:>9.2f} "
-                  f"{r['ratio']:>10.2f}x  {route}", flush=True)
+            short = "-" if args.fused_only else f"{r['short'] * 1e3:.2f}"
+            ratio = "-" if args.fused_only else f"{r['ratio']:.2f}x"
+            print(f"{t:>7} {w:>5} {r['rows']:>5} {short:>9} {r['fused'] * 1e3:>9.2f} "
+                  f"{r['fused'] / r['tokens'] * 1e6:>14.2f} {ratio:>11}  {route}", flush=True)
     print(f"load average {os.getloadavg()[0]:.2f} at the end")
 
 

@@ -117,10 +117,11 @@ def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: 
 
 # Widest bucket (tokens) that `short_attention` takes on the CPU route. benchmarks/attention_cpu.py
 # on 2 AVX2 cores (head_dim 32, 4 query and 2 KV heads, ~6k tokens a bucket, forward + backward of
-# the kernels alone), fused / short: at 2 threads 2.5x at 16 tokens, 1.5x at 32, 1.35x at 64, 1.2x
-# at 96, 1.0-1.2x at 128, 0.8-0.9x at 192 and 256; at 1 thread 0.7-0.97x at every width. At one
-# thread the README batch's forward + backward is the same either way (849 vs 837 ms, medians of 20)
-# and its job's update was 5% faster with this route, so the width does not depend on the threads.
+# the kernels alone; three runs, noisy), fused / short: at 2 threads 2.0-2.6x at 16 tokens,
+# 1.2-1.6x at 32, 0.95-1.35x at 64, 1.04-1.2x at 96, 1.0-1.2x at 128, 0.8-0.9x at 192 and 256; at
+# 1 thread 0.7-0.97x at every width. At one thread the README batch's forward + backward is the
+# same either way (849 vs 837 ms, medians of 20) and its job's update was 5% faster with this
+# route (two runs each), so the width does not depend on the threads.
 SHORT_ROWS = 64
 
 
