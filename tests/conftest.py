@@ -70,7 +70,10 @@ def pytest_collection_modifyitems(config, items):
             return 0 if group.args and group.args[0] == "parallel_presets" else 1
         return 2 if item.get_closest_marker("slow") else 3
 
+    def module(item) -> str:
+        return item.nodeid.split("::")[0]
+
     module_rank: dict[str, int] = {}
     for item in items:
-        module_rank[item.nodeid.split("::")[0]] = min(module_rank.get(item.nodeid.split("::")[0], 3), rank(item))
-    items.sort(key=lambda item: module_rank[item.nodeid.split("::")[0]])  # stable: file order within a rank
+        module_rank[module(item)] = min(module_rank.get(module(item), 3), rank(item))
+    items.sort(key=lambda item: module_rank[module(item)])  # stable: file order within a rank
