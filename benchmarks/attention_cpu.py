@@ -7,6 +7,8 @@ backward of `packed.short_attention` (three batched matmuls) against the fused
     python benchmarks/attention_cpu.py --heads 4 --kv-heads 2 --head-dim 24   # another shape
     python benchmarks/attention_cpu.py --fused-only --threads 1 --head-dim 24 --widths 128,512,2048 \
         --tokens 32768 --repeats 3      # the scaling benchmark's tiny model at group 16: long rows
+    python benchmarks/attention_cpu.py --decode 16 --threads 1 --head-dim 24 --widths 128,1024,2048
+                                    # its decode steps: the engine's attention over the KV cache
 
 `bucketed_attention` (pillion/model/packed.py) takes the short route for float32 buckets up to
 `SHORT_ROWS` tokens wide and the fused kernel above; this prints the figures that width rests
@@ -31,6 +33,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from pillion.model.decode import decode_attention
 from pillion.model.packed import SHORT_ROWS, short_attention
 
 
@@ -88,6 +91,27 @@ def compare(width: int, tokens: int, threads: int, repeats: int, heads: int = 4,
             "ratio": fused_s / short, "tokens": q.shape[0] * width}
 
 
+def decode_time(rows: int, span: int, threads: int, repeats: int, heads: int = 4, kv_heads: int = 2,
+                head_dim: int = 32) -> float:
+    """Median seconds of one decode step's attention in one layer (`decode.decode_attention`, as the
+    engine calls it): `rows` rows, one new token each, over `span` cached columns read through views
+    of a cache laid out as `KVCache`'s (keys transposed, 8 spare columns)."""
+    torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(span)
+    keys = torch.randn(rows, kv_heads, head_dim, span + 8, generator=g)[..., :span]
+    values = torch.randn(rows, kv_heads, span + 8, head_dim, generator=g)[:, :, :span]
+    q = torch.randn(rows * kv_heads, heads // kv_heads, head_dim, generator=g)
+    bias = torch.zeros(rows * kv_heads, 1, span)
+    times = []
+    for i in range(-2, repeats):
+        start = time.perf_counter()
+        decode_attention(q, keys.reshape(rows * kv_heads, head_dim, span),
+                         values.reshape(rows * kv_heads, span, head_dim), bias)
+        if i >= 0:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--widths", default="16,32,64,96,128,192,256", help="comma-separated bucket widths (tokens)")
@@ -97,11 +121,23 @@ def main() -> None:
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--kv-heads", type=int, default=2)
     p.add_argument("--head-dim", type=int, default=32)
+    p.add_argument("--decode", type=int, default=0, metavar="ROWS",
+                   help="instead: the engine's decode attention of ROWS rows, one layer, over spans --widths")
     p.add_argument("--fused-only", action="store_true",
                    help="time the fused kernel alone (rows too wide for the short route's [rows, L, L] scores)")
     args = p.parse_args()
     widths = [int(w) for w in args.widths.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
+    if args.decode:
+        print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start; decode attention of "
+              f"{args.decode} rows, heads {args.heads}/{args.kv_heads}, head_dim {args.head_dim}, one layer, float32")
+        print(f"{'threads':>7} {'span':>5} {'ms a step':>9} {'us a row':>9}")
+        for t in threads:
+            for w in widths:
+                seconds = decode_time(args.decode, w, t, args.repeats, args.heads, args.kv_heads, args.head_dim)
+                print(f"{t:>7} {w:>5} {seconds * 1e3:>9.3f} {seconds / args.decode * 1e6:>9.2f}", flush=True)
+        print(f"load average {os.getloadavg()[0]:.2f} at the end")
+        return
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at start; heads {args.heads}/"
           f"{args.kv_heads}, head_dim {args.head_dim}, ~{args.tokens} tokens a bucket, float32; "
           f"SHORT_ROWS = {SHORT_ROWS}", flush=True)
