@@ -145,7 +145,7 @@ def decode_step(model: Transformer, weights: DecodeWeights, cache: KVCache, slot
     positions += 1
 
 
-def compiled_decode_step(mode: str | None = None):
+def compiled_decode_step(mode: str | None = None, backend="inductor"):
     """`decode_step` compiled once for all slot counts and spans (dynamic shapes).
 
     On CPU this fuses the step's elementwise work into a few kernels (the matmuls stay library
@@ -161,7 +161,16 @@ def compiled_decode_step(mode: str | None = None):
         options["triton.cudagraphs"] = True
     elif mode is not None:
         raise ValueError(f"compiled_decode_step: mode {mode!r} is not supported (None or 'reduce-overhead')")
-    return torch.compile(decode_step, dynamic=True, options=options)
+    if backend != "inductor":  # tests count the frames with torch._dynamo.testing.CompileCounter
+        options = None
+    step = torch.compile(decode_step, dynamic=True, backend=backend, options=options)
+    # Marked for the engine, which then keeps to one graph per sampler: Dynamo specialises a size
+    # of 1 and `far=None`, so a window with one active slot (a rollout's last row, or a call of one
+    # row) or with far rows would compile another graph mid-run (12.98 s for one README-sized step
+    # on 2 cores, measured). The engine decodes at least 2 slots (a spare one decodes garbage, as
+    # every free slot does) and attends over one span for all rows (no far rows).
+    step.compiled = True
+    return step
 
 
 def find_stop(tokenizer, tokens: list[int], checked: int, upto: int, stops: list[str]) -> int | None:
@@ -245,6 +254,9 @@ class Engine:
         self.eos_ids = list(eos_ids)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self.decode_fn, self.check_every = decode_fn, check_every
+        # compiled_decode_step: at least 2 slots and no far rows, so that no window compiles a new graph
+        self.compiled = getattr(decode_fn, "compiled", False)
+        self.min_slots = 2 if self.compiled else 1
         self.max_rows, self.cache_bytes = max_rows, cache_bytes
         self.device = model.lm_head.weight.device
         self.sampler = sampler or ("race" if self.device.type == "cuda" else "cdf")
@@ -306,6 +318,7 @@ class Engine:
             cfg, elem = self.model.cfg, self.model.lm_head.weight.element_size()
             per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * elem
             slots = max(1, min(slots, self.cache_bytes // per_row))
+        slots = max(slots, self.min_slots)
         # One spare column: a span then never equals the cache length (Dynamo would specialise
         # a compiled step on that equality and compile again when they differ).
         self._ensure_capacity(slots, length + 1, T + self.check_every)
@@ -400,9 +413,13 @@ class Engine:
         # the columns this window can reach, faster on CPU (a compiled step has dynamic shapes).
         span, far, far_span = run.length, None, 0
         if not self.static:
-            span, far_rows, far_span = _split_spans([run.positions[i] + window + 1 for i in live], live, len(run.rows))
-            if far_rows:
-                far = torch.tensor(far_rows, device=self.device)
+            needs = [run.positions[i] + window + 1 for i in live]
+            if self.compiled:  # one span for all rows: far rows would compile another graph
+                span = max(needs)
+            else:
+                span, far_rows, far_span = _split_spans(needs, live, len(run.rows))
+                if far_rows:
+                    far = torch.tensor(far_rows, device=self.device)
         for _ in range(window):
             self.decode_fn(self.model, run.weights, self.cache, self.slots, self.rope, len(run.rows), span,
                            run.sampler, far, far_span)
@@ -549,10 +566,11 @@ class Engine:
     # Memory.
 
     def _bucket(self, rows: int, capacity: int) -> int:
-        """Slots to decode `rows` rows with: exactly `rows`; static, the next power of two from 16
-        up, within capacity, so that only a few slot counts (CUDA graphs) ever occur."""
+        """Slots to decode `rows` rows with: exactly `rows` (at least `min_slots`, within capacity);
+        static, the next power of two from 16 up, within capacity, so that only a few slot counts
+        (CUDA graphs) ever occur."""
         if not self.static:
-            return rows
+            return min(max(rows, self.min_slots), capacity)
         bucket = 16
         while bucket < rows:
             bucket *= 2

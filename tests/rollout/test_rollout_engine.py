@@ -180,19 +180,30 @@ def test_compiled_decode_matches_eager(tiny_checkpoint):
 
 def test_decode_step_compiles_once_for_all_positions_and_batch_sizes(tiny_checkpoint):
     """Positions, spans and active-slot counts change every step / window; the decode step must
-    trace to one dynamic graph (plus one specialised to a single active slot), not one per step:
-    an index write `cache[:, :, pos] = k` once made Dynamo recompile at every position."""
+    trace to one dynamic graph, not one per step (an index write `cache[:, :, pos] = k` once made
+    Dynamo recompile at every position), nor a second one when a single row is left or asked for
+    (Dynamo specialises a size of 1: the engine decodes at least `min_slots` = 2 slots), and a
+    spare slot leaves the completions as the eager step gives them."""
     from torch._dynamo.testing import CompileCounter
 
     torch._dynamo.reset()
     counter = CompileCounter()
     folder = tiny_checkpoint("qwen2")
-    engine = _engine(folder, decode_fn=torch.compile(decode_step, backend=counter, dynamic=True), check_every=2)
-    # Different prompt lengths and rows finishing at different steps: positions and batch sizes vary.
-    completions = engine.generate(PROMPTS * 3, SamplingParams(n=2, temperature=1.0, max_new_tokens=40, seed=3))
-    assert len({len(c.ids) for c in completions}) > 1  # rows did finish at different lengths
+    engine = _engine(folder, eos=MANY_EOS, decode_fn=compiled_decode_step(backend=counter), check_every=2)
+    eager = _engine(folder, eos=MANY_EOS, check_every=2)
+    # Different prompt lengths and rows finishing at different steps: positions and batch sizes vary,
+    # down to one live row at the end.
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=60, seed=8)
+    live = []  # live rows at each window
+    window = engine._decode_window
+    engine._decode_window = lambda run: live.append(sum(r is not None for r in run.rows)) or window(run)
+    completions = engine.generate(PROMPTS * 3, params)
+    assert len({len(c.ids) for c in completions}) > 1 and 1 in live, live  # rows ended apart, one was left alone
+    _assert_same(completions, eager.generate(PROMPTS * 3, params))
     engine.generate(PROMPTS[:2], SamplingParams(n=3, temperature=1.0, max_new_tokens=24, seed=5))
-    assert counter.frame_count <= 2, counter.frame_count
+    one = SamplingParams(n=1, temperature=1.0, max_new_tokens=8, seed=6)
+    _assert_same(engine.generate(PROMPTS[:1], one), eager.generate(PROMPTS[:1], one))  # a call of one row
+    assert counter.frame_count == 1, counter.frame_count
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
