@@ -97,7 +97,8 @@ def bench(name, folder, prompts, new_tokens, eos_ids, repeats, args, n=1, slots=
 
     from pillion.model.checkpoint import load_model
     from pillion.model.tokenizer import load_tokenizer
-    from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step
+    from pillion.rollout.engine import Engine, SamplingParams
+    from pillion.rollout.step import compiled_decode_step
 
     tokenizer = load_tokenizer(folder)
     model = load_model(folder).eval()
@@ -153,7 +154,8 @@ def bench(name, folder, prompts, new_tokens, eos_ids, repeats, args, n=1, slots=
         if previous is not None:
             runs["previous+compile"] = compiled("previous+compile", lambda: old_engine.Engine(
                 previous_model(model, old_transformer), tokenizer, eos_ids,
-                decode_fn=old_engine.compiled_decode_step()), run_previous)
+                # a commit from e024388 on keeps the step in rollout/step.py, which imports as this tree's
+                decode_fn=getattr(old_engine, "compiled_decode_step", compiled_decode_step)()), run_previous)
     frames = {}
     for label, fn in runs.items():
         before = torch._dynamo.utils.counters["frames"]["ok"]

@@ -92,7 +92,8 @@ def timed(run, prompts, new_tokens: int, device: str):
 
 
 def pillion_runner(model, variant: str):
-    from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step
+    from pillion.rollout.engine import Engine, SamplingParams
+    from pillion.rollout.step import compiled_decode_step
 
     decode_fn = {"pillion eager": None, "pillion compiled": compiled_decode_step(),
                  "pillion cuda-graphs": compiled_decode_step("reduce-overhead")}[variant]

@@ -48,8 +48,9 @@ from pillion.model.sequences import compile_training
 from pillion.model.tokenizer import eos_token_ids, load_tokenizer
 from pillion.problem import Problem
 from pillion.rewards import GradingPool
-from pillion.rollout.engine import Engine, compiled_decode_step, decode_step
+from pillion.rollout.engine import Engine
 from pillion.rollout.judge import Judge, load_judge
+from pillion.rollout.step import compiled_decode_step, decode_step
 from pillion.rollout.tools import tool_metrics, tools_from_config
 from pillion.train import common, parallel, sharded, state
 from pillion.train import stats as stats_lib

@@ -8,7 +8,8 @@ from transformers import AutoModelForCausalLM
 from pillion.model.checkpoint import load_model
 from pillion.model.sequences import pack, response_logprobs
 from pillion.model.tokenizer import eos_token_ids, load_tokenizer
-from pillion.rollout.engine import Engine, SamplingParams, compiled_decode_step, decode_step
+from pillion.rollout.engine import Engine, SamplingParams
+from pillion.rollout.step import compiled_decode_step, decode_step
 from tests.conftest import FAMILIES
 
 PROMPTS = ["12+35=", "What is 7 times 8?", "x"]
