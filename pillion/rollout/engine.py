@@ -20,8 +20,9 @@ Shape of the work:
   writes its token and log-prob into per-slot buffers and advances, in place and without a host
   sync; on CUDA it compiles (`compiled_decode_step("reduce-overhead")`) to one CUDA graph per
   slot-count bucket. On CPU the span is cut to the columns the window can reach, and the few
-  longest rows of a long tail attend over their longer span separately (`_split_spans`), so
-  that the rest do not pay for it (measured faster there; the step is the same function);
+  longest rows of a long tail attend over their longer span separately (`_split_spans`, eager
+  only: a compiled step keeps one graph), so that the rest do not pay for it (measured faster
+  there; the step is the same function);
 - the host check reads the window's tokens (one sync): a row ends at its first EOS, at
   max_new_tokens, or at a stop string (searched in the tokens sampled since the last check);
   what a row sampled past its end in the window is dropped;
@@ -243,7 +244,7 @@ class Engine:
             cfg, elem = self.model.cfg, self.model.lm_head.weight.element_size()
             per_row = 2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * length * elem
             slots = max(1, min(slots, self.cache_bytes // per_row))
-        slots = max(slots, self.min_slots)
+        slots = max(slots, self.min_slots)  # a compiled step: 2 at least, even past cache_bytes
         # One spare column: a span then never equals the cache length (Dynamo would specialise
         # a compiled step on that equality and compile again when they differ).
         self._ensure_capacity(slots, length + 1, T + self.check_every)
