@@ -31,10 +31,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
 from pillion.model.decode import decode_attention
-from pillion.model.packed import SHORT_ROWS, short_attention
+from pillion.model.packed import SHORT_ROWS, fused_attention, short_attention
 
 
 def inputs(rows: int, width: int, heads: int, kv_heads: int, head_dim: int, seed: int = 0):
@@ -45,14 +44,6 @@ def inputs(rows: int, width: int, heads: int, kv_heads: int, head_dim: int, seed
     v = torch.randn(rows, width, kv_heads, head_dim, generator=g).requires_grad_()
     grad = torch.randn(rows * width, heads, head_dim, generator=g)
     return q, k, v, grad
-
-
-def fused(q, k, v):
-    """The fused kernel as bucketed_attention calls it: [rows * width, H, D]."""
-    rows, width, heads, head_dim = q.shape
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                         is_causal=width > 1, enable_gqa=heads != k.shape[2])
-    return out.transpose(1, 2).reshape(rows * width, heads, head_dim)
 
 
 def forward_backward(fn, q, k, v, grad):
@@ -71,10 +62,10 @@ def compare(width: int, tokens: int, threads: int, repeats: int, heads: int = 4,
     alone, for rows too wide for the short route's scores)."""
     torch.set_num_threads(threads)
     q, k, v, grad = inputs(max(1, tokens // width), width, heads, kv_heads, head_dim)
-    kernels = (("fused", fused),) if fused_only else (("short", short_attention), ("fused", fused))
+    kernels = (("fused", fused_attention),) if fused_only else (("short", short_attention), ("fused", fused_attention))
     if not fused_only:
         out_s, grads_s = forward_backward(short_attention, q, k, v, grad)
-        out_f, grads_f = forward_backward(fused, q, k, v, grad)
+        out_f, grads_f = forward_backward(fused_attention, q, k, v, grad)
         for name, a, b in zip(("output", "q grad", "k grad", "v grad"), (out_s, *grads_s), (out_f, *grads_f)):
             if not torch.allclose(a, b, atol=1e-5, rtol=1e-4):
                 raise AssertionError(f"width {width}: short and fused {name} differ by {(a - b).abs().max():.2e}")

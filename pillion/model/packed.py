@@ -106,12 +106,8 @@ def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: 
     qs, ks, vs = (take_rows(x, slots.source).split(sizes) for x in (q, k, v))  # per bucket [b * Lb, heads, D]
     outs = []
     for (b, width), qb, kb, vb in zip(slots.shapes, qs, ks, vs):
-        if width <= SHORT_ROWS and q.dtype == torch.float32:
-            outs.append(short_attention(qb.view(b, width, h, d), kb.view(b, width, kv, d), vb.view(b, width, kv, d)))
-            continue
-        qb, kb, vb = (x.view(b, width, x.shape[1], d).transpose(1, 2) for x in (qb, kb, vb))  # [b, heads, Lb, D]
-        out = F.scaled_dot_product_attention(qb, kb, vb, is_causal=width > 1, enable_gqa=h != kv)  # [b, H, Lb, D]
-        outs.append(out.transpose(1, 2).reshape(b * width, h, d))
+        attend = short_attention if width <= SHORT_ROWS and q.dtype == torch.float32 else fused_attention
+        outs.append(attend(qb.view(b, width, h, d), kb.view(b, width, kv, d), vb.view(b, width, kv, d)))
     return take_rows(torch.cat(outs) if len(outs) > 1 else outs[0], slots.slot)  # [N, H, D]
 
 
@@ -123,6 +119,16 @@ def bucketed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rows: 
 # same either way (849 vs 837 ms, medians of 20) and its job's update was 5% faster with this
 # route (two runs each), so the width does not depend on the threads.
 SHORT_ROWS = 64
+
+
+def fused_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal attention over b right-padded rows of `width` tokens through the fused
+    `scaled_dot_product_attention`, as `short_attention` takes and returns them: q [b, width, H, D],
+    k, v [b, width, KV, D] -> [b * width, H, D]."""
+    b, width, h, d = q.shape
+    q, k, v = (x.transpose(1, 2) for x in (q, k, v))  # [b, heads, width, D]
+    out = F.scaled_dot_product_attention(q, k, v, is_causal=width > 1, enable_gqa=h != k.shape[1])  # [b, H, width, D]
+    return out.transpose(1, 2).reshape(b * width, h, d)
 
 
 def short_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
