@@ -130,7 +130,7 @@ def train(cfg: config_lib.TrainConfig, resume: bool = False, overwrite: bool = F
             if bad_streak >= cfg.max_bad_steps:
                 last = state.latest(run.run_dir)
                 raise state.RunStopped(f"stopping at step {step + 1}: {bad_streak} updates in a row had a non-finite "
-                                      f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
+                                       f"loss or gradient; last good checkpoint: {last or 'none (no checkpoint yet)'}")
 
             # 7. Checkpoint and periodic evaluation.
             if cfg.eval_every and (step + 1) % cfg.eval_every == 0:
