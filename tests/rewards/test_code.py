@@ -173,11 +173,17 @@ def test_reward_hacks_earn_nothing(code):
     assert run(code, ["assert f() == 1"]).passed == 0
 
 
-def test_nothing_is_left_behind():
-    before = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
+def test_nothing_is_left_behind(tmp_path, monkeypatch):
+    """The sandbox's work folder (the solution wrote a file in it) is gone after the run. In a
+    temporary folder of this test's own: under pytest-xdist another worker's sandbox may exist in
+    the shared one at any moment (a clean clone's CI once failed on one)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    made = []
+    mkdtemp = tempfile.mkdtemp
+    monkeypatch.setattr(tempfile, "mkdtemp", lambda *a, **k: made.append(mkdtemp(*a, **k)) or made[-1])
     run("open('junk', 'w').write('x')", ["assert True"])
-    after = {name for name in os.listdir(tempfile.gettempdir()) if name.startswith("pillion-sandbox-")}
-    assert after <= before
+    assert len(made) == 1 and os.path.dirname(made[0]) == str(tmp_path)  # the run's folder was made here
+    assert [name for name in os.listdir(tmp_path) if name.startswith("pillion-sandbox-")] == []
 
 
 TYPING_SOLUTIONS = [
